@@ -1,0 +1,86 @@
+/* config: SPEC §3 — built-in defaults, then the config file, then HSMJWT_<KEY>
+ * environment variables (later wins).  Unknown keys are errors; every error
+ * message names the key (and file:line for the file). */
+#ifndef HSMJWT_CONFIG_H
+#define HSMJWT_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hsmjwt/jwk.h"
+#include "hsmjwt/log.h"
+
+#define CONFIG_MAX_LISTEN 8
+#define CONFIG_MAX_ALGS   6
+
+struct config_listen {
+	char host[256];   /* numeric address or name; IPv6 without brackets */
+	uint16_t port;
+};
+
+struct config {
+	struct config_listen listen[CONFIG_MAX_LISTEN];
+	size_t listen_count;
+	int listen_systemd;               /* listen = systemd */
+	struct config_listen admin_listen;
+	int admin_listen_set;
+	char *issuer;
+	char *default_audience;
+	char *pkcs11_module;
+	char *token;                      /* label or pkcs11: URI */
+	char *pin_file;
+	char *pin;                        /* development only; wiped by config_free */
+	char *state_dir;
+	enum jws_alg algorithms[CONFIG_MAX_ALGS];
+	size_t algorithm_count;
+	unsigned rsa_bits;
+	int64_t access_ttl, refresh_ttl, id_ttl, parent_ttl, child_ttl;
+	int64_t max_ttl;
+	int64_t renew_before;
+	int64_t leeway;
+	int64_t rotation_period;
+	int64_t publish_ahead;
+	unsigned workers;
+	size_t max_body;
+	unsigned rate_limit;
+	int fsync_always;                 /* fsync = always (1) or interval (0) */
+	enum log_level log_level;
+};
+
+/* Fills cfg with the built-in defaults (workers = number of CPUs). */
+int config_init_defaults(struct config *cfg);
+
+/* Applies `key = value` lines from buf ('#' comments, blank lines; values
+ * may be double-quoted).  origin names the source in errors ("FILE").  On
+ * error returns -EINVAL and writes a one-line message naming origin:line and
+ * the key into err (size errlen).  A pure function over the buffer. */
+int config_parse_buffer(struct config *cfg, const char *buf, size_t len, const char *origin,
+			char *err, size_t errlen);
+
+/* Sets one key from a string (what a file line or an env variable says). */
+int config_set(struct config *cfg, const char *key, const char *value, char *err, size_t errlen);
+
+/* Reads path and applies it with config_parse_buffer. */
+int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/* Applies HSMJWT_<KEY> variables from envp (NULL-terminated "K=V" strings);
+ * an HSMJWT_ variable naming no key is an error. */
+int config_apply_env(struct config *cfg, char *const *envp, char *err, size_t errlen);
+
+/* Cross-key checks after everything is applied (TTLs <= max_ttl, rsa_bits >=
+ * 2048, at least one algorithm, ...). */
+int config_validate(const struct config *cfg, char *err, size_t errlen);
+
+/* Defaults + file (if path) + environment + validate, as the daemon and
+ * hsmjwtctl do it. */
+int config_load(struct config *cfg, const char *path, char *const *envp, char *err, size_t errlen);
+
+/* Reads the PIN: pin_file, else $CREDENTIALS_DIRECTORY/pin, else cfg->pin
+ * (logging a warning).  One trailing newline is dropped.  0 and *ret_pin
+ * (malloc'd; the caller OPENSSL_cleanse()s and frees it), or -ENOENT when no
+ * source is set, or another negative errno. */
+int config_read_pin(const struct config *cfg, char **ret_pin, size_t *ret_len);
+
+void config_free(struct config *cfg);
+
+#endif

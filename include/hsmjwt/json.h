@@ -1,0 +1,21 @@
+/* json: strict JSON parsing for untrusted input (tokens and request bodies).
+ *
+ * A pure function over a buffer: rejects duplicate member names, NUL in
+ * strings, nesting deeper than max_depth (an object or array at top level is
+ * depth 1), and anything but a single value. */
+#ifndef HSMJWT_JSON_H
+#define HSMJWT_JSON_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#define JSON_STRICT_MAX_DEPTH 16
+
+/* 0 and *ret_value (new reference, caller json_decref()s), or -EINVAL
+ * (not strict JSON), -E2BIG (deeper than max_depth). */
+int json_strict_parse(const char *buf, size_t len, size_t max_depth, json_t **ret_value);
+
+/* Nesting depth of a value: scalars 0, [] or {} 1, [[1]] 2. */
+size_t json_depth(const json_t *value);
+
+#endif

@@ -1,0 +1,31 @@
+/* log: structured key=value lines on stderr (the journal under systemd).
+ *
+ * One line per event: `ts=... level=... msg="..." key=value ...`.  Callers pass
+ * already formatted key=value pairs; values that may contain spaces are quoted
+ * by log_quote().  Never pass a token, PIN or key material to these functions. */
+#ifndef HSMJWT_LOG_H
+#define HSMJWT_LOG_H
+
+#include <stddef.h>
+
+enum log_level { LOG_LEVEL_ERROR = 0, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
+
+/* Returns 0 and sets *ret_level, or -EINVAL for an unknown name. */
+int log_level_from_name(const char *name, enum log_level *ret_level);
+void log_set_level(enum log_level level);
+int log_enabled(enum log_level level);
+
+/* fmt continues the line after `msg=`; it should start with a quoted message,
+ * e.g. log_info("\"token loaded\" label=%s", label). */
+void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_error(...) log_write(LOG_LEVEL_ERROR, __VA_ARGS__)
+#define log_warn(...)  log_write(LOG_LEVEL_WARN, __VA_ARGS__)
+#define log_info(...)  log_write(LOG_LEVEL_INFO, __VA_ARGS__)
+#define log_debug(...) do { if (log_enabled(LOG_LEVEL_DEBUG)) log_write(LOG_LEVEL_DEBUG, __VA_ARGS__); } while (0)
+
+/* Copies src into buf (size n) as a double-quoted value with ", \ and control
+ * characters escaped, truncated to fit; returns buf. */
+const char *log_quote(char *buf, size_t n, const char *src);
+
+#endif
