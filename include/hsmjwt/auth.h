@@ -1,0 +1,45 @@
+/* auth: who is calling (SPEC §4.1).  A management call carries an access
+ * token of this service: signed by one of its published keys, unexpired,
+ * typ at+jwt, iss = issuer, aud containing issuer, and a "roles" array. */
+#ifndef HSMJWT_AUTH_H
+#define HSMJWT_AUTH_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "hsmjwt/config.h"
+#include "hsmjwt/keys.h"
+
+enum auth_role {
+	AUTH_ROLE_TOKENS_ISSUE      = 1u << 0,
+	AUTH_ROLE_TOKENS_READ       = 1u << 1,
+	AUTH_ROLE_TOKENS_REVOKE     = 1u << 2,
+	AUTH_ROLE_TOKENS_INTROSPECT = 1u << 3,
+	AUTH_ROLE_KEYS_ADMIN        = 1u << 4,
+	AUTH_ROLE_ADMIN             = 1u << 5,  /* every role */
+};
+
+#define AUTH_SUB_MAX 256
+#define AUTH_ORG_MAX 128
+
+struct auth_caller {
+	char sub[AUTH_SUB_MAX + 1];
+	char org[AUTH_ORG_MAX + 1];   /* "" when the caller has no org */
+	unsigned roles;
+};
+
+/* "tokens:issue" → AUTH_ROLE_TOKENS_ISSUE; 0 or -EINVAL. */
+int auth_role_from_name(const char *name, unsigned *ret_role);
+/* A JSON array of role names → bit set; -EINVAL for a non-array, a
+ * non-string or an unknown name (naming it in err). */
+int auth_roles_from_json(const json_t *roles, unsigned *ret_roles, char *err, size_t errlen);
+
+/* Checks an "Authorization" header value.  0 and *ret_caller, or -EACCES
+ * (no usable credential: 401) with the reason in err — never the token. */
+int auth_bearer(const char *authorization, const struct keys *keys, const struct config *cfg,
+		int64_t now, struct auth_caller *ret_caller, char *err, size_t errlen);
+
+/* True when the caller holds role (admin holds them all). */
+int auth_allows(const struct auth_caller *caller, unsigned role);
+
+#endif

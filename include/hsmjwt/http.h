@@ -1,0 +1,42 @@
+/* http: the HTTP front of the daemon on libevent's evhttp.
+ *
+ * `workers` threads, each with its own event base, its own listening socket
+ * per address (SO_REUSEPORT, so the kernel balances connections: one shared
+ * socket left whole backlogs to one thread) and its own token session.
+ * Every connection is bounded: header size, body size, idle time. */
+#ifndef HSMJWT_HTTP_H
+#define HSMJWT_HTTP_H
+
+#include <event2/http.h>
+#include <jansson.h>
+#include <stddef.h>
+
+#include "hsmjwt/config.h"
+#include "hsmjwt/hsm.h"
+#include "hsmjwt/keys.h"
+
+#define HTTP_MAX_HEADERS_SIZE 32768   /* an Authorization header carries up to 16 KiB */
+#define HTTP_TIMEOUT_SECONDS  10
+
+struct http_server;
+
+/* Binds every listen address once per worker and starts the workers.
+ * cfg, hsm and keys must outlive the server. */
+int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct http_server **ret_server);
+/* Stops accepting, lets each worker finish its loop, joins and frees. */
+void http_stop(struct http_server *server);
+
+/* Replies: body is stolen (json_decref'd). */
+void http_reply_json(struct evhttp_request *req, int code, json_t *body);
+/* SPEC §4 error form {"error","error_description"}; adds WWW-Authenticate
+ * for 401 and Retry-After for 429/503. */
+void http_reply_error(struct evhttp_request *req, int code, const char *error, const char *description);
+
+/* Reads a JSON request body: Content-Type application/json, at most max
+ * bytes, strict JSON.  0 and *ret_body (new reference), or -EMEDIUMTYPE,
+ * -EFBIG, -EINVAL (not strict JSON) or -ELOOP (nested too deep). */
+int http_read_json(struct evhttp_request *req, size_t max, json_t **ret_body);
+/* The answer to a failed http_read_json: sends it and returns its status. */
+int http_reply_body_error(struct evhttp_request *req, int err);
+
+#endif

@@ -1,0 +1,17 @@
+/* service: what the daemon and hsmjwtctl share to get going — the config
+ * from --config and the environment, and the token opened with the PIN, the
+ * PIN wiped as soon as the login is done. */
+#ifndef HSMJWT_SERVICE_H
+#define HSMJWT_SERVICE_H
+
+#include "hsmjwt/config.h"
+#include "hsmjwt/hsm.h"
+
+/* config_load with the process environment; prints the error to stderr. */
+int service_load_config(struct config *cfg, const char *path);
+
+/* Reads the PIN per cfg (none is fine when the token needs no login),
+ * opens the token, wipes the PIN.  0 and *ret_hsm, or a negative error. */
+int service_open_token(const struct config *cfg, struct hsm **ret_hsm);
+
+#endif

@@ -1,0 +1,244 @@
+#include "hsmjwt/api.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+
+#include "hsmjwt/http.h"
+#include "hsmjwt/jwt.h"
+#include "hsmjwt/log.h"
+
+#define API_JWKS_MAX_AGE 600
+
+static int64_t api_now(void)
+{
+	return (int64_t)time(NULL);
+}
+
+static void api_json(struct api_outcome *out, struct evhttp_request *req, int code, json_t *body)
+{
+	out->status = code;
+	http_reply_json(req, code, body);
+}
+
+static void api_error(struct api_outcome *out, struct evhttp_request *req, int code, const char *error,
+		      const char *description)
+{
+	out->status = code;
+	http_reply_error(req, code, error, description);
+}
+
+static int api_read_body(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+			 json_t **ret_body)
+{
+	int r = http_read_json(req, ctx->cfg->max_body, ret_body);
+
+	if (r < 0)
+		out->status = http_reply_body_error(req, r);
+	return r;
+}
+
+/* Authenticates the caller and checks one role; replies 401/403 itself. */
+static int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role,
+			 struct auth_caller *ret_caller, struct api_outcome *out)
+{
+	const char *authorization = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	char err[128];
+
+	if (auth_bearer(authorization, ctx->keys, ctx->cfg, api_now(), ret_caller, err, sizeof(err)) < 0) {
+		api_error(out, req, 401, "invalid_token", err);
+		return -EACCES;
+	}
+	snprintf(out->sub, sizeof(out->sub), "%s", ret_caller->sub);
+	if (!auth_allows(ret_caller, role)) {
+		api_error(out, req, 403, "insufficient_scope", "the caller's roles do not grant this call");
+		return -EACCES;
+	}
+	return 0;
+}
+
+/* Maps an issue_*() failure to its HTTP answer. */
+static void api_issue_failed(struct api_outcome *out, struct evhttp_request *req, int r, const char *err)
+{
+	if (r == -EINVAL)
+		api_error(out, req, 400, "invalid_request", err);
+	else if (r == -EACCES)
+		api_error(out, req, 403, "insufficient_scope", err);
+	else if (r == HSM_E_DEVICE)
+		api_error(out, req, 503, "hsm_unavailable", "the token cannot sign right now");
+	else
+		api_error(out, req, 500, "server_error", "the token could not be issued");
+}
+
+static void api_token(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	struct issue_ctx ictx = { ctx->cfg, ctx->keys, ctx->session, api_now() };
+	struct auth_caller caller;
+	json_t *body = NULL, *response = NULL;
+	char err[160] = "";
+	int r;
+
+	if (api_authorize(ctx, req, AUTH_ROLE_TOKENS_ISSUE, &caller, out) < 0)
+		return;
+	if (api_read_body(ctx, req, out, &body) < 0)
+		return;
+	r = issue_access_token(&ictx, body, &caller, &response, err, sizeof(err));
+	json_decref(body);
+	if (r < 0) {
+		api_issue_failed(out, req, r, err);
+		return;
+	}
+	snprintf(out->jti, sizeof(out->jti), "%s", json_string_value(json_object_get(response, "jti")));
+	api_json(out, req, 200, response);
+}
+
+/* token_type of /token/verify → the header typ of SPEC §5.1. */
+static const char *api_typ_for(const char *token_type)
+{
+	if (strcmp(token_type, "access") == 0)
+		return "at+jwt";
+	if (strcmp(token_type, "refresh") == 0)
+		return "rt+jwt";
+	if (strcmp(token_type, "id") == 0)
+		return "JWT";
+	return NULL;
+}
+
+static int api_optional_string(const json_t *body, const char *name, const char **ret)
+{
+	const json_t *v = json_object_get(body, name);
+
+	*ret = NULL;
+	if (v == NULL || json_is_null(v))
+		return 0;
+	if (!json_is_string(v))
+		return -EINVAL;
+	*ret = json_string_value(v);
+	return 0;
+}
+
+static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	struct jwt_expect expect = { .now = api_now(), .leeway = ctx->cfg->leeway };
+	json_t *body = NULL, *header = NULL, *claims = NULL;
+	const char *token, *token_type;
+	int r;
+
+	if (api_read_body(ctx, req, out, &body) < 0)
+		return;
+	if (!json_is_object(body) || !json_is_string(json_object_get(body, "token")) ||
+	    api_optional_string(body, "audience", &expect.audience) < 0 ||
+	    api_optional_string(body, "issuer", &expect.issuer) < 0 ||
+	    api_optional_string(body, "token_type", &token_type) < 0) {
+		api_error(out, req, 400, "invalid_request",
+			  "expected {\"token\": string, \"audience\"?, \"issuer\"?, \"token_type\"?: strings}");
+		goto out;
+	}
+	if (token_type != NULL) {
+		expect.typ = api_typ_for(token_type);
+		expect.token_type = token_type;
+		if (expect.typ == NULL) {
+			api_error(out, req, 400, "invalid_request", "token_type must be access, refresh or id");
+			goto out;
+		}
+	}
+	token = json_string_value(json_object_get(body, "token"));
+	r = jwt_verify(token, json_string_length(json_object_get(body, "token")), keys_lookup,
+		       (void *)ctx->keys, &expect, &header, &claims);
+	if (r < 0) {
+		api_json(out, req, 200, json_pack("{s:b, s:s}", "valid", 0, "error", jws_error_reason(r)));
+		goto out;
+	}
+	snprintf(out->jti, sizeof(out->jti), "%s", json_is_string(json_object_get(claims, "jti")) ? json_string_value(json_object_get(claims, "jti")) : "");
+	/* Without a registry yet, a genuine token is known to be signed, not
+	 * whether it was registered or revoked. */
+	api_json(out, req, 200, json_pack("{s:b, s:O, s:O, s:s}", "valid", 1, "header", header, "claims", claims,
+					  "status", "unregistered"));
+out:
+	json_decref(header);
+	json_decref(claims);
+	json_decref(body);
+}
+
+static void api_jwks(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+	const char *match = evhttp_find_header(evhttp_request_get_input_headers(req), "If-None-Match");
+	char cache[64];
+	struct evbuffer *body;
+	int64_t max_age = ctx->cfg->publish_ahead < API_JWKS_MAX_AGE ? ctx->cfg->publish_ahead : API_JWKS_MAX_AGE;
+
+	/* Never cached past publish_ahead: a key published after this copy was
+	 * fetched must be seen by the client before it signs (SPEC §4.2). */
+	snprintf(cache, sizeof(cache), "public, max-age=%lld", (long long)max_age);
+	evhttp_add_header(headers, "Cache-Control", cache);
+	evhttp_add_header(headers, "ETag", ctx->keys->etag);
+	if (match != NULL && strstr(match, ctx->keys->etag) != NULL) {
+		out->status = 304;
+		evhttp_send_reply(req, 304, "Not Modified", NULL);
+		return;
+	}
+	evhttp_add_header(headers, "Content-Type", "application/json");
+	body = evbuffer_new();
+	if (body == NULL || evbuffer_add(body, ctx->keys->jwks, ctx->keys->jwks_len) < 0) {
+		evbuffer_free(body);
+		api_error(out, req, 500, "server_error", "out of memory");
+		return;
+	}
+	out->status = 200;
+	evhttp_send_reply(req, 200, "OK", body);
+	evbuffer_free(body);
+}
+
+static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	int hsm_ok = hsm_session_check(ctx->session) == 0;
+	int can_sign = hsm_ok && keys_signer(ctx->keys, ctx->cfg->algorithms[0]) != NULL;
+
+	api_json(out, req, can_sign ? 200 : 503,
+		 json_pack("{s:s, s:s, s:I, s:s}", "status", can_sign ? "ok" : "degraded",
+			   "hsm", hsm_ok ? "ok" : "unavailable", "keys", (json_int_t)ctx->keys->count,
+			   "registry", "none"));
+}
+
+typedef void (*api_handler)(struct api_ctx *, struct evhttp_request *, struct api_outcome *);
+
+static const struct {
+	const char *path;
+	enum evhttp_cmd_type method;
+	api_handler handler;
+} api_routes[] = {
+	{ "/token", EVHTTP_REQ_POST, api_token },
+	{ "/token/verify", EVHTTP_REQ_POST, api_verify },
+	{ "/.well-known/jwks.json", EVHTTP_REQ_GET, api_jwks },
+	{ "/health", EVHTTP_REQ_GET, api_health },
+};
+
+void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	const char *uri = evhttp_request_get_uri(req);
+	enum evhttp_cmd_type method = evhttp_request_get_command(req);
+	size_t path_len = strcspn(uri ? uri : "", "?");
+	int path_known = 0;
+
+	for (size_t i = 0; uri && i < sizeof(api_routes) / sizeof(api_routes[0]); i++) {
+		if (strlen(api_routes[i].path) != path_len || strncmp(api_routes[i].path, uri, path_len) != 0)
+			continue;
+		path_known = 1;
+		/* HEAD is GET without the body; evhttp drops the body itself. */
+		if (api_routes[i].method == method ||
+		    (api_routes[i].method == EVHTTP_REQ_GET && method == EVHTTP_REQ_HEAD)) {
+			api_routes[i].handler(ctx, req, out);
+			return;
+		}
+	}
+	if (path_known) {
+		api_error(out, req, 405, "method_not_allowed", "this path does not take that method");
+		return;
+	}
+	api_error(out, req, 404, "not_found", "no such endpoint");
+}

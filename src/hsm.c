@@ -1,0 +1,876 @@
+#include "hsmjwt/hsm.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/uri.h>
+
+#include "hsmjwt/b64url.h"
+#include "hsmjwt/log.h"
+
+#define HSM_MAX_KEYS 256
+#define HSM_LABEL_MAX 128
+
+struct hsm {
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	char token_label[33];
+	/* Held open for the life of the process: Cryptoki keeps the login only
+	 * while the application has at least one session on the token. */
+	CK_SESSION_HANDLE login_session;
+	int logged_in;
+};
+
+struct hsm_session {
+	struct hsm *hsm;
+	CK_SESSION_HANDLE handle;
+};
+
+/* DER of the curve parameters that CKA_EC_PARAMS takes. */
+static const uint8_t oid_p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+static const uint8_t oid_p384[] = { 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22 };
+/* Ed25519: PKCS#11 3.0 names the curve by a PrintableString; SoftHSM 2.6
+ * and some HSMs accept only the RFC 8410 OID, so both are tried. */
+static const uint8_t ed25519_printable[] = { 0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's', '2', '5', '5', '1', '9' };
+static const uint8_t oid_ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+
+const char *hsm_ckr_name(CK_RV rv)
+{
+	static const struct { CK_RV rv; const char *name; } names[] = {
+		{ CKR_OK, "CKR_OK" },
+		{ CKR_HOST_MEMORY, "CKR_HOST_MEMORY" },
+		{ CKR_SLOT_ID_INVALID, "CKR_SLOT_ID_INVALID" },
+		{ CKR_GENERAL_ERROR, "CKR_GENERAL_ERROR" },
+		{ CKR_FUNCTION_FAILED, "CKR_FUNCTION_FAILED" },
+		{ CKR_ARGUMENTS_BAD, "CKR_ARGUMENTS_BAD" },
+		{ CKR_ATTRIBUTE_SENSITIVE, "CKR_ATTRIBUTE_SENSITIVE" },
+		{ CKR_ATTRIBUTE_TYPE_INVALID, "CKR_ATTRIBUTE_TYPE_INVALID" },
+		{ CKR_ATTRIBUTE_VALUE_INVALID, "CKR_ATTRIBUTE_VALUE_INVALID" },
+		{ CKR_DATA_LEN_RANGE, "CKR_DATA_LEN_RANGE" },
+		{ CKR_DEVICE_ERROR, "CKR_DEVICE_ERROR" },
+		{ CKR_DEVICE_MEMORY, "CKR_DEVICE_MEMORY" },
+		{ CKR_DEVICE_REMOVED, "CKR_DEVICE_REMOVED" },
+		{ CKR_KEY_HANDLE_INVALID, "CKR_KEY_HANDLE_INVALID" },
+		{ CKR_KEY_TYPE_INCONSISTENT, "CKR_KEY_TYPE_INCONSISTENT" },
+		{ CKR_KEY_UNEXTRACTABLE, "CKR_KEY_UNEXTRACTABLE" },
+		{ CKR_MECHANISM_INVALID, "CKR_MECHANISM_INVALID" },
+		{ CKR_MECHANISM_PARAM_INVALID, "CKR_MECHANISM_PARAM_INVALID" },
+		{ CKR_OBJECT_HANDLE_INVALID, "CKR_OBJECT_HANDLE_INVALID" },
+		{ CKR_OPERATION_ACTIVE, "CKR_OPERATION_ACTIVE" },
+		{ CKR_PIN_INCORRECT, "CKR_PIN_INCORRECT" },
+		{ CKR_PIN_LOCKED, "CKR_PIN_LOCKED" },
+		{ CKR_PIN_EXPIRED, "CKR_PIN_EXPIRED" },
+		{ CKR_SESSION_CLOSED, "CKR_SESSION_CLOSED" },
+		{ CKR_SESSION_COUNT, "CKR_SESSION_COUNT" },
+		{ CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID" },
+		{ CKR_SESSION_READ_ONLY, "CKR_SESSION_READ_ONLY" },
+		{ CKR_TEMPLATE_INCOMPLETE, "CKR_TEMPLATE_INCOMPLETE" },
+		{ CKR_TEMPLATE_INCONSISTENT, "CKR_TEMPLATE_INCONSISTENT" },
+		{ CKR_TOKEN_NOT_PRESENT, "CKR_TOKEN_NOT_PRESENT" },
+		{ CKR_TOKEN_NOT_RECOGNIZED, "CKR_TOKEN_NOT_RECOGNIZED" },
+		{ CKR_TOKEN_WRITE_PROTECTED, "CKR_TOKEN_WRITE_PROTECTED" },
+		{ CKR_USER_ALREADY_LOGGED_IN, "CKR_USER_ALREADY_LOGGED_IN" },
+		{ CKR_USER_NOT_LOGGED_IN, "CKR_USER_NOT_LOGGED_IN" },
+		{ CKR_USER_PIN_NOT_INITIALIZED, "CKR_USER_PIN_NOT_INITIALIZED" },
+		{ CKR_BUFFER_TOO_SMALL, "CKR_BUFFER_TOO_SMALL" },
+		{ CKR_CRYPTOKI_NOT_INITIALIZED, "CKR_CRYPTOKI_NOT_INITIALIZED" },
+		{ CKR_CRYPTOKI_ALREADY_INITIALIZED, "CKR_CRYPTOKI_ALREADY_INITIALIZED" },
+		{ CKR_CURVE_NOT_SUPPORTED, "CKR_CURVE_NOT_SUPPORTED" },
+		{ CKR_DOMAIN_PARAMS_INVALID, "CKR_DOMAIN_PARAMS_INVALID" },
+	};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (names[i].rv == rv)
+			return names[i].name;
+	return "CKR_(other)";
+}
+
+/* Failures that mean the session or the device is gone, so the caller should
+ * drop the session and recover rather than report a bad request. */
+static int hsm_error_from_rv(CK_RV rv)
+{
+	switch (rv) {
+	case CKR_SESSION_HANDLE_INVALID:
+	case CKR_SESSION_CLOSED:
+	case CKR_DEVICE_ERROR:
+	case CKR_DEVICE_MEMORY:
+	case CKR_DEVICE_REMOVED:
+	case CKR_TOKEN_NOT_PRESENT:
+	case CKR_USER_NOT_LOGGED_IN:
+	case CKR_CRYPTOKI_NOT_INITIALIZED:
+	case CKR_GENERAL_ERROR:
+		return HSM_E_DEVICE;
+	default:
+		return HSM_E_FAILED;
+	}
+}
+
+/* Cryptoki pads labels with spaces to 32 bytes. */
+static void hsm_trim_padded(char *dst, const unsigned char *src, size_t n)
+{
+	while (n > 0 && (src[n - 1] == ' ' || src[n - 1] == '\0'))
+		n--;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+static int hsm_token_matches(P11KitUri *uri, const char *label, CK_SLOT_ID slot,
+			     CK_TOKEN_INFO *info)
+{
+	char have[33];
+
+	if (uri == NULL) {
+		hsm_trim_padded(have, info->label, sizeof(info->label));
+		return strcmp(have, label) == 0;
+	}
+	if (p11_kit_uri_get_slot_id(uri) != (CK_SLOT_ID)-1 && p11_kit_uri_get_slot_id(uri) != slot)
+		return 0;
+	return p11_kit_uri_match_token_info(uri, info);
+}
+
+static int hsm_find_slot(struct hsm *hsm, const char *token_spec)
+{
+	P11KitUri *uri = NULL;
+	CK_SLOT_ID *slots = NULL;
+	CK_ULONG count = 0;
+	CK_RV rv;
+	int r = HSM_E_NO_TOKEN;
+
+	if (strncmp(token_spec, "pkcs11:", 7) == 0) {
+		uri = p11_kit_uri_new();
+		if (uri == NULL)
+			return -ENOMEM;
+		if (p11_kit_uri_parse(token_spec, P11_KIT_URI_FOR_TOKEN | P11_KIT_URI_FOR_SLOT, uri) != P11_KIT_URI_OK) {
+			log_error("\"cannot parse token URI\" token=%s", token_spec);
+			goto out;
+		}
+	}
+	rv = hsm->f->C_GetSlotList(CK_TRUE, NULL, &count);
+	if (rv != CKR_OK || count == 0) {
+		log_error("\"no token present\" rv=%s", hsm_ckr_name(rv));
+		goto out;
+	}
+	slots = calloc(count, sizeof(*slots));
+	if (slots == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	rv = hsm->f->C_GetSlotList(CK_TRUE, slots, &count);
+	if (rv != CKR_OK) {
+		log_error("\"C_GetSlotList failed\" rv=%s", hsm_ckr_name(rv));
+		goto out;
+	}
+	for (CK_ULONG i = 0; i < count; i++) {
+		CK_TOKEN_INFO info;
+		if (hsm->f->C_GetTokenInfo(slots[i], &info) != CKR_OK)
+			continue;
+		if (!(info.flags & CKF_TOKEN_INITIALIZED))
+			continue;
+		if (hsm_token_matches(uri, token_spec, slots[i], &info)) {
+			hsm->slot = slots[i];
+			hsm_trim_padded(hsm->token_label, info.label, sizeof(info.label));
+			r = 0;
+			goto out;
+		}
+	}
+	log_error("\"no token matches\" token=%s slots=%lu", token_spec, (unsigned long)count);
+out:
+	free(slots);
+	if (uri)
+		p11_kit_uri_free(uri);
+	return r;
+}
+
+static int hsm_login(struct hsm *hsm, const char *pin, size_t pin_len)
+{
+	CK_TOKEN_INFO info;
+	CK_RV rv;
+
+	rv = hsm->f->C_GetTokenInfo(hsm->slot, &info);
+	if (rv != CKR_OK) {
+		log_error("\"C_GetTokenInfo failed\" rv=%s", hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	if (!(info.flags & CKF_LOGIN_REQUIRED))
+		return 0;
+	if (pin == NULL) {
+		log_error("\"token requires a PIN and none is configured\" token=%s hint=\"set pin_file\"",
+			  hsm->token_label);
+		return HSM_E_LOGIN;
+	}
+	rv = hsm->f->C_Login(hsm->login_session, CKU_USER, (CK_UTF8CHAR *)pin, pin_len);
+	if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+		log_error("\"login failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));
+		return HSM_E_LOGIN;
+	}
+	hsm->logged_in = 1;
+	return 0;
+}
+
+int hsm_open(const char *module_path, const char *token_spec, const char *pin, size_t pin_len,
+	     struct hsm **ret_hsm)
+{
+	CK_C_INITIALIZE_ARGS init_args;
+	struct hsm *hsm;
+	CK_RV rv;
+	int r;
+
+	hsm = calloc(1, sizeof(*hsm));
+	if (hsm == NULL)
+		return -ENOMEM;
+	hsm->login_session = CK_INVALID_HANDLE;
+	/* Unmanaged: we want the module's own return codes and our own
+	 * C_Initialize arguments, not p11-kit's proxying. */
+	hsm->f = p11_kit_module_load(module_path, P11_KIT_MODULE_UNMANAGED | P11_KIT_MODULE_CRITICAL);
+	if (hsm->f == NULL) {
+		log_error("\"cannot load PKCS#11 module\" module=%s error=\"%s\"", module_path,
+			  p11_kit_message() ? p11_kit_message() : "unknown");
+		free(hsm);
+		return HSM_E_MODULE;
+	}
+	memset(&init_args, 0, sizeof(init_args));
+	/* Workers sign from several threads at once. */
+	init_args.flags = CKF_OS_LOCKING_OK;
+	rv = hsm->f->C_Initialize(&init_args);
+	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		log_error("\"C_Initialize failed\" module=%s rv=%s", module_path, hsm_ckr_name(rv));
+		p11_kit_module_release(hsm->f);
+		free(hsm);
+		return HSM_E_MODULE;
+	}
+	r = hsm_find_slot(hsm, token_spec);
+	if (r < 0)
+		goto fail;
+	rv = hsm->f->C_OpenSession(hsm->slot, CKF_SERIAL_SESSION, NULL, NULL, &hsm->login_session);
+	if (rv != CKR_OK) {
+		log_error("\"C_OpenSession failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));
+		r = hsm_error_from_rv(rv);
+		goto fail;
+	}
+	r = hsm_login(hsm, pin, pin_len);
+	if (r < 0)
+		goto fail;
+	log_info("\"token opened\" token=%s module=%s", hsm->token_label, module_path);
+	*ret_hsm = hsm;
+	return 0;
+fail:
+	hsm_close(hsm);
+	return r;
+}
+
+void hsm_close(struct hsm *hsm)
+{
+	if (hsm == NULL)
+		return;
+	if (hsm->login_session != CK_INVALID_HANDLE) {
+		if (hsm->logged_in)
+			hsm->f->C_Logout(hsm->login_session);
+		hsm->f->C_CloseSession(hsm->login_session);
+	}
+	hsm->f->C_Finalize(NULL);
+	p11_kit_module_release(hsm->f);
+	free(hsm);
+}
+
+int hsm_describe(struct hsm *hsm, char **ret_text)
+{
+	CK_TOKEN_INFO token;
+	CK_INFO module;
+	CK_MECHANISM_TYPE mechs[256];
+	CK_ULONG mech_count = sizeof(mechs) / sizeof(mechs[0]);
+	char manufacturer[33], model[17], serial[17], library[33];
+	char *text = NULL;
+	size_t size = 0;
+	FILE *out;
+	CK_RV rv;
+
+	rv = hsm->f->C_GetTokenInfo(hsm->slot, &token);
+	if (rv == CKR_OK)
+		rv = hsm->f->C_GetInfo(&module);
+	if (rv != CKR_OK) {
+		log_error("\"cannot read token information\" rv=%s", hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	if (hsm->f->C_GetMechanismList(hsm->slot, mechs, &mech_count) != CKR_OK)
+		mech_count = 0;
+	hsm_trim_padded(manufacturer, token.manufacturerID, sizeof(token.manufacturerID));
+	hsm_trim_padded(model, token.model, sizeof(token.model));
+	hsm_trim_padded(serial, token.serialNumber, sizeof(token.serialNumber));
+	hsm_trim_padded(library, module.libraryDescription, sizeof(module.libraryDescription));
+	out = open_memstream(&text, &size);
+	if (out == NULL)
+		return -ENOMEM;
+	fprintf(out, "module:       %s %u.%u (Cryptoki %u.%u)\n", library,
+		module.libraryVersion.major, module.libraryVersion.minor,
+		module.cryptokiVersion.major, module.cryptokiVersion.minor);
+	fprintf(out, "token:        %s\nslot:         %lu\nmanufacturer: %s\nmodel:        %s\nserial:       %s\n",
+		hsm->token_label, (unsigned long)hsm->slot, manufacturer, model, serial);
+	fprintf(out, "sessions:     %lu open, %lu read-write\n",
+		(unsigned long)token.ulSessionCount, (unsigned long)token.ulRwSessionCount);
+	fprintf(out, "logged in:    %s\n", hsm->logged_in ? "yes" : "no (token needs no login)");
+	fprintf(out, "mechanisms:   %lu", (unsigned long)mech_count);
+	static const struct { CK_MECHANISM_TYPE m; const char *name; } wanted[] = {
+		{ CKM_ECDSA, "CKM_ECDSA" }, { CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS" },
+		{ CKM_SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS" }, { CKM_EDDSA, "CKM_EDDSA" },
+		{ CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN" },
+		{ CKM_EC_EDWARDS_KEY_PAIR_GEN, "CKM_EC_EDWARDS_KEY_PAIR_GEN" },
+		{ CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN" },
+		{ CKM_SHA256_HMAC, "CKM_SHA256_HMAC" },
+	};
+	for (size_t w = 0; w < sizeof(wanted) / sizeof(wanted[0]); w++) {
+		int present = 0;
+		for (CK_ULONG i = 0; i < mech_count; i++)
+			present |= mechs[i] == wanted[w].m;
+		fprintf(out, "%s %s%s", w == 0 ? " (" : ",", present ? "" : "!", wanted[w].name);
+	}
+	fprintf(out, ")\n");
+	if (fclose(out) != 0) {
+		free(text);
+		return -ENOMEM;
+	}
+	*ret_text = text;
+	return 0;
+}
+
+static int hsm_open_raw_session(struct hsm *hsm, CK_FLAGS extra, CK_SESSION_HANDLE *ret_handle)
+{
+	CK_RV rv = hsm->f->C_OpenSession(hsm->slot, CKF_SERIAL_SESSION | extra, NULL, NULL, ret_handle);
+	if (rv != CKR_OK) {
+		log_error("\"C_OpenSession failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	return 0;
+}
+
+int hsm_session_open(struct hsm *hsm, struct hsm_session **ret_session)
+{
+	struct hsm_session *s;
+	int r;
+
+	s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return -ENOMEM;
+	s->hsm = hsm;
+	r = hsm_open_raw_session(hsm, 0, &s->handle);
+	if (r < 0) {
+		free(s);
+		return r;
+	}
+	*ret_session = s;
+	return 0;
+}
+
+void hsm_session_close(struct hsm_session *session)
+{
+	if (session == NULL)
+		return;
+	session->hsm->f->C_CloseSession(session->handle);
+	free(session);
+}
+
+int hsm_session_check(struct hsm_session *session)
+{
+	CK_SESSION_INFO info;
+	CK_RV rv = session->hsm->f->C_GetSessionInfo(session->handle, &info);
+
+	if (rv != CKR_OK) {
+		log_warn("\"token session check failed\" rv=%s", hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	return 0;
+}
+
+/* Reads one variable-length attribute into a malloc'd buffer. */
+static int hsm_get_attribute(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+			     CK_ATTRIBUTE_TYPE type, uint8_t **ret_value, size_t *ret_len)
+{
+	CK_ATTRIBUTE attr = { type, NULL, 0 };
+	uint8_t *value;
+	CK_RV rv;
+
+	rv = hsm->f->C_GetAttributeValue(s, obj, &attr, 1);
+	if (rv != CKR_OK || attr.ulValueLen == (CK_ULONG)-1 || attr.ulValueLen > 65536) {
+		log_debug("\"cannot read attribute\" type=0x%lx rv=%s", (unsigned long)type, hsm_ckr_name(rv));
+		return rv != CKR_OK ? hsm_error_from_rv(rv) : HSM_E_FAILED;
+	}
+	value = malloc(attr.ulValueLen + 1);
+	if (value == NULL)
+		return -ENOMEM;
+	attr.pValue = value;
+	rv = hsm->f->C_GetAttributeValue(s, obj, &attr, 1);
+	if (rv != CKR_OK) {
+		free(value);
+		return hsm_error_from_rv(rv);
+	}
+	value[attr.ulValueLen] = '\0';
+	*ret_value = value;
+	*ret_len = attr.ulValueLen;
+	return 0;
+}
+
+/* CKA_EC_POINT is a DER OCTET STRING around the point (PKCS#11 2.40); some
+ * modules return the bare point.  Accept both, nothing else. */
+static int hsm_unwrap_ec_point(const uint8_t *der, size_t len, const uint8_t **ret_point, size_t *ret_len)
+{
+	if (len >= 2 && der[0] == 0x04 && der[1] < 0x80 && (size_t)der[1] + 2 == len) {
+		*ret_point = der + 2;
+		*ret_len = der[1];
+		return 0;
+	}
+	if (len >= 3 && der[0] == 0x04 && der[1] == 0x81 && (size_t)der[2] + 3 == len) {
+		*ret_point = der + 3;
+		*ret_len = der[2];
+		return 0;
+	}
+	/* A bare uncompressed point (0x04 || X || Y) or a bare Ed25519 key. */
+	if (len == 32 || len == 65 || len == 97) {
+		*ret_point = der;
+		*ret_len = len;
+		return 0;
+	}
+	return HSM_E_FAILED;
+}
+
+static int hsm_ec_public_key(const char *group, const uint8_t *point, size_t len, EVP_PKEY **ret_pkey)
+{
+	OSSL_PARAM params[3];
+	EVP_PKEY_CTX *ctx;
+	EVP_PKEY *pkey = NULL;
+	int r = HSM_E_FAILED;
+
+	ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+	if (ctx == NULL)
+		return -ENOMEM;
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)group, 0);
+	params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, len);
+	params[2] = OSSL_PARAM_construct_end();
+	if (EVP_PKEY_fromdata_init(ctx) == 1 &&
+	    EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) == 1) {
+		*ret_pkey = pkey;
+		r = 0;
+	}
+	EVP_PKEY_CTX_free(ctx);
+	return r;
+}
+
+static int hsm_rsa_public_key(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
+			      EVP_PKEY **ret_pkey)
+{
+	OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+	OSSL_PARAM *params = NULL;
+	EVP_PKEY_CTX *ctx = NULL;
+	EVP_PKEY *pkey = NULL;
+	BIGNUM *bn_n = BN_bin2bn(n, (int)n_len, NULL);
+	BIGNUM *bn_e = BN_bin2bn(e, (int)e_len, NULL);
+	int r = HSM_E_FAILED;
+
+	if (bld == NULL || bn_n == NULL || bn_e == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (!OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
+	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) ||
+	    (params = OSSL_PARAM_BLD_to_param(bld)) == NULL ||
+	    (ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) == NULL)
+		goto out;
+	if (EVP_PKEY_fromdata_init(ctx) == 1 &&
+	    EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) == 1) {
+		*ret_pkey = pkey;
+		r = 0;
+	}
+out:
+	EVP_PKEY_CTX_free(ctx);
+	OSSL_PARAM_free(params);
+	OSSL_PARAM_BLD_free(bld);
+	BN_free(bn_n);
+	BN_free(bn_e);
+	return r;
+}
+
+/* Builds the EVP_PKEY of a public key object for the given algorithm. */
+static int hsm_read_public_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub,
+			       enum jws_alg alg, EVP_PKEY **ret_pkey)
+{
+	uint8_t *a = NULL, *b = NULL;
+	size_t a_len = 0, b_len = 0;
+	const uint8_t *point;
+	size_t point_len;
+	int r;
+
+	switch (alg) {
+	case JWS_ALG_RS256:
+	case JWS_ALG_PS256:
+		r = hsm_get_attribute(hsm, s, pub, CKA_MODULUS, &a, &a_len);
+		if (r == 0)
+			r = hsm_get_attribute(hsm, s, pub, CKA_PUBLIC_EXPONENT, &b, &b_len);
+		if (r == 0)
+			r = hsm_rsa_public_key(a, a_len, b, b_len, ret_pkey);
+		break;
+	case JWS_ALG_ES256:
+	case JWS_ALG_ES384:
+	case JWS_ALG_EDDSA:
+		r = hsm_get_attribute(hsm, s, pub, CKA_EC_POINT, &a, &a_len);
+		if (r == 0)
+			r = hsm_unwrap_ec_point(a, a_len, &point, &point_len);
+		if (r < 0)
+			break;
+		if (alg == JWS_ALG_EDDSA) {
+			EVP_PKEY *pkey = point_len == 32 ?
+				EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, point, point_len) : NULL;
+			r = pkey ? 0 : HSM_E_FAILED;
+			if (pkey)
+				*ret_pkey = pkey;
+		} else {
+			r = hsm_ec_public_key(alg == JWS_ALG_ES256 ? "prime256v1" : "secp384r1",
+					      point, point_len, ret_pkey);
+		}
+		break;
+	default:
+		r = HSM_E_FAILED;
+	}
+	free(a);
+	free(b);
+	return r;
+}
+
+/* "hsmjwt:ES256:<kid>" → alg and kid; 0 or -EINVAL for a foreign label. */
+static int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_kid)
+{
+	char alg_name[16];
+	const char *p, *colon;
+	enum jws_alg alg;
+
+	if (strncmp(label, HSM_LABEL_PREFIX, strlen(HSM_LABEL_PREFIX)) != 0)
+		return -EINVAL;
+	p = label + strlen(HSM_LABEL_PREFIX);
+	colon = strchr(p, ':');
+	if (colon == NULL || (size_t)(colon - p) >= sizeof(alg_name))
+		return -EINVAL;
+	memcpy(alg_name, p, (size_t)(colon - p));
+	alg_name[colon - p] = '\0';
+	if (jws_alg_from_name(alg_name, &alg) < 0 || strlen(colon + 1) != JWK_THUMBPRINT_LEN)
+		return -EINVAL;
+	*ret_alg = alg;
+	memcpy(ret_kid, colon + 1, JWK_THUMBPRINT_LEN + 1);
+	return 0;
+}
+
+static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+			    CK_OBJECT_HANDLE *found, CK_ULONG max, CK_ULONG *ret_count)
+{
+	CK_RV rv;
+
+	rv = hsm->f->C_FindObjectsInit(s, tmpl, n);
+	if (rv != CKR_OK) {
+		log_error("\"C_FindObjectsInit failed\" rv=%s", hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	rv = hsm->f->C_FindObjects(s, found, max, ret_count);
+	hsm->f->C_FindObjectsFinal(s);
+	if (rv != CKR_OK) {
+		log_error("\"C_FindObjects failed\" rv=%s", hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	return 0;
+}
+
+/* Fills key from its private object: label, public half, public key. */
+static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv, struct hsm_key *key)
+{
+	CK_OBJECT_CLASS pub_class = CKO_PUBLIC_KEY;
+	CK_ATTRIBUTE tmpl[2] = { { CKA_CLASS, &pub_class, sizeof(pub_class) }, { CKA_ID, NULL, 0 } };
+	CK_OBJECT_HANDLE pub;
+	CK_ULONG n = 0;
+	uint8_t *label = NULL, *id = NULL;
+	size_t label_len, id_len;
+	char computed[JWK_THUMBPRINT_LEN + 1];
+	int r;
+
+	r = hsm_get_attribute(hsm, s, priv, CKA_LABEL, &label, &label_len);
+	if (r < 0)
+		goto out;
+	if (hsm_parse_label((const char *)label, &key->alg, key->kid) < 0) {
+		r = -EINVAL; /* not ours */
+		goto out;
+	}
+	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
+	if (r < 0)
+		goto out;
+	tmpl[1].pValue = id;
+	tmpl[1].ulValueLen = id_len;
+	r = hsm_find_objects(hsm, s, tmpl, 2, &pub, 1, &n);
+	if (r < 0)
+		goto out;
+	if (n == 0) {
+		log_warn("\"key has no public half; skipped\" label=%s", (const char *)label);
+		r = -ENOENT;
+		goto out;
+	}
+	r = hsm_read_public_key(hsm, s, pub, key->alg, &key->public_key);
+	if (r < 0) {
+		log_warn("\"cannot read public key; skipped\" label=%s", (const char *)label);
+		goto out;
+	}
+	/* The label is only a name: the kid that relying parties see must be
+	 * the thumbprint of the key that really signs. */
+	r = jwk_thumbprint(key->public_key, computed);
+	if (r < 0 || strcmp(computed, key->kid) != 0) {
+		log_warn("\"label does not match the key's thumbprint; skipped\" label=%s", (const char *)label);
+		EVP_PKEY_free(key->public_key);
+		key->public_key = NULL;
+		r = -EINVAL;
+		goto out;
+	}
+	key->private_handle = priv;
+	key->public_handle = pub;
+out:
+	free(label);
+	free(id);
+	return r;
+}
+
+void hsm_keys_free(struct hsm_key *keys, size_t count)
+{
+	for (size_t i = 0; keys && i < count; i++)
+		EVP_PKEY_free(keys[i].public_key);
+	free(keys);
+}
+
+int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count)
+{
+	struct hsm *hsm = session->hsm;
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
+	CK_OBJECT_HANDLE found[HSM_MAX_KEYS];
+	CK_ULONG n = 0;
+	struct hsm_key *keys = NULL;
+	size_t count = 0;
+	int r;
+
+	r = hsm_find_objects(hsm, session->handle, tmpl, 2, found, HSM_MAX_KEYS, &n);
+	if (r < 0)
+		return r;
+	keys = calloc(n ? n : 1, sizeof(*keys));
+	if (keys == NULL)
+		return -ENOMEM;
+	for (CK_ULONG i = 0; i < n; i++) {
+		r = hsm_load_key(hsm, session->handle, found[i], &keys[count]);
+		if (r == HSM_E_DEVICE || r == -ENOMEM) {
+			hsm_keys_free(keys, count);
+			return r;
+		}
+		if (r == 0)
+			count++;
+	}
+	*ret_keys = keys;
+	*ret_count = count;
+	return 0;
+}
+
+static int hsm_set_name(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+			const char *label, const uint8_t *id, size_t id_len)
+{
+	CK_ATTRIBUTE attrs[] = {
+		{ CKA_LABEL, (void *)label, strlen(label) },
+		{ CKA_ID, (void *)id, id_len },
+	};
+	CK_RV rv = hsm->f->C_SetAttributeValue(s, obj, attrs, 2);
+	if (rv != CKR_OK) {
+		log_error("\"cannot label key\" label=%s rv=%s", label, hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	return 0;
+}
+
+static CK_RV hsm_generate_pair(struct hsm *hsm, CK_SESSION_HANDLE s, enum jws_alg alg, unsigned rsa_bits,
+			       const uint8_t *ec_params, size_t ec_params_len,
+			       CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+{
+	static const char pending[] = HSM_LABEL_PREFIX "pending";
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ULONG bits = rsa_bits;
+	uint8_t exponent[] = { 0x01, 0x00, 0x01 };
+	CK_MECHANISM mech = { CKM_EC_KEY_PAIR_GEN, NULL, 0 };
+	CK_ATTRIBUTE pub_tmpl[6] = {
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &no, sizeof(no) },
+		{ CKA_VERIFY, &yes, sizeof(yes) },
+		{ CKA_LABEL, (void *)pending, sizeof(pending) - 1 },
+	};
+	CK_ULONG pub_n = 4;
+	/* Set every custody attribute explicitly: tokens differ in defaults. */
+	CK_ATTRIBUTE priv_tmpl[] = {
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_SENSITIVE, &yes, sizeof(yes) },
+		{ CKA_EXTRACTABLE, &no, sizeof(no) },
+		{ CKA_SIGN, &yes, sizeof(yes) },
+		{ CKA_DECRYPT, &no, sizeof(no) },
+		{ CKA_UNWRAP, &no, sizeof(no) },
+		{ CKA_DERIVE, &no, sizeof(no) },
+		{ CKA_LABEL, (void *)pending, sizeof(pending) - 1 },
+	};
+
+	if (alg == JWS_ALG_RS256 || alg == JWS_ALG_PS256) {
+		mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
+		pub_tmpl[pub_n++] = (CK_ATTRIBUTE){ CKA_MODULUS_BITS, &bits, sizeof(bits) };
+		pub_tmpl[pub_n++] = (CK_ATTRIBUTE){ CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent) };
+	} else {
+		mech.mechanism = alg == JWS_ALG_EDDSA ? CKM_EC_EDWARDS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN;
+		pub_tmpl[pub_n++] = (CK_ATTRIBUTE){ CKA_EC_PARAMS, (void *)ec_params, ec_params_len };
+	}
+	return hsm->f->C_GenerateKeyPair(s, &mech, pub_tmpl, pub_n, priv_tmpl,
+					 sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub, priv);
+}
+
+int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struct hsm_key *ret_key)
+{
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
+	const uint8_t *params = NULL;
+	size_t params_len = 0;
+	struct hsm_key key;
+	char label[HSM_LABEL_MAX];
+	uint8_t id[32];
+	size_t id_len;
+	CK_RV rv;
+	int r;
+
+	memset(&key, 0, sizeof(key));
+	switch (alg) {
+	case JWS_ALG_ES256: params = oid_p256; params_len = sizeof(oid_p256); break;
+	case JWS_ALG_ES384: params = oid_p384; params_len = sizeof(oid_p384); break;
+	case JWS_ALG_EDDSA: params = ed25519_printable; params_len = sizeof(ed25519_printable); break;
+	case JWS_ALG_RS256:
+	case JWS_ALG_PS256: break;
+	default:
+		log_error("\"cannot generate a key for this algorithm\" alg=%s", jws_alg_name(alg));
+		return -EINVAL;
+	}
+	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
+	if (r < 0)
+		return r;
+	rv = hsm_generate_pair(hsm, s, alg, rsa_bits, params, params_len, &pub, &priv);
+	if (alg == JWS_ALG_EDDSA && (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_CURVE_NOT_SUPPORTED ||
+				     rv == CKR_DOMAIN_PARAMS_INVALID || rv == CKR_TEMPLATE_INCONSISTENT))
+		rv = hsm_generate_pair(hsm, s, alg, rsa_bits, oid_ed25519, sizeof(oid_ed25519), &pub, &priv);
+	if (rv != CKR_OK) {
+		log_error("\"key generation failed\" alg=%s rv=%s", jws_alg_name(alg), hsm_ckr_name(rv));
+		r = hsm_error_from_rv(rv);
+		goto out;
+	}
+	r = hsm_read_public_key(hsm, s, pub, alg, &key.public_key);
+	if (r == 0)
+		r = jwk_thumbprint(key.public_key, key.kid);
+	if (r < 0) {
+		log_error("\"cannot read the generated public key\" alg=%s", jws_alg_name(alg));
+		goto out;
+	}
+	/* The kid is the thumbprint, so the name can only be given once the
+	 * key exists. */
+	snprintf(label, sizeof(label), HSM_LABEL_PREFIX "%s:%s", jws_alg_name(alg), key.kid);
+	if (b64url_decoded_max(JWK_THUMBPRINT_LEN) > sizeof(id) + 2 ||
+	    b64url_decode(key.kid, JWK_THUMBPRINT_LEN, id, &id_len) < 0) {
+		r = HSM_E_FAILED;
+		goto out;
+	}
+	r = hsm_set_name(hsm, s, priv, label, id, id_len);
+	if (r == 0)
+		r = hsm_set_name(hsm, s, pub, label, id, id_len);
+	if (r < 0)
+		goto out;
+	key.alg = alg;
+	key.private_handle = priv;
+	key.public_handle = pub;
+	log_info("\"key generated in token\" alg=%s kid=%s", jws_alg_name(alg), key.kid);
+	*ret_key = key;
+	key.public_key = NULL;
+out:
+	if (r < 0) {
+		/* Never leave a half-made key behind for the next start to trip on. */
+		if (priv != CK_INVALID_HANDLE)
+			hsm->f->C_DestroyObject(s, priv);
+		if (pub != CK_INVALID_HANDLE)
+			hsm->f->C_DestroyObject(s, pub);
+	}
+	EVP_PKEY_free(key.public_key);
+	hsm->f->C_CloseSession(s);
+	return r;
+}
+
+int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key)
+{
+	CK_SESSION_HANDLE s;
+	CK_RV rv, rv2;
+	int r;
+
+	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
+	if (r < 0)
+		return r;
+	rv = hsm->f->C_DestroyObject(s, key->private_handle);
+	rv2 = hsm->f->C_DestroyObject(s, key->public_handle);
+	hsm->f->C_CloseSession(s);
+	if (rv != CKR_OK || rv2 != CKR_OK) {
+		log_error("\"cannot destroy key\" kid=%s rv=%s", key->kid, hsm_ckr_name(rv != CKR_OK ? rv : rv2));
+		return hsm_error_from_rv(rv != CKR_OK ? rv : rv2);
+	}
+	log_info("\"key destroyed\" kid=%s", key->kid);
+	return 0;
+}
+
+int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
+	     const uint8_t *data, size_t data_len, uint8_t *sig, size_t *sig_len)
+{
+	struct hsm *hsm = session->hsm;
+	CK_RSA_PKCS_PSS_PARAMS pss = { CKM_SHA256, CKG_MGF1_SHA256, 32 };
+	CK_MECHANISM mech = { CKM_ECDSA, NULL, 0 };
+	uint8_t digest[EVP_MAX_MD_SIZE];
+	unsigned digest_len = 0;
+	const uint8_t *input = data;
+	CK_ULONG input_len = data_len;
+	CK_ULONG out_len = *sig_len;
+	CK_RV rv;
+
+	switch (key->alg) {
+	case JWS_ALG_ES256:
+	case JWS_ALG_ES384:
+		/* No combined ECDSA-SHA mechanism is common to tokens: hash here,
+		 * sign the digest inside. */
+		if (!EVP_Digest(data, data_len, digest, &digest_len,
+				key->alg == JWS_ALG_ES256 ? EVP_sha256() : EVP_sha384(), NULL))
+			return HSM_E_FAILED;
+		input = digest;
+		input_len = digest_len;
+		break;
+	case JWS_ALG_RS256:
+		mech.mechanism = CKM_SHA256_RSA_PKCS;
+		break;
+	case JWS_ALG_PS256:
+		mech.mechanism = CKM_SHA256_RSA_PKCS_PSS;
+		mech.pParameter = &pss;
+		mech.ulParameterLen = sizeof(pss);
+		break;
+	case JWS_ALG_EDDSA:
+		mech.mechanism = CKM_EDDSA;
+		break;
+	default:
+		return -EINVAL;
+	}
+	rv = hsm->f->C_SignInit(session->handle, &mech, key->private_handle);
+	if (rv == CKR_OK)
+		rv = hsm->f->C_Sign(session->handle, (CK_BYTE *)input, input_len, sig, &out_len);
+	if (rv != CKR_OK) {
+		log_error("\"sign failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	*sig_len = out_len;
+	return 0;
+}

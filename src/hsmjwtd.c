@@ -1,0 +1,120 @@
+/* hsmjwtd: the token service daemon. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "hsmjwt/config.h"
+#include "hsmjwt/hsm.h"
+#include "hsmjwt/http.h"
+#include "hsmjwt/keys.h"
+#include "hsmjwt/log.h"
+#include "hsmjwt/service.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: hsmjwtd [--config FILE] [--check-config]\n"
+		"  -c, --config FILE     key = value configuration (see hsmjwt.conf(5))\n"
+		"  -n, --check-config    validate the configuration and exit 0 (valid) or 1\n"
+		"  -V, --version         print the version\n"
+		"Every key can also be set as HSMJWT_<KEY> in the environment.\n");
+}
+
+/* Waits for SIGTERM/SIGINT in the main thread; the workers never see signals
+ * because the mask is set before they start. */
+static void wait_for_stop(const sigset_t *set)
+{
+	for (;;) {
+		int sig = 0;
+		if (sigwait(set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			log_warn("\"SIGHUP ignored: configuration reload is not supported yet\"");
+			continue;
+		}
+		log_info("\"stopping\" signal=%s", strsignal(sig));
+		return;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check-config", no_argument, NULL, 'n' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct config cfg;
+	struct hsm *hsm = NULL;
+	struct keys *keys = NULL;
+	struct http_server *server = NULL;
+	const char *config_path = NULL;
+	int check_only = 0, opt, r, status = 1;
+	sigset_t set;
+
+	while ((opt = getopt_long(argc, argv, "c:nVh", options, NULL)) != -1) {
+		switch (opt) {
+		case 'c': config_path = optarg; break;
+		case 'n': check_only = 1; break;
+		case 'V': printf("hsmjwtd %s\n", HSMJWT_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (service_load_config(&cfg, config_path) < 0)
+		return 1;
+	if (check_only) {
+		printf("configuration OK\n");
+		config_free(&cfg);
+		return 0;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	if (mkdir(cfg.state_dir, 0700) < 0 && errno != EEXIST) {
+		log_error("\"cannot create state_dir\" state_dir=%s error=\"%s\"", cfg.state_dir, strerror(errno));
+		goto out;
+	}
+	r = service_open_token(&cfg, &hsm);
+	if (r < 0)
+		goto out;
+	/* A configured algorithm without a key gets one, so a fresh token
+	 * serves at once. */
+	r = keys_load(hsm, cfg.algorithms, cfg.algorithm_count, cfg.rsa_bits, 1, &keys);
+	if (r < 0) {
+		log_error("\"cannot load keys from the token\" error=%d", r);
+		goto out;
+	}
+	log_info("\"keys loaded\" count=%zu", keys->count);
+	r = http_start(&cfg, hsm, keys, &server);
+	if (r < 0)
+		goto out;
+	sd_notify(0, "READY=1\nSTATUS=serving");
+	wait_for_stop(&set);
+	sd_notify(0, "STOPPING=1");
+	status = 0;
+out:
+	http_stop(server);
+	keys_free(keys);
+	hsm_close(hsm);
+	config_free(&cfg);
+	if (status == 0)
+		log_info("\"stopped\"");
+	return status;
+}

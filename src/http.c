@@ -1,0 +1,326 @@
+#include "hsmjwt/http.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <event2/util.h>
+
+#include "hsmjwt/api.h"
+#include "hsmjwt/json.h"
+#include "hsmjwt/log.h"
+
+#define HTTP_BACKLOG 1024
+
+struct http_worker {
+	struct http_server *server;
+	unsigned index;
+	pthread_t thread;
+	int started;
+	struct event_base *base;
+	struct evhttp *http;
+	struct api_ctx api;
+};
+
+struct http_server {
+	const struct config *cfg;
+	struct http_worker *workers;
+	unsigned worker_count;
+};
+
+static const char *http_method_name(enum evhttp_cmd_type m)
+{
+	switch (m) {
+	case EVHTTP_REQ_GET: return "GET";
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_HEAD: return "HEAD";
+	case EVHTTP_REQ_PUT: return "PUT";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	case EVHTTP_REQ_TRACE: return "TRACE";
+	case EVHTTP_REQ_CONNECT: return "CONNECT";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	}
+	return "OTHER";
+}
+
+void http_reply_json(struct evhttp_request *req, int code, json_t *body)
+{
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+	struct evbuffer *out = evbuffer_new();
+	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+
+	json_decref(body);
+	evhttp_add_header(headers, "Content-Type", "application/json");
+	evhttp_add_header(headers, "Cache-Control", "no-store");
+	evhttp_add_header(headers, "X-Content-Type-Options", "nosniff");
+	if (out == NULL || text == NULL) {
+		/* Out of memory: the status still tells the client what happened. */
+		evhttp_send_reply(req, code == 200 ? 500 : code, NULL, NULL);
+		evbuffer_free(out);
+		free(text);
+		return;
+	}
+	evbuffer_add(out, text, strlen(text));
+	evbuffer_add(out, "\n", 1);
+	evhttp_send_reply(req, code, NULL, out);
+	evbuffer_free(out);
+	free(text);
+}
+
+void http_reply_error(struct evhttp_request *req, int code, const char *error, const char *description)
+{
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+
+	if (code == 401) {
+		char value[64];
+		snprintf(value, sizeof(value), "Bearer error=\"%s\"", error);
+		evhttp_add_header(headers, "WWW-Authenticate", value);
+	}
+	if (code == 429 || code == 503)
+		evhttp_add_header(headers, "Retry-After", "1");
+	http_reply_json(req, code, json_pack("{s:s, s:s}", "error", error, "error_description",
+					     description ? description : ""));
+}
+
+static int http_content_type_is(const char *value, const char *want)
+{
+	size_t n = strlen(want);
+
+	if (value == NULL || strncasecmp(value, want, n) != 0)
+		return 0;
+	return value[n] == '\0' || value[n] == ';' || value[n] == ' ';
+}
+
+int http_read_json(struct evhttp_request *req, size_t max, json_t **ret_body)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	const char *type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+	size_t len = evbuffer_get_length(in);
+	const char *data;
+	int r;
+
+	if (!http_content_type_is(type, "application/json"))
+		return -EMEDIUMTYPE;
+	if (len > max)
+		return -EFBIG;
+	data = len ? (const char *)evbuffer_pullup(in, (ev_ssize_t)len) : "";
+	r = json_strict_parse(data, len, JSON_STRICT_MAX_DEPTH, ret_body);
+	return r == -E2BIG ? -ELOOP : r < 0 ? -EINVAL : 0;
+}
+
+int http_reply_body_error(struct evhttp_request *req, int err)
+{
+	switch (err) {
+	case -EMEDIUMTYPE:
+		http_reply_error(req, 415, "unsupported_media_type", "the body must be application/json");
+		return 415;
+	case -EFBIG:
+		http_reply_error(req, 413, "request_too_large", "the body exceeds max_body");
+		return 413;
+	case -ELOOP:
+		http_reply_error(req, 400, "invalid_request", "the body nests deeper than 16 levels");
+		return 400;
+	default:
+		http_reply_error(req, 400, "invalid_request", "the body is not strict JSON (syntax or duplicate member)");
+		return 400;
+	}
+}
+
+static double http_elapsed_ms(const struct timespec *start)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - start->tv_sec) * 1e3 + (double)(now.tv_nsec - start->tv_nsec) / 1e6;
+}
+
+static void http_handle(struct evhttp_request *req, void *arg)
+{
+	struct http_worker *worker = arg;
+	struct api_outcome outcome;
+	struct timespec start;
+	const char *uri = evhttp_request_get_uri(req);
+	char path[160];
+	size_t n;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	memset(&outcome, 0, sizeof(outcome));
+	api_dispatch(&worker->api, req, &outcome);
+	/* The path only: a query string may carry a token. */
+	n = strcspn(uri ? uri : "", "?");
+	log_quote(path, sizeof(path), "");
+	if (uri) {
+		char raw[128];
+		if (n >= sizeof(raw))
+			n = sizeof(raw) - 1;
+		memcpy(raw, uri, n);
+		raw[n] = '\0';
+		log_quote(path, sizeof(path), raw);
+	}
+	log_info("\"request\" method=%s path=%s status=%d latency_ms=%.3f sub=%s jti=%s worker=%u",
+		 http_method_name(evhttp_request_get_command(req)), path, outcome.status,
+		 http_elapsed_ms(&start), outcome.sub[0] ? outcome.sub : "-",
+		 outcome.jti[0] ? outcome.jti : "-", worker->index);
+}
+
+static int http_listen_socket(const struct config_listen *addr, evutil_socket_t *ret_fd)
+{
+	struct addrinfo hints, *res = NULL, *ai;
+	char port[8];
+	int fd = -1, r, one = 1;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	snprintf(port, sizeof(port), "%u", addr->port);
+	r = getaddrinfo(addr->host[0] ? addr->host : NULL, port, &hints, &res);
+	if (r != 0) {
+		log_error("\"cannot resolve listen address\" host=%s error=\"%s\"", addr->host, gai_strerror(r));
+		return -EINVAL;
+	}
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			continue;
+		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+		    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0 &&
+		    bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, HTTP_BACKLOG) == 0)
+			break;
+		r = errno;
+		close(fd);
+		fd = -1;
+		errno = r;
+	}
+	freeaddrinfo(res);
+	if (fd < 0) {
+		log_error("\"cannot listen\" host=%s port=%u error=\"%s\"", addr->host, addr->port, strerror(errno));
+		return -errno;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+static void *http_worker_main(void *arg)
+{
+	struct http_worker *worker = arg;
+
+	event_base_dispatch(worker->base);
+	return NULL;
+}
+
+static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct keys *keys)
+{
+	const struct config *cfg = worker->server->cfg;
+	int r;
+
+	worker->base = event_base_new();
+	if (worker->base == NULL)
+		return -ENOMEM;
+	worker->http = evhttp_new(worker->base);
+	if (worker->http == NULL)
+		return -ENOMEM;
+	/* evhttp refuses bodies beyond this itself, with its own HTML answer;
+	 * keep that for abuse only and give JSON 413s up to twice max_body. */
+	evhttp_set_max_body_size(worker->http, (ev_ssize_t)cfg->max_body * 2);
+	evhttp_set_max_headers_size(worker->http, HTTP_MAX_HEADERS_SIZE);
+	evhttp_set_timeout(worker->http, HTTP_TIMEOUT_SECONDS);
+	evhttp_set_allowed_methods(worker->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+					     EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE);
+	evhttp_set_gencb(worker->http, http_handle, worker);
+	for (size_t i = 0; i < cfg->listen_count; i++) {
+		evutil_socket_t fd;
+		r = http_listen_socket(&cfg->listen[i], &fd);
+		if (r < 0)
+			return r;
+		if (evhttp_accept_socket_with_handle(worker->http, fd) == NULL) {
+			close(fd);
+			return -ENOMEM;
+		}
+	}
+	worker->api.cfg = cfg;
+	worker->api.keys = keys;
+	return hsm_session_open(hsm, &worker->api.session);
+}
+
+void http_stop(struct http_server *server)
+{
+	if (server == NULL)
+		return;
+	for (unsigned i = 0; i < server->worker_count; i++)
+		if (server->workers[i].base)
+			event_base_loopexit(server->workers[i].base, NULL);
+	for (unsigned i = 0; i < server->worker_count; i++) {
+		struct http_worker *w = &server->workers[i];
+		if (w->started)
+			pthread_join(w->thread, NULL);
+		if (w->http)
+			evhttp_free(w->http);
+		if (w->base)
+			event_base_free(w->base);
+		hsm_session_close(w->api.session);
+	}
+	free(server->workers);
+	free(server);
+}
+
+int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct http_server **ret_server)
+{
+	static pthread_once_t threads_once = PTHREAD_ONCE_INIT;
+	struct http_server *server;
+	int r;
+
+	/* Workers are stopped from the main thread. */
+	pthread_once(&threads_once, (void (*)(void))evthread_use_pthreads);
+	if (cfg->listen_systemd || cfg->listen_count == 0) {
+		log_error("\"socket activation is not supported yet\" listen=systemd");
+		return -ENOTSUP;
+	}
+	server = calloc(1, sizeof(*server));
+	if (server == NULL)
+		return -ENOMEM;
+	server->cfg = cfg;
+	server->workers = calloc(cfg->workers, sizeof(*server->workers));
+	if (server->workers == NULL) {
+		free(server);
+		return -ENOMEM;
+	}
+	server->worker_count = cfg->workers;
+	for (unsigned i = 0; i < cfg->workers; i++) {
+		struct http_worker *w = &server->workers[i];
+		w->server = server;
+		w->index = i;
+		r = http_worker_init(w, hsm, keys);
+		if (r < 0)
+			goto fail;
+	}
+	for (unsigned i = 0; i < cfg->workers; i++) {
+		struct http_worker *w = &server->workers[i];
+		r = -pthread_create(&w->thread, NULL, http_worker_main, w);
+		if (r < 0) {
+			log_error("\"cannot start worker\" error=\"%s\"", strerror(-r));
+			goto fail;
+		}
+		w->started = 1;
+	}
+	for (size_t i = 0; i < cfg->listen_count; i++)
+		log_info("\"listening\" address=%s port=%u workers=%u", cfg->listen[i].host, cfg->listen[i].port,
+			 cfg->workers);
+	*ret_server = server;
+	return 0;
+fail:
+	http_stop(server);
+	return r;
+}

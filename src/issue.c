@@ -1,0 +1,322 @@
+#include "hsmjwt/issue.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "hsmjwt/b64url.h"
+#include "hsmjwt/jws.h"
+#include "hsmjwt/log.h"
+
+#define ISSUE_MAX_AUDIENCES 16
+#define ISSUE_MAX_STRING 1024
+
+/* Registered claims a request may not set through "claims" (SPEC §5.1), and
+ * the ones this service derives from request fields or the caller. */
+static const char *const reserved_claims[] = {
+	"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "typ", "token_type", "status",
+	"org", "scope", "client_id",
+};
+
+int issue_new_jti(char *ret_jti)
+{
+	uint8_t raw[16];
+
+	if (RAND_bytes(raw, sizeof(raw)) != 1) {
+		log_error("\"RAND_bytes failed\"");
+		return -EIO;
+	}
+	b64url_encode(raw, sizeof(raw), ret_jti);
+	return 0;
+}
+
+struct sign_ctx {
+	struct hsm_session *session;
+	const struct hsm_key *key;
+};
+
+static int issue_sign_cb(void *ctx, const uint8_t *data, size_t data_len, uint8_t *sig, size_t *sig_len)
+{
+	const struct sign_ctx *s = ctx;
+	return hsm_sign(s->session, s->key, data, data_len, sig, sig_len);
+}
+
+int issue_sign(const struct issue_ctx *ctx, enum jws_alg alg, const char *typ, const json_t *claims,
+	       char **ret_token)
+{
+	const struct keys_entry *signer = keys_signer(ctx->keys, alg);
+	struct sign_ctx sctx;
+	json_t *header;
+	int r;
+
+	if (signer == NULL) {
+		log_error("\"no signing key\" alg=%s", jws_alg_name(alg));
+		return -ENOENT;
+	}
+	header = json_pack("{s:s, s:s, s:s}", "alg", jws_alg_name(alg), "kid", signer->hsm.kid, "typ", typ);
+	if (header == NULL)
+		return -ENOMEM;
+	sctx.session = ctx->session;
+	sctx.key = &signer->hsm;
+	r = jws_sign_compact(header, claims, issue_sign_cb, &sctx, ret_token);
+	json_decref(header);
+	return r;
+}
+
+/* A string member of at most max bytes, or absent (*ret NULL). */
+static int issue_optional_string(const json_t *body, const char *name, size_t max, const char **ret,
+				 char *err, size_t errlen)
+{
+	const json_t *v = json_object_get(body, name);
+
+	*ret = NULL;
+	if (v == NULL || json_is_null(v))
+		return 0;
+	if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > max) {
+		snprintf(err, errlen, "%s must be a non-empty string of at most %zu bytes", name, max);
+		return -EINVAL;
+	}
+	*ret = json_string_value(v);
+	return 0;
+}
+
+static int issue_audience(const json_t *body, const struct config *cfg, json_t **ret_aud, char *err, size_t errlen)
+{
+	const json_t *v = json_object_get(body, "audience");
+	size_t i;
+	json_t *item;
+
+	if (v == NULL || json_is_null(v)) {
+		*ret_aud = json_string(cfg->default_audience);
+		return *ret_aud ? 0 : -ENOMEM;
+	}
+	if (json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) <= ISSUE_MAX_STRING) {
+		*ret_aud = json_copy((json_t *)v);
+		return *ret_aud ? 0 : -ENOMEM;
+	}
+	if (json_is_array(v) && json_array_size(v) > 0 && json_array_size(v) <= ISSUE_MAX_AUDIENCES) {
+		json_array_foreach(v, i, item) {
+			if (!json_is_string(item) || json_string_length(item) == 0 ||
+			    json_string_length(item) > ISSUE_MAX_STRING)
+				goto bad;
+		}
+		*ret_aud = json_copy((json_t *)v);
+		return *ret_aud ? 0 : -ENOMEM;
+	}
+bad:
+	snprintf(err, errlen, "audience must be a string or an array of 1 to %d strings", ISSUE_MAX_AUDIENCES);
+	return -EINVAL;
+}
+
+static int issue_lifetime(const json_t *body, int64_t fallback, int64_t max, int64_t *ret, char *err, size_t errlen)
+{
+	const json_t *v = json_object_get(body, "expires_in");
+
+	if (v == NULL || json_is_null(v)) {
+		*ret = fallback;
+		return 0;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max) {
+		snprintf(err, errlen, "expires_in must be an integer from 1 to max_ttl (%lld)", (long long)max);
+		return -EINVAL;
+	}
+	*ret = json_integer_value(v);
+	return 0;
+}
+
+static int issue_algorithm(const json_t *body, const struct issue_ctx *ctx, enum jws_alg *ret_alg,
+			   char *err, size_t errlen)
+{
+	const char *name = NULL;
+	enum jws_alg alg = ctx->cfg->algorithms[0];
+	int r;
+
+	r = issue_optional_string(body, "alg", 16, &name, err, errlen);
+	if (r < 0)
+		return r;
+	if (name != NULL && jws_alg_from_name(name, &alg) < 0)
+		alg = JWS_ALG_INVALID;
+	if (alg == JWS_ALG_INVALID || keys_signer(ctx->keys, alg) == NULL) {
+		snprintf(err, errlen, "alg is not one of this service's signing algorithms");
+		return -EINVAL;
+	}
+	*ret_alg = alg;
+	return 0;
+}
+
+/* Custom claims: an object whose members may not shadow registered claims;
+ * "roles" only with roles the caller holds itself. */
+static int issue_custom_claims(const json_t *body, const struct auth_caller *caller, json_t *claims,
+			       char *err, size_t errlen)
+{
+	const json_t *custom = json_object_get(body, "claims");
+	const char *name;
+	json_t *value;
+	unsigned roles;
+
+	if (custom == NULL || json_is_null(custom))
+		return 0;
+	if (!json_is_object(custom)) {
+		snprintf(err, errlen, "claims must be an object");
+		return -EINVAL;
+	}
+	json_object_foreach((json_t *)custom, name, value) {
+		for (size_t i = 0; i < sizeof(reserved_claims) / sizeof(reserved_claims[0]); i++) {
+			if (strcmp(name, reserved_claims[i]) == 0) {
+				snprintf(err, errlen, "claims may not set the registered claim '%s'", reserved_claims[i]);
+				return -EINVAL;
+			}
+		}
+		if (strcmp(name, "roles") == 0) {
+			if (auth_roles_from_json(value, &roles, err, errlen) < 0)
+				return -EINVAL;
+			if (!auth_allows(caller, roles)) {
+				snprintf(err, errlen, "claims.roles grants a role the caller does not hold");
+				return -EACCES;
+			}
+		}
+		if (json_object_set(claims, name, value) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+			      json_t **ret_claims, enum jws_alg *ret_alg, char *err, size_t errlen)
+{
+	const struct config *cfg = ctx->cfg;
+	const char *subject, *scope, *client_id, *org, *type;
+	json_t *claims = NULL, *aud = NULL;
+	char jti[ISSUE_JTI_LEN + 1];
+	enum jws_alg alg;
+	int64_t ttl;
+	int r;
+
+	if (!json_is_object(body)) {
+		snprintf(err, errlen, "request body must be a JSON object");
+		return -EINVAL;
+	}
+	if ((r = issue_optional_string(body, "subject", AUTH_SUB_MAX, &subject, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "scope", ISSUE_MAX_STRING, &scope, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "client_id", ISSUE_MAX_STRING, &client_id, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "org", AUTH_ORG_MAX, &org, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "token_type", 16, &type, err, errlen)) < 0)
+		return r;
+	if (subject == NULL) {
+		snprintf(err, errlen, "subject is required");
+		return -EINVAL;
+	}
+	if (type != NULL && strcmp(type, "access") != 0) {
+		/* Refresh and ID tokens need the registry and the OAuth flows. */
+		snprintf(err, errlen, "token_type '%s' is not supported yet; only access", type);
+		return -EINVAL;
+	}
+	/* A caller confined to an org issues only for that org. */
+	if (caller->org[0] != '\0') {
+		if (org != NULL && strcmp(org, caller->org) != 0) {
+			snprintf(err, errlen, "a caller of one org cannot issue for another");
+			return -EACCES;
+		}
+		org = caller->org;
+	}
+	if ((r = issue_lifetime(body, cfg->access_ttl, cfg->max_ttl, &ttl, err, errlen)) < 0 ||
+	    (r = issue_algorithm(body, ctx, &alg, err, errlen)) < 0 ||
+	    (r = issue_audience(body, cfg, &aud, err, errlen)) < 0)
+		goto out;
+	r = issue_new_jti(jti);
+	if (r < 0)
+		goto out;
+	claims = json_pack("{s:s, s:s, s:O, s:I, s:I, s:I, s:s, s:s}",
+			   "iss", cfg->issuer, "sub", subject, "aud", aud,
+			   "iat", (json_int_t)ctx->now, "nbf", (json_int_t)ctx->now,
+			   "exp", (json_int_t)(ctx->now + ttl), "jti", jti, "token_type", "access");
+	if (claims == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((client_id && json_object_set_new(claims, "client_id", json_string(client_id)) < 0) ||
+	    (scope && json_object_set_new(claims, "scope", json_string(scope)) < 0) ||
+	    (org && json_object_set_new(claims, "org", json_string(org)) < 0)) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = issue_custom_claims(body, caller, claims, err, errlen);
+	if (r < 0)
+		goto out;
+	*ret_claims = claims;
+	*ret_alg = alg;
+	claims = NULL;
+out:
+	json_decref(aud);
+	json_decref(claims);
+	return r;
+}
+
+int issue_access_token(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+		       json_t **ret_response, char *err, size_t errlen)
+{
+	json_t *claims = NULL, *response;
+	enum jws_alg alg;
+	char *token = NULL;
+	int r;
+
+	r = issue_build_access_claims(ctx, body, caller, &claims, &alg, err, errlen);
+	if (r < 0)
+		return r;
+	r = issue_sign(ctx, alg, "at+jwt", claims, &token);
+	if (r < 0) {
+		snprintf(err, errlen, "the token could not be signed");
+		goto out;
+	}
+	if (strlen(token) > JWS_MAX_TOKEN) {
+		/* A token our own verifier would refuse is no use to anyone. */
+		snprintf(err, errlen, "the token would exceed %d bytes; use fewer claims", JWS_MAX_TOKEN);
+		r = -EINVAL;
+		goto out;
+	}
+	response = json_pack("{s:s, s:s, s:I, s:O}", "access_token", token, "token_type", "Bearer",
+			     "expires_in", json_integer_value(json_object_get(claims, "exp")) - ctx->now,
+			     "jti", json_object_get(claims, "jti"));
+	if (response == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	*ret_response = response;
+out:
+	if (token) {
+		OPENSSL_cleanse(token, strlen(token));
+		free(token);
+	}
+	json_decref(claims);
+	return r;
+}
+
+int issue_mint(const struct issue_ctx *ctx, const char *sub, const char *org, const json_t *roles,
+	       int64_t ttl, char **ret_token)
+{
+	const struct config *cfg = ctx->cfg;
+	char jti[ISSUE_JTI_LEN + 1];
+	json_t *claims;
+	int r;
+
+	r = issue_new_jti(jti);
+	if (r < 0)
+		return r;
+	claims = json_pack("{s:s, s:s, s:[s], s:I, s:I, s:I, s:s, s:s, s:O}",
+			   "iss", cfg->issuer, "sub", sub, "aud", cfg->issuer,
+			   "iat", (json_int_t)ctx->now, "nbf", (json_int_t)ctx->now,
+			   "exp", (json_int_t)(ctx->now + ttl), "jti", jti, "token_type", "access",
+			   "roles", roles);
+	if (claims == NULL)
+		return -ENOMEM;
+	if (org && json_object_set_new(claims, "org", json_string(org)) < 0) {
+		json_decref(claims);
+		return -ENOMEM;
+	}
+	r = issue_sign(ctx, cfg->algorithms[0], "at+jwt", claims, ret_token);
+	json_decref(claims);
+	return r;
+}

@@ -1,0 +1,334 @@
+/* hsmjwtctl: the operator's tool.  It talks to the token directly with the
+ * daemon's configuration: holding the PIN is the root of trust. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+
+#include "hsmjwt/auth.h"
+#include "hsmjwt/config.h"
+#include "hsmjwt/hsm.h"
+#include "hsmjwt/issue.h"
+#include "hsmjwt/jwt.h"
+#include "hsmjwt/keys.h"
+#include "hsmjwt/log.h"
+#include "hsmjwt/service.h"
+
+struct ctl {
+	struct config cfg;
+	int cfg_loaded;
+	struct hsm *hsm;
+};
+
+static int ctl_open(struct ctl *ctl)
+{
+	if (service_open_token(&ctl->cfg, &ctl->hsm) < 0) {
+		fprintf(stderr, "hsmjwtctl: cannot open token `%s' (see the log line above)\n", ctl->cfg.token);
+		return -1;
+	}
+	return 0;
+}
+
+static int ctl_load_keys(struct ctl *ctl, int generate_missing, struct keys **ret_keys)
+{
+	int r;
+
+	if (ctl_open(ctl) < 0)
+		return -1;
+	r = keys_load(ctl->hsm, ctl->cfg.algorithms, ctl->cfg.algorithm_count, ctl->cfg.rsa_bits,
+		      generate_missing, ret_keys);
+	if (r < 0) {
+		fprintf(stderr, "hsmjwtctl: cannot read keys from the token (error %d)\n", r);
+		return -1;
+	}
+	return 0;
+}
+
+/* Finds "--name value" in argv[0..argc); NULL when absent. */
+static const char *ctl_option(int argc, char **argv, const char *name)
+{
+	for (int i = 0; i + 1 < argc; i++)
+		if (strcmp(argv[i], name) == 0)
+			return argv[i + 1];
+	return NULL;
+}
+
+/* Every argument must be a known "--option value" pair. */
+static int ctl_check_options(int argc, char **argv, const char *const *known)
+{
+	for (int i = 0; i < argc; i += 2) {
+		int ok = 0;
+		for (const char *const *k = known; *k; k++)
+			ok |= strcmp(argv[i], *k) == 0;
+		if (!ok || i + 1 >= argc) {
+			fprintf(stderr, "hsmjwtctl: unexpected argument `%s'\n", argv[i]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int cmd_keys_list(struct ctl *ctl, int argc, char **argv)
+{
+	struct keys *keys = NULL;
+
+	if (argc != 0) {
+		fprintf(stderr, "hsmjwtctl: keys list takes no arguments\n");
+		return 2;
+	}
+	if (ctl_load_keys(ctl, 0, &keys) < 0)
+		return 1;
+	printf("%-44s %-6s %s\n", "KID", "ALG", "ROLE");
+	for (size_t i = 0; i < keys->count; i++) {
+		const struct keys_entry *e = &keys->entries[i];
+		printf("%-44s %-6s %s\n", e->hsm.kid, jws_alg_name(e->hsm.alg),
+		       keys_signer(keys, e->hsm.alg) == e ? "signing" : "verifying");
+	}
+	keys_free(keys);
+	return 0;
+}
+
+static int cmd_keys_generate(struct ctl *ctl, int argc, char **argv)
+{
+	static const char *const known[] = { "--alg", NULL };
+	const char *name = ctl_option(argc, argv, "--alg");
+	struct hsm_key key;
+	enum jws_alg alg;
+
+	if (ctl_check_options(argc, argv, known) < 0 || name == NULL) {
+		fprintf(stderr, "usage: hsmjwtctl keys generate --alg ES256|ES384|RS256|PS256|EdDSA\n");
+		return 2;
+	}
+	if (jws_alg_from_name(name, &alg) < 0 ||
+	    !(alg == JWS_ALG_ES256 || alg == JWS_ALG_ES384 || alg == JWS_ALG_RS256 ||
+	      alg == JWS_ALG_PS256 || alg == JWS_ALG_EDDSA)) {
+		fprintf(stderr, "hsmjwtctl: cannot generate keys for algorithm `%s'\n", name);
+		return 2;
+	}
+	if (ctl_open(ctl) < 0)
+		return 1;
+	if (hsm_generate_key(ctl->hsm, alg, ctl->cfg.rsa_bits, &key) < 0) {
+		fprintf(stderr, "hsmjwtctl: key generation failed\n");
+		return 1;
+	}
+	printf("%s\n", key.kid);
+	EVP_PKEY_free(key.public_key);
+	return 0;
+}
+
+static int ctl_print_json(json_t *value)
+{
+	int r = json_dumpf(value, stdout, JSON_INDENT(2));
+	printf("\n");
+	return r < 0 ? 1 : 0;
+}
+
+static int cmd_jwks(struct ctl *ctl, int argc, char **argv)
+{
+	struct keys *keys = NULL;
+	json_t *doc;
+	int r;
+
+	if (argc != 0) {
+		fprintf(stderr, "hsmjwtctl: jwks takes no arguments\n");
+		return 2;
+	}
+	if (ctl_load_keys(ctl, 0, &keys) < 0)
+		return 1;
+	doc = json_loads(keys->jwks, 0, NULL);
+	r = doc ? ctl_print_json(doc) : 1;
+	json_decref(doc);
+	keys_free(keys);
+	return r;
+}
+
+/* "admin,tokens:read" → ["admin", "tokens:read"], every name checked. */
+static int ctl_parse_roles(const char *list, json_t **ret_roles)
+{
+	json_t *roles = json_array();
+	char *copy = strdup(list), *save = NULL;
+	unsigned role;
+	int r = 0;
+
+	if (roles == NULL || copy == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (char *name = strtok_r(copy, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+		if (auth_role_from_name(name, &role) < 0) {
+			fprintf(stderr, "hsmjwtctl: unknown role `%s' (tokens:issue tokens:read tokens:revoke "
+					"tokens:introspect keys:admin admin)\n", name);
+			r = -EINVAL;
+			goto out;
+		}
+		json_array_append_new(roles, json_string(name));
+	}
+	if (json_array_size(roles) == 0) {
+		fprintf(stderr, "hsmjwtctl: --roles names no role\n");
+		r = -EINVAL;
+		goto out;
+	}
+	*ret_roles = roles;
+	roles = NULL;
+out:
+	json_decref(roles);
+	free(copy);
+	return r;
+}
+
+static int cmd_mint(struct ctl *ctl, int argc, char **argv)
+{
+	static const char *const known[] = { "--roles", "--org", "--ttl", "--sub", NULL };
+	const char *roles_arg = ctl_option(argc, argv, "--roles");
+	const char *org = ctl_option(argc, argv, "--org");
+	const char *ttl_arg = ctl_option(argc, argv, "--ttl");
+	const char *sub = ctl_option(argc, argv, "--sub");
+	struct keys *keys = NULL;
+	struct hsm_session *session = NULL;
+	json_t *roles = NULL;
+	char *token = NULL, *end = NULL;
+	long long ttl = 3600;
+	int status = 1;
+
+	if (ctl_check_options(argc, argv, known) < 0 || roles_arg == NULL) {
+		fprintf(stderr, "usage: hsmjwtctl mint --roles R1,R2 [--org ORG] [--ttl SECONDS] [--sub SUBJECT]\n");
+		return 2;
+	}
+	if (ttl_arg) {
+		errno = 0;
+		ttl = strtoll(ttl_arg, &end, 10);
+		if (errno || *end || ttl < 1 || ttl > ctl->cfg.max_ttl) {
+			fprintf(stderr, "hsmjwtctl: --ttl `%s' must be 1..max_ttl (%lld)\n", ttl_arg,
+				(long long)ctl->cfg.max_ttl);
+			return 2;
+		}
+	}
+	if (ctl_parse_roles(roles_arg, &roles) < 0)
+		return 2;
+	if (ctl_load_keys(ctl, 1, &keys) < 0 || hsm_session_open(ctl->hsm, &session) < 0)
+		goto out;
+	struct issue_ctx ictx = { &ctl->cfg, keys, session, (int64_t)time(NULL) };
+	if (issue_mint(&ictx, sub ? sub : "admin", org, roles, ttl, &token) < 0) {
+		fprintf(stderr, "hsmjwtctl: signing failed\n");
+		goto out;
+	}
+	printf("%s\n", token);
+	status = 0;
+out:
+	if (token) {
+		OPENSSL_cleanse(token, strlen(token));
+		free(token);
+	}
+	hsm_session_close(session);
+	keys_free(keys);
+	json_decref(roles);
+	return status;
+}
+
+static int cmd_decode(struct ctl *ctl, int argc, char **argv)
+{
+	json_t *header = NULL, *claims = NULL, *doc;
+	int r;
+
+	if (argc != 1) {
+		fprintf(stderr, "usage: hsmjwtctl decode TOKEN\n");
+		return 2;
+	}
+	r = jwt_decode_unverified(argv[0], strlen(argv[0]), &header, &claims);
+	if (r < 0) {
+		fprintf(stderr, "hsmjwtctl: not a decodable JWT (%s)\n", jws_error_reason(r));
+		return 1;
+	}
+	doc = json_pack("{s:o, s:o}", "header", header, "claims", claims);
+	r = doc ? ctl_print_json(doc) : 1;
+	json_decref(doc);
+	return r;
+}
+
+static int cmd_status(struct ctl *ctl, int argc, char **argv)
+{
+	struct keys *keys = NULL;
+	char *text = NULL;
+
+	if (argc != 0) {
+		fprintf(stderr, "hsmjwtctl: status takes no arguments\n");
+		return 2;
+	}
+	if (ctl_load_keys(ctl, 0, &keys) < 0)
+		return 1;
+	if (hsm_describe(ctl->hsm, &text) < 0) {
+		keys_free(keys);
+		return 1;
+	}
+	printf("%skeys:         %zu\n", text, keys->count);
+	for (size_t a = 0; a < ctl->cfg.algorithm_count; a++) {
+		const struct keys_entry *e = keys_signer(keys, ctl->cfg.algorithms[a]);
+		printf("  %-6s %s\n", jws_alg_name(ctl->cfg.algorithms[a]), e ? e->hsm.kid : "(no key yet)");
+	}
+	free(text);
+	keys_free(keys);
+	return 0;
+}
+
+static const struct {
+	const char *name;
+	const char *sub;
+	int (*run)(struct ctl *, int, char **);
+	const char *help;
+} commands[] = {
+	{ "keys", "list", cmd_keys_list, "keys list" },
+	{ "keys", "generate", cmd_keys_generate, "keys generate --alg ALG" },
+	{ "jwks", NULL, cmd_jwks, "jwks" },
+	{ "mint", NULL, cmd_mint, "mint --roles R1,R2 [--org ORG] [--ttl SECONDS] [--sub SUBJECT]" },
+	{ "decode", NULL, cmd_decode, "decode TOKEN" },
+	{ "status", NULL, cmd_status, "status" },
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: hsmjwtctl [--config FILE] COMMAND\n");
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(out, "  %s\n", commands[i].help);
+	fprintf(out, "The configuration is the daemon's: --config and HSMJWT_<KEY> variables.\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct ctl ctl;
+	const char *config_path = NULL;
+	int i = 1, status;
+
+	memset(&ctl, 0, sizeof(ctl));
+	if (i + 1 < argc && (strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "-c") == 0)) {
+		config_path = argv[i + 1];
+		i += 2;
+	}
+	if (i >= argc || strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+		usage(i >= argc ? stderr : stdout);
+		return i >= argc ? 2 : 0;
+	}
+	for (size_t c = 0; c < sizeof(commands) / sizeof(commands[0]); c++) {
+		int consumed = commands[c].sub ? 2 : 1;
+		if (strcmp(argv[i], commands[c].name) != 0)
+			continue;
+		if (commands[c].sub && (i + 1 >= argc || strcmp(argv[i + 1], commands[c].sub) != 0))
+			continue;
+		/* The decode command needs no token and no configuration. */
+		if (commands[c].run != cmd_decode) {
+			if (service_load_config(&ctl.cfg, config_path) < 0)
+				return 1;
+			ctl.cfg_loaded = 1;
+		}
+		status = commands[c].run(&ctl, argc - i - consumed, argv + i + consumed);
+		hsm_close(ctl.hsm);
+		if (ctl.cfg_loaded)
+			config_free(&ctl.cfg);
+		return status;
+	}
+	fprintf(stderr, "hsmjwtctl: unknown command `%s'\n", argv[i]);
+	usage(stderr);
+	return 2;
+}
