@@ -1,0 +1,39 @@
+/* Test fixtures shared by the unit tests. */
+#ifndef HSMJWT_TEST_FIXTURE_H
+#define HSMJWT_TEST_FIXTURE_H
+
+#include <openssl/evp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hsmjwt/hsm.h"
+#include "hsmjwt/jwk.h"
+
+#define FIXTURE_TOKEN_LABEL "hsmjwt-unit"
+
+struct fixture_token {
+	char dir[256];        /* temporary state directory, removed by fixture_token_destroy */
+	char pin[64];
+	size_t pin_len;
+};
+
+/* Creates a fresh SoftHSM token with hsm/softhsm-setup.sh in a temporary
+ * directory and points SOFTHSM2_CONF at it.  Returns 0, or 77 when SoftHSM
+ * is not installed (the caller exits 77 = skipped), or -1. */
+int fixture_token_create(struct fixture_token *tok);
+void fixture_token_destroy(struct fixture_token *tok);
+/* The SoftHSM module path. */
+const char *fixture_module(void);
+
+/* An in-memory key pair for alg (RSA 2048 for RS*/PS*), for tests that need
+ * signatures without a token. */
+EVP_PKEY *fixture_keypair(enum jws_alg alg);
+/* jws_sign_fn over an in-memory EVP_PKEY (ctx) for its algorithm; ECDSA
+ * signatures are converted to r||s.  The struct carries the alg. */
+struct fixture_signer {
+	EVP_PKEY *pkey;
+	enum jws_alg alg;
+};
+int fixture_sign(void *ctx, const uint8_t *data, size_t data_len, uint8_t *sig, size_t *sig_len);
+
+#endif

@@ -1,0 +1,328 @@
+/* issue and auth: request validation, the claims of SPEC §5.1, org
+ * confinement, roles a caller may grant, and caller authentication of
+ * SPEC §4.1 — against keys in a fresh SoftHSM token. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+#include "hsmjwt/auth.h"
+#include "hsmjwt/config.h"
+#include "hsmjwt/issue.h"
+#include "hsmjwt/jwt.h"
+#include "hsmjwt/keys.h"
+
+static struct fixture_token tok;
+static struct hsm *hsm;
+static struct hsm_session *session;
+static struct keys *keys;
+static struct config cfg;
+static struct issue_ctx ictx;
+static const struct auth_caller issuer_caller = { "frontend", "", AUTH_ROLE_TOKENS_ISSUE };
+static const struct auth_caller admin_caller = { "root", "", AUTH_ROLE_ADMIN };
+static const struct auth_caller org_caller = { "acme-frontend", "acme", AUTH_ROLE_TOKENS_ISSUE | AUTH_ROLE_TOKENS_READ };
+
+static int build(const char *body_text, const struct auth_caller *caller, json_t **ret_claims, enum jws_alg *ret_alg)
+{
+	json_t *body = json_loads(body_text, JSON_REJECT_DUPLICATES, NULL);
+	char err[160];
+	int r;
+
+	assert_non_null(body);
+	r = issue_build_access_claims(&ictx, body, caller, ret_claims, ret_alg, err, sizeof(err));
+	json_decref(body);
+	return r;
+}
+
+static void expect_rejected(const char *body_text, const struct auth_caller *caller, int want)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg = JWS_ALG_INVALID;
+
+	assert_int_equal(build(body_text, caller, &claims, &alg), want);
+	assert_null(claims);
+	assert_int_equal(alg, JWS_ALG_INVALID);
+}
+
+static void test_claims_of_an_access_token(void **state)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg;
+
+	assert_int_equal(build("{\"subject\":\"alice\",\"scope\":\"read write\",\"client_id\":\"app\","
+			       "\"claims\":{\"tenant\":\"t1\"}}", &issuer_caller, &claims, &alg), 0);
+	assert_int_equal(alg, JWS_ALG_ES256);
+	assert_string_equal(json_string_value(json_object_get(claims, "iss")), cfg.issuer);
+	assert_string_equal(json_string_value(json_object_get(claims, "sub")), "alice");
+	assert_string_equal(json_string_value(json_object_get(claims, "aud")), cfg.default_audience);
+	assert_string_equal(json_string_value(json_object_get(claims, "scope")), "read write");
+	assert_string_equal(json_string_value(json_object_get(claims, "client_id")), "app");
+	assert_string_equal(json_string_value(json_object_get(claims, "token_type")), "access");
+	assert_string_equal(json_string_value(json_object_get(claims, "tenant")), "t1");
+	assert_int_equal(json_integer_value(json_object_get(claims, "iat")), ictx.now);
+	assert_int_equal(json_integer_value(json_object_get(claims, "nbf")), ictx.now);
+	assert_int_equal(json_integer_value(json_object_get(claims, "exp")), ictx.now + cfg.access_ttl);
+	assert_int_equal(json_string_length(json_object_get(claims, "jti")), ISSUE_JTI_LEN);
+	assert_null(json_object_get(claims, "org"));
+	json_decref(claims);
+}
+
+static void test_jtis_differ(void **state)
+{
+	char a[ISSUE_JTI_LEN + 1], b[ISSUE_JTI_LEN + 1];
+	assert_int_equal(issue_new_jti(a), 0);
+	assert_int_equal(issue_new_jti(b), 0);
+	assert_int_equal(strlen(a), ISSUE_JTI_LEN);
+	assert_string_not_equal(a, b);
+}
+
+static void test_audience_forms(void **state)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg;
+
+	assert_int_equal(build("{\"subject\":\"a\",\"audience\":[\"x\",\"y\"]}", &issuer_caller, &claims, &alg), 0);
+	assert_int_equal(json_array_size(json_object_get(claims, "aud")), 2);
+	json_decref(claims);
+	expect_rejected("{\"subject\":\"a\",\"audience\":[]}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"audience\":[1]}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"audience\":\"\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"audience\":7}", &issuer_caller, -EINVAL);
+}
+
+static void test_bad_requests(void **state)
+{
+	expect_rejected("[]", &issuer_caller, -EINVAL);
+	expect_rejected("{}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":5}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"expires_in\":0}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"expires_in\":\"60\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"expires_in\":2592001}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"alg\":\"none\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"alg\":\"HS256\"}", &issuer_caller, -EINVAL);
+	/* A configured family without a key in this token. */
+	expect_rejected("{\"subject\":\"a\",\"alg\":\"PS256\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"token_type\":\"refresh\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"claims\":[1]}", &issuer_caller, -EINVAL);
+}
+
+static void test_lifetime_up_to_max_ttl(void **state)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg;
+
+	assert_int_equal(build("{\"subject\":\"a\",\"expires_in\":2592000}", &issuer_caller, &claims, &alg), 0);
+	assert_int_equal(json_integer_value(json_object_get(claims, "exp")), ictx.now + 2592000);
+	json_decref(claims);
+}
+
+static void test_registered_claims_cannot_be_overridden(void **state)
+{
+	static const char *const names[] = { "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "typ",
+					     "token_type", "status", "org", "scope", "client_id" };
+	char body[128];
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(body, sizeof(body), "{\"subject\":\"a\",\"claims\":{\"%s\":\"x\"}}", names[i]);
+		expect_rejected(body, &admin_caller, -EINVAL);
+	}
+}
+
+static void test_roles_only_those_held(void **state)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg;
+
+	expect_rejected("{\"subject\":\"a\",\"claims\":{\"roles\":[\"admin\"]}}", &issuer_caller, -EACCES);
+	expect_rejected("{\"subject\":\"a\",\"claims\":{\"roles\":[\"tokens:read\"]}}", &issuer_caller, -EACCES);
+	expect_rejected("{\"subject\":\"a\",\"claims\":{\"roles\":[\"root\"]}}", &admin_caller, -EINVAL);
+	assert_int_equal(build("{\"subject\":\"a\",\"claims\":{\"roles\":[\"tokens:issue\"]}}", &issuer_caller,
+			       &claims, &alg), 0);
+	json_decref(claims);
+	assert_int_equal(build("{\"subject\":\"a\",\"claims\":{\"roles\":[\"keys:admin\"]}}", &admin_caller,
+			       &claims, &alg), 0);
+	json_decref(claims);
+}
+
+static void test_org_confinement(void **state)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg;
+
+	/* An org caller issues into its org whether or not it names it. */
+	assert_int_equal(build("{\"subject\":\"a\"}", &org_caller, &claims, &alg), 0);
+	assert_string_equal(json_string_value(json_object_get(claims, "org")), "acme");
+	json_decref(claims);
+	assert_int_equal(build("{\"subject\":\"a\",\"org\":\"acme\"}", &org_caller, &claims, &alg), 0);
+	json_decref(claims);
+	expect_rejected("{\"subject\":\"a\",\"org\":\"globex\"}", &org_caller, -EACCES);
+	/* A caller without org may name any. */
+	assert_int_equal(build("{\"subject\":\"a\",\"org\":\"globex\"}", &admin_caller, &claims, &alg), 0);
+	assert_string_equal(json_string_value(json_object_get(claims, "org")), "globex");
+	json_decref(claims);
+}
+
+static void test_issued_token_verifies(void **state)
+{
+	json_t *body = json_pack("{s:s, s:s}", "subject", "bob", "alg", "RS256");
+	json_t *response = NULL, *header = NULL, *claims = NULL;
+	struct jwt_expect expect = { .now = ictx.now, .leeway = 0, .issuer = cfg.issuer,
+				     .audience = cfg.default_audience, .typ = "at+jwt", .token_type = "access" };
+	const char *token;
+	char err[160];
+
+	assert_int_equal(issue_access_token(&ictx, body, &issuer_caller, &response, err, sizeof(err)), 0);
+	token = json_string_value(json_object_get(response, "access_token"));
+	assert_non_null(token);
+	assert_string_equal(json_string_value(json_object_get(response, "token_type")), "Bearer");
+	assert_int_equal(json_integer_value(json_object_get(response, "expires_in")), cfg.access_ttl);
+	assert_int_equal(jwt_verify(token, strlen(token), keys_lookup, keys, &expect, &header, &claims), 0);
+	assert_string_equal(json_string_value(json_object_get(header, "alg")), "RS256");
+	assert_string_equal(json_string_value(json_object_get(header, "kid")),
+			    keys_signer(keys, JWS_ALG_RS256)->hsm.kid);
+	assert_string_equal(json_string_value(json_object_get(claims, "jti")),
+			    json_string_value(json_object_get(response, "jti")));
+	json_decref(header);
+	json_decref(claims);
+	json_decref(response);
+	json_decref(body);
+}
+
+static void mint(const char *roles_json, const char *org, int64_t ttl, char **ret_token)
+{
+	json_t *roles = json_loads(roles_json, 0, NULL);
+	assert_int_equal(issue_mint(&ictx, "ops", org, roles, ttl, ret_token), 0);
+	json_decref(roles);
+}
+
+static int bearer(const char *token, int64_t now, struct auth_caller *caller)
+{
+	char header[20000], err[160];
+	snprintf(header, sizeof(header), "Bearer %s", token);
+	return auth_bearer(header, keys, &cfg, now, caller, err, sizeof(err));
+}
+
+static void test_auth_accepts_minted_tokens(void **state)
+{
+	struct auth_caller caller;
+	char *token = NULL;
+
+	mint("[\"tokens:issue\",\"tokens:read\"]", "acme", 600, &token);
+	assert_int_equal(bearer(token, ictx.now, &caller), 0);
+	assert_string_equal(caller.sub, "ops");
+	assert_string_equal(caller.org, "acme");
+	assert_int_equal(caller.roles, AUTH_ROLE_TOKENS_ISSUE | AUTH_ROLE_TOKENS_READ);
+	assert_true(auth_allows(&caller, AUTH_ROLE_TOKENS_ISSUE));
+	assert_false(auth_allows(&caller, AUTH_ROLE_TOKENS_REVOKE));
+	assert_false(auth_allows(&caller, AUTH_ROLE_KEYS_ADMIN));
+	free(token);
+
+	mint("[\"admin\"]", NULL, 600, &token);
+	assert_int_equal(bearer(token, ictx.now, &caller), 0);
+	assert_string_equal(caller.org, "");
+	assert_true(auth_allows(&caller, AUTH_ROLE_KEYS_ADMIN | AUTH_ROLE_TOKENS_REVOKE));
+	free(token);
+}
+
+static void test_auth_refuses(void **state)
+{
+	struct auth_caller caller;
+	char err[160];
+	char *token = NULL;
+	json_t *body = json_pack("{s:s}", "subject", "alice"), *response = NULL;
+
+	mint("[\"admin\"]", NULL, 60, &token);
+	/* Expired beyond the leeway. */
+	assert_int_equal(bearer(token, ictx.now + 60 + cfg.leeway + 1, &caller), -EACCES);
+	/* Not yet valid. */
+	assert_int_equal(bearer(token, ictx.now - cfg.leeway - 5, &caller), -EACCES);
+	/* Other schemes and no header. */
+	assert_int_equal(auth_bearer(NULL, keys, &cfg, ictx.now, &caller, err, sizeof(err)), -EACCES);
+	assert_int_equal(auth_bearer("Basic YWxhZGRpbjpvcGVu", keys, &cfg, ictx.now, &caller, err, sizeof(err)),
+			 -EACCES);
+	/* A tampered signature. */
+	token[strlen(token) - 2] = token[strlen(token) - 2] == 'A' ? 'B' : 'A';
+	assert_int_equal(bearer(token, ictx.now, &caller), -EACCES);
+	free(token);
+
+	/* An ordinary access token: aud is the API, not this service. */
+	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, &response, err, sizeof(err)), 0);
+	assert_int_equal(bearer(json_string_value(json_object_get(response, "access_token")), ictx.now, &caller),
+			 -EACCES);
+	json_decref(response);
+	json_decref(body);
+}
+
+static void test_token_without_roles_may_call_nothing(void **state)
+{
+	struct auth_caller caller;
+	char err[160];
+	json_t *body = json_pack("{s:s, s:[s]}", "subject", "svc", "audience", cfg.issuer), *response = NULL;
+
+	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, &response, err, sizeof(err)), 0);
+	assert_int_equal(bearer(json_string_value(json_object_get(response, "access_token")), ictx.now, &caller), 0);
+	assert_int_equal(caller.roles, 0);
+	assert_false(auth_allows(&caller, AUTH_ROLE_TOKENS_ISSUE));
+	json_decref(response);
+	json_decref(body);
+}
+
+static void test_role_names(void **state)
+{
+	unsigned role = 0;
+	char err[96];
+	json_t *bad = json_loads("[\"tokens:issue\", 3]", 0, NULL);
+
+	assert_int_equal(auth_role_from_name("tokens:introspect", &role), 0);
+	assert_int_equal(role, AUTH_ROLE_TOKENS_INTROSPECT);
+	assert_int_equal(auth_role_from_name("Admin", &role), -EINVAL);
+	assert_int_equal(auth_roles_from_json(bad, &role, err, sizeof(err)), -EINVAL);
+	json_decref(bad);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_claims_of_an_access_token),
+		cmocka_unit_test(test_jtis_differ),
+		cmocka_unit_test(test_audience_forms),
+		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_lifetime_up_to_max_ttl),
+		cmocka_unit_test(test_registered_claims_cannot_be_overridden),
+		cmocka_unit_test(test_roles_only_those_held),
+		cmocka_unit_test(test_org_confinement),
+		cmocka_unit_test(test_issued_token_verifies),
+		cmocka_unit_test(test_auth_accepts_minted_tokens),
+		cmocka_unit_test(test_auth_refuses),
+		cmocka_unit_test(test_token_without_roles_may_call_nothing),
+		cmocka_unit_test(test_role_names),
+	};
+	const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_RS256 };
+	int r = fixture_token_create(&tok);
+
+	if (r != 0)
+		return r == 77 ? 77 : 1;
+	if (config_init_defaults(&cfg) != 0 ||
+	    hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm) != 0 ||
+	    keys_load(hsm, algs, 2, 2048, 1, &keys) != 0 || hsm_session_open(hsm, &session) != 0)
+		return 1;
+	/* Defaults sign ES256 first; PS256 is configured but has no key here. */
+	cfg.algorithms[0] = JWS_ALG_ES256;
+	cfg.algorithms[1] = JWS_ALG_PS256;
+	cfg.algorithm_count = 2;
+	ictx = (struct issue_ctx){ &cfg, keys, session, (int64_t)time(NULL) };
+	r = cmocka_run_group_tests(tests, NULL, NULL);
+	hsm_session_close(session);
+	keys_free(keys);
+	hsm_close(hsm);
+	config_free(&cfg);
+	fixture_token_destroy(&tok);
+	return r;
+}

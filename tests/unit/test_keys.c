@@ -1,0 +1,127 @@
+/* keys: loading from a token, generating what is missing exactly once,
+ * the JWKS document and its ETag, lookup and the signer choice. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+#include "hsmjwt/json.h"
+#include "hsmjwt/keys.h"
+
+static struct fixture_token tok;
+static struct hsm *hsm;
+
+static void test_generates_missing_once(void **state)
+{
+	const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_RS256 };
+	struct keys *first = NULL, *second = NULL, *none = NULL;
+
+	/* Without generation a fresh token has no keys and no signer. */
+	assert_int_equal(keys_load(hsm, algs, 2, 2048, 0, &none), 0);
+	assert_int_equal(none->count, 0);
+	assert_null(keys_signer(none, JWS_ALG_ES256));
+	keys_free(none);
+
+	assert_int_equal(keys_load(hsm, algs, 2, 2048, 1, &first), 0);
+	assert_int_equal(first->count, 2);
+	assert_non_null(keys_signer(first, JWS_ALG_ES256));
+	assert_non_null(keys_signer(first, JWS_ALG_RS256));
+	assert_null(keys_signer(first, JWS_ALG_PS256));
+
+	/* A second start finds the same keys and generates nothing. */
+	assert_int_equal(keys_load(hsm, algs, 2, 2048, 1, &second), 0);
+	assert_int_equal(second->count, 2);
+	assert_string_equal(keys_signer(first, JWS_ALG_ES256)->hsm.kid, keys_signer(second, JWS_ALG_ES256)->hsm.kid);
+	assert_string_equal(keys_signer(first, JWS_ALG_RS256)->hsm.kid, keys_signer(second, JWS_ALG_RS256)->hsm.kid);
+	/* Same key set, same document, same ETag. */
+	assert_string_equal(first->jwks, second->jwks);
+	assert_string_equal(first->etag, second->etag);
+	keys_free(first);
+	keys_free(second);
+}
+
+static void test_jwks_document(void **state)
+{
+	const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_RS256 };
+	struct keys *keys = NULL;
+	json_t *doc = NULL, *list, *jwk;
+	size_t i;
+
+	assert_int_equal(keys_load(hsm, algs, 2, 2048, 1, &keys), 0);
+	assert_int_equal(json_strict_parse(keys->jwks, keys->jwks_len, 16, &doc), 0);
+	list = json_object_get(doc, "keys");
+	assert_int_equal(json_array_size(list), keys->count);
+	json_array_foreach(list, i, jwk) {
+		const char *kid = json_string_value(json_object_get(jwk, "kid"));
+		assert_non_null(kid);
+		assert_non_null(keys_lookup(keys, kid));
+		assert_string_equal(json_string_value(json_object_get(jwk, "use")), "sig");
+		/* Public members only. */
+		assert_null(json_object_get(jwk, "d"));
+		assert_null(json_object_get(jwk, "p"));
+	}
+	assert_true(keys->etag[0] == '"' && keys->etag[strlen(keys->etag) - 1] == '"');
+	json_decref(doc);
+	keys_free(keys);
+}
+
+static void test_lookup(void **state)
+{
+	const enum jws_alg algs[] = { JWS_ALG_ES256 };
+	struct keys *keys = NULL;
+	const struct keys_entry *signer;
+
+	assert_int_equal(keys_load(hsm, algs, 1, 2048, 1, &keys), 0);
+	signer = keys_signer(keys, JWS_ALG_ES256);
+	assert_ptr_equal(keys_lookup(keys, signer->hsm.kid), signer->verify);
+	assert_int_equal(signer->verify->alg, JWS_ALG_ES256);
+	assert_null(keys_lookup(keys, NULL));
+	assert_null(keys_lookup(keys, "no-such-kid"));
+	assert_null(keys_signer(keys, JWS_ALG_INVALID));
+	assert_null(keys_signer(keys, JWS_ALG_COUNT));
+	keys_free(keys);
+}
+
+static void test_signer_is_smallest_kid(void **state)
+{
+	const enum jws_alg algs[] = { JWS_ALG_ES384 };
+	struct hsm_key extra[2];
+	struct keys *keys = NULL;
+	const char *smallest;
+
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES384, 2048, &extra[0]), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES384, 2048, &extra[1]), 0);
+	smallest = strcmp(extra[0].kid, extra[1].kid) < 0 ? extra[0].kid : extra[1].kid;
+	assert_int_equal(keys_load(hsm, algs, 1, 2048, 1, &keys), 0);
+	assert_string_equal(keys_signer(keys, JWS_ALG_ES384)->hsm.kid, smallest);
+	/* Both verify. */
+	assert_non_null(keys_lookup(keys, extra[0].kid));
+	assert_non_null(keys_lookup(keys, extra[1].kid));
+	keys_free(keys);
+	EVP_PKEY_free(extra[0].public_key);
+	EVP_PKEY_free(extra[1].public_key);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_generates_missing_once),
+		cmocka_unit_test(test_jwks_document),
+		cmocka_unit_test(test_lookup),
+		cmocka_unit_test(test_signer_is_smallest_kid),
+	};
+	int r = fixture_token_create(&tok);
+	if (r != 0)
+		return r == 77 ? 77 : 1;
+	if (hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm) != 0)
+		return 1;
+	r = cmocka_run_group_tests(tests, NULL, NULL);
+	hsm_close(hsm);
+	fixture_token_destroy(&tok);
+	return r;
+}
