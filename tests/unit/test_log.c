@@ -1,0 +1,88 @@
+/* log: levels, one line per event, and quoting that keeps a line one line. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "hsmjwt/log.h"
+
+static void test_level_names(void **state)
+{
+	enum log_level level = LOG_LEVEL_ERROR;
+
+	assert_int_equal(log_level_from_name("debug", &level), 0);
+	assert_int_equal(level, LOG_LEVEL_DEBUG);
+	assert_int_equal(log_level_from_name("warn", &level), 0);
+	assert_int_equal(level, LOG_LEVEL_WARN);
+	assert_int_equal(log_level_from_name("verbose", &level), -EINVAL);
+	assert_int_equal(level, LOG_LEVEL_WARN);
+}
+
+static void test_quote_escapes(void **state)
+{
+	char buf[64];
+
+	assert_string_equal(log_quote(buf, sizeof(buf), "a b"), "\"a b\"");
+	assert_string_equal(log_quote(buf, sizeof(buf), "say \"hi\"\\"), "\"say \\\"hi\\\"\\\\\"");
+	/* A newline in a value must not start a forged log line. */
+	assert_string_equal(log_quote(buf, sizeof(buf), "x\nlevel=error"), "\"x?level=error\"");
+	assert_string_equal(log_quote(buf, 8, "abcdefghijkl"), "\"abcd\"");
+	assert_string_equal(log_quote(buf, sizeof(buf), NULL), "\"\"");
+}
+
+static char *capture(void (*emit)(void))
+{
+	char path[] = "/tmp/hsmjwt-log-XXXXXX";
+	int fd = mkstemp(path), saved = dup(2);
+	static char text[4096];
+	ssize_t n;
+
+	assert_true(fd >= 0 && saved >= 0);
+	fflush(stderr);
+	dup2(fd, 2);
+	emit();
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	lseek(fd, 0, SEEK_SET);
+	n = read(fd, text, sizeof(text) - 1);
+	text[n > 0 ? n : 0] = '\0';
+	close(fd);
+	unlink(path);
+	return text;
+}
+
+static void emit_info_and_debug(void)
+{
+	log_set_level(LOG_LEVEL_INFO);
+	log_info("\"hello\" key=%d", 42);
+	log_debug("\"hidden\"");
+	log_error("\"bad\" value=%s", "x");
+}
+
+static void test_levels_filter_and_format(void **state)
+{
+	char *text = capture(emit_info_and_debug);
+
+	assert_non_null(strstr(text, "level=info msg=\"hello\" key=42\n"));
+	assert_non_null(strstr(text, "level=error msg=\"bad\" value=x\n"));
+	assert_null(strstr(text, "hidden"));
+	assert_true(strncmp(text, "ts=", 3) == 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_level_names),
+		cmocka_unit_test(test_quote_escapes),
+		cmocka_unit_test(test_levels_filter_and_format),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
