@@ -12,13 +12,13 @@
 
 const char *fixture_module(void)
 {
-	const char *m = getenv("HSMJWT_TEST_MODULE");
+	const char *m = getenv("TEST_PKCS11_MODULE");
 	return m ? m : HSMJWT_DEFAULT_MODULE;
 }
 
 int fixture_token_create(struct fixture_token *tok)
 {
-	const char *src = getenv("HSMJWT_SOURCE_DIR");
+	const char *src = getenv("TEST_SOURCE_DIR");
 	char cmd[1024], path[512];
 	FILE *f;
 
