@@ -1,0 +1,110 @@
+#include "hsmjwt/json.h"
+
+#include <errno.h>
+
+#include "hsmjwt/log.h"
+
+/* Nesting depth of buf counted over brackets outside strings, stopping as soon
+ * as it exceeds max_depth.  For valid JSON this is exactly the depth jansson
+ * will see; for invalid JSON it may be off, but jansson stops at the first
+ * error, and up to that point both read the same tokens.  So the recursion in
+ * jansson never goes deeper than max_depth, whatever the input. */
+static int json_check_depth(const char *buf, size_t len, size_t max_depth)
+{
+	size_t depth = 0;
+	int in_string = 0, escaped = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = buf[i];
+
+		if (in_string) {
+			if (escaped)
+				escaped = 0;
+			else if (c == '\\')
+				escaped = 1;
+			else if (c == '"')
+				in_string = 0;
+			continue;
+		}
+		switch (c) {
+		case '"':
+			in_string = 1;
+			break;
+		case '[':
+		case '{':
+			if (++depth > max_depth)
+				return -E2BIG;
+			break;
+		case ']':
+		case '}':
+			/* A close without an open is never JSON. */
+			if (depth == 0)
+				return -EINVAL;
+			depth--;
+			break;
+		default:
+			break;
+		}
+	}
+	return 0;
+}
+
+int json_strict_parse(const char *buf, size_t len, size_t max_depth, json_t **ret_value)
+{
+	json_error_t error;
+	json_t *value;
+	int r;
+
+	if (len == 0)
+		return -EINVAL;
+	r = json_check_depth(buf, len, max_depth);
+	if (r < 0) {
+		log_debug("\"JSON refused before parsing\" reason=%s max_depth=%zu",
+			  r == -E2BIG ? "too_deep" : "unbalanced", max_depth);
+		return r;
+	}
+	/* No JSON_ALLOW_NUL (a NUL in a claim truncates it for C readers) and no
+	 * JSON_DISABLE_EOF_CHECK (trailing bytes would let two parsers disagree
+	 * on what the document is).  json_loadb, because len is authoritative
+	 * and the buffer may hold NUL bytes. */
+	value = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &error);
+	if (value == NULL) {
+		/* Position only: error.text may quote the input, which can be a token. */
+		log_debug("\"JSON refused\" line=%d column=%d position=%d", error.line, error.column,
+			  error.position);
+		return -EINVAL;
+	}
+	*ret_value = value;
+	return 0;
+}
+
+size_t json_depth(const json_t *value)
+{
+	size_t max = 0, d;
+
+	if (json_is_array(value)) {
+		size_t i;
+		json_t *item;
+
+		json_array_foreach(value, i, item) {
+			d = json_depth(item);
+			if (d > max)
+				max = d;
+		}
+		return max + 1;
+	}
+	if (json_is_object(value)) {
+		const char *key;
+		json_t *member;
+
+		/* json_object_foreach takes a non-const object; iterating does not
+		 * modify it. */
+		json_object_foreach((json_t *)value, key, member) {
+			d = json_depth(member);
+			if (d > max)
+				max = d;
+		}
+		return max + 1;
+	}
+	return 0;
+}

@@ -1,0 +1,349 @@
+/* json: strict parsing of untrusted JSON — duplicates, depth, NUL, UTF-8,
+ * trailing bytes — with the depth checked before jansson recurses. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "hsmjwt/json.h"
+
+#define SENTINEL ((json_t *)(uintptr_t)0x1)
+
+/* Parses buf[0..len) and expects error r with *ret_value untouched. */
+static void assert_refused_len(const char *buf, size_t len, size_t max_depth, int r)
+{
+	json_t *value = SENTINEL;
+
+	assert_int_equal(json_strict_parse(buf, len, max_depth, &value), r);
+	assert_ptr_equal(value, SENTINEL);
+}
+
+static void assert_refused(const char *s, int r)
+{
+	assert_refused_len(s, strlen(s), JSON_STRICT_MAX_DEPTH, r);
+}
+
+static json_t *parse_ok(const char *s, size_t max_depth)
+{
+	json_t *value = NULL;
+
+	assert_int_equal(json_strict_parse(s, strlen(s), max_depth, &value), 0);
+	assert_non_null(value);
+	return value;
+}
+
+static void test_valid_values(void **state)
+{
+	json_t *v;
+
+	v = parse_ok("{\"a\": [1, 2.5, \"x\", true, false, null], \"b\": {}}", JSON_STRICT_MAX_DEPTH);
+	assert_true(json_is_object(v));
+	assert_int_equal(json_array_size(json_object_get(v, "a")), 6);
+	assert_true(json_real_value(json_array_get(json_object_get(v, "a"), 1)) == 2.5);
+	json_decref(v);
+	/* A single scalar is a value too (JSON_DECODE_ANY). */
+	v = parse_ok("\"hello\"", JSON_STRICT_MAX_DEPTH);
+	assert_string_equal(json_string_value(v), "hello");
+	json_decref(v);
+	v = parse_ok("42", 0);
+	assert_int_equal(json_integer_value(v), 42);
+	json_decref(v);
+	/* Surrounding whitespace is not garbage. */
+	v = parse_ok(" \n\t{\"k\":\"v\"}\r\n ", JSON_STRICT_MAX_DEPTH);
+	assert_string_equal(json_string_value(json_object_get(v, "k")), "v");
+	json_decref(v);
+	/* Escapes and valid multibyte UTF-8 survive. */
+	v = parse_ok("[\"\\u00e9\\\"\\\\\\/\", \"\xc3\xa9\xf0\x9f\x94\x91\"]", 1);
+	assert_string_equal(json_string_value(json_array_get(v, 0)), "\xc3\xa9\"\\/");
+	assert_string_equal(json_string_value(json_array_get(v, 1)), "\xc3\xa9\xf0\x9f\x94\x91");
+	json_decref(v);
+}
+
+static void test_duplicates_rejected(void **state)
+{
+	assert_refused("{\"a\":1,\"a\":2}", -EINVAL);
+	assert_refused("{\"a\":1,\"a\":1}", -EINVAL);
+	assert_refused("{\"x\":{\"a\":1,\"b\":2,\"a\":3}}", -EINVAL);
+	assert_refused("[1,{\"a\":null,\"a\":null}]", -EINVAL);
+	/* Same name spelled with an escape is the same name. */
+	assert_refused("{\"alg\":\"ES256\",\"al\\u0067\":\"none\"}", -EINVAL);
+	/* Same name in different objects is fine. */
+	json_decref(parse_ok("{\"a\":{\"a\":1},\"b\":{\"a\":2}}", JSON_STRICT_MAX_DEPTH));
+}
+
+static char *nested(const char *open, const char *inner, const char *close, size_t depth)
+{
+	size_t lo = strlen(open), li = strlen(inner), lc = strlen(close);
+	char *s = malloc(depth * (lo + lc) + li + 1), *p = s;
+
+	assert_non_null(s);
+	for (size_t i = 0; i < depth; i++, p += lo)
+		memcpy(p, open, lo);
+	memcpy(p, inner, li);
+	p += li;
+	for (size_t i = 0; i < depth; i++, p += lc)
+		memcpy(p, close, lc);
+	*p = '\0';
+	return s;
+}
+
+static void test_depth_limit(void **state)
+{
+	static const struct { const char *open, *inner, *close; } shapes[] = {
+		{ "[", "", "]" },
+		{ "[", "1", "]" },
+		{ "{\"a\":", "{}", "}" },
+		{ "{\"k\":[", "0", "]}" },
+	};
+
+	for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+		/* Shapes 2 and 3 add depth per repetition differently; count it. */
+		size_t per = strchr(shapes[i].open, '[') && strchr(shapes[i].open, '{') ? 2 : 1;
+		size_t extra = strcmp(shapes[i].inner, "{}") == 0 ? 1 : 0;
+		size_t reps = (JSON_STRICT_MAX_DEPTH - extra) / per;
+		char *ok = nested(shapes[i].open, shapes[i].inner, shapes[i].close, reps);
+		char *deep;
+		json_t *v;
+
+		assert_int_equal(reps * per + extra, JSON_STRICT_MAX_DEPTH);
+		v = parse_ok(ok, JSON_STRICT_MAX_DEPTH);
+		assert_int_equal(json_depth(v), JSON_STRICT_MAX_DEPTH);
+		json_decref(v);
+		/* One more level: 17. */
+		deep = malloc(strlen(ok) + 3);
+		assert_non_null(deep);
+		sprintf(deep, "[%s]", ok);
+		assert_refused(deep, -E2BIG);
+		free(deep);
+		free(ok);
+	}
+	/* 17 objects exactly. */
+	{
+		char *s = nested("{\"a\":", "{}", "}", JSON_STRICT_MAX_DEPTH);
+		assert_refused(s, -E2BIG);
+		free(s);
+		s = nested("{\"a\":", "{}", "}", JSON_STRICT_MAX_DEPTH - 1);
+		json_decref(parse_ok(s, JSON_STRICT_MAX_DEPTH));
+		free(s);
+	}
+	/* Depth is the deepest path, not the number of brackets. */
+	json_decref(parse_ok("[[1],[2],[3],{\"a\":1}]", 2));
+	assert_refused_len("[[1],[2],[[3]]]", 15, 2, -E2BIG);
+	/* max_depth 0 allows scalars only. */
+	json_decref(parse_ok("true", 0));
+	assert_refused_len("[]", 2, 0, -E2BIG);
+	assert_refused_len("{}", 2, 0, -E2BIG);
+}
+
+static void test_brackets_in_strings(void **state)
+{
+	char *brackets = nested("[", "", "{", 100), *s;
+	json_t *v;
+
+	/* 100 '[' and 100 '{' inside a string at depth 1. */
+	s = malloc(strlen(brackets) + 16);
+	assert_non_null(s);
+	sprintf(s, "[\"%s\"]", brackets);
+	v = parse_ok(s, 1);
+	assert_int_equal(json_depth(v), 1);
+	json_decref(v);
+	/* And in a member name. */
+	sprintf(s, "{\"%s\":1}", brackets);
+	json_decref(parse_ok(s, 1));
+	free(s);
+	free(brackets);
+	/* Closing brackets in a string do not pop a level either. */
+	assert_refused_len("[\"]]]]\",[[1]]]", 14, 2, -E2BIG);
+}
+
+static void test_escaped_quotes(void **state)
+{
+	json_t *v;
+	char *deep, *s;
+
+	/* \" does not end the string: the brackets after it are still text. */
+	v = parse_ok("[\"\\\"[[[[{{{{\", \"x\"]", 1);
+	assert_string_equal(json_string_value(json_array_get(v, 0)), "\"[[[[{{{{");
+	json_decref(v);
+	/* \\ ends in an escaped backslash, so the next quote closes the string
+	 * and the brackets after it count. */
+	deep = nested("[", "", "]", JSON_STRICT_MAX_DEPTH);
+	s = malloc(strlen(deep) + 16);
+	assert_non_null(s);
+	sprintf(s, "[\"\\\\\",%s]", deep);
+	assert_refused(s, -E2BIG);
+	free(deep);
+	deep = nested("[", "", "]", JSON_STRICT_MAX_DEPTH - 1);
+	sprintf(s, "[\"\\\\\",%s]", deep);
+	v = parse_ok(s, JSON_STRICT_MAX_DEPTH);
+	assert_string_equal(json_string_value(json_array_get(v, 0)), "\\");
+	json_decref(v);
+	free(deep);
+	free(s);
+	/* \\\" : backslash, then an escaped quote — still inside the string. */
+	v = parse_ok("[\"\\\\\\\"[[[\"]", 1);
+	assert_string_equal(json_string_value(json_array_get(v, 0)), "\\\"[[[");
+	json_decref(v);
+}
+
+static void test_nul_rejected(void **state)
+{
+	static const char embedded[] = "{\"a\":\"x\0y\"}";
+	static const char trailing[] = "{\"a\":1}\0";
+	static const char outside[] = "{\"a\":\0 1}";
+
+	assert_refused("{\"a\":\"x\\u0000y\"}", -EINVAL);
+	assert_refused("{\"\\u0000\":1}", -EINVAL);
+	assert_refused("[\"\\u0000\"]", -EINVAL);
+	/* Raw NUL bytes: len is authoritative, the parser must see them. */
+	assert_refused_len(embedded, sizeof(embedded) - 1, JSON_STRICT_MAX_DEPTH, -EINVAL);
+	assert_refused_len(trailing, sizeof(trailing) - 1, JSON_STRICT_MAX_DEPTH, -EINVAL);
+	assert_refused_len(outside, sizeof(outside) - 1, JSON_STRICT_MAX_DEPTH, -EINVAL);
+	assert_refused_len("\0", 1, JSON_STRICT_MAX_DEPTH, -EINVAL);
+	/* The same buffers without the NUL parse: the NUL is the reason. */
+	json_decref(parse_ok("{\"a\":1}", JSON_STRICT_MAX_DEPTH));
+}
+
+static void test_invalid_utf8_rejected(void **state)
+{
+	static const char *const bad[] = {
+		"[\"\xff\"]",                 /* never valid */
+		"[\"\xc3\x28\"]",             /* bad continuation */
+		"[\"\xc0\xaf\"]",             /* overlong '/' */
+		"[\"\xe0\x80\xaf\"]",         /* overlong, 3 bytes */
+		"[\"\xed\xa0\x80\"]",         /* UTF-16 surrogate */
+		"[\"\xf4\x90\x80\x80\"]",     /* above U+10FFFF */
+		"[\"\xc3\"]",                 /* truncated */
+		"{\"\xfe\":1}",               /* in a member name */
+		"[\"\\ud800\"]",              /* lone surrogate escape */
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_refused(bad[i], -EINVAL);
+}
+
+static void test_trailing_garbage_rejected(void **state)
+{
+	assert_refused("{} x", -EINVAL);
+	assert_refused("{}{}", -EINVAL);
+	assert_refused("[1] [2]", -EINVAL);
+	assert_refused("1 2", -EINVAL);
+	assert_refused("\"a\"\"b\"", -EINVAL);
+	assert_refused("{}]", -EINVAL);
+	assert_refused("{},", -EINVAL);
+	assert_refused("null x", -EINVAL);
+}
+
+static void test_malformed_rejected(void **state)
+{
+	assert_refused_len("", 0, JSON_STRICT_MAX_DEPTH, -EINVAL);
+	assert_refused_len(NULL, 0, JSON_STRICT_MAX_DEPTH, -EINVAL);
+	assert_refused(" \n\t ", -EINVAL);
+	assert_refused("{", -EINVAL);
+	assert_refused("[1,]", -EINVAL);
+	assert_refused("{'a':1}", -EINVAL);
+	assert_refused("{\"a\" 1}", -EINVAL);
+	assert_refused("[\"unterminated]", -EINVAL);
+	assert_refused("[\"tab\there\"]", -EINVAL);
+	assert_refused("NaN", -EINVAL);
+	assert_refused("[01]", -EINVAL);
+	assert_refused("]", -EINVAL);
+	assert_refused("}{", -EINVAL);
+}
+
+static void test_huge_numbers_rejected(void **state)
+{
+	json_t *v;
+
+	assert_refused("99999999999999999999", -EINVAL);
+	assert_refused("{\"exp\":9223372036854775808}", -EINVAL);
+	assert_refused("{\"exp\":-9223372036854775809}", -EINVAL);
+	assert_refused("[1e400]", -EINVAL);
+	assert_refused("[-1e400]", -EINVAL);
+	/* The edges of int64 still fit. */
+	v = parse_ok("[9223372036854775807,-9223372036854775808]", 1);
+	assert_true(json_integer_value(json_array_get(v, 0)) == INT64_MAX);
+	assert_true(json_integer_value(json_array_get(v, 1)) == INT64_MIN);
+	json_decref(v);
+}
+
+static void test_hostile_nesting(void **state)
+{
+	const size_t levels = 100000;
+	char *open = malloc(levels + 1), *balanced = nested("[", "", "]", levels);
+	char *objects = nested("{\"a\":", "1", "}", levels);
+	struct timespec t0, t1;
+	double elapsed;
+
+	assert_non_null(open);
+	memset(open, '[', levels);
+	open[levels] = '\0';
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	/* -E2BIG, not jansson's own depth error (-EINVAL): the scan stopped it
+	 * before jansson recursed. */
+	assert_refused(open, -E2BIG);
+	assert_refused(balanced, -E2BIG);
+	assert_refused(objects, -E2BIG);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	elapsed = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	/* The scan stops at level 17; a generous bound that still catches a
+	 * parser walking all 100000 levels under the sanitizers. */
+	assert_true(elapsed < 0.5);
+	free(open);
+	free(balanced);
+	free(objects);
+}
+
+static void test_json_depth(void **state)
+{
+	json_t *v;
+
+	v = json_integer(1);
+	assert_int_equal(json_depth(v), 0);
+	json_decref(v);
+	v = json_string("[[[");
+	assert_int_equal(json_depth(v), 0);
+	json_decref(v);
+	v = json_array();
+	assert_int_equal(json_depth(v), 1);
+	json_decref(v);
+	v = json_object();
+	assert_int_equal(json_depth(v), 1);
+	json_decref(v);
+	v = parse_ok("[[1]]", 2);
+	assert_int_equal(json_depth(v), 2);
+	json_decref(v);
+	v = parse_ok("[1,[2,[3]],{}]", 3);
+	assert_int_equal(json_depth(v), 3);
+	json_decref(v);
+	v = parse_ok("{\"a\":[{}],\"b\":1}", 3);
+	assert_int_equal(json_depth(v), 3);
+	json_decref(v);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_valid_values),
+		cmocka_unit_test(test_duplicates_rejected),
+		cmocka_unit_test(test_depth_limit),
+		cmocka_unit_test(test_brackets_in_strings),
+		cmocka_unit_test(test_escaped_quotes),
+		cmocka_unit_test(test_nul_rejected),
+		cmocka_unit_test(test_invalid_utf8_rejected),
+		cmocka_unit_test(test_trailing_garbage_rejected),
+		cmocka_unit_test(test_malformed_rejected),
+		cmocka_unit_test(test_huge_numbers_rejected),
+		cmocka_unit_test(test_hostile_nesting),
+		cmocka_unit_test(test_json_depth),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
