@@ -1,0 +1,302 @@
+"""Shared harness for hsmjwt's end-to-end tests: a throwaway SoftHSM token, a
+daemon on a free loopback port, an HTTP client that remembers every answer,
+and a checker that collects failures instead of stopping at the first.
+
+Only the standard library: the third-party verifiers are imported by the
+tests that use them, so a missing one can be reported as a skip (exit 77).
+"""
+
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+SKIP = 77
+HEALTH_TIMEOUT = 90.0   # key generation under ASan on 2 shared cores is slow
+STOP_TIMEOUT = 60.0
+START_ATTEMPTS = 5
+
+
+class Skip(Exception):
+    """A tool the test needs is missing."""
+
+
+def require_tools(tools):
+    """Raises Skip naming the first missing executable."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            raise Skip(f"`{tool}' is not installed")
+
+
+def run_main(name, body):
+    """Runs body() and turns its outcome into the exit code CTest reads.
+    TEST_REQUIRE_ALL=1 (set by tools/test-all.sh, which installs every tool)
+    turns a skip into a failure, so a broken set-up cannot pass as green."""
+    try:
+        ok = body()
+    except Skip as e:
+        if os.environ.get("TEST_REQUIRE_ALL") == "1":
+            print(f"{name}: FAILED: would skip, but TEST_REQUIRE_ALL=1: {e}")
+            sys.exit(1)
+        print(f"{name}: SKIPPED: {e}")
+        sys.exit(SKIP)
+    sys.exit(0 if ok else 1)
+
+
+def b64url_decode(text):
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def b64url_encode(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jwt_parts(token):
+    """(header, claims) of a compact JWS, unverified."""
+    h, p, _ = token.split(".")
+    return json.loads(b64url_decode(h)), json.loads(b64url_decode(p))
+
+
+class Checker:
+    """Collects named checks; every check prints one line."""
+
+    def __init__(self, name):
+        self.name = name
+        self.passed = 0
+        self.failed = []
+
+    def check(self, cond, what, detail=""):
+        if cond:
+            self.passed += 1
+            print(f"  ok    {what}")
+        else:
+            self.failed.append(what)
+            print(f"  FAIL  {what}" + (f": {detail}" if detail else ""))
+        return bool(cond)
+
+    def equal(self, got, want, what):
+        return self.check(got == want, what, f"got {got!r}, want {want!r}")
+
+    def section(self, title):
+        print(f"-- {title}")
+
+    def summary(self):
+        print(f"{self.name}: {self.passed} passed, {len(self.failed)} failed")
+        for what in self.failed:
+            print(f"  failed: {what}")
+        return not self.failed
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def json(self):
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+def free_port():
+    """A port the kernel just handed out for 127.0.0.1; it may be taken again
+    before the daemon binds it, hence the retries in Daemon.start()."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env():
+    """The caller's environment without HSMJWT_* variables (each would be a
+    config key, or a config error) and without SOFTHSM2_CONF (never the
+    system token)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSMJWT_")}
+    env.pop("SOFTHSM2_CONF", None)
+    return env
+
+
+class Token:
+    """A fresh SoftHSM token made by the project's own hsm/softhsm-setup.sh."""
+
+    def __init__(self, source_dir, state_dir, label):
+        self.state_dir = state_dir
+        self.label = label
+        out = subprocess.run(["sh", os.path.join(source_dir, "hsm", "softhsm-setup.sh"), state_dir, label],
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"softhsm-setup.sh failed ({out.returncode}): {out.stderr.strip()}")
+        m = re.search(r"^SOFTHSM2_CONF=(.+)$", out.stdout, re.M)
+        if not m:
+            raise RuntimeError(f"softhsm-setup.sh printed no SOFTHSM2_CONF line: {out.stdout!r}")
+        self.conf = m.group(1)
+        self.pin_file = os.path.join(state_dir, "pin")
+        with open(self.pin_file) as f:
+            self.pin = f.read().strip()
+
+
+class Daemon:
+    """build/hsmjwtd on its own token and a free loopback port."""
+
+    def __init__(self, build_dir, token, algorithms, log_path, extra_env=None):
+        self.build_dir = build_dir
+        self.token = token
+        self.algorithms = algorithms
+        self.log_path = log_path
+        self.extra_env = extra_env or {}
+        self.proc = None
+        self.port = None
+        self.responses = []   # every Response this harness received
+
+    @property
+    def issuer(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self):
+        env = clean_env()
+        env.update({
+            "SOFTHSM2_CONF": self.token.conf,
+            "HSMJWT_LISTEN": f"127.0.0.1:{self.port}",
+            "HSMJWT_ISSUER": self.issuer,
+            "HSMJWT_STATE_DIR": self.token.state_dir,
+            "HSMJWT_PIN_FILE": self.token.pin_file,
+            "HSMJWT_TOKEN": self.token.label,
+            "HSMJWT_ALGORITHMS": " ".join(self.algorithms),
+            "HSMJWT_RSA_BITS": "2048",
+            "HSMJWT_WORKERS": "2",
+            "HSMJWT_LOG_LEVEL": "info",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def ctl(self, *args, timeout=120):
+        """Runs build/hsmjwtctl with the daemon's configuration."""
+        return subprocess.run([os.path.join(self.build_dir, "hsmjwtctl"), *args], env=self.env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def token_kids(self):
+        """The kids `hsmjwtctl jwks' reads from this daemon's token."""
+        out = self.ctl("jwks")
+        if out.returncode != 0:
+            raise RuntimeError(f"hsmjwtctl jwks failed ({out.returncode}): {out.stderr.strip()}")
+        return sorted(k["kid"] for k in json.loads(out.stdout)["keys"])
+
+    def log_text(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def start(self):
+        """Starts the daemon and waits for /health; retries on another port when
+        the one picked was taken meanwhile, or when what answers on it is not
+        this daemon (SO_REUSEPORT lets a second process share a port)."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.port = free_port()
+            log = open(self.log_path, "w")
+            self.proc = subprocess.Popen([os.path.join(self.build_dir, "hsmjwtd")], env=self.env(),
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            state = self._wait_healthy()
+            if state == "up":
+                if self.token_kids() == sorted(k["kid"] for k in self.jwks()["keys"]):
+                    return
+                print(f"  port {self.port} is served by another process; retrying")
+                self.kill()
+                continue
+            if state == "exited" and "cannot listen" in self.log_text() and attempt < START_ATTEMPTS:
+                print(f"  port {self.port} was taken; retrying")
+                continue
+            tail = self.log_text()[-3000:]
+            self.kill()
+            raise RuntimeError(f"hsmjwtd did not become healthy ({state}); log tail:\n{tail}")
+        raise RuntimeError(f"hsmjwtd could not get a free port in {START_ATTEMPTS} attempts")
+
+    def _wait_healthy(self):
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return "exited"
+            try:
+                if self.request("GET", "/health", record=False, timeout=2).status == 200:
+                    return "up"
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return "timeout"
+
+    def request(self, method, path, body=None, headers=None, record=True, timeout=30):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body).encode()
+                headers = {"Content-Type": "application/json", **(headers or {})}
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            r = Response(resp.status, resp.getheaders(), resp.read())
+        finally:
+            conn.close()
+        if record:
+            self.responses.append(r)
+        return r
+
+    def jwks(self):
+        r = self.request("GET", "/.well-known/jwks.json")
+        if r.status != 200:
+            raise RuntimeError(f"GET /.well-known/jwks.json answered {r.status}")
+        return json.loads(r.body)
+
+    def mint(self, roles, ttl=600):
+        """`hsmjwtctl mint' → the token it prints."""
+        out = self.ctl("mint", "--roles", roles, "--ttl", str(ttl))
+        if out.returncode != 0:
+            raise RuntimeError(f"hsmjwtctl mint --roles {roles} failed ({out.returncode}): {out.stderr.strip()}")
+        return out.stdout.strip()
+
+    def stop(self):
+        """SIGTERM by PID; the exit status (None when it had to be killed)."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = None
+        self.proc = None
+        return code
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+class Workdir:
+    """A temporary directory, removed on success and kept (and named) on
+    failure for the post-mortem."""
+
+    def __init__(self, prefix):
+        self.path = tempfile.mkdtemp(prefix=prefix)
+
+    def finish(self, ok):
+        if ok:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            print(f"  kept {self.path} for inspection")
