@@ -25,7 +25,7 @@ void fixture_token_destroy(struct fixture_token *tok);
 /* The SoftHSM module path. */
 const char *fixture_module(void);
 
-/* An in-memory key pair for alg (RSA 2048 for RS*/PS*), for tests that need
+/* An in-memory key pair for alg (RSA 2048 for RS* and PS*), for tests that need
  * signatures without a token. */
 EVP_PKEY *fixture_keypair(enum jws_alg alg);
 /* jws_sign_fn over an in-memory EVP_PKEY (ctx) for its algorithm; ECDSA
