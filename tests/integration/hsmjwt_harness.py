@@ -202,6 +202,15 @@ class Daemon:
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
+    def log_excerpt(self):
+        """What a reader needs from the log after a failure: a sanitizer
+        report whole, else the tail."""
+        text = self.log_text()
+        m = re.search(r"^=+\d+=+ *(ERROR|WARNING)|^\S+:\d+:\d+: runtime error", text, re.M)
+        if m:
+            return text[m.start():m.start() + 20000]
+        return text[-4000:]
+
     def start(self):
         """Starts the daemon and waits for /health; retries on another port when
         the one picked was taken meanwhile, or when what answers on it is not

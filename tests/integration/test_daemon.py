@@ -362,8 +362,8 @@ def run(build_dir, source_dir):
                 f"token #{leaked} found")
         c.check(token.pin not in log, "the log does not contain the PIN")
         if c.failed and log:
-            print("-- daemon log (tail)")
-            print(log[-4000:])
+            print("-- daemon log (sanitizer report or tail)")
+            print(daemon.log_excerpt())
     ok = c.summary()
     work.finish(ok)
     return ok

@@ -75,8 +75,8 @@ def libp11_part(c, build_dir, source_dir, module, sign_exe, custody_exe, work):
     except RuntimeError as e:
         c.check(False, "the daemon runs", str(e))
     finally:
-        if daemon.proc is not None:
-            c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")
+        if daemon.proc is not None and not c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM"):
+            print(daemon.log_excerpt())
         if os.path.exists(daemon.log_path):
             log = daemon.log_text()
             c.check(not any(jws in log for _, jws in tokens.values()), "the daemon's log holds none of the tokens")
@@ -96,8 +96,8 @@ def eddsa_part(c, build_dir, source_dir, module, custody_exe, work):
     except RuntimeError as e:
         c.check(False, "the daemon runs", str(e))
     finally:
-        if daemon.proc is not None:
-            c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")
+        if daemon.proc is not None and not c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM"):
+            print(daemon.log_excerpt())
     run_custody(c, custody_exe, module, token, ALL_ALGORITHMS)
 
 
