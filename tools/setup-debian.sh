@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs what hsmjwt needs on Debian 12, and nothing when it is all there.
+#   tools/setup-debian.sh [runtime|test]
+#     runtime  build the daemon and run it on a SoftHSM token (the default)
+#     test     also the test suite: cmocka, libp11, PyJWT, jwcrypto, node +
+#              npm, and npm's jose in tests/integration/node_modules (npm ci)
+# apt runs only when a package is missing (then as root: apt-get update once,
+# then one install); a machine that has everything needs neither root nor the
+# network, except `npm ci' the first time.  Safe to run again and again.
+set -eu
+
+flavour=${1:-runtime}
+case "$flavour" in
+runtime | test) ;;
+*)
+	echo "usage: tools/setup-debian.sh [runtime|test]" >&2
+	exit 2
+	;;
+esac
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+# Debian 12 (bookworm) package names.
+runtime_packages="build-essential cmake pkg-config libp11-kit-dev libssl-dev libevent-dev
+libjansson-dev libsystemd-dev softhsm2 curl"
+test_packages="libcmocka-dev libp11-dev python3 python3-jwt python3-jwcrypto nodejs npm"
+
+packages=$runtime_packages
+[ "$flavour" = test ] && packages="$packages $test_packages"
+
+installed() {
+	case "$1" in
+	nodejs | npm)
+		# node and npm may come from elsewhere than Debian (NodeSource's
+		# nodejs ships its own npm and conflicts with Debian's npm package):
+		# a working command is what the tests need.
+		command -v "$([ "$1" = nodejs ] && echo node || echo npm)" >/dev/null 2>&1
+		;;
+	*)
+		[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]
+		;;
+	esac
+}
+
+missing=""
+for p in $packages; do
+	installed "$p" || missing="$missing $p"
+done
+
+if [ -n "$missing" ]; then
+	echo "setup-debian: installing:$missing"
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "setup-debian: ERROR: packages missing:$missing — run this script as root (or install them)" >&2
+		exit 1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	if ! apt-get update -q; then
+		echo "setup-debian: ERROR: apt-get update failed" >&2
+		exit 1
+	fi
+	# shellcheck disable=SC2086  # one word per package
+	if ! apt-get install -y -q --no-install-recommends $missing; then
+		# Find the culprit(s) one by one, so that the message names them.
+		failed=""
+		for p in $missing; do
+			apt-get install -y -q --no-install-recommends "$p" >/dev/null 2>&1 || failed="$failed $p"
+		done
+		echo "setup-debian: ERROR: cannot install:${failed:-$missing}" >&2
+		exit 1
+	fi
+	for p in $missing; do
+		installed "$p" || {
+			echo "setup-debian: ERROR: $p is still missing after apt-get install" >&2
+			exit 1
+		}
+	done
+else
+	echo "setup-debian: every $flavour package is installed"
+fi
+
+if [ "$flavour" = test ]; then
+	it="$root/tests/integration"
+	# npm ci again when the lock file changed since the last install.
+	if [ ! -f "$it/node_modules/.package-lock.json" ] ||
+		[ "$it/package-lock.json" -nt "$it/node_modules/.package-lock.json" ] ||
+		[ ! -d "$it/node_modules/jose" ]; then
+		echo "setup-debian: npm ci in tests/integration"
+		if ! (cd "$it" && npm ci --no-audit --no-fund); then
+			echo "setup-debian: ERROR: npm ci failed in tests/integration (package: jose)" >&2
+			exit 1
+		fi
+	fi
+fi
