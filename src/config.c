@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <p11-kit/uri.h>
 
 /* A config file is a handful of lines; anything bigger is a mistake. */
 #define CONFIG_MAX_FILE    (1024 * 1024)
@@ -1105,12 +1106,48 @@ out:
 	return r;
 }
 
+/* RFC 7512 lets the token URI name where its PIN lives
+ * ("pkcs11:token=x?pin-source=file:/etc/hsmjwt/pin"), so one string can
+ * describe a production token completely.  -ENOENT when token is a label or
+ * its URI names no pin-source. */
+static int config_read_uri_pin_source(const char *token, char **ret_pin, size_t *ret_len)
+{
+	P11KitUri *uri = NULL;
+	const char *source;
+	int r = -ENOENT;
+
+	if (token == NULL || strncmp(token, "pkcs11:", 7) != 0)
+		return -ENOENT;
+	uri = p11_kit_uri_new();
+	if (uri == NULL)
+		return -ENOMEM;
+	if (p11_kit_uri_parse(token, P11_KIT_URI_FOR_ANY, uri) != P11_KIT_URI_OK) {
+		/* hsm_open names the bad URI when it tries to use it. */
+		goto out;
+	}
+	source = p11_kit_uri_get_pin_source(uri);
+	if (source == NULL)
+		goto out;
+	if (strncmp(source, "file:", 5) == 0)
+		source += 5;
+	if (source[0] != '/') {
+		log_error("\"pin-source must be an absolute file path or file: URI\" pin_source=%s", source);
+		r = -EINVAL;
+		goto out;
+	}
+	r = config_read_pin_file(source, ret_pin, ret_len);
+out:
+	p11_kit_uri_free(uri);
+	return r;
+}
+
 int config_read_pin(const struct config *cfg, char **ret_pin, size_t *ret_len)
 {
 	const char *creds = getenv("CREDENTIALS_DIRECTORY");
 	char path[PATH_MAX];
 	size_t len;
 	char *pin;
+	int r;
 
 	if (cfg->pin_file)
 		return config_read_pin_file(cfg->pin_file, ret_pin, ret_len);
@@ -1126,6 +1163,9 @@ int config_read_pin(const struct config *cfg, char **ret_pin, size_t *ret_len)
 		if (lstat(path, &st) == 0)
 			return config_read_pin_file(path, ret_pin, ret_len);
 	}
+	r = config_read_uri_pin_source(cfg->token, ret_pin, ret_len);
+	if (r != -ENOENT)
+		return r;
 	if (cfg->pin == NULL)
 		return -ENOENT;
 	log_warn("\"using the development-only pin key; set pin_file or a systemd credential in production\"");

@@ -918,6 +918,44 @@ static void test_read_pin_sources(void **state)
 	config_free(&cfg);
 }
 
+/* RFC 7512 pin-source in the token URI: used after the credential, before
+ * the development pin key; a relative source is refused. */
+static void test_read_pin_uri_source(void **state)
+{
+	struct config cfg;
+	struct pin_read p = { .cfg = &cfg };
+	char err[ERRLEN], uri[PATH_MAX + 64];
+	const char *path = write_file("uripin", "uripin\n", 7, 0600);
+	int r;
+
+	init(&cfg);
+	assert_int_equal(config_set(&cfg, "pin", PIN_MARKER, err, ERRLEN), 0);
+	snprintf(uri, sizeof(uri), "pkcs11:token=t?pin-source=file:%s", path);
+	assert_int_equal(config_set(&cfg, "token", uri, err, ERRLEN), 0);
+	capture_stderr(do_read_pin, &p, &r);
+	assert_int_equal(r, 0);
+	assert_string_equal(p.pin, "uripin");
+	free_pin(&p);
+	/* A bare absolute path is a source too. */
+	snprintf(uri, sizeof(uri), "pkcs11:token=t?pin-source=%s", path);
+	assert_int_equal(config_set(&cfg, "token", uri, err, ERRLEN), 0);
+	capture_stderr(do_read_pin, &p, &r);
+	assert_int_equal(r, 0);
+	assert_string_equal(p.pin, "uripin");
+	free_pin(&p);
+	assert_int_equal(config_set(&cfg, "token", "pkcs11:token=t?pin-source=relative/pin", err, ERRLEN), 0);
+	capture_stderr(do_read_pin, &p, &r);
+	assert_int_equal(r, -EINVAL);
+	assert_null(p.pin);
+	/* A URI without pin-source falls through to the pin key. */
+	assert_int_equal(config_set(&cfg, "token", "pkcs11:token=t", err, ERRLEN), 0);
+	capture_stderr(do_read_pin, &p, &r);
+	assert_int_equal(r, 0);
+	assert_string_equal(p.pin, PIN_MARKER);
+	free_pin(&p);
+	config_free(&cfg);
+}
+
 static void test_load(void **state)
 {
 	static const char text[] =
@@ -992,6 +1030,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_pin_file, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_read_pin_missing_file, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_read_pin_sources, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_read_pin_uri_source, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_load, setup_dir, teardown_dir),
 	};
 
