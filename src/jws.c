@@ -50,23 +50,17 @@ void jws_parsed_free(struct jws_parsed *parsed)
 	free(parsed);
 }
 
-/* Length of the decoded form of n canonical base64url characters, so every
- * limit is checked before anything is decoded. */
-static size_t jws_decoded_len(size_t n)
-{
-	return n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
-}
-
 static int jws_decode_part(const char *s, size_t n, size_t max, uint8_t **ret_buf, size_t *ret_len)
 {
 	uint8_t *buf;
 	size_t len = 0;
 	int r;
 
-	if (jws_decoded_len(n) > max)
+	/* Every limit is checked on the encoded length, before any decoding. */
+	if (b64url_decoded_max(n) > max)
 		return JWS_E_MALFORMED;
 	/* One spare byte keeps the payload NUL-terminated for callers. */
-	buf = malloc(jws_decoded_len(n) + 1);
+	buf = malloc(b64url_decoded_max(n) + 1);
 	if (buf == NULL)
 		return -ENOMEM;
 	r = b64url_decode(s, n, buf, &len);
