@@ -154,9 +154,10 @@ int jwt_check_claims(const json_t *header, const json_t *claims, const struct jw
 	    (r = jwt_time_claim(claims, "nbf", 0, &nbf)) < 0 ||
 	    (r = jwt_time_claim(claims, "iat", 0, &iat)) < 0)
 		return r;
-	/* Valid through exp + leeway inclusive: expired once now > exp + leeway,
-	 * written as exp < now - leeway so that no claim value can overflow. */
-	if (jwt_time_cmp(exp, jwt_sat_sub(expect->now, expect->leeway)) < 0)
+	/* RFC 7519 §4.1.4: the current time must be before exp (plus leeway),
+	 * as PyJWT and jose read it; written as exp <= now - leeway so that no
+	 * claim value can overflow. */
+	if (jwt_time_cmp(exp, jwt_sat_sub(expect->now, expect->leeway)) <= 0)
 		return JWS_E_EXPIRED;
 	latest = jwt_sat_add(expect->now, expect->leeway);
 	if (nbf != NULL && jwt_time_cmp(nbf, latest) > 0)

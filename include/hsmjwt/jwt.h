@@ -17,7 +17,7 @@ struct jwt_expect {
 };
 
 /* Checks a claims object: "exp" present and a number, "nbf"/"iat" numbers if
- * present; now > exp + leeway → JWS_E_EXPIRED; now + leeway < nbf or
+ * present; now >= exp + leeway → JWS_E_EXPIRED (RFC 7519: valid only before exp); now + leeway < nbf or
  * now + leeway < iat → JWS_E_NOT_YET_VALID; issuer/audience/typ/token_type per
  * expect.  header may be NULL when typ is not checked. */
 int jwt_check_claims(const json_t *header, const json_t *claims, const struct jwt_expect *expect);

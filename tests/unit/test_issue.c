@@ -1,6 +1,7 @@
 /* issue and auth: request validation, the claims of SPEC §5.1, org
  * confinement, roles a caller may grant, and caller authentication of
  * SPEC §4.1 — against keys in a fresh SoftHSM token. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -207,11 +207,12 @@ static void test_nbf_iat_numeric(void **state)
 	assert_int_equal(verify_claims("\"exp\":1700003600,\"iat\":1699999999.25"), 0);
 }
 
-/* Valid through exp + leeway inclusive: at now == exp + leeway the token
- * passes, one second later it has expired. */
+/* RFC 7519 §4.1.4: valid only before exp + leeway: one second before the
+ * token passes, at now == exp + leeway it has expired. */
 static void test_exp_boundary(void **state)
 {
-	assert_int_equal(verify_exp_and(NOW - LEEWAY, ""), 0);
+	assert_int_equal(verify_exp_and(NOW - LEEWAY + 1, ""), 0);
+	assert_int_equal(verify_exp_and(NOW - LEEWAY, ""), JWS_E_EXPIRED);
 	assert_int_equal(verify_exp_and(NOW - LEEWAY - 1, ""), JWS_E_EXPIRED);
 	assert_int_equal(verify_exp_and(NOW, ""), 0);
 	assert_int_equal(verify_exp_and(1, ""), JWS_E_EXPIRED);
@@ -227,10 +228,10 @@ static void test_exp_boundary(void **state)
 	/* Without leeway the boundary is exp itself. */
 	{
 		struct jwt_expect e = { .now = NOW, .leeway = 0 };
-		char *m = with_exp(NOW, "");
+		char *m = with_exp(NOW + 1, "");
 		assert_int_equal(verify_with(token_claims(m), &e), 0);
 		free(m);
-		m = with_exp(NOW - 1, "");
+		m = with_exp(NOW, "");
 		assert_int_equal(verify_with(token_claims(m), &e), JWS_E_EXPIRED);
 		free(m);
 	}
@@ -277,8 +278,9 @@ static void test_time_extremes(void **state)
 	assert_int_equal(jwt_check_claims(NULL, claims, &e), 0);
 	json_decref(claims);
 
+	/* now - leeway saturates at INT64_MIN; an exp just above it is valid. */
 	e.now = INT64_MIN + 5;
-	claims = json_pack("{s:I}", "exp", (json_int_t)INT64_MIN);
+	claims = json_pack("{s:I}", "exp", (json_int_t)(INT64_MIN + 1));
 	assert_int_equal(jwt_check_claims(NULL, claims, &e), 0);
 	json_decref(claims);
 
