@@ -500,8 +500,8 @@ static int hsm_read_public_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_H
 {
 	uint8_t *a = NULL, *b = NULL;
 	size_t a_len = 0, b_len = 0;
-	const uint8_t *point;
-	size_t point_len;
+	const uint8_t *point = NULL;
+	size_t point_len = 0;
 	int r;
 
 	switch (alg) {

@@ -241,7 +241,7 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 					     EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE);
 	evhttp_set_gencb(worker->http, http_handle, worker);
 	for (size_t i = 0; i < cfg->listen_count; i++) {
-		evutil_socket_t fd;
+		evutil_socket_t fd = -1;
 		r = http_listen_socket(&cfg->listen[i], &fd);
 		if (r < 0)
 			return r;
