@@ -312,8 +312,12 @@ int hsm_describe(struct hsm *hsm, char **ret_text)
 		module.cryptokiVersion.major, module.cryptokiVersion.minor);
 	fprintf(out, "token:        %s\nslot:         %lu\nmanufacturer: %s\nmodel:        %s\nserial:       %s\n",
 		hsm->token_label, (unsigned long)hsm->slot, manufacturer, model, serial);
-	fprintf(out, "sessions:     %lu open, %lu read-write\n",
-		(unsigned long)token.ulSessionCount, (unsigned long)token.ulRwSessionCount);
+	/* Tokens may not count sessions (SoftHSM answers CK_UNAVAILABLE_INFORMATION). */
+	if (token.ulSessionCount == CK_UNAVAILABLE_INFORMATION)
+		fprintf(out, "sessions:     not reported by the token\n");
+	else
+		fprintf(out, "sessions:     %lu open, %lu read-write\n",
+			(unsigned long)token.ulSessionCount, (unsigned long)token.ulRwSessionCount);
 	fprintf(out, "logged in:    %s\n", hsm->logged_in ? "yes" : "no (token needs no login)");
 	fprintf(out, "mechanisms:   %lu", (unsigned long)mech_count);
 	static const struct { CK_MECHANISM_TYPE m; const char *name; } wanted[] = {

@@ -321,6 +321,10 @@ int main(int argc, char **argv)
 			if (service_load_config(&ctl.cfg, config_path) < 0)
 				return 1;
 			ctl.cfg_loaded = 1;
+			/* The daemon's info lines ("token opened") are noise around a
+			 * command's output; warnings and errors still show. */
+			if (ctl.cfg.log_level < LOG_LEVEL_DEBUG)
+				log_set_level(ctl.cfg.log_level < LOG_LEVEL_WARN ? ctl.cfg.log_level : LOG_LEVEL_WARN);
 		}
 		status = commands[c].run(&ctl, argc - i - consumed, argv + i + consumed);
 		hsm_close(ctl.hsm);
