@@ -271,13 +271,27 @@ static int config_check_issuer(const char *value, const char **ret_why)
 	return 0;
 }
 
+/* Replaces the string key names with a copy of value; the old value is
+ * freed (and wiped, for the PIN) only once the copy exists. */
+static int config_replace_string(struct config *cfg, const struct config_key *key, const char *value,
+				 char *err, size_t errlen)
+{
+	char *copy = strdup(value);
+
+	if (copy == NULL) {
+		config_errf(err, errlen, "%s: out of memory", key->name);
+		return -ENOMEM;
+	}
+	config_free_string(cfg, key->offset);
+	*config_field_str(cfg, key->offset) = copy;
+	return 0;
+}
+
 static int config_set_string(struct config *cfg, const struct config_key *key, const char *value,
 			     char *err, size_t errlen)
 {
-	char **field = config_field_str(cfg, key->offset);
 	char shown[80];
 	const char *why = NULL;
-	char *copy;
 
 	if (*value == '\0') {
 		if (!key->optional) {
@@ -310,14 +324,7 @@ static int config_set_string(struct config *cfg, const struct config_key *key, c
 			    "use pin_file or pin-source", key->name);
 		return -EINVAL;
 	}
-	copy = strdup(value);
-	if (copy == NULL) {
-		config_errf(err, errlen, "%s: out of memory", key->name);
-		return -ENOMEM;
-	}
-	config_free_string(cfg, key->offset);
-	*field = copy;
-	return 0;
+	return config_replace_string(cfg, key, value, err, errlen);
 }
 
 /* Never shows the value: every message here is about the PIN itself. */
@@ -325,7 +332,6 @@ static int config_set_pin(struct config *cfg, const struct config_key *key, cons
 			  char *err, size_t errlen)
 {
 	size_t len = strlen(value);
-	char *copy;
 
 	if (len == 0) {
 		config_free_string(cfg, key->offset);
@@ -336,14 +342,7 @@ static int config_set_pin(struct config *cfg, const struct config_key *key, cons
 			    CONFIG_MAX_PIN);
 		return -EINVAL;
 	}
-	copy = strdup(value);
-	if (copy == NULL) {
-		config_errf(err, errlen, "%s: out of memory", key->name);
-		return -ENOMEM;
-	}
-	config_free_string(cfg, key->offset);
-	cfg->pin = copy;
-	return 0;
+	return config_replace_string(cfg, key, value, err, errlen);
 }
 
 static int config_host_char(char c)

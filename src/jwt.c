@@ -195,11 +195,37 @@ static int jwt_payload_claims(const struct jws_parsed *parsed, json_t **ret_clai
 	return 0;
 }
 
+/* The claims of a parsed token, checked against expect when it is given,
+ * handed out through the optional ret_ pointers. */
+static int jwt_claims_of(const struct jws_parsed *parsed, const struct jwt_expect *expect,
+			 json_t **ret_header, json_t **ret_claims)
+{
+	json_t *claims = NULL;
+	int r;
+
+	r = jwt_payload_claims(parsed, &claims);
+	if (r < 0)
+		return r;
+	if (expect != NULL) {
+		r = jwt_check_claims(parsed->header, claims, expect);
+		if (r < 0)
+			goto out;
+	}
+	if (ret_header != NULL)
+		*ret_header = json_incref(parsed->header);
+	if (ret_claims != NULL) {
+		*ret_claims = claims;
+		claims = NULL;
+	}
+out:
+	json_decref(claims);
+	return r;
+}
+
 int jwt_verify(const char *token, size_t len, jws_key_lookup_fn lookup, void *lookup_ctx,
 	       const struct jwt_expect *expect, json_t **ret_header, json_t **ret_claims)
 {
 	struct jws_parsed *parsed = NULL;
-	json_t *claims = NULL;
 	int r;
 
 	if (expect == NULL)
@@ -207,21 +233,7 @@ int jwt_verify(const char *token, size_t len, jws_key_lookup_fn lookup, void *lo
 	r = jws_verify(token, len, lookup, lookup_ctx, &parsed);
 	if (r < 0)
 		return r;
-	r = jwt_payload_claims(parsed, &claims);
-	if (r < 0)
-		goto out;
-	r = jwt_check_claims(parsed->header, claims, expect);
-	if (r < 0)
-		goto out;
-	if (ret_header != NULL)
-		*ret_header = json_incref(parsed->header);
-	if (ret_claims != NULL) {
-		*ret_claims = claims;
-		claims = NULL;
-	}
-	r = 0;
-out:
-	json_decref(claims);
+	r = jwt_claims_of(parsed, expect, ret_header, ret_claims);
 	jws_parsed_free(parsed);
 	return r;
 }
@@ -229,7 +241,6 @@ out:
 int jwt_decode_unverified(const char *token, size_t len, json_t **ret_header, json_t **ret_claims)
 {
 	struct jws_parsed *parsed = NULL;
-	json_t *claims = NULL;
 	int r;
 
 	/* The same structural limits as verification: decoding untrusted input
@@ -237,18 +248,7 @@ int jwt_decode_unverified(const char *token, size_t len, json_t **ret_header, js
 	r = jws_parse(token, len, &parsed);
 	if (r < 0)
 		return r;
-	r = jwt_payload_claims(parsed, &claims);
-	if (r < 0)
-		goto out;
-	if (ret_header != NULL)
-		*ret_header = json_incref(parsed->header);
-	if (ret_claims != NULL) {
-		*ret_claims = claims;
-		claims = NULL;
-	}
-	r = 0;
-out:
-	json_decref(claims);
+	r = jwt_claims_of(parsed, NULL, ret_header, ret_claims);
 	jws_parsed_free(parsed);
 	return r;
 }
