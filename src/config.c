@@ -12,14 +12,13 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
-#include <p11-kit/uri.h>
+
+#include "hsmjwt/pin.h"
 
 /* A config file is a handful of lines; anything bigger is a mistake. */
 #define CONFIG_MAX_FILE    (1024 * 1024)
 /* Longest value of any key (paths, URLs, pkcs11: URIs). */
 #define CONFIG_MAX_VALUE   4096
-/* PKCS#11 PINs are short; 256 bytes leaves room for any vendor's passphrase. */
-#define CONFIG_MAX_PIN     256
 /* Ten years: longer than any sane lifetime, and far enough from INT64_MAX that
  * now + ttl can never overflow. */
 #define CONFIG_MAX_SECONDS INT64_C(315360000)
@@ -337,9 +336,9 @@ static int config_set_pin(struct config *cfg, const struct config_key *key, cons
 		config_free_string(cfg, key->offset);
 		return 0;
 	}
-	if (len > CONFIG_MAX_PIN) {
+	if (len > PIN_MAX) {
 		config_errf(err, errlen, "%s: value is longer than %d bytes (value not shown)", key->name,
-			    CONFIG_MAX_PIN);
+			    PIN_MAX);
 		return -EINVAL;
 	}
 	return config_replace_string(cfg, key, value, err, errlen);
@@ -1027,157 +1026,4 @@ int config_load(struct config *cfg, const char *path, char *const *envp, char *e
 fail:
 	config_free(&work);
 	return r;
-}
-
-/* ---- PIN ------------------------------------------------------------- */
-
-/* Reads a PIN file: at most CONFIG_MAX_PIN bytes, one trailing "\n" or "\r\n"
- * dropped.  Never logs the content. */
-static int config_read_pin_file(const char *path, char **ret_pin, size_t *ret_len)
-{
-	char buf[CONFIG_MAX_PIN + 1];
-	struct stat st;
-	size_t len = 0;
-	char *pin;
-	int fd, r;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	if (fd < 0) {
-		r = errno;
-		log_error("\"cannot open the PIN file\" path=%s error=\"%s\"", path, strerror(r));
-		/* -ENOENT means "no PIN source configured" to the caller; a
-		 * configured file that is missing is an error. */
-		return r == ENOENT ? -EIO : -r;
-	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		log_error("\"the PIN file is not a regular file\" path=%s", path);
-		r = -EINVAL;
-		goto out;
-	}
-	if (st.st_mode & (S_IRWXG | S_IRWXO))
-		log_warn("\"the PIN file is accessible by group or others\" path=%s mode=%04o", path,
-			 (unsigned)(st.st_mode & 07777));
-	for (;;) {
-		ssize_t n = read(fd, buf + len, sizeof(buf) - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			r = -errno;
-			log_error("\"cannot read the PIN file\" path=%s error=\"%s\"", path, strerror(errno));
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len > CONFIG_MAX_PIN) {
-			log_error("\"the PIN file is longer than %d bytes\" path=%s", CONFIG_MAX_PIN, path);
-			r = -EFBIG;
-			goto out;
-		}
-	}
-	if (len >= 2 && buf[len - 2] == '\r' && buf[len - 1] == '\n')
-		len -= 2;
-	else if (len >= 1 && buf[len - 1] == '\n')
-		len -= 1;
-	if (len == 0) {
-		log_error("\"the PIN file holds an empty PIN\" path=%s", path);
-		r = -EINVAL;
-		goto out;
-	}
-	if (memchr(buf, '\0', len)) {
-		log_error("\"the PIN file holds a NUL byte\" path=%s", path);
-		r = -EINVAL;
-		goto out;
-	}
-	pin = malloc(len + 1);
-	if (pin == NULL) {
-		r = -ENOMEM;
-		goto out;
-	}
-	memcpy(pin, buf, len);
-	pin[len] = '\0';
-	*ret_pin = pin;
-	*ret_len = len;
-	r = 0;
-out:
-	OPENSSL_cleanse(buf, sizeof(buf));
-	close(fd);
-	return r;
-}
-
-/* RFC 7512 lets the token URI name where its PIN lives
- * ("pkcs11:token=x?pin-source=file:/etc/hsmjwt/pin"), so one string can
- * describe a production token completely.  -ENOENT when token is a label or
- * its URI names no pin-source. */
-static int config_read_uri_pin_source(const char *token, char **ret_pin, size_t *ret_len)
-{
-	P11KitUri *uri = NULL;
-	const char *source;
-	int r = -ENOENT;
-
-	if (token == NULL || strncmp(token, "pkcs11:", 7) != 0)
-		return -ENOENT;
-	uri = p11_kit_uri_new();
-	if (uri == NULL)
-		return -ENOMEM;
-	if (p11_kit_uri_parse(token, P11_KIT_URI_FOR_ANY, uri) != P11_KIT_URI_OK) {
-		/* hsm_open names the bad URI when it tries to use it. */
-		goto out;
-	}
-	source = p11_kit_uri_get_pin_source(uri);
-	if (source == NULL)
-		goto out;
-	if (strncmp(source, "file:", 5) == 0)
-		source += 5;
-	if (source[0] != '/') {
-		log_error("\"pin-source must be an absolute file path or file: URI\" pin_source=%s", source);
-		r = -EINVAL;
-		goto out;
-	}
-	r = config_read_pin_file(source, ret_pin, ret_len);
-out:
-	p11_kit_uri_free(uri);
-	return r;
-}
-
-int config_read_pin(const struct config *cfg, char **ret_pin, size_t *ret_len)
-{
-	const char *creds = getenv("CREDENTIALS_DIRECTORY");
-	char path[PATH_MAX];
-	size_t len;
-	char *pin;
-	int r;
-
-	if (cfg->pin_file)
-		return config_read_pin_file(cfg->pin_file, ret_pin, ret_len);
-	if (creds && *creds) {
-		struct stat st;
-
-		if ((size_t)snprintf(path, sizeof(path), "%s/pin", creds) >= sizeof(path)) {
-			log_error("\"CREDENTIALS_DIRECTORY is too long\"");
-			return -ENAMETOOLONG;
-		}
-		/* systemd sets the directory for any credential; only a "pin"
-		 * credential makes it the PIN source. */
-		if (lstat(path, &st) == 0)
-			return config_read_pin_file(path, ret_pin, ret_len);
-	}
-	r = config_read_uri_pin_source(cfg->token, ret_pin, ret_len);
-	if (r != -ENOENT)
-		return r;
-	if (cfg->pin == NULL)
-		return -ENOENT;
-	log_warn("\"using the development-only pin key; set pin_file or a systemd credential in production\"");
-	len = strlen(cfg->pin);
-	if (len == 0) {
-		log_error("\"the pin key is empty\"");
-		return -EINVAL;
-	}
-	pin = malloc(len + 1);
-	if (pin == NULL)
-		return -ENOMEM;
-	memcpy(pin, cfg->pin, len + 1);
-	*ret_pin = pin;
-	*ret_len = len;
-	return 0;
 }

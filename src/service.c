@@ -4,9 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include <openssl/crypto.h>
-
 #include "hsmjwt/log.h"
+#include "hsmjwt/pin.h"
 
 extern char **environ;
 
@@ -30,15 +29,12 @@ int service_open_token(const struct config *cfg, struct hsm **ret_hsm)
 	size_t pin_len = 0;
 	int r;
 
-	r = config_read_pin(cfg, &pin, &pin_len);
+	r = pin_read(cfg, &pin, &pin_len);
 	if (r < 0 && r != -ENOENT) {
 		log_error("\"cannot read the PIN\" pin_file=%s error=%d", cfg->pin_file ? cfg->pin_file : "-", r);
 		return r;
 	}
 	r = hsm_open(cfg->pkcs11_module, cfg->token, pin, pin_len, ret_hsm);
-	if (pin) {
-		OPENSSL_cleanse(pin, pin_len);
-		free(pin);
-	}
+	pin_free(pin, pin_len);
 	return r;
 }

@@ -29,7 +29,7 @@ struct config {
 	char *pkcs11_module;
 	char *token;                      /* label or pkcs11: URI */
 	char *pin_file;
-	char *pin;                        /* development only; wiped by config_free */
+	char *pin;                        /* development only; wiped by config_free (pin.h reads it) */
 	char *state_dir;
 	enum jws_alg algorithms[CONFIG_MAX_ALGS];
 	size_t algorithm_count;
@@ -74,13 +74,6 @@ int config_validate(const struct config *cfg, char *err, size_t errlen);
 /* Defaults + file (if path) + environment + validate, as the daemon and
  * hsmjwtctl do it. */
 int config_load(struct config *cfg, const char *path, char *const *envp, char *err, size_t errlen);
-
-/* Reads the PIN: pin_file, else $CREDENTIALS_DIRECTORY/pin, else the
- * pin-source= of a pkcs11: token URI (RFC 7512), else cfg->pin (logging a
- * warning).  One trailing newline is dropped.  0 and *ret_pin
- * (malloc'd; the caller OPENSSL_cleanse()s and frees it), or -ENOENT when no
- * source is set, or another negative errno. */
-int config_read_pin(const struct config *cfg, char **ret_pin, size_t *ret_len);
 
 void config_free(struct config *cfg);
 

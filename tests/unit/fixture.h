@@ -36,4 +36,17 @@ struct fixture_signer {
 };
 int fixture_sign(void *ctx, const uint8_t *data, size_t data_len, uint8_t *sig, size_t *sig_len);
 
+/* A temporary directory per test, as cmocka setup/teardown functions:
+ * fixture_tmpdir holds its path between the two. */
+#include <sys/types.h>
+extern char fixture_tmpdir[];
+int fixture_tmpdir_setup(void **state);
+int fixture_tmpdir_teardown(void **state);
+/* Writes fixture_tmpdir/name with exactly mode; returns the path (a static
+ * buffer, valid until the next call). */
+const char *fixture_write_file(const char *name, const void *data, size_t len, mode_t mode);
+/* Runs fn(arg) with stderr (the log) captured; *ret gets fn's result and the
+ * text is returned (a static buffer, valid until the next call). */
+const char *fixture_capture_stderr(int (*fn)(void *), void *arg, int *ret);
+
 #endif

@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "fixture.h"
 #include "hsmjwt/log.h"
 
 static void test_level_names(void **state)
@@ -37,26 +38,22 @@ static void test_quote_escapes(void **state)
 	assert_string_equal(log_quote(buf, sizeof(buf), NULL), "\"\"");
 }
 
-static char *capture(void (*emit)(void))
-{
-	char path[] = "/tmp/hsmjwt-log-XXXXXX";
-	int fd = mkstemp(path), saved = dup(2);
-	static char text[4096];
-	ssize_t n;
+struct emitter {
+	void (*emit)(void);
+};
 
-	assert_true(fd >= 0 && saved >= 0);
-	fflush(stderr);
-	dup2(fd, 2);
-	emit();
-	fflush(stderr);
-	dup2(saved, 2);
-	close(saved);
-	lseek(fd, 0, SEEK_SET);
-	n = read(fd, text, sizeof(text) - 1);
-	text[n > 0 ? n : 0] = '\0';
-	close(fd);
-	unlink(path);
-	return text;
+static int run_emit(void *arg)
+{
+	((struct emitter *)arg)->emit();
+	return 0;
+}
+
+static const char *capture(void (*emit)(void))
+{
+	struct emitter e = { emit };
+	int ignored;
+
+	return fixture_capture_stderr(run_emit, &e, &ignored);
 }
 
 static void emit_info_and_debug(void)
@@ -69,7 +66,7 @@ static void emit_info_and_debug(void)
 
 static void test_levels_filter_and_format(void **state)
 {
-	char *text = capture(emit_info_and_debug);
+	const char *text = capture(emit_info_and_debug);
 
 	assert_non_null(strstr(text, "level=info msg=\"hello\" key=42\n"));
 	assert_non_null(strstr(text, "level=error msg=\"bad\" value=x\n"));
