@@ -190,7 +190,7 @@ static void api_jwks(struct api_ctx *ctx, struct evhttp_request *req, struct api
 		return;
 	}
 	out->status = 200;
-	evhttp_send_reply(req, 200, "OK", body);
+	http_send(req, 200, body);
 	evbuffer_free(body);
 }
 
@@ -229,7 +229,7 @@ void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_ou
 		if (strlen(api_routes[i].path) != path_len || strncmp(api_routes[i].path, uri, path_len) != 0)
 			continue;
 		path_known = 1;
-		/* HEAD is GET without the body; evhttp drops the body itself. */
+		/* HEAD is GET without the body (http_send drops it). */
 		if (api_routes[i].method == method ||
 		    (api_routes[i].method == EVHTTP_REQ_GET && method == EVHTTP_REQ_HEAD)) {
 			api_routes[i].handler(ctx, req, out);

@@ -55,6 +55,21 @@ static const char *http_method_name(enum evhttp_cmd_type m)
 	return "OTHER";
 }
 
+void http_send(struct evhttp_request *req, int code, struct evbuffer *body)
+{
+	char length[24];
+
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
+		evhttp_send_reply(req, code, NULL, body);
+		return;
+	}
+	/* RFC 9110 §9.3.2: no content in a HEAD response; §8.6: its length may
+	 * be announced. */
+	snprintf(length, sizeof(length), "%zu", body ? evbuffer_get_length(body) : (size_t)0);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", length);
+	evhttp_send_reply(req, code, NULL, NULL);
+}
+
 void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
@@ -74,7 +89,7 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 	}
 	evbuffer_add(out, text, strlen(text));
 	evbuffer_add(out, "\n", 1);
-	evhttp_send_reply(req, code, NULL, out);
+	http_send(req, code, out);
 	evbuffer_free(out);
 	free(text);
 }

@@ -26,6 +26,10 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, str
 /* Stops accepting, lets each worker finish its loop, joins and frees. */
 void http_stop(struct http_server *server);
 
+/* Sends code with body (may be NULL; not freed).  For HEAD only the headers
+ * go out, with the Content-Length a GET would get: evhttp 2.1 itself would
+ * write the body, which a HEAD client then reads as the next response. */
+void http_send(struct evhttp_request *req, int code, struct evbuffer *body);
 /* Replies: body is stolen (json_decref'd). */
 void http_reply_json(struct evhttp_request *req, int code, json_t *body);
 /* SPEC §4 error form {"error","error_description"}; adds WWW-Authenticate
