@@ -205,6 +205,18 @@ static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct a
 			   "registry", "none"));
 }
 
+/* A route's method as an Allow header lists it: GET brings HEAD. */
+static const char *api_method_names(enum evhttp_cmd_type method)
+{
+	switch (method) {
+	case EVHTTP_REQ_GET: return "GET, HEAD";
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	default: return "";
+	}
+}
+
 typedef void (*api_handler)(struct api_ctx *, struct evhttp_request *, struct api_outcome *);
 
 static const struct {
@@ -223,6 +235,7 @@ void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_ou
 	const char *uri = evhttp_request_get_uri(req);
 	enum evhttp_cmd_type method = evhttp_request_get_command(req);
 	size_t path_len = strcspn(uri ? uri : "", "?");
+	char allow[64] = "";
 	int path_known = 0;
 
 	for (size_t i = 0; uri && i < sizeof(api_routes) / sizeof(api_routes[0]); i++) {
@@ -235,8 +248,12 @@ void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_ou
 			api_routes[i].handler(ctx, req, out);
 			return;
 		}
+		snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s", allow[0] ? ", " : "",
+			 api_method_names(api_routes[i].method));
 	}
 	if (path_known) {
+		/* RFC 9110 §15.5.6: a 405 must list the methods the path takes. */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
 		api_error(out, req, 405, "method_not_allowed", "this path does not take that method");
 		return;
 	}
