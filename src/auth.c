@@ -110,6 +110,11 @@ int auth_bearer(const char *authorization, const struct keys *keys, const struct
 		r = -EACCES;
 		goto out;
 	}
+	/* jwt_verify has checked exp is a number; a real is cut to whole seconds,
+	 * which only ever shortens what the caller may hand on. */
+	caller.exp = json_is_integer(json_object_get(claims, "exp")) ?
+		(int64_t)json_integer_value(json_object_get(claims, "exp")) :
+		(int64_t)json_real_value(json_object_get(claims, "exp"));
 	*ret_caller = caller;
 	r = 0;
 out:

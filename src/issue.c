@@ -14,11 +14,19 @@
 #define ISSUE_MAX_AUDIENCES 16
 #define ISSUE_MAX_STRING 1024
 
-/* Registered claims a request may not set through "claims" (SPEC §5.1), and
- * the ones this service derives from request fields or the caller. */
+/* Registered claims a request may not set through "claims" (SPEC §5.1), the
+ * ones this service derives from request fields or the caller, and the ones
+ * its later flows interpret (ID tokens, refresh families, parent/child), so
+ * that no caller can preset them today. */
 static const char *const reserved_claims[] = {
 	"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "typ", "token_type", "status",
-	"org", "scope", "client_id",
+	"org", "scope", "client_id", "nonce", "auth_time", "azp", "family", "parent_jti",
+};
+
+/* The members POST /token takes for an access token: anything else is a typo
+ * ("expires_In") that would silently get a default, so it is refused. */
+static const char *const access_members[] = {
+	"subject", "audience", "scope", "token_type", "client_id", "org", "claims", "expires_in", "alg",
 };
 
 int issue_new_jti(char *ret_jti)
@@ -72,14 +80,30 @@ static int issue_optional_string(const json_t *body, const char *name, size_t ma
 {
 	const json_t *v = json_object_get(body, name);
 
-	*ret = NULL;
-	if (v == NULL || json_is_null(v))
-		return 0;
-	if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > max) {
+	if (v != NULL && !json_is_null(v) &&
+	    (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > max)) {
 		snprintf(err, errlen, "%s must be a non-empty string of at most %zu bytes", name, max);
 		return -EINVAL;
 	}
-	*ret = json_string_value(v);
+	*ret = json_is_string(v) ? json_string_value(v) : NULL;
+	return 0;
+}
+
+static int issue_known_members(const json_t *body, const char *const *known, size_t n, char *err, size_t errlen)
+{
+	const char *name;
+	json_t *value;
+
+	json_object_foreach((json_t *)body, name, value) {
+		size_t i;
+		for (i = 0; i < n && strcmp(name, known[i]) != 0; i++)
+			;
+		if (i == n) {
+			char shown[64];
+			snprintf(err, errlen, "unknown member %s in the request", log_quote(shown, sizeof(shown), name));
+			return -EINVAL;
+		}
+	}
 	return 0;
 }
 
@@ -111,12 +135,15 @@ bad:
 	return -EINVAL;
 }
 
-static int issue_lifetime(const json_t *body, int64_t fallback, int64_t max, int64_t *ret, char *err, size_t errlen)
+/* expires_in, or fallback when absent; *ret_explicit says which. */
+static int issue_lifetime(const json_t *body, int64_t fallback, int64_t max, int64_t *ret, int *ret_explicit,
+			  char *err, size_t errlen)
 {
 	const json_t *v = json_object_get(body, "expires_in");
 
 	if (v == NULL || json_is_null(v)) {
 		*ret = fallback;
+		*ret_explicit = 0;
 		return 0;
 	}
 	if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max) {
@@ -124,6 +151,49 @@ static int issue_lifetime(const json_t *body, int64_t fallback, int64_t max, int
 		return -EINVAL;
 	}
 	*ret = json_integer_value(v);
+	*ret_explicit = 1;
+	return 0;
+}
+
+/* True when aud names this service (a string or an array member). */
+static int issue_aud_names(const json_t *aud, const char *issuer)
+{
+	size_t i;
+	json_t *item;
+
+	if (json_is_string(aud))
+		return strcmp(json_string_value(aud), issuer) == 0;
+	json_array_foreach(aud, i, item)
+		if (json_is_string(item) && strcmp(json_string_value(item), issuer) == 0)
+			return 1;
+	return 0;
+}
+
+/* A token that grants roles or is addressed to this service is a credential
+ * for it, and may not outlive the caller's own: otherwise one leaked
+ * short-lived issuer token could renew itself for ever.  An explicit
+ * expires_in past the caller's exp is refused; the default is shortened. */
+static int issue_bound_by_caller(const struct issue_ctx *ctx, const struct auth_caller *caller, int explicit,
+				 int64_t *ttl, char *err, size_t errlen)
+{
+	int64_t left = caller->exp - ctx->now;
+
+	if (*ttl <= left)
+		return 0;
+	if (explicit || left < 1) {
+		snprintf(err, errlen, "a token that grants roles or addresses this service cannot outlive "
+			 "the caller's own (%lld s left)", (long long)(left > 0 ? left : 0));
+		return -EACCES;
+	}
+	*ttl = left;
+	return 0;
+}
+
+static int issue_alg_configured(const struct config *cfg, enum jws_alg alg)
+{
+	for (size_t i = 0; i < cfg->algorithm_count; i++)
+		if (cfg->algorithms[i] == alg)
+			return 1;
 	return 0;
 }
 
@@ -139,7 +209,9 @@ static int issue_algorithm(const json_t *body, const struct issue_ctx *ctx, enum
 		return r;
 	if (name != NULL && jws_alg_from_name(name, &alg) < 0)
 		alg = JWS_ALG_INVALID;
-	if (alg == JWS_ALG_INVALID || keys_signer(ctx->keys, alg) == NULL) {
+	/* Only configured algorithms sign: a key left in the token from an
+	 * earlier configuration is for verification only. */
+	if (alg == JWS_ALG_INVALID || !issue_alg_configured(ctx->cfg, alg) || keys_signer(ctx->keys, alg) == NULL) {
 		snprintf(err, errlen, "alg is not one of this service's signing algorithms");
 		return -EINVAL;
 	}
@@ -190,15 +262,21 @@ int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, c
 	const struct config *cfg = ctx->cfg;
 	const char *subject, *scope, *client_id, *org, *type;
 	json_t *claims = NULL, *aud = NULL;
+	const json_t *custom;
 	char jti[ISSUE_JTI_LEN + 1];
 	enum jws_alg alg;
 	int64_t ttl;
+	int explicit_ttl;
+	size_t payload_len;
 	int r;
 
 	if (!json_is_object(body)) {
 		snprintf(err, errlen, "request body must be a JSON object");
 		return -EINVAL;
 	}
+	r = issue_known_members(body, access_members, sizeof(access_members) / sizeof(access_members[0]), err, errlen);
+	if (r < 0)
+		return r;
 	if ((r = issue_optional_string(body, "subject", AUTH_SUB_MAX, &subject, err, errlen)) < 0 ||
 	    (r = issue_optional_string(body, "scope", ISSUE_MAX_STRING, &scope, err, errlen)) < 0 ||
 	    (r = issue_optional_string(body, "client_id", ISSUE_MAX_STRING, &client_id, err, errlen)) < 0 ||
@@ -222,9 +300,17 @@ int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, c
 		}
 		org = caller->org;
 	}
-	if ((r = issue_lifetime(body, cfg->access_ttl, cfg->max_ttl, &ttl, err, errlen)) < 0 ||
+	/* RFC 9068 §2.2 requires client_id: the caller that asked is the client
+	 * unless the request names another. */
+	if (client_id == NULL)
+		client_id = caller->sub;
+	if ((r = issue_lifetime(body, cfg->access_ttl, cfg->max_ttl, &ttl, &explicit_ttl, err, errlen)) < 0 ||
 	    (r = issue_algorithm(body, ctx, &alg, err, errlen)) < 0 ||
 	    (r = issue_audience(body, cfg, &aud, err, errlen)) < 0)
+		goto out;
+	custom = json_object_get(body, "claims");
+	if ((json_object_get(custom, "roles") != NULL || issue_aud_names(aud, cfg->issuer)) &&
+	    (r = issue_bound_by_caller(ctx, caller, explicit_ttl, &ttl, err, errlen)) < 0)
 		goto out;
 	r = issue_new_jti(jti);
 	if (r < 0)
@@ -237,7 +323,7 @@ int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, c
 		r = -ENOMEM;
 		goto out;
 	}
-	if ((client_id && json_object_set_new(claims, "client_id", json_string(client_id)) < 0) ||
+	if (json_object_set_new(claims, "client_id", json_string(client_id)) < 0 ||
 	    (scope && json_object_set_new(claims, "scope", json_string(scope)) < 0) ||
 	    (org && json_object_set_new(claims, "org", json_string(org)) < 0)) {
 		r = -ENOMEM;
@@ -246,6 +332,13 @@ int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, c
 	r = issue_custom_claims(body, caller, claims, err, errlen);
 	if (r < 0)
 		goto out;
+	/* Refused here, as the client's mistake, rather than by the signer. */
+	payload_len = json_dumpb(claims, NULL, 0, JSON_COMPACT);
+	if (payload_len == 0 || payload_len > JWS_MAX_PAYLOAD) {
+		snprintf(err, errlen, "the claims would exceed %d bytes; use fewer or shorter claims", JWS_MAX_PAYLOAD);
+		r = -EINVAL;
+		goto out;
+	}
 	*ret_claims = claims;
 	*ret_alg = alg;
 	claims = NULL;
@@ -269,12 +362,6 @@ int issue_access_token(const struct issue_ctx *ctx, const json_t *body, const st
 	r = issue_sign(ctx, alg, "at+jwt", claims, &token);
 	if (r < 0) {
 		snprintf(err, errlen, "the token could not be signed");
-		goto out;
-	}
-	if (strlen(token) > JWS_MAX_TOKEN) {
-		/* A token our own verifier would refuse is no use to anyone. */
-		snprintf(err, errlen, "the token would exceed %d bytes; use fewer claims", JWS_MAX_TOKEN);
-		r = -EINVAL;
 		goto out;
 	}
 	response = json_pack("{s:s, s:s, s:I, s:O}", "access_token", token, "token_type", "Bearer",

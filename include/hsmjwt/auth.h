@@ -26,6 +26,7 @@ struct auth_caller {
 	char sub[AUTH_SUB_MAX + 1];
 	char org[AUTH_ORG_MAX + 1];   /* "" when the caller has no org */
 	unsigned roles;
+	int64_t exp;                  /* when the caller's own token expires */
 };
 
 /* "tokens:issue" → AUTH_ROLE_TOKENS_ISSUE; 0 or -EINVAL. */

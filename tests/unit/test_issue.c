@@ -25,9 +25,12 @@ static struct hsm_session *session;
 static struct keys *keys;
 static struct config cfg;
 static struct issue_ctx ictx;
-static const struct auth_caller issuer_caller = { "frontend", "", AUTH_ROLE_TOKENS_ISSUE };
-static const struct auth_caller admin_caller = { "root", "", AUTH_ROLE_ADMIN };
-static const struct auth_caller org_caller = { "acme-frontend", "acme", AUTH_ROLE_TOKENS_ISSUE | AUTH_ROLE_TOKENS_READ };
+/* Callers whose own tokens outlive every test (2100-01-01). */
+#define FAR_FUTURE INT64_C(4102444800)
+static const struct auth_caller issuer_caller = { "frontend", "", AUTH_ROLE_TOKENS_ISSUE, FAR_FUTURE };
+static const struct auth_caller admin_caller = { "root", "", AUTH_ROLE_ADMIN, FAR_FUTURE };
+static const struct auth_caller org_caller = { "acme-frontend", "acme", AUTH_ROLE_TOKENS_ISSUE | AUTH_ROLE_TOKENS_READ,
+					       FAR_FUTURE };
 
 static int build(const char *body_text, const struct auth_caller *caller, json_t **ret_claims, enum jws_alg *ret_alg)
 {
@@ -127,7 +130,8 @@ static void test_lifetime_up_to_max_ttl(void **state)
 static void test_registered_claims_cannot_be_overridden(void **state)
 {
 	static const char *const names[] = { "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "typ",
-					     "token_type", "status", "org", "scope", "client_id" };
+					     "token_type", "status", "org", "scope", "client_id", "nonce",
+					     "auth_time", "azp", "family", "parent_jti" };
 	char body[128];
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -275,6 +279,105 @@ static void test_token_without_roles_may_call_nothing(void **state)
 	json_decref(body);
 }
 
+/* RFC 9068 §2.2: client_id is always there; the caller is the client unless
+ * the request names one. */
+static void test_client_id_defaults_to_the_caller(void **state)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg;
+
+	assert_int_equal(build("{\"subject\":\"a\"}", &issuer_caller, &claims, &alg), 0);
+	assert_string_equal(json_string_value(json_object_get(claims, "client_id")), issuer_caller.sub);
+	json_decref(claims);
+}
+
+/* A typo must not silently get a default. */
+static void test_unknown_members_are_refused(void **state)
+{
+	json_t *body = json_loads("{\"subject\":\"a\",\"expires_In\":60}", 0, NULL);
+	json_t *claims = NULL;
+	enum jws_alg alg = JWS_ALG_INVALID;
+	char err[160] = "";
+
+	assert_int_equal(issue_build_access_claims(&ictx, body, &issuer_caller, &claims, &alg, err, sizeof(err)),
+			 -EINVAL);
+	assert_non_null(strstr(err, "expires_In"));
+	assert_null(claims);
+	json_decref(body);
+}
+
+/* A key left in the token for an algorithm that is no longer configured
+ * verifies but does not sign. */
+static void test_only_configured_algorithms_sign(void **state)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg;
+
+	assert_non_null(keys_signer(keys, JWS_ALG_RS256));
+	cfg.algorithm_count = 1;
+	expect_rejected("{\"subject\":\"a\",\"alg\":\"RS256\"}", &issuer_caller, -EINVAL);
+	cfg.algorithm_count = 3;
+	assert_int_equal(build("{\"subject\":\"a\",\"alg\":\"RS256\"}", &issuer_caller, &claims, &alg), 0);
+	assert_int_equal(alg, JWS_ALG_RS256);
+	json_decref(claims);
+}
+
+/* Claims too big to sign are the client's mistake: 400, not 500. */
+static void test_oversized_claims_are_refused(void **state)
+{
+	static const char head[] = "{\"subject\":\"a\",\"claims\":{\"big\":\"";
+	char *text = malloc(sizeof(head) + JWS_MAX_PAYLOAD + 4);
+
+	assert_non_null(text);
+	memcpy(text, head, sizeof(head) - 1);
+	memset(text + sizeof(head) - 1, 'x', JWS_MAX_PAYLOAD);
+	strcpy(text + sizeof(head) - 1 + JWS_MAX_PAYLOAD, "\"}}");
+	expect_rejected(text, &issuer_caller, -EINVAL);
+	free(text);
+}
+
+/* A credential for this service (roles, or aud = issuer) may not outlive
+ * the caller's own token: an explicit longer lifetime is refused, the
+ * default is cut to the caller's exp; ordinary tokens are not bound. */
+static void test_credentials_do_not_outlive_the_caller(void **state)
+{
+	struct auth_caller brief = issuer_caller;
+	json_t *claims = NULL;
+	enum jws_alg alg;
+	char body[256];
+
+	brief.exp = ictx.now + 60;
+	expect_rejected("{\"subject\":\"a\",\"expires_in\":3600,\"claims\":{\"roles\":[\"tokens:issue\"]}}", &brief,
+			-EACCES);
+	snprintf(body, sizeof(body), "{\"subject\":\"a\",\"expires_in\":3600,\"audience\":[\"api\",\"%s\"]}", cfg.issuer);
+	expect_rejected(body, &brief, -EACCES);
+	assert_int_equal(build("{\"subject\":\"a\",\"claims\":{\"roles\":[\"tokens:issue\"]}}", &brief, &claims, &alg), 0);
+	assert_int_equal(json_integer_value(json_object_get(claims, "exp")), brief.exp);
+	json_decref(claims);
+	assert_int_equal(build("{\"subject\":\"a\",\"expires_in\":60,\"claims\":{\"roles\":[\"tokens:issue\"]}}", &brief,
+			       &claims, &alg), 0);
+	json_decref(claims);
+	/* An ordinary API token may outlive the caller that asked for it. */
+	assert_int_equal(build("{\"subject\":\"a\",\"expires_in\":3600}", &brief, &claims, &alg), 0);
+	assert_int_equal(json_integer_value(json_object_get(claims, "exp")), ictx.now + 3600);
+	json_decref(claims);
+	/* A caller at its last second hands on nothing. */
+	brief.exp = ictx.now;
+	expect_rejected("{\"subject\":\"a\",\"claims\":{\"roles\":[\"tokens:issue\"]}}", &brief, -EACCES);
+}
+
+/* auth records the caller's exp, which bounds what it may hand on. */
+static void test_auth_records_the_callers_expiry(void **state)
+{
+	struct auth_caller caller;
+	char *token = NULL;
+
+	mint("[\"tokens:issue\"]", NULL, 600, &token);
+	assert_int_equal(bearer(token, ictx.now, &caller), 0);
+	assert_int_equal(caller.exp, ictx.now + 600);
+	free(token);
+}
+
 static void test_role_names(void **state)
 {
 	unsigned role = 0;
@@ -304,6 +407,12 @@ int main(void)
 		cmocka_unit_test(test_auth_refuses),
 		cmocka_unit_test(test_token_without_roles_may_call_nothing),
 		cmocka_unit_test(test_role_names),
+		cmocka_unit_test(test_client_id_defaults_to_the_caller),
+		cmocka_unit_test(test_unknown_members_are_refused),
+		cmocka_unit_test(test_only_configured_algorithms_sign),
+		cmocka_unit_test(test_oversized_claims_are_refused),
+		cmocka_unit_test(test_credentials_do_not_outlive_the_caller),
+		cmocka_unit_test(test_auth_records_the_callers_expiry),
 	};
 	const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_RS256 };
 	int r = fixture_token_create(&tok);
@@ -316,8 +425,9 @@ int main(void)
 		return 1;
 	/* Defaults sign ES256 first; PS256 is configured but has no key here. */
 	cfg.algorithms[0] = JWS_ALG_ES256;
-	cfg.algorithms[1] = JWS_ALG_PS256;
-	cfg.algorithm_count = 2;
+	cfg.algorithms[1] = JWS_ALG_RS256;
+	cfg.algorithms[2] = JWS_ALG_PS256;
+	cfg.algorithm_count = 3;
 	ictx = (struct issue_ctx){ &cfg, keys, session, (int64_t)time(NULL) };
 	r = cmocka_run_group_tests(tests, NULL, NULL);
 	hsm_session_close(session);
