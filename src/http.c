@@ -291,14 +291,27 @@ void http_stop(struct http_server *server)
 	free(server);
 }
 
+static pthread_once_t http_once = PTHREAD_ONCE_INIT;
+static int http_once_result;
+
+/* pthread_once takes void (*)(void); calling the int-returning
+ * evthread_use_pthreads through such a cast is undefined behaviour. */
+static void http_init_once(void)
+{
+	http_once_result = evthread_use_pthreads();
+}
+
 int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct http_server **ret_server)
 {
-	static pthread_once_t threads_once = PTHREAD_ONCE_INIT;
 	struct http_server *server;
 	int r;
 
 	/* Workers are stopped from the main thread. */
-	pthread_once(&threads_once, (void (*)(void))evthread_use_pthreads);
+	pthread_once(&http_once, http_init_once);
+	if (http_once_result != 0) {
+		log_error("\"cannot enable libevent threading\"");
+		return -ENOMEM;
+	}
 	if (cfg->listen_systemd || cfg->listen_count == 0) {
 		log_error("\"socket activation is not supported yet\" listen=systemd");
 		return -ENOTSUP;
