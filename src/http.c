@@ -130,7 +130,10 @@ int http_read_json(struct evhttp_request *req, size_t max, json_t **ret_body)
 		return -EMEDIUMTYPE;
 	if (len > max)
 		return -EFBIG;
+	/* pullup copies a body spread over several chains into one. */
 	data = len ? (const char *)evbuffer_pullup(in, (ev_ssize_t)len) : "";
+	if (data == NULL)
+		return -ENOMEM;
 	r = json_strict_parse(data, len, JSON_STRICT_MAX_DEPTH, ret_body);
 	return r == -E2BIG ? -ELOOP : r < 0 ? -EINVAL : 0;
 }
@@ -147,6 +150,9 @@ int http_reply_body_error(struct evhttp_request *req, int err)
 	case -ELOOP:
 		http_reply_error(req, 400, "invalid_request", "the body nests deeper than 16 levels");
 		return 400;
+	case -ENOMEM:
+		http_reply_error(req, 500, "server_error", "out of memory reading the body");
+		return 500;
 	default:
 		http_reply_error(req, 400, "invalid_request", "the body is not strict JSON (syntax or duplicate member)");
 		return 400;

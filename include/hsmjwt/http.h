@@ -38,7 +38,7 @@ void http_reply_error(struct evhttp_request *req, int code, const char *error, c
 
 /* Reads a JSON request body: Content-Type application/json, at most max
  * bytes, strict JSON.  0 and *ret_body (new reference), or -EMEDIUMTYPE,
- * -EFBIG, -EINVAL (not strict JSON) or -ELOOP (nested too deep). */
+ * -EFBIG, -EINVAL (not strict JSON), -ELOOP (nested too deep) or -ENOMEM. */
 int http_read_json(struct evhttp_request *req, size_t max, json_t **ret_body);
 /* The answer to a failed http_read_json: sends it and returns its status. */
 int http_reply_body_error(struct evhttp_request *req, int err);

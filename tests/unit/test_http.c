@@ -8,6 +8,7 @@
  * so a server that hangs fails a test instead of blocking the suite.  Every
  * response is searched for every bearer token the tests have sent. */
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -25,6 +26,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <event2/buffer.h>
 
 #include "fixture.h"
 #include "hsmjwt/config.h"
@@ -61,6 +63,25 @@ static char *admin_token;
  * nor its signature. */
 static char *secrets[MAX_SECRETS];
 static size_t secret_count;
+
+/* ---- allocation failure ------------------------------------------------ */
+
+/* The next evbuffer_pullup of exactly this many bytes fails as if out of
+ * memory (0: none).  This definition interposes libevent's for the whole
+ * test binary; every other call goes through to the real one. */
+static size_t pullup_fail_len;
+
+unsigned char *evbuffer_pullup(struct evbuffer *buf, ev_ssize_t size)
+{
+	unsigned char *(*real)(struct evbuffer *, ev_ssize_t);
+	size_t want = __atomic_load_n(&pullup_fail_len, __ATOMIC_ACQUIRE);
+
+	if (want != 0 && size == (ev_ssize_t)want &&
+	    __atomic_compare_exchange_n(&pullup_fail_len, &want, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return NULL;
+	*(void **)&real = dlsym(RTLD_NEXT, "evbuffer_pullup");
+	return real(buf, size);
+}
 
 /* ---- a tiny HTTP/1.1 client ------------------------------------------ */
 
@@ -672,6 +693,28 @@ static char *verify_body_of(size_t len)
 	memcpy(body + len - 2, "\"}", 2);
 	body[len] = '\0';
 	return body;
+}
+
+/* A body the server cannot make contiguous (out of memory) is a 500, not
+ * a NULL handed to the JSON parser. */
+static void test_body_out_of_memory(void **state)
+{
+	const size_t len = 333;
+	char *body = verify_body_of(len);
+	struct resp r;
+	json_t *answer;
+
+	__atomic_store_n(&pullup_fail_len, len, __ATOMIC_RELEASE);
+	assert_post_error("/token/verify", NULL, "application/json", body, len, 500, "server_error");
+	/* The failure was injected where the body is read, and only once. */
+	assert_int_equal(__atomic_load_n(&pullup_fail_len, __ATOMIC_ACQUIRE), 0);
+	post_json("/token/verify", NULL, body, &r);
+	assert_int_equal(r.status, 200);
+	answer = resp_json(&r);
+	assert_string_equal(json_string_value(json_object_get(answer, "error")), "malformed");
+	json_decref(answer);
+	resp_free(&r);
+	free(body);
 }
 
 static void test_body_size_limit(void **state)
@@ -1416,6 +1459,7 @@ int main(void)
 		cmocka_unit_test(test_body_far_too_large),
 		cmocka_unit_test(test_body_chunked),
 		cmocka_unit_test(test_body_strict_json),
+		cmocka_unit_test(test_body_out_of_memory),
 		cmocka_unit_test(test_auth_refused),
 		cmocka_unit_test(test_auth_insufficient_scope),
 		cmocka_unit_test(test_issue_with_admin_token),
