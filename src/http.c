@@ -109,13 +109,18 @@ void http_reply_error(struct evhttp_request *req, int code, const char *error, c
 					     description ? description : ""));
 }
 
+/* RFC 9110 §8.3.1: media-type = type "/" subtype parameters, parameters =
+ * *( OWS ";" OWS [ parameter ] ): after the type only whitespace, then the
+ * end or a ';' may follow. */
 static int http_content_type_is(const char *value, const char *want)
 {
 	size_t n = strlen(want);
 
 	if (value == NULL || strncasecmp(value, want, n) != 0)
 		return 0;
-	return value[n] == '\0' || value[n] == ';' || value[n] == ' ';
+	value += n;
+	value += strspn(value, " \t");
+	return *value == '\0' || *value == ';';
 }
 
 int http_read_json(struct evhttp_request *req, size_t max, json_t **ret_body)

@@ -655,9 +655,12 @@ static void test_body_media_type(void **state)
 	static const char verify_body[] = "{\"token\":\"x\"}";
 	static const char token_body[] = "{\"subject\":\"media\"}";
 	static const char *const refused[] = { NULL, "text/plain", "application/jsonp", "application/json-seq",
-					       "json", "" };
+					       "json", "", "application/jsonx", "application/json garbage",
+					       "application/json /xml", "application/json\t,text/plain" };
+	/* Parameters after optional whitespace (RFC 9110 §8.3.1 media-type). */
 	static const char *const accepted[] = { "application/json; charset=utf-8", "Application/JSON",
-						"application/json;charset=UTF-8" };
+						"application/json;charset=UTF-8", "application/json ; charset=utf-8",
+						"application/json\t;charset=utf-8", "application/json ;" };
 	struct resp r;
 
 	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
