@@ -164,6 +164,36 @@ out:
 	json_decref(body);
 }
 
+/* RFC 9110 §13.1.2: If-None-Match is "*", which any current representation
+ * matches, or a list of entity tags compared weakly (a W/ prefix does not
+ * count).  A quoted tag may hold a comma, so the list is walked tag by tag. */
+static int api_none_match(const char *field, const char *etag)
+{
+	size_t etag_len = strlen(etag);
+	const char *p = field;
+
+	for (;;) {
+		const char *end;
+		p += strspn(p, " \t,");
+		if (*p == '\0')
+			return 0;
+		if (*p == '*')
+			return 1;
+		if (strncmp(p, "W/", 2) == 0)
+			p += 2;
+		end = *p == '"' ? strchr(p + 1, '"') : NULL;
+		if (end == NULL) {
+			/* Not an entity tag: skip it. */
+			p += strcspn(p, ",");
+			continue;
+		}
+		end++;
+		if ((size_t)(end - p) == etag_len && memcmp(p, etag, etag_len) == 0)
+			return 1;
+		p = end;
+	}
+}
+
 static void api_jwks(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
@@ -177,7 +207,7 @@ static void api_jwks(struct api_ctx *ctx, struct evhttp_request *req, struct api
 	snprintf(cache, sizeof(cache), "public, max-age=%lld", (long long)max_age);
 	evhttp_add_header(headers, "Cache-Control", cache);
 	evhttp_add_header(headers, "ETag", ctx->keys->etag);
-	if (match != NULL && strstr(match, ctx->keys->etag) != NULL) {
+	if (match != NULL && api_none_match(match, ctx->keys->etag)) {
 		out->status = 304;
 		evhttp_send_reply(req, 304, "Not Modified", NULL);
 		return;

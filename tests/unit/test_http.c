@@ -609,11 +609,16 @@ static void test_jwks_conditional(void **state)
 	char match[128];
 	struct resp r;
 
-	/* The current ETag, alone, weak (If-None-Match compares weakly) and in a list. */
-	const char *const prefix[] = { "", "W/", "\"0000\", " };
+	/* The current ETag, alone, weak (If-None-Match compares weakly), in a
+	 * list (after a tag holding a comma), and "*": any current
+	 * representation (RFC 9110 §13.1.2). */
+	const char *const prefix[] = { "", "W/", "\"0000\", ", "\"a,b\",W/", "*", " * " };
 	for (size_t i = 0; i < sizeof(prefix) / sizeof(prefix[0]); i++) {
 		char line[160];
-		snprintf(match, sizeof(match), "%s%s", prefix[i], keys->etag);
+		if (strchr(prefix[i], '*') != NULL)
+			snprintf(match, sizeof(match), "%s", prefix[i]);
+		else
+			snprintf(match, sizeof(match), "%s%s", prefix[i], keys->etag);
 		snprintf(line, sizeof(line), "If-None-Match: %s\r\n", match);
 		call("GET", "/.well-known/jwks.json", line, NULL, 0, &r);
 		assert_int_equal(r.status, 304);
@@ -624,11 +629,16 @@ static void test_jwks_conditional(void **state)
 		resp_free(&r);
 	}
 
-	call("GET", "/.well-known/jwks.json", "If-None-Match: \"0123456789abcdef\"\r\n", NULL, 0, &r);
-	assert_int_equal(r.status, 200);
-	assert_int_equal(r.body_len, keys->jwks_len);
-	assert_memory_equal(r.body, keys->jwks, keys->jwks_len);
-	resp_free(&r);
+	/* Other tags, and the current one inside a longer tag, do not match. */
+	snprintf(match, sizeof(match), "If-None-Match: \"0123456789abcdef\", \"x%s\"\r\n", keys->etag + 1);
+	const char *const other[] = { "If-None-Match: \"0123456789abcdef\"\r\n", match };
+	for (size_t i = 0; i < sizeof(other) / sizeof(other[0]); i++) {
+		call("GET", "/.well-known/jwks.json", other[i], NULL, 0, &r);
+		assert_int_equal(r.status, 200);
+		assert_int_equal(r.body_len, keys->jwks_len);
+		assert_memory_equal(r.body, keys->jwks, keys->jwks_len);
+		resp_free(&r);
+	}
 }
 
 static void test_health(void **state)
