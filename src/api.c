@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -42,6 +43,16 @@ static int api_read_body(struct api_ctx *ctx, struct evhttp_request *req, struct
 	return r;
 }
 
+/* Whether an Authorization value carries a bearer token at all: RFC 6750
+ * §3.1 answers a request without one (no header, another scheme, an empty
+ * token) with a challenge but no error code. */
+static int api_bearer_sent(const char *authorization)
+{
+	if (authorization == NULL || strncasecmp(authorization, "Bearer", 6) != 0 || authorization[6] != ' ')
+		return 0;
+	return authorization[6 + strspn(authorization + 6, " ")] != '\0';
+}
+
 /* Authenticates the caller and checks one role; replies 401/403 itself. */
 static int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role,
 			 struct auth_caller *ret_caller, struct api_outcome *out)
@@ -50,7 +61,8 @@ static int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsign
 	char err[128];
 
 	if (auth_bearer(authorization, ctx->keys, ctx->cfg, api_now(), ret_caller, err, sizeof(err)) < 0) {
-		api_error(out, req, 401, "invalid_token", err);
+		out->status = 401;
+		http_reply_unauthorized(req, api_bearer_sent(authorization), err);
 		return -EACCES;
 	}
 	snprintf(out->sub, sizeof(out->sub), "%s", ret_caller->sub);

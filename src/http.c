@@ -22,6 +22,7 @@
 #include "hsmjwt/log.h"
 
 #define HTTP_BACKLOG 1024
+#define HTTP_REALM "hsmjwt"
 
 struct http_worker {
 	struct http_server *server;
@@ -94,19 +95,38 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 	free(text);
 }
 
-void http_reply_error(struct evhttp_request *req, int code, const char *error, const char *description)
+/* RFC 6750 §3: the Bearer challenge of a 401.  error is NULL for a request
+ * that carried no credentials, which §3.1 says gets no error code. */
+static void http_add_challenge(struct evhttp_request *req, const char *error)
 {
-	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+	char value[128];
 
-	if (code == 401) {
-		char value[64];
-		snprintf(value, sizeof(value), "Bearer error=\"%s\"", error);
-		evhttp_add_header(headers, "WWW-Authenticate", value);
-	}
+	if (error)
+		snprintf(value, sizeof(value), "Bearer realm=\"" HTTP_REALM "\", error=\"%s\"", error);
+	else
+		snprintf(value, sizeof(value), "Bearer realm=\"" HTTP_REALM "\"");
+	evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", value);
+}
+
+static void http_reply_error_body(struct evhttp_request *req, int code, const char *error, const char *description)
+{
 	if (code == 429 || code == 503)
-		evhttp_add_header(headers, "Retry-After", "1");
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
 	http_reply_json(req, code, json_pack("{s:s, s:s}", "error", error, "error_description",
 					     description ? description : ""));
+}
+
+void http_reply_error(struct evhttp_request *req, int code, const char *error, const char *description)
+{
+	if (code == 401)
+		http_add_challenge(req, error);
+	http_reply_error_body(req, code, error, description);
+}
+
+void http_reply_unauthorized(struct evhttp_request *req, int token_sent, const char *description)
+{
+	http_add_challenge(req, token_sent ? "invalid_token" : NULL);
+	http_reply_error_body(req, 401, "invalid_token", description);
 }
 
 /* RFC 9110 §8.3.1: media-type = type "/" subtype parameters, parameters =

@@ -32,9 +32,15 @@ void http_stop(struct http_server *server);
 void http_send(struct evhttp_request *req, int code, struct evbuffer *body);
 /* Replies: body is stolen (json_decref'd). */
 void http_reply_json(struct evhttp_request *req, int code, json_t *body);
-/* SPEC §4 error form {"error","error_description"}; adds WWW-Authenticate
- * for 401 and Retry-After for 429/503. */
+/* SPEC §4 error form {"error","error_description"}; adds Retry-After for
+ * 429/503, and for 401 the challenge of a rejected credential:
+ * WWW-Authenticate: Bearer realm="hsmjwt", error="<error>". */
 void http_reply_error(struct evhttp_request *req, int code, const char *error, const char *description);
+/* 401 with the body {"error":"invalid_token",...} of SPEC §4.  RFC 6750
+ * §3.1: the challenge carries error="invalid_token" only when token_sent (a
+ * bearer token came and was rejected); a request without one gets the bare
+ * WWW-Authenticate: Bearer realm="hsmjwt". */
+void http_reply_unauthorized(struct evhttp_request *req, int token_sent, const char *description);
 
 /* Reads a JSON request body: Content-Type application/json, at most max
  * bytes, strict JSON.  0 and *ret_body (new reference), or -EMEDIUMTYPE,
