@@ -198,7 +198,8 @@ static void http_handle(struct evhttp_request *req, void *arg)
 	struct api_outcome outcome;
 	struct timespec start;
 	const char *uri = evhttp_request_get_uri(req);
-	char path[160];
+	/* Worst case every character of sub or jti escaped, plus quotes. */
+	char path[160], sub[2 * sizeof(outcome.sub) + 2], jti[2 * sizeof(outcome.jti) + 2];
 	size_t n;
 
 	clock_gettime(CLOCK_MONOTONIC, &start);
@@ -215,10 +216,12 @@ static void http_handle(struct evhttp_request *req, void *arg)
 		raw[n] = '\0';
 		log_quote(path, sizeof(path), raw);
 	}
+	/* sub comes from the caller's token, whose issuer chooses it: quoted, a
+	 * newline or a '"' in it cannot start a forged line or field. */
 	log_info("\"request\" method=%s path=%s status=%d latency_ms=%.3f sub=%s jti=%s worker=%u",
 		 http_method_name(evhttp_request_get_command(req)), path, outcome.status,
-		 http_elapsed_ms(&start), outcome.sub[0] ? outcome.sub : "-",
-		 outcome.jti[0] ? outcome.jti : "-", worker->index);
+		 http_elapsed_ms(&start), outcome.sub[0] ? log_quote(sub, sizeof(sub), outcome.sub) : "-",
+		 outcome.jti[0] ? log_quote(jti, sizeof(jti), outcome.jti) : "-", worker->index);
 }
 
 static int http_listen_socket(const struct config_listen *addr, evutil_socket_t *ret_fd)

@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -63,6 +65,74 @@ static char *admin_token;
  * nor its signature. */
 static char *secrets[MAX_SECRETS];
 static size_t secret_count;
+
+/* ---- the log ------------------------------------------------------------- */
+
+/* stderr (the log) redirected to a temporary file while a test runs; the
+ * server's workers write there too. */
+struct capture {
+	int fd, saved;
+};
+
+static void capture_start(struct capture *c)
+{
+	char path[] = "/tmp/hsmjwt-test-http-XXXXXX";
+
+	c->fd = mkstemp(path);
+	assert_true(c->fd >= 0);
+	unlink(path);
+	c->saved = dup(2);
+	assert_true(c->saved >= 0);
+	fflush(stderr);
+	assert_true(dup2(c->fd, 2) == 2);
+}
+
+/* Everything logged so far (malloc'd, NUL-terminated). */
+static char *capture_text(struct capture *c)
+{
+	off_t size = lseek(c->fd, 0, SEEK_END);
+	char *text;
+	ssize_t n;
+
+	assert_true(size >= 0);
+	text = malloc((size_t)size + 1);
+	assert_non_null(text);
+	n = pread(c->fd, text, (size_t)size, 0);
+	assert_true(n >= 0);
+	text[n] = '\0';
+	return text;
+}
+
+/* The log once it holds needle, waiting up to two seconds for a worker to
+ * write it; NULL when it never did. */
+static char *capture_wait(struct capture *c, const char *needle)
+{
+	for (int i = 0; i < 200; i++) {
+		char *text = capture_text(c);
+		if (strstr(text, needle) != NULL)
+			return text;
+		free(text);
+		usleep(10000);
+	}
+	return NULL;
+}
+
+static void capture_stop(struct capture *c)
+{
+	fflush(stderr);
+	dup2(c->saved, 2);
+	close(c->saved);
+	close(c->fd);
+}
+
+static size_t count_lines(const char *text)
+{
+	size_t n = 0;
+
+	for (; *text; text++)
+		n += *text == '\n';
+	return n;
+}
 
 /* ---- allocation failure ------------------------------------------------ */
 
@@ -1015,6 +1085,53 @@ static void test_issue_with_admin_token(void **state)
 	assert_json_error("/token", admin_token, "{\"subject\":\"a\",\"alg\":\"none\"}", 400, "invalid_request");
 }
 
+/* The caller's sub is the token issuer's choice: in the request log line
+ * it stays one quoted value, however it tries to end the line. */
+static void test_log_quotes_caller(void **state)
+{
+	static const char forged_sub[] = "x\nts=2026-01-01T00:00:00.000Z level=error msg=\"forged\" y=\\";
+	static const char quoted_sub[] = "sub=\"x?ts=2026-01-01T00:00:00.000Z level=error msg=\\\"forged\\\" y=\\\\\"";
+	json_t *roles = json_pack("[s]", "admin"), *answer;
+	char *token = NULL, *log, *line, *eol, want[64];
+	struct capture c;
+	struct resp r;
+
+	assert_non_null(roles);
+	assert_int_equal(issue_mint(&ictx, forged_sub, NULL, roles, 600, &token), 0);
+	json_decref(roles);
+	add_secret(token);
+
+	log_set_level(LOG_LEVEL_INFO);
+	capture_start(&c);
+	post_json("/token", token, "{\"subject\":\"alice\"}", &r);
+	log = capture_wait(&c, "path=\"/token\"");
+	capture_stop(&c);
+	log_set_level(LOG_LEVEL_WARN);
+
+	assert_int_equal(r.status, 200);
+	answer = resp_json(&r);
+	assert_true(json_is_string(json_object_get(answer, "jti")));
+	snprintf(want, sizeof(want), " jti=\"%s\" ", json_string_value(json_object_get(answer, "jti")));
+	json_decref(answer);
+	resp_free(&r);
+
+	assert_non_null(log);
+	/* One line: the request's, with sub and jti quoted; nothing forged. */
+	assert_int_equal(count_lines(log), 1);
+	assert_int_equal(strncmp(log, "ts=", 3), 0);
+	assert_null(strstr(log, "\nts=2026-01-01"));
+	assert_non_null(strstr(log, " level=info msg=\"request\" method=POST path=\"/token\" status=200 "));
+	line = strstr(log, " sub=");
+	assert_non_null(line);
+	eol = strstr(line, " jti=");
+	assert_non_null(eol);
+	assert_int_equal((size_t)(eol - line - 1), strlen(quoted_sub));
+	assert_memory_equal(line + 1, quoted_sub, strlen(quoted_sub));
+	assert_non_null(strstr(log, want));
+	free(log);
+	free(token);
+}
+
 /* ---- /token/verify ------------------------------------------------------- */
 
 /* POST /token/verify with body: 200 and the answer (new reference). */
@@ -1483,6 +1600,7 @@ int main(void)
 		cmocka_unit_test(test_auth_refused),
 		cmocka_unit_test(test_auth_insufficient_scope),
 		cmocka_unit_test(test_issue_with_admin_token),
+		cmocka_unit_test(test_log_quotes_caller),
 		cmocka_unit_test(test_verify),
 		cmocka_unit_test(test_errors_never_echo_tokens),
 		cmocka_unit_test(test_pipelining),
