@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <systemd/sd-daemon.h>
 
@@ -76,7 +77,7 @@ int main(int argc, char **argv)
 	struct keys *keys = NULL;
 	struct http_server *server = NULL;
 	const char *config_path = NULL;
-	int check_only = 0, opt, r, status = 1;
+	int check_only = 0, opt, r, status = 1, lock_fd = -1;
 	sigset_t set;
 
 	while ((opt = getopt_long(argc, argv, "c:nVh", options, NULL)) != -1) {
@@ -110,10 +111,9 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-	if (mkdir(cfg.state_dir, 0700) < 0 && errno != EEXIST) {
-		log_error("\"cannot create state_dir\" state_dir=%s error=\"%s\"", cfg.state_dir, strerror(errno));
+	r = service_lock_state_dir(cfg.state_dir, &lock_fd);
+	if (r < 0)
 		goto out;
-	}
 	r = service_open_token(&cfg, &hsm);
 	if (r < 0)
 		goto out;
@@ -121,7 +121,8 @@ int main(int argc, char **argv)
 	 * serves at once. */
 	r = keys_load(hsm, cfg.algorithms, cfg.algorithm_count, cfg.rsa_bits, 1, &keys);
 	if (r < 0) {
-		log_error("\"cannot load keys from the token\" error=%d", r);
+		/* The hsm module logged the Cryptoki failure; this is the decision. */
+		log_error("\"not starting: the token's keys cannot be loaded\" error=%d", r);
 		goto out;
 	}
 	log_info("\"keys loaded\" count=%zu", keys->count);
@@ -137,6 +138,8 @@ out:
 	keys_free(keys);
 	hsm_close(hsm);
 	config_free(&cfg);
+	if (lock_fd >= 0)
+		close(lock_fd);
 	if (status == 0)
 		log_info("\"stopped\"");
 	return status;

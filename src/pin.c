@@ -14,6 +14,15 @@
 
 #include "hsmjwt/log.h"
 
+void pin_forget(struct config *cfg)
+{
+	if (cfg->pin == NULL)
+		return;
+	OPENSSL_cleanse(cfg->pin, strlen(cfg->pin));
+	free(cfg->pin);
+	cfg->pin = NULL;
+}
+
 void pin_free(char *pin, size_t len)
 {
 	if (pin == NULL)

@@ -1,13 +1,30 @@
 #include "hsmjwt/service.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
 
 #include "hsmjwt/log.h"
 #include "hsmjwt/pin.h"
 
 extern char **environ;
+
+static void service_wipe_env(const char *name)
+{
+	char *value = getenv(name);
+
+	if (value == NULL)
+		return;
+	OPENSSL_cleanse(value, strlen(value));
+	unsetenv(name);
+}
 
 int service_load_config(struct config *cfg, const char *path)
 {
@@ -15,6 +32,9 @@ int service_load_config(struct config *cfg, const char *path)
 	int r;
 
 	r = config_load(cfg, path, environ, err, sizeof(err));
+	/* The development PIN variable is in cfg now (or refused): wipe it from
+	 * the environment, which /proc/PID/environ and child processes show. */
+	service_wipe_env("HSMJWT_PIN");
 	if (r < 0) {
 		fprintf(stderr, "hsmjwt: configuration error: %s\n", err);
 		return r;
@@ -23,18 +43,58 @@ int service_load_config(struct config *cfg, const char *path)
 	return 0;
 }
 
-int service_open_token(const struct config *cfg, struct hsm **ret_hsm)
+int service_open_token(struct config *cfg, struct hsm **ret_hsm)
 {
 	char *pin = NULL;
 	size_t pin_len = 0;
 	int r;
 
+	/* pin_read has logged why, with the source it tried. */
 	r = pin_read(cfg, &pin, &pin_len);
-	if (r < 0 && r != -ENOENT) {
-		log_error("\"cannot read the PIN\" pin_file=%s error=%d", cfg->pin_file ? cfg->pin_file : "-", r);
+	if (r < 0 && r != -ENOENT)
 		return r;
-	}
 	r = hsm_open(cfg->pkcs11_module, cfg->token, pin, pin_len, ret_hsm);
 	pin_free(pin, pin_len);
+	pin_forget(cfg);
 	return r;
+}
+
+int service_lock_state_dir(const char *state_dir, int *ret_fd)
+{
+	char path[4096];
+	struct stat st;
+	int fd;
+
+	if (mkdir(state_dir, 0700) < 0 && errno != EEXIST) {
+		log_error("\"cannot create state_dir\" state_dir=%s error=\"%s\"", state_dir, strerror(errno));
+		return -errno;
+	}
+	if (stat(state_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		log_error("\"state_dir is not a directory\" state_dir=%s", state_dir);
+		return -ENOTDIR;
+	}
+	if (st.st_mode & (S_IRWXG | S_IRWXO))
+		log_warn("\"state_dir is accessible by group or others\" state_dir=%s mode=%04o", state_dir,
+			 (unsigned)(st.st_mode & 07777));
+	if ((size_t)snprintf(path, sizeof(path), "%s/hsmjwtd.lock", state_dir) >= sizeof(path)) {
+		log_error("\"state_dir path too long\" state_dir=%s", state_dir);
+		return -ENAMETOOLONG;
+	}
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		log_error("\"cannot open the state lock\" path=%s error=\"%s\"", path, strerror(errno));
+		return -errno;
+	}
+	/* The kernel drops the lock with the process, however it ends. */
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		if (e == EWOULDBLOCK)
+			log_error("\"another hsmjwtd already runs on this state_dir\" state_dir=%s", state_dir);
+		else
+			log_error("\"cannot lock state_dir\" path=%s error=\"%s\"", path, strerror(e));
+		close(fd);
+		return e == EWOULDBLOCK ? -EBUSY : -e;
+	}
+	*ret_fd = fd;
+	return 0;
 }

@@ -23,6 +23,10 @@
  * is missing, or another negative errno. */
 int pin_read(const struct config *cfg, char **ret_pin, size_t *ret_len);
 
+/* Wipes and drops the development pin key from cfg once the login is done
+ * (SPEC §1: the PIN is wiped after login). */
+void pin_forget(struct config *cfg);
+
 /* Wipes and frees a PIN from pin_read; NULL is fine. */
 void pin_free(char *pin, size_t len);
 

@@ -11,7 +11,13 @@
 int service_load_config(struct config *cfg, const char *path);
 
 /* Reads the PIN per cfg (none is fine when the token needs no login),
- * opens the token, wipes the PIN.  0 and *ret_hsm, or a negative error. */
-int service_open_token(const struct config *cfg, struct hsm **ret_hsm);
+ * opens the token, wipes the PIN, the development pin key in cfg included.
+ * 0 and *ret_hsm, or a negative error. */
+int service_open_token(struct config *cfg, struct hsm **ret_hsm);
+
+/* Creates state_dir (0700) if needed and takes its exclusive lock (SPEC §7:
+ * one daemon per state_dir); the lock lives as long as *ret_fd is open.
+ * -EBUSY when another process holds it. */
+int service_lock_state_dir(const char *state_dir, int *ret_fd);
 
 #endif
