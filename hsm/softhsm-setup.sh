@@ -32,6 +32,11 @@ if ! softhsm2-util --show-slots 2>/dev/null | grep -q "Label:[[:space:]]*$label[
 	# same everywhere teaches the wrong habit.
 	pin=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 	so_pin=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+	# softhsm2-util takes PINs only as arguments or from a terminal, so they
+	# are in its argv (visible to this machine's `ps') for the instant the
+	# token is initialised.  Acceptable for a development token on the
+	# developer's own machine; production tokens are initialised with the
+	# vendor's tools, and hsmjwt itself never puts a PIN in argv.
 	printf '%s\n' "$pin" >"$state_dir/pin"
 	chmod 600 "$state_dir/pin"
 	softhsm2-util --init-token --free --label "$label" --pin "$pin" --so-pin "$so_pin" >/dev/null
