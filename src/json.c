@@ -1,6 +1,7 @@
 #include "hsmjwt/json.h"
 
 #include <errno.h>
+#include <string.h>
 
 #include "hsmjwt/log.h"
 
@@ -107,4 +108,11 @@ size_t json_depth(const json_t *value)
 		return max + 1;
 	}
 	return 0;
+}
+
+const char *json_plain_string(const json_t *value)
+{
+	if (!json_is_string(value) || strlen(json_string_value(value)) != json_string_length(value))
+		return NULL;
+	return json_string_value(value);
 }

@@ -14,6 +14,7 @@
 #include <openssl/param_build.h>
 
 #include "hsmjwt/b64url.h"
+#include "hsmjwt/json.h"
 #include "hsmjwt/log.h"
 
 /* Largest RSA modulus accepted: 8192 bits, the size JWS_MAX_SIG allows.
@@ -125,6 +126,13 @@ static const struct jwk_curve *jwk_curve_of(const EVP_PKEY *pkey)
 	return NULL;
 }
 
+int jwk_ec_curve_nid(const EVP_PKEY *pkey)
+{
+	const struct jwk_curve *curve = pkey ? jwk_curve_of(pkey) : NULL;
+
+	return curve ? curve->nid : NID_undef;
+}
+
 /* Whether alg fits the key material, ignoring the JWK's own "alg", "use"
  * and "key_ops". */
 static int jwk_material_fits(EVP_PKEY *pkey, size_t secret_len, enum jws_alg alg)
@@ -163,13 +171,6 @@ void jwk_key_free(struct jwk_key *key)
 }
 
 /* A JSON string without embedded NUL, or NULL. */
-static const char *jwk_string(const json_t *v)
-{
-	if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v))
-		return NULL;
-	return json_string_value(v);
-}
-
 /* Decodes the base64url string member name into a new buffer of at most max
  * bytes.  -EINVAL when it is missing, not a string, not canonical base64url,
  * or too long; the length check comes first so an oversized member costs
@@ -177,7 +178,7 @@ static const char *jwk_string(const json_t *v)
 static int jwk_member_bytes(const json_t *jwk, const char *name, size_t max, uint8_t **ret_buf,
 			    size_t *ret_len)
 {
-	const char *s = jwk_string(json_object_get(jwk, name));
+	const char *s = json_plain_string(json_object_get(jwk, name));
 	uint8_t *buf;
 	size_t len;
 	int r;
@@ -263,7 +264,7 @@ out:
 
 static int jwk_ec_from_json(const json_t *jwk, EVP_PKEY **ret_pkey)
 {
-	const char *crv = jwk_string(json_object_get(jwk, "crv"));
+	const char *crv = json_plain_string(json_object_get(jwk, "crv"));
 	const struct jwk_curve *curve = crv ? jwk_curve_by_crv(crv) : NULL;
 	uint8_t *x = NULL, *y = NULL, point[1 + 2 * 66];
 	size_t x_len = 0, y_len = 0;
@@ -330,7 +331,7 @@ out:
 
 static int jwk_okp_from_json(const json_t *jwk, EVP_PKEY **ret_pkey)
 {
-	const char *crv = jwk_string(json_object_get(jwk, "crv"));
+	const char *crv = json_plain_string(json_object_get(jwk, "crv"));
 	uint8_t *x = NULL;
 	size_t x_len = 0;
 	EVP_PKEY *pkey;
@@ -371,7 +372,7 @@ static int jwk_usage(const json_t *jwk, int *ret_verify_allowed)
 	size_t i;
 
 	if (use != NULL) {
-		if (jwk_string(use) == NULL)
+		if (json_plain_string(use) == NULL)
 			return -EINVAL;
 		if (strcmp(json_string_value(use), "sig") != 0)
 			allowed = 0;
@@ -380,7 +381,7 @@ static int jwk_usage(const json_t *jwk, int *ret_verify_allowed)
 		if (!json_is_array(ops))
 			return -EINVAL;
 		json_array_foreach(ops, i, op) {
-			if (jwk_string(op) == NULL)
+			if (json_plain_string(op) == NULL)
 				return -EINVAL;
 			if (strcmp(json_string_value(op), "verify") == 0)
 				has_verify = 1;
@@ -399,7 +400,7 @@ int jwk_key_from_json(const json_t *jwk, struct jwk_key **ret_key)
 	const json_t *v;
 	int verify_allowed = 0, r = -EINVAL;
 
-	if (!json_is_object(jwk) || (kty = jwk_string(json_object_get(jwk, "kty"))) == NULL) {
+	if (!json_is_object(jwk) || (kty = json_plain_string(json_object_get(jwk, "kty"))) == NULL) {
 		log_debug("\"JWK without a kty string\"");
 		return -EINVAL;
 	}
@@ -408,7 +409,7 @@ int jwk_key_from_json(const json_t *jwk, struct jwk_key **ret_key)
 		return -ENOMEM;
 	v = json_object_get(jwk, "alg");
 	if (v != NULL) {
-		name = jwk_string(v);
+		name = json_plain_string(v);
 		/* A key bound to an algorithm we cannot run is unusable, not
 		 * free for any algorithm. */
 		if (name == NULL || jws_alg_from_name(name, &key->alg) < 0) {
@@ -418,7 +419,7 @@ int jwk_key_from_json(const json_t *jwk, struct jwk_key **ret_key)
 	}
 	v = json_object_get(jwk, "kid");
 	if (v != NULL) {
-		name = jwk_string(v);
+		name = json_plain_string(v);
 		if (name == NULL || strlen(name) > JWK_KID_MAX) {
 			log_debug("\"JWK kid is not a string of at most %d bytes\"", JWK_KID_MAX);
 			goto fail;

@@ -175,19 +175,11 @@ static const EVP_MD *jws_alg_md(enum jws_alg alg)
 /* The order n of pkey's curve, or NULL (caller BN_free()s). */
 static BIGNUM *jws_ec_order(const EVP_PKEY *pkey)
 {
-	char group_name[64];
-	size_t name_len = 0;
+	int nid = jwk_ec_curve_nid(pkey);
 	EC_GROUP *group;
 	BIGNUM *order = NULL;
-	int nid;
 
-	if (pkey == NULL || !EVP_PKEY_is_a(pkey, "EC") ||
-	    EVP_PKEY_get_group_name(pkey, group_name, sizeof(group_name), &name_len) != 1)
-		return NULL;
-	nid = OBJ_sn2nid(group_name);
 	if (nid == NID_undef)
-		nid = EC_curve_nist2nid(group_name);
-	if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1 && nid != NID_secp521r1)
 		return NULL;
 	group = EC_GROUP_new_by_curve_name(nid);
 	if (group != NULL)

@@ -65,13 +65,6 @@ static int jwt_time_claim(const json_t *claims, const char *name, int required, 
 }
 
 /* A JSON string without embedded NUL, or NULL. */
-static const char *jwt_string(const json_t *v)
-{
-	if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v))
-		return NULL;
-	return json_string_value(v);
-}
-
 /* An exact string claim: absent → wrong, not a string → malformed. */
 static int jwt_check_string_claim(const json_t *claims, const char *name, const char *want, int wrong)
 {
@@ -79,7 +72,7 @@ static int jwt_check_string_claim(const json_t *claims, const char *name, const 
 
 	if (v == NULL)
 		return wrong;
-	if (jwt_string(v) == NULL)
+	if (json_plain_string(v) == NULL)
 		return JWS_E_MALFORMED;
 	return strcmp(json_string_value(v), want) == 0 ? 0 : wrong;
 }
@@ -99,7 +92,7 @@ static int jwt_check_audience(const json_t *claims, const char *want)
 	/* Every member is checked, not only up to a match: an ill-typed
 	 * member makes the claim malformed wherever it stands. */
 	json_array_foreach(aud, i, member) {
-		if (jwt_string(member) == NULL)
+		if (json_plain_string(member) == NULL)
 			return JWS_E_MALFORMED;
 		if (strcmp(json_string_value(member), want) == 0)
 			found = 1;
@@ -131,7 +124,7 @@ static int jwt_check_typ(const json_t *header, const char *want)
 
 	if (typ == NULL)
 		return JWS_E_WRONG_TYPE;
-	if (jwt_string(typ) == NULL)
+	if (json_plain_string(typ) == NULL)
 		return JWS_E_MALFORMED;
 	have_sub = jwt_typ_subtype(json_string_value(typ), &have_other);
 	want_sub = jwt_typ_subtype(want, &want_other);

@@ -15,6 +15,10 @@
  * (not strict JSON), -E2BIG (deeper than max_depth). */
 int json_strict_parse(const char *buf, size_t len, size_t max_depth, json_t **ret_value);
 
+/* The value of a JSON string that holds no NUL byte (C code would read it
+ * cut short), else NULL. */
+const char *json_plain_string(const json_t *value);
+
 /* Nesting depth of a value: scalars 0, [] or {} 1, [[1]] 2. */
 size_t json_depth(const json_t *value);
 

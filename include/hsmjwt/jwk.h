@@ -56,6 +56,10 @@ int jwk_key_allows_alg(const struct jwk_key *key, enum jws_alg alg);
 /* The public JWK of pkey: {kty, crv?, x?, y?, n?, e?} plus "kid", "alg", "use":"sig"
  * when kid/alg are given.  New reference. */
 int jwk_public_to_json(EVP_PKEY *pkey, const char *kid, enum jws_alg alg, json_t **ret_jwk);
+/* The NID of pkey's curve when it is one JWS uses (P-256, P-384, P-521),
+ * else NID_undef. */
+int jwk_ec_curve_nid(const EVP_PKEY *pkey);
+
 /* RFC 7638 thumbprint of pkey's public part into ret_kid[JWK_THUMBPRINT_LEN + 1]. */
 int jwk_thumbprint(EVP_PKEY *pkey, char *ret_kid);
 
