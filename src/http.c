@@ -34,8 +34,15 @@ struct http_worker {
 	struct api_ctx api;
 };
 
+/* Where one listen address binds, as resolved once for all workers. */
+struct http_address {
+	struct sockaddr_storage sa;
+	socklen_t sa_len;
+};
+
 struct http_server {
 	const struct config *cfg;
+	struct http_address *addresses;   /* one per cfg->listen */
 	struct http_worker *workers;
 	unsigned worker_count;
 };
@@ -224,12 +231,19 @@ static void http_handle(struct evhttp_request *req, void *arg)
 		 outcome.jti[0] ? log_quote(jti, sizeof(jti), outcome.jti) : "-", worker->index);
 }
 
-static int http_listen_socket(const struct config_listen *addr, evutil_socket_t *ret_fd)
+/* Resolves addr and binds it once WITHOUT SO_REUSEPORT, then lets go.  The
+ * workers' sockets share the port through SO_REUSEPORT, which would as
+ * happily share it with a second daemon (or anything else setting the
+ * option) and hand it part of the connections: only a socket without the
+ * option learns that someone else holds the address.  SO_REUSEADDR keeps a
+ * predecessor's TIME_WAIT connections from counting. */
+static int http_listen_probe(const struct config_listen *addr, struct http_address *ret_address)
 {
 	struct addrinfo hints, *res = NULL, *ai;
-	char port[8];
-	int fd = -1, r, one = 1;
+	char port[8], host[2 * sizeof(addr->host) + 2];
+	int fd, r, err = EADDRNOTAVAIL, one = 1;
 
+	log_quote(host, sizeof(host), addr->host);
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
@@ -237,29 +251,60 @@ static int http_listen_socket(const struct config_listen *addr, evutil_socket_t 
 	snprintf(port, sizeof(port), "%u", addr->port);
 	r = getaddrinfo(addr->host[0] ? addr->host : NULL, port, &hints, &res);
 	if (r != 0) {
-		log_error("\"cannot resolve listen address\" host=%s error=\"%s\"", addr->host, gai_strerror(r));
+		log_error("\"cannot resolve listen address\" host=%s error=\"%s\"", host, gai_strerror(r));
 		return -EINVAL;
 	}
-	for (ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd < 0)
+	/* The first address that binds is the workers'; one in use is an error,
+	 * not a reason to fall back to the next. */
+	for (ai = res; ai && err != EADDRINUSE; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			err = errno;
 			continue;
-		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
-		    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0 &&
-		    bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, HTTP_BACKLOG) == 0)
-			break;
-		r = errno;
+		}
+		r = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+		    bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : errno;
 		close(fd);
-		fd = -1;
-		errno = r;
+		if (r == 0 && ai->ai_addrlen <= sizeof(ret_address->sa)) {
+			memcpy(&ret_address->sa, ai->ai_addr, ai->ai_addrlen);
+			ret_address->sa_len = ai->ai_addrlen;
+			freeaddrinfo(res);
+			return 0;
+		}
+		err = r ? r : EAFNOSUPPORT;
 	}
 	freeaddrinfo(res);
-	if (fd < 0) {
-		log_error("\"cannot listen\" host=%s port=%u error=\"%s\"", addr->host, addr->port, strerror(errno));
-		return -errno;
-	}
+	if (err == EADDRINUSE)
+		log_error("\"cannot listen: the address is held by another socket\" host=%s port=%u error=\"%s\"",
+			  host, addr->port, strerror(err));
+	else
+		log_error("\"cannot listen\" host=%s port=%u error=\"%s\"", host, addr->port, strerror(err));
+	return -err;
+}
+
+/* One worker's socket on a probed address (SO_REUSEPORT: see http.h). */
+static int http_listen_socket(const struct config_listen *addr, const struct http_address *address,
+			      evutil_socket_t *ret_fd)
+{
+	char host[2 * sizeof(addr->host) + 2];
+	int fd, err, one = 1;
+
+	fd = socket(address->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+	    bind(fd, (const struct sockaddr *)&address->sa, address->sa_len) < 0 || listen(fd, HTTP_BACKLOG) < 0)
+		goto fail;
 	*ret_fd = fd;
 	return 0;
+fail:
+	err = errno;
+	if (fd >= 0)
+		close(fd);
+	log_error("\"cannot listen\" host=%s port=%u error=\"%s\"", log_quote(host, sizeof(host), addr->host),
+		  addr->port, strerror(err));
+	return -err;
 }
 
 static void *http_worker_main(void *arg)
@@ -291,7 +336,7 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	evhttp_set_gencb(worker->http, http_handle, worker);
 	for (size_t i = 0; i < cfg->listen_count; i++) {
 		evutil_socket_t fd = -1;
-		r = http_listen_socket(&cfg->listen[i], &fd);
+		r = http_listen_socket(&cfg->listen[i], &worker->server->addresses[i], &fd);
 		if (r < 0)
 			return r;
 		if (evhttp_accept_socket_with_handle(worker->http, fd) == NULL) {
@@ -322,6 +367,7 @@ void http_stop(struct http_server *server)
 		hsm_session_close(w->api.session);
 	}
 	free(server->workers);
+	free(server->addresses);
 	free(server);
 }
 
@@ -355,11 +401,17 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, str
 		return -ENOMEM;
 	server->cfg = cfg;
 	server->workers = calloc(cfg->workers, sizeof(*server->workers));
-	if (server->workers == NULL) {
-		free(server);
+	server->addresses = calloc(cfg->listen_count, sizeof(*server->addresses));
+	if (server->workers == NULL || server->addresses == NULL) {
+		http_stop(server);
 		return -ENOMEM;
 	}
 	server->worker_count = cfg->workers;
+	for (size_t i = 0; i < cfg->listen_count; i++) {
+		r = http_listen_probe(&cfg->listen[i], &server->addresses[i]);
+		if (r < 0)
+			goto fail;
+	}
 	for (unsigned i = 0; i < cfg->workers; i++) {
 		struct http_worker *w = &server->workers[i];
 		w->server = server;

@@ -3,6 +3,9 @@
  * `workers` threads, each with its own event base, its own listening socket
  * per address (SO_REUSEPORT, so the kernel balances connections: one shared
  * socket left whole backlogs to one thread) and its own token session.
+ * Because SO_REUSEPORT would as quietly share the port with a second daemon,
+ * each address is first bound once without it: an address someone else
+ * holds fails the start.
  * Every connection is bounded: header size, body size, idle time. */
 #ifndef HSMJWT_HTTP_H
 #define HSMJWT_HTTP_H

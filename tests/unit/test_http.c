@@ -1489,18 +1489,19 @@ static void test_concurrent_callers(void **state)
 
 /* ---- start-up ----------------------------------------------------------- */
 
-static int bound_socket(int do_listen, uint16_t *ret_port)
+static int bound_socket(int do_listen, int reuseport, uint16_t *ret_port)
 {
 	struct sockaddr_in sa;
 	socklen_t sa_len = sizeof(sa);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
 
 	if (fd < 0)
 		return -1;
 	memset(&sa, 0, sizeof(sa));
 	sa.sin_family = AF_INET;
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || (do_listen && listen(fd, 4) < 0) ||
+	if ((reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) ||
+	    bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || (do_listen && listen(fd, 4) < 0) ||
 	    getsockname(fd, (struct sockaddr *)&sa, &sa_len) < 0) {
 		close(fd);
 		return -1;
@@ -1509,18 +1510,35 @@ static int bound_socket(int do_listen, uint16_t *ret_port)
 	return fd;
 }
 
+/* A port another socket listens on — a plain one, or one with SO_REUSEPORT
+ * as a second hsmjwtd's would have, which the workers' own SO_REUSEPORT
+ * sockets would silently share — is refused, naming the address. */
 static void test_start_fails_on_taken_port(void **state)
 {
-	struct http_server *other = NULL;
-	struct config taken = cfg;   /* shares cfg's strings: never config_free'd */
-	uint16_t p = 0;
-	int fd = bound_socket(1, &p);
+	for (int reuseport = 0; reuseport <= 1; reuseport++) {
+		struct http_server *other = NULL;
+		struct config taken = cfg;   /* shares cfg's strings: never config_free'd */
+		struct capture c;
+		char *log, want[64];
+		uint16_t p = 0;
+		int fd = bound_socket(1, reuseport, &p), r;
 
-	assert_true(fd >= 0);
-	taken.listen[0].port = p;
-	assert_true(http_start(&taken, hsm, keys, &other) < 0);
-	assert_null(other);
-	close(fd);
+		assert_true(fd >= 0);
+		taken.listen[0].port = p;
+		capture_start(&c);
+		r = http_start(&taken, hsm, keys, &other);
+		log = capture_text(&c);
+		capture_stop(&c);
+		close(fd);
+		http_stop(other);
+		assert_true(r < 0);
+		assert_null(other);
+		snprintf(want, sizeof(want), " host=\"127.0.0.1\" port=%u ", p);
+		assert_non_null(strstr(log, "level=error msg=\"cannot listen"));
+		assert_non_null(strstr(log, want));
+		assert_non_null(strstr(log, "error=\"Address already in use\""));
+		free(log);
+	}
 	/* The running server is untouched. */
 	test_health(state);
 }
@@ -1550,7 +1568,7 @@ static int group_setup(void **state)
 	cfg.listen_count = 1;
 	/* A free port may be taken between probing and binding: try again. */
 	for (int attempt = 0; attempt < START_ATTEMPTS && r != 0; attempt++) {
-		int fd = bound_socket(0, &port);
+		int fd = bound_socket(0, 0, &port);
 		if (fd < 0)
 			return -1;
 		close(fd);
