@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,9 @@
 
 #define HTTP_BACKLOG 1024
 #define HTTP_REALM "hsmjwt"
+/* Lines per second the noisy sources (libevent, accept failures) may write
+ * before the rest is only counted. */
+#define HTTP_LOG_BURST 10
 
 struct http_worker {
 	struct http_server *server;
@@ -46,6 +51,98 @@ struct http_server {
 	struct http_worker *workers;
 	unsigned worker_count;
 };
+
+/* ---- rate-limited logging ------------------------------------------------ */
+
+/* One window per second, process-wide: a flood (libevent warns once per
+ * failed accept, millions of times a second) must not fill the journal nor
+ * eat the CPU the clients need. */
+struct http_log_limit {
+	int64_t second;
+	unsigned lines;
+	unsigned long suppressed;
+};
+
+static pthread_mutex_t http_log_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct http_log_limit http_log_limit;
+
+/* Whether a line may go out at now (seconds); *ret_suppressed gets the
+ * count held back in the window now closed, to report once. */
+static int http_log_admit(struct http_log_limit *limit, int64_t now, unsigned long *ret_suppressed)
+{
+	*ret_suppressed = 0;
+	if (now != limit->second) {
+		*ret_suppressed = limit->suppressed;
+		limit->second = now;
+		limit->lines = 0;
+		limit->suppressed = 0;
+	}
+	if (limit->lines < HTTP_LOG_BURST) {
+		limit->lines++;
+		return 1;
+	}
+	limit->suppressed++;
+	return 0;
+}
+
+static void http_log_suppressed(unsigned long suppressed)
+{
+	if (suppressed > 0)
+		log_warn("\"log lines suppressed\" source=http window_s=1 burst=%d suppressed=%lu", HTTP_LOG_BURST,
+			 suppressed);
+}
+
+static void http_log_limited(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void http_log_limited(enum log_level level, const char *fmt, ...)
+{
+	char text[1024];
+	struct timespec now;
+	unsigned long suppressed;
+	va_list ap;
+	int admit;
+
+	if (!log_enabled(level))
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	pthread_mutex_lock(&http_log_lock);
+	admit = http_log_admit(&http_log_limit, (int64_t)now.tv_sec, &suppressed);
+	pthread_mutex_unlock(&http_log_lock);
+	http_log_suppressed(suppressed);
+	if (!admit)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	log_write(level, "%s", text);
+}
+
+/* The count still held back, for a summary at shutdown. */
+static void http_log_flush(void)
+{
+	unsigned long suppressed;
+
+	pthread_mutex_lock(&http_log_lock);
+	suppressed = http_log_limit.suppressed;
+	http_log_limit.suppressed = 0;
+	pthread_mutex_unlock(&http_log_lock);
+	http_log_suppressed(suppressed);
+}
+
+/* libevent's own messages, which it would print to stderr unstructured and
+ * unbounded. */
+static void http_libevent_log(int severity, const char *msg)
+{
+	enum log_level level = severity == EVENT_LOG_DEBUG ? LOG_LEVEL_DEBUG :
+			       severity == EVENT_LOG_MSG ? LOG_LEVEL_INFO :
+			       severity == EVENT_LOG_WARN ? LOG_LEVEL_WARN : LOG_LEVEL_ERROR;
+	char detail[768];
+
+	if (!log_enabled(level))
+		return;
+	http_log_limited(level, "\"libevent\" detail=%s", log_quote(detail, sizeof(detail), msg));
+}
+
+/* ---- responses ------------------------------------------------------------- */
 
 static const char *http_method_name(enum evhttp_cmd_type m)
 {
@@ -369,6 +466,7 @@ void http_stop(struct http_server *server)
 	free(server->workers);
 	free(server->addresses);
 	free(server);
+	http_log_flush();
 }
 
 static pthread_once_t http_once = PTHREAD_ONCE_INIT;
@@ -378,6 +476,7 @@ static int http_once_result;
  * evthread_use_pthreads through such a cast is undefined behaviour. */
 static void http_init_once(void)
 {
+	event_set_log_callback(http_libevent_log);
 	http_once_result = evthread_use_pthreads();
 }
 

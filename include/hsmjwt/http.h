@@ -6,7 +6,10 @@
  * Because SO_REUSEPORT would as quietly share the port with a second daemon,
  * each address is first bound once without it: an address someone else
  * holds fails the start.
- * Every connection is bounded: header size, body size, idle time. */
+ * Every connection is bounded: header size, body size, idle time.
+ * libevent's own messages go to the log (msg="libevent" detail="..."),
+ * like the server's other noisy lines at most 10 a second, the rest counted
+ * in one "suppressed=K" line. */
 #ifndef HSMJWT_HTTP_H
 #define HSMJWT_HTTP_H
 

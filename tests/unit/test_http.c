@@ -134,6 +134,47 @@ static size_t count_lines(const char *text)
 	return n;
 }
 
+static int64_t monotonic_second(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec;
+}
+
+/* Sleeps into the next second of CLOCK_MONOTONIC, the clock the server's
+ * log rate limit counts in. */
+static void wait_next_second(void)
+{
+	int64_t second = monotonic_second();
+
+	while (monotonic_second() == second)
+		usleep(2000);
+}
+
+/* The n-th line of text (0-based), copied into buf; NULL past the end. */
+static const char *nth_line(const char *text, size_t n, char *buf, size_t size)
+{
+	const char *eol;
+
+	for (; n > 0; n--) {
+		text = strchr(text, '\n');
+		if (text == NULL)
+			return NULL;
+		text++;
+	}
+	eol = strchr(text, '\n');
+	if (eol == NULL || (size_t)(eol - text) >= size)
+		return NULL;
+	memcpy(buf, text, (size_t)(eol - text));
+	buf[eol - text] = '\0';
+	return buf;
+}
+
+/* libevent's own warning function, exported by libevent 2.1: what it calls
+ * on a failed accept() and wherever else it complains. */
+void event_warnx(const char *fmt, ...);
+
 /* ---- allocation failure ------------------------------------------------ */
 
 /* The next evbuffer_pullup of exactly this many bytes fails as if out of
@@ -1487,6 +1528,50 @@ static void test_concurrent_callers(void **state)
 	test_health(state);
 }
 
+/* ---- libevent and accept failures -------------------------------------- */
+
+/* libevent's messages go through the log as structured lines, at most
+ * HTTP_LOG_BURST (10) a second; the rest is counted in one summary line. */
+static void test_libevent_log(void **state)
+{
+	const int sent = 50;
+	struct capture c;
+	char *log, line[512], want[160];
+	size_t lines;
+
+	wait_next_second();
+	capture_start(&c);
+	for (int i = 0; i < sent; i++)
+		event_warnx("test warning %d\nlevel=error msg=\"forged\"", i);
+	log = capture_text(&c);
+	lines = count_lines(log);
+	assert_int_equal(lines, 10);
+	for (size_t i = 0; i < lines; i++) {
+		assert_non_null(nth_line(log, i, line, sizeof(line)));
+		assert_int_equal(strncmp(line, "ts=", 3), 0);
+		snprintf(want, sizeof(want),
+			 " level=warn msg=\"libevent\" detail=\"test warning %zu?level=error msg=\\\"forged\\\"\"", i);
+		assert_non_null(strstr(line, want));
+		assert_string_equal(strstr(line, want), want);
+	}
+	free(log);
+
+	/* The next second: the count of the last one, then the line itself. */
+	wait_next_second();
+	event_warnx("after the burst");
+	log = capture_text(&c);
+	capture_stop(&c);
+	assert_int_equal(count_lines(log), lines + 2);
+	assert_non_null(nth_line(log, lines, line, sizeof(line)));
+	assert_non_null(strstr(line, " level=warn msg=\"log lines suppressed\" "));
+	snprintf(want, sizeof(want), " suppressed=%d", sent - 10);
+	assert_non_null(strstr(line, want));
+	assert_string_equal(strstr(line, want), want);
+	assert_non_null(nth_line(log, lines + 1, line, sizeof(line)));
+	assert_non_null(strstr(line, " level=warn msg=\"libevent\" detail=\"after the burst\""));
+	free(log);
+}
+
 /* ---- start-up ----------------------------------------------------------- */
 
 static int bound_socket(int do_listen, int reuseport, uint16_t *ret_port)
@@ -1625,6 +1710,7 @@ int main(void)
 		cmocka_unit_test(test_head_keep_alive),
 		cmocka_unit_test(test_garbage),
 		cmocka_unit_test(test_concurrent_callers),
+		cmocka_unit_test(test_libevent_log),
 		cmocka_unit_test(test_start_fails_on_taken_port),
 	};
 	int r = fixture_token_create(&tok);
