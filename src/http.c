@@ -16,6 +16,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <event2/thread.h>
 #include <event2/util.h>
 
@@ -29,6 +30,19 @@
  * before the rest is only counted. */
 #define HTTP_LOG_BURST 10
 
+/* The pause after an accept() that failed for want of descriptors or
+ * memory: doubled while it keeps failing, reset by a connection accepted. */
+#define HTTP_ACCEPT_BACKOFF_MIN_MS 100
+#define HTTP_ACCEPT_BACKOFF_MAX_MS 2000
+
+/* One worker's listening socket for one listen address. */
+struct http_listener {
+	size_t index;                 /* into cfg->listen */
+	struct evconnlistener *lev;   /* owned by the worker's evhttp */
+	struct event *retry;          /* re-enables lev after backoff_ms */
+	unsigned backoff_ms;          /* 0: accepting */
+};
+
 struct http_worker {
 	struct http_server *server;
 	unsigned index;
@@ -37,7 +51,13 @@ struct http_worker {
 	struct event_base *base;
 	struct evhttp *http;
 	struct api_ctx api;
+	struct http_listener listeners[CONFIG_MAX_LISTEN];
+	size_t listener_count;
 };
+
+/* The worker whose loop runs on this thread: a listener's error callback
+ * gets only the evhttp as its argument. */
+static _Thread_local struct http_worker *http_worker_self;
 
 /* Where one listen address binds, as resolved once for all workers. */
 struct http_address {
@@ -404,10 +424,90 @@ fail:
 	return -err;
 }
 
+/* ---- accepting under resource exhaustion ------------------------------- */
+
+/* The pause after the one before (0: none yet). */
+static unsigned http_backoff_next(unsigned backoff_ms)
+{
+	if (backoff_ms == 0)
+		return HTTP_ACCEPT_BACKOFF_MIN_MS;
+	return backoff_ms >= HTTP_ACCEPT_BACKOFF_MAX_MS / 2 ? HTTP_ACCEPT_BACKOFF_MAX_MS : backoff_ms * 2;
+}
+
+static int http_accept_starved(int err)
+{
+	return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+static void http_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_listener *listener = arg;
+
+	/* Still starved, the next accept() fails at once and pauses again. */
+	evconnlistener_enable(listener->lev);
+}
+
+/* libevent calls this when accept() fails for a reason other than EAGAIN,
+ * EINTR or ECONNABORTED.  Out of descriptors or memory, the connection
+ * stays queued and the socket stays readable: left enabled the loop would
+ * spin on it at full CPU.  Paused, the connections already accepted can
+ * finish and give their descriptors back. */
+static void http_accept_error(struct evconnlistener *lev, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+	struct http_worker *worker = http_worker_self;
+	struct http_listener *listener = NULL;
+	char host[2 * sizeof(worker->server->cfg->listen[0].host) + 2];
+	const struct config_listen *addr;
+	const char *name = strerrorname_np(err);
+	struct timeval tv;
+
+	for (size_t i = 0; worker && i < worker->listener_count; i++)
+		if (worker->listeners[i].lev == lev)
+			listener = &worker->listeners[i];
+	if (listener == NULL || !http_accept_starved(err)) {
+		/* A failure of the one queued connection (Linux passes on its
+		 * network errors): it is gone, the next one may do. */
+		http_log_limited(LOG_LEVEL_WARN, "\"accept failed\" errno=%s error=\"%s\"", name ? name : "?",
+				 strerror(err));
+		return;
+	}
+	addr = &worker->server->cfg->listen[listener->index];
+	if (listener->backoff_ms == 0)
+		http_log_limited(LOG_LEVEL_WARN,
+				 "\"cannot accept connections, pausing the listener\" errno=%s error=\"%s\" "
+				 "host=%s port=%u worker=%u backoff_ms=%d..%d",
+				 name ? name : "?", strerror(err), log_quote(host, sizeof(host), addr->host),
+				 addr->port, worker->index, HTTP_ACCEPT_BACKOFF_MIN_MS, HTTP_ACCEPT_BACKOFF_MAX_MS);
+	listener->backoff_ms = http_backoff_next(listener->backoff_ms);
+	evconnlistener_disable(lev);
+	tv.tv_sec = listener->backoff_ms / 1000;
+	tv.tv_usec = (suseconds_t)(listener->backoff_ms % 1000) * 1000;
+	evtimer_add(listener->retry, &tv);
+}
+
+/* evhttp asks for each accepted connection's bufferevent: the sign that
+ * accept() works again.  NULL lets evhttp make its usual one. */
+static struct bufferevent *http_accepted(struct event_base *base, void *arg)
+{
+	struct http_worker *worker = arg;
+
+	for (size_t i = 0; i < worker->listener_count; i++) {
+		struct http_listener *listener = &worker->listeners[i];
+		if (listener->backoff_ms != 0) {
+			listener->backoff_ms = 0;
+			http_log_limited(LOG_LEVEL_INFO, "\"accepting connections again\" port=%u worker=%u",
+					 worker->server->cfg->listen[listener->index].port, worker->index);
+		}
+	}
+	return NULL;
+}
+
 static void *http_worker_main(void *arg)
 {
 	struct http_worker *worker = arg;
 
+	http_worker_self = worker;
 	event_base_dispatch(worker->base);
 	return NULL;
 }
@@ -431,15 +531,26 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	evhttp_set_allowed_methods(worker->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
 					     EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE);
 	evhttp_set_gencb(worker->http, http_handle, worker);
+	evhttp_set_bevcb(worker->http, http_accepted, worker);
 	for (size_t i = 0; i < cfg->listen_count; i++) {
+		struct http_listener *listener = &worker->listeners[i];
+		struct evhttp_bound_socket *bound;
 		evutil_socket_t fd = -1;
 		r = http_listen_socket(&cfg->listen[i], &worker->server->addresses[i], &fd);
 		if (r < 0)
 			return r;
-		if (evhttp_accept_socket_with_handle(worker->http, fd) == NULL) {
+		bound = evhttp_accept_socket_with_handle(worker->http, fd);
+		if (bound == NULL) {
 			close(fd);
 			return -ENOMEM;
 		}
+		listener->index = i;
+		listener->lev = evhttp_bound_socket_get_listener(bound);
+		listener->retry = evtimer_new(worker->base, http_accept_retry, listener);
+		if (listener->retry == NULL)
+			return -ENOMEM;
+		worker->listener_count++;
+		evconnlistener_set_error_cb(listener->lev, http_accept_error);
 	}
 	worker->api.cfg = cfg;
 	worker->api.keys = keys;
@@ -457,6 +568,8 @@ void http_stop(struct http_server *server)
 		struct http_worker *w = &server->workers[i];
 		if (w->started)
 			pthread_join(w->thread, NULL);
+		for (size_t j = 0; j < w->listener_count; j++)
+			event_free(w->listeners[j].retry);
 		if (w->http)
 			evhttp_free(w->http);
 		if (w->base)

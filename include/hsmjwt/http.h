@@ -7,6 +7,10 @@
  * each address is first bound once without it: an address someone else
  * holds fails the start.
  * Every connection is bounded: header size, body size, idle time.
+ * Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), accept()
+ * would fail again at once for as long as a connection waits: the failing
+ * listener pauses instead, 100 ms doubling to 2 s until a connection is
+ * accepted again, with one log line per episode.
  * libevent's own messages go to the log (msg="libevent" detail="..."),
  * like the server's other noisy lines at most 10 a second, the rest counted
  * in one "suppressed=K" line. */

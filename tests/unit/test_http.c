@@ -74,6 +74,9 @@ struct capture {
 	int fd, saved;
 };
 
+/* The capture running, for capture_teardown. */
+static struct capture *capture_active;
+
 static void capture_start(struct capture *c)
 {
 	char path[] = "/tmp/hsmjwt-test-http-XXXXXX";
@@ -85,6 +88,7 @@ static void capture_start(struct capture *c)
 	assert_true(c->saved >= 0);
 	fflush(stderr);
 	assert_true(dup2(c->fd, 2) == 2);
+	capture_active = c;
 }
 
 /* Everything logged so far (malloc'd, NUL-terminated). */
@@ -123,6 +127,24 @@ static void capture_stop(struct capture *c)
 	dup2(c->saved, 2);
 	close(c->saved);
 	close(c->fd);
+	capture_active = NULL;
+}
+
+/* A test that failed while capturing left cmocka's report in the capture:
+ * give stderr back and show it. */
+static int capture_teardown(void **state)
+{
+	struct capture *c = capture_active;
+	char *text;
+
+	log_set_level(LOG_LEVEL_WARN);
+	if (c == NULL)
+		return 0;
+	text = capture_text(c);
+	capture_stop(c);
+	fputs(text, stderr);
+	free(text);
+	return 0;
 }
 
 static size_t count_lines(const char *text)
@@ -1572,6 +1594,119 @@ static void test_libevent_log(void **state)
 	free(log);
 }
 
+#define STARVE_HEADROOM 48    /* descriptors left free under the lowered limit */
+#define STARVE_QUEUED 4       /* connections left waiting for the server to accept */
+#define STARVE_MAX 256
+
+static int connect_loopback(int fd)
+{
+	struct sockaddr_in sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons(port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	return connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+}
+
+static double timespec_ms(const struct timespec *a, const struct timespec *b)
+{
+	return (double)(b->tv_sec - a->tv_sec) * 1e3 + (double)(b->tv_nsec - a->tv_nsec) / 1e6;
+}
+
+static double cpu_ms(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) != 0)
+		return -1;
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
+/* Out of descriptors, accept() fails with EMFILE and the queued connection
+ * keeps the listening socket readable: the server must pause that listener
+ * (one log line, no spinning) and serve again once descriptors are back.
+ * The server runs in this process, so lowering RLIMIT_NOFILE here starves
+ * it; the client's connections fill the table. */
+static void test_accept_out_of_descriptors(void **state)
+{
+	static int conns[STARVE_MAX];
+	int queued[STARVE_QUEUED], first, fill_errno = 0, queued_ok = 1, lowered, restored;
+	size_t conn_count = 0;
+	struct rlimit saved, low;
+	struct timespec t0, t1, t2;
+	struct capture c;
+	double cpu0, cpu1, health_ms;
+	char *log;
+
+	capture_start(&c);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &saved), 0);
+	first = fcntl(0, F_DUPFD_CLOEXEC, 0);
+	assert_true(first >= 0);
+	close(first);
+	low = saved;
+	low.rlim_cur = (rlim_t)first + STARVE_HEADROOM;
+	assert_true(low.rlim_cur <= saved.rlim_cur);
+	for (int i = 0; i < STARVE_QUEUED; i++) {
+		queued[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		assert_true(queued[i] >= 0);
+	}
+
+	/* No cmocka assertion until the limit is restored. */
+	lowered = setrlimit(RLIMIT_NOFILE, &low);
+	while (lowered == 0 && conn_count < STARVE_MAX) {
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			fill_errno = errno;
+			break;
+		}
+		if (connect_loopback(fd) < 0) {
+			fill_errno = errno;
+			close(fd);
+			break;
+		}
+		conns[conn_count++] = fd;
+	}
+	/* The table is full: these wait in the backlog for a descriptor. */
+	for (int i = 0; i < STARVE_QUEUED; i++)
+		queued_ok &= connect_loopback(queued[i]) == 0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	cpu0 = cpu_ms();
+	usleep(500000);
+	cpu1 = cpu_ms();
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	for (size_t i = 0; i < conn_count; i++)
+		close(conns[i]);
+	for (int i = 0; i < STARVE_QUEUED; i++)
+		close(queued[i]);
+	restored = setrlimit(RLIMIT_NOFILE, &saved);
+
+	log = capture_text(&c);
+	capture_stop(&c);
+
+	assert_int_equal(lowered, 0);
+	assert_int_equal(restored, 0);
+	assert_int_equal(fill_errno, EMFILE);
+	assert_true(conn_count > 0);
+	assert_true(queued_ok);
+	/* Paused, not spinning: a loop retrying accept() burns a whole core. */
+	assert_true(cpu1 - cpu0 < timespec_ms(&t0, &t1) / 4);
+
+	/* Serving again within the longest pause (2 s) and some slack. */
+	test_health(state);
+	clock_gettime(CLOCK_MONOTONIC, &t2);
+	health_ms = timespec_ms(&t1, &t2);
+	assert_true(health_ms < 4000);
+
+	/* One line per starved listener and episode, not one per accept(). */
+	assert_non_null(strstr(log, " level=warn msg=\"cannot accept connections, pausing the listener\" "
+				    "errno=EMFILE error=\"Too many open files\" host=\"127.0.0.1\" "));
+	assert_true(count_lines(log) <= 2 * cfg.workers);
+	assert_null(strstr(log, "Error from accept"));
+	free(log);
+}
+
 /* ---- start-up ----------------------------------------------------------- */
 
 static int bound_socket(int do_listen, int reuseport, uint16_t *ret_port)
@@ -1703,15 +1838,16 @@ int main(void)
 		cmocka_unit_test(test_auth_refused),
 		cmocka_unit_test(test_auth_insufficient_scope),
 		cmocka_unit_test(test_issue_with_admin_token),
-		cmocka_unit_test(test_log_quotes_caller),
+		cmocka_unit_test_teardown(test_log_quotes_caller, capture_teardown),
 		cmocka_unit_test(test_verify),
 		cmocka_unit_test(test_errors_never_echo_tokens),
 		cmocka_unit_test(test_pipelining),
 		cmocka_unit_test(test_head_keep_alive),
 		cmocka_unit_test(test_garbage),
 		cmocka_unit_test(test_concurrent_callers),
-		cmocka_unit_test(test_libevent_log),
-		cmocka_unit_test(test_start_fails_on_taken_port),
+		cmocka_unit_test_teardown(test_libevent_log, capture_teardown),
+		cmocka_unit_test_teardown(test_accept_out_of_descriptors, capture_teardown),
+		cmocka_unit_test_teardown(test_start_fails_on_taken_port, capture_teardown),
 	};
 	int r = fixture_token_create(&tok);
 
