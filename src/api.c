@@ -10,10 +10,13 @@
 #include <event2/keyvalq_struct.h>
 
 #include "hsmjwt/http.h"
+#include "hsmjwt/json.h"
 #include "hsmjwt/jwt.h"
 #include "hsmjwt/log.h"
 
 #define API_JWKS_MAX_AGE 600
+/* Longest audience, issuer or token_type a verify request may compare. */
+#define API_MAX_CLAIM_STRING 1024
 
 static int64_t api_now(void)
 {
@@ -120,32 +123,19 @@ static const char *api_typ_for(const char *token_type)
 	return NULL;
 }
 
-static int api_optional_string(const json_t *body, const char *name, const char **ret)
-{
-	const json_t *v = json_object_get(body, name);
-
-	*ret = NULL;
-	if (v == NULL || json_is_null(v))
-		return 0;
-	if (!json_is_string(v))
-		return -EINVAL;
-	*ret = json_string_value(v);
-	return 0;
-}
-
 static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
 {
 	struct jwt_expect expect = { .now = api_now(), .leeway = ctx->cfg->leeway };
 	json_t *body = NULL, *header = NULL, *claims = NULL;
-	const char *token, *token_type;
+	const char *token, *token_type = NULL;
 	int r;
 
 	if (api_read_body(ctx, req, out, &body) < 0)
 		return;
 	if (!json_is_object(body) || !json_is_string(json_object_get(body, "token")) ||
-	    api_optional_string(body, "audience", &expect.audience) < 0 ||
-	    api_optional_string(body, "issuer", &expect.issuer) < 0 ||
-	    api_optional_string(body, "token_type", &token_type) < 0) {
+	    json_optional_string(body, "audience", API_MAX_CLAIM_STRING, &expect.audience) < 0 ||
+	    json_optional_string(body, "issuer", API_MAX_CLAIM_STRING, &expect.issuer) < 0 ||
+	    json_optional_string(body, "token_type", API_MAX_CLAIM_STRING, &token_type) < 0) {
 		api_error(out, req, 400, "invalid_request",
 			  "expected {\"token\": string, \"audience\"?, \"issuer\"?, \"token_type\"?: strings}");
 		goto out;

@@ -8,6 +8,7 @@
 #include <openssl/rand.h>
 
 #include "hsmjwt/b64url.h"
+#include "hsmjwt/json.h"
 #include "hsmjwt/jws.h"
 #include "hsmjwt/log.h"
 
@@ -78,14 +79,10 @@ int issue_sign(const struct issue_ctx *ctx, enum jws_alg alg, const char *typ, c
 static int issue_optional_string(const json_t *body, const char *name, size_t max, const char **ret,
 				 char *err, size_t errlen)
 {
-	const json_t *v = json_object_get(body, name);
-
-	if (v != NULL && !json_is_null(v) &&
-	    (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > max)) {
+	if (json_optional_string(body, name, max, ret) < 0) {
 		snprintf(err, errlen, "%s must be a non-empty string of at most %zu bytes", name, max);
 		return -EINVAL;
 	}
-	*ret = json_is_string(v) ? json_string_value(v) : NULL;
 	return 0;
 }
 

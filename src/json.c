@@ -116,3 +116,19 @@ const char *json_plain_string(const json_t *value)
 		return NULL;
 	return json_string_value(value);
 }
+
+int json_optional_string(const json_t *obj, const char *name, size_t max_len, const char **ret)
+{
+	const json_t *v = json_object_get(obj, name);
+	const char *value;
+
+	if (v == NULL || json_is_null(v)) {
+		*ret = NULL;
+		return 0;
+	}
+	value = json_plain_string(v);
+	if (value == NULL || json_string_length(v) == 0 || json_string_length(v) > max_len)
+		return -EINVAL;
+	*ret = value;
+	return 0;
+}

@@ -19,6 +19,11 @@ int json_strict_parse(const char *buf, size_t len, size_t max_depth, json_t **re
  * cut short), else NULL. */
 const char *json_plain_string(const json_t *value);
 
+/* An optional string member of a request object: absent or null gives
+ * *ret NULL; a string of 1..max_len bytes without NUL gives its value (owned
+ * by obj); anything else is -EINVAL and *ret is untouched. */
+int json_optional_string(const json_t *obj, const char *name, size_t max_len, const char **ret);
+
 /* Nesting depth of a value: scalars 0, [] or {} 1, [[1]] 2. */
 size_t json_depth(const json_t *value);
 

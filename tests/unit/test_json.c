@@ -328,6 +328,34 @@ static void test_json_depth(void **state)
 	json_decref(v);
 }
 
+/* Request members: absent and null are "not given"; only a NUL-free string
+ * of 1..max bytes is a value; a failure leaves *ret alone. */
+static void test_optional_string(void **state)
+{
+	json_t *obj = NULL;
+	const char *v = "untouched";
+	static const char text[] = "{\"s\":\"abc\",\"n\":null,\"e\":\"\",\"i\":1,\"l\":\"abcdef\"}";
+
+	assert_int_equal(json_strict_parse(text, sizeof(text) - 1, 16, &obj), 0);
+	assert_int_equal(json_optional_string(obj, "s", 3, &v), 0);
+	assert_string_equal(v, "abc");
+	assert_int_equal(json_optional_string(obj, "missing", 3, &v), 0);
+	assert_null(v);
+	v = "untouched";
+	assert_int_equal(json_optional_string(obj, "n", 3, &v), 0);
+	assert_null(v);
+	v = "untouched";
+	assert_int_equal(json_optional_string(obj, "e", 3, &v), -EINVAL);
+	assert_int_equal(json_optional_string(obj, "i", 3, &v), -EINVAL);
+	assert_int_equal(json_optional_string(obj, "l", 3, &v), -EINVAL);
+	assert_string_equal(v, "untouched");
+	json_object_set_new(obj, "nul", json_stringn("a\0b", 3));
+	assert_int_equal(json_optional_string(obj, "nul", 16, &v), -EINVAL);
+	assert_null(json_plain_string(json_object_get(obj, "nul")));
+	assert_string_equal(json_plain_string(json_object_get(obj, "s")), "abc");
+	json_decref(obj);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -343,6 +371,7 @@ int main(void)
 		cmocka_unit_test(test_huge_numbers_rejected),
 		cmocka_unit_test(test_hostile_nesting),
 		cmocka_unit_test(test_json_depth),
+		cmocka_unit_test(test_optional_string),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
