@@ -16,7 +16,6 @@
 #include "hsmjwt/b64url.h"
 #include "hsmjwt/log.h"
 
-#define HSM_MAX_KEYS 256
 #define HSM_LABEL_MAX 128
 
 struct hsm {
@@ -566,9 +565,14 @@ static int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_k
 	return 0;
 }
 
+/* Collects up to max handles of the objects matching tmpl.  A token hands
+ * them out in batches of its own choosing, so C_FindObjects is called until
+ * it has nothing more; *ret_more tells whether objects beyond max exist. */
 static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
-			    CK_OBJECT_HANDLE *found, CK_ULONG max, CK_ULONG *ret_count)
+			    CK_OBJECT_HANDLE *found, CK_ULONG max, CK_ULONG *ret_count, int *ret_more)
 {
+	CK_OBJECT_HANDLE extra;
+	CK_ULONG count = 0, got = 0;
 	CK_RV rv;
 
 	rv = hsm->f->C_FindObjectsInit(s, tmpl, n);
@@ -576,12 +580,24 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 		log_error("\"C_FindObjectsInit failed\" rv=%s", hsm_ckr_name(rv));
 		return hsm_error_from_rv(rv);
 	}
-	rv = hsm->f->C_FindObjects(s, found, max, ret_count);
+	do {
+		got = 0;
+		rv = hsm->f->C_FindObjects(s, found + count, max - count, &got);
+		/* A token must not return more than asked; do not trust it to. */
+		count += got <= max - count ? got : max - count;
+	} while (rv == CKR_OK && got > 0 && count < max);
+	if (rv == CKR_OK && ret_more != NULL) {
+		got = 0;
+		if (count == max)
+			rv = hsm->f->C_FindObjects(s, &extra, 1, &got);
+		*ret_more = got > 0;
+	}
 	hsm->f->C_FindObjectsFinal(s);
 	if (rv != CKR_OK) {
 		log_error("\"C_FindObjects failed\" rv=%s", hsm_ckr_name(rv));
 		return hsm_error_from_rv(rv);
 	}
+	*ret_count = count;
 	return 0;
 }
 
@@ -609,7 +625,7 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		goto out;
 	tmpl[1].pValue = id;
 	tmpl[1].ulValueLen = id_len;
-	r = hsm_find_objects(hsm, s, tmpl, 2, &pub, 1, &n);
+	r = hsm_find_objects(hsm, s, tmpl, 2, &pub, 1, &n, NULL);
 	if (r < 0)
 		goto out;
 	if (n == 0) {
@@ -653,30 +669,65 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
 	CK_BBOOL yes = CK_TRUE;
 	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
-	CK_OBJECT_HANDLE found[HSM_MAX_KEYS];
+	CK_OBJECT_HANDLE *found = NULL;
 	CK_ULONG n = 0;
 	struct hsm_key *keys = NULL;
-	size_t count = 0;
-	int r;
+	size_t count = 0, over = 0;
+	int more = 0, r;
 
-	r = hsm_find_objects(hsm, session->handle, tmpl, 2, found, HSM_MAX_KEYS, &n);
-	if (r < 0)
-		return r;
-	keys = calloc(n ? n : 1, sizeof(*keys));
-	if (keys == NULL)
+	/* Handles first, keys after: a session runs one search at a time, and
+	 * hsm_load_key searches for each public half. */
+	found = calloc(HSM_MAX_PRIVATE_OBJECTS, sizeof(*found));
+	if (found == NULL)
 		return -ENOMEM;
+	r = hsm_find_objects(hsm, session->handle, tmpl, 2, found, HSM_MAX_PRIVATE_OBJECTS, &n, &more);
+	if (r < 0)
+		goto out;
+	/* Dropping keys silently would leave tokens signed by them unverifiable
+	 * and make keys_load generate "missing" signers on every start. */
+	if (more) {
+		log_error("\"more private keys in the token than hsmjwt examines\" token=%s limit=%d",
+			  hsm->token_label, HSM_MAX_PRIVATE_OBJECTS);
+		r = -E2BIG;
+		goto out;
+	}
+	keys = calloc(HSM_MAX_KEYS, sizeof(*keys));
+	if (keys == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
 	for (CK_ULONG i = 0; i < n; i++) {
-		r = hsm_load_key(hsm, session->handle, found[i], &keys[count]);
-		if (r == HSM_E_DEVICE || r == -ENOMEM) {
-			hsm_keys_free(keys, count);
-			return r;
+		struct hsm_key key;
+
+		memset(&key, 0, sizeof(key));
+		r = hsm_load_key(hsm, session->handle, found[i], &key);
+		if (r == HSM_E_DEVICE || r == -ENOMEM)
+			goto out;
+		if (r < 0)
+			continue;
+		if (count < HSM_MAX_KEYS) {
+			keys[count++] = key;
+		} else {
+			/* Counted only, so that the error names how many there are. */
+			EVP_PKEY_free(key.public_key);
+			over++;
 		}
-		if (r == 0)
-			count++;
+	}
+	if (over > 0) {
+		log_error("\"too many hsmjwt keys in the token\" token=%s keys=%zu limit=%d",
+			  hsm->token_label, count + over, HSM_MAX_KEYS);
+		r = -E2BIG;
+		goto out;
 	}
 	*ret_keys = keys;
 	*ret_count = count;
-	return 0;
+	keys = NULL;
+	count = 0;
+	r = 0;
+out:
+	hsm_keys_free(keys, count);
+	free(found);
+	return r;
 }
 
 static int hsm_set_name(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,

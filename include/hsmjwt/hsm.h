@@ -23,6 +23,11 @@
 
 #define HSM_LABEL_PREFIX "hsmjwt:"
 
+/* Bounds of hsm_find_keys: the private key objects it examines (foreign keys
+ * included) and the hsmjwt keys it keeps. */
+#define HSM_MAX_PRIVATE_OBJECTS 1024
+#define HSM_MAX_KEYS 256
+
 /* Cryptoki failures map to these; CKR values are logged where they occur. */
 enum hsm_error {
 	HSM_E_MODULE   = -2001, /* module cannot be loaded or initialised */
@@ -65,7 +70,9 @@ void hsm_session_close(struct hsm_session *session);
 int hsm_session_check(struct hsm_session *session);
 
 /* Every hsmjwt key pair in the token (private key with an hsmjwt label and its
- * public half).  *ret_keys is an array of *ret_count keys (hsm_keys_free). */
+ * public half).  *ret_keys is an array of *ret_count keys (hsm_keys_free).
+ * -E2BIG (logged) when the token holds more than HSM_MAX_PRIVATE_OBJECTS
+ * private keys or more than HSM_MAX_KEYS hsmjwt keys: never a partial set. */
 int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count);
 void hsm_keys_free(struct hsm_key *keys, size_t count);
 

@@ -4,17 +4,156 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
+#include <p11-kit/p11-kit.h>
 
 #include "fixture.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/jws.h"
 
 static struct fixture_token tok;
+
+/* A second Cryptoki client in this process, for what the hsm API does not
+ * offer on purpose: foreign keys and keys hsmjwt must refuse.  It shares
+ * the module (and its state) with struct hsm. */
+struct raw {
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	CK_SESSION_HANDLE s;
+	int initialized;   /* this client's C_Initialize succeeded */
+};
+
+static void raw_open(struct raw *raw)
+{
+	CK_SLOT_ID slots[16];
+	CK_ULONG n = 16;
+	CK_RV rv;
+
+	memset(raw, 0, sizeof(*raw));
+	raw->f = p11_kit_module_load(fixture_module(), P11_KIT_MODULE_UNMANAGED | P11_KIT_MODULE_CRITICAL);
+	assert_non_null(raw->f);
+	rv = raw->f->C_Initialize(NULL);
+	assert_true(rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED);
+	raw->initialized = rv == CKR_OK;
+	assert_int_equal(raw->f->C_GetSlotList(CK_TRUE, slots, &n), CKR_OK);
+	for (CK_ULONG i = 0; i < n; i++) {
+		CK_TOKEN_INFO info;
+		assert_int_equal(raw->f->C_GetTokenInfo(slots[i], &info), CKR_OK);
+		if (memcmp(info.label, FIXTURE_TOKEN_LABEL, strlen(FIXTURE_TOKEN_LABEL)) == 0 &&
+		    info.label[strlen(FIXTURE_TOKEN_LABEL)] == ' ') {
+			raw->slot = slots[i];
+			break;
+		}
+		assert_true(i + 1 < n);
+	}
+	assert_int_equal(raw->f->C_OpenSession(raw->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &raw->s),
+			 CKR_OK);
+	rv = raw->f->C_Login(raw->s, CKU_USER, (CK_UTF8CHAR *)tok.pin, tok.pin_len);
+	assert_true(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+}
+
+static void raw_close(struct raw *raw)
+{
+	raw->f->C_CloseSession(raw->s);
+	if (raw->initialized)
+		assert_int_equal(raw->f->C_Finalize(NULL), CKR_OK);
+	p11_kit_module_release(raw->f);
+	raw->f = NULL;
+}
+
+/* A P-256 private key that is not hsmjwt's: its own label, imported (the
+ * cheapest private key object there is). */
+static void raw_create_foreign(struct raw *raw, int i)
+{
+	static const uint8_t p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_KEY_TYPE type = CKK_EC;
+	CK_BBOOL yes = CK_TRUE;
+	uint8_t d[32] = { 0x42 };
+	char label[32];
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) }, { CKA_KEY_TYPE, &type, sizeof(type) },
+		{ CKA_TOKEN, &yes, sizeof(yes) }, { CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_SIGN, &yes, sizeof(yes) }, { CKA_EC_PARAMS, (void *)p256, sizeof(p256) },
+		{ CKA_VALUE, d, sizeof(d) }, { CKA_LABEL, label, 0 },
+	};
+	CK_OBJECT_HANDLE h;
+
+	memcpy(d + 28, &i, sizeof(i));
+	tmpl[7].ulValueLen = (CK_ULONG)snprintf(label, sizeof(label), "foreign-%d", i);
+	assert_int_equal(raw->f->C_CreateObject(raw->s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h), CKR_OK);
+}
+
+/* What a test on its own token has open, so that its teardown closes it
+ * even when an assertion ends the test early. */
+static struct {
+	struct hsm *hsm;
+	struct hsm_session *session;
+	struct raw raw;
+} own;
+
+/* A fresh token of its own for a test that fills it, in memory when the
+ * machine has /dev/shm (SoftHSM writes a file per object and rereads the
+ * token on every call: on a disk, a thousand objects take tens of seconds).
+ * The shared token is restored afterwards; the module must be finalised
+ * around both. */
+static struct fixture_token own_tok, shared_tok;
+
+static int own_token_setup(void **state)
+{
+	const char *src = getenv("TEST_SOURCE_DIR");
+	char cmd[1024], path[512];
+	FILE *f;
+
+	shared_tok = tok;
+	memset(&own_tok, 0, sizeof(own_tok));
+	snprintf(own_tok.dir, sizeof(own_tok.dir), "%s/hsmjwt-unit-XXXXXX",
+		 access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+	if (mkdtemp(own_tok.dir) == NULL)
+		return -1;
+	snprintf(cmd, sizeof(cmd), "%s/hsm/softhsm-setup.sh '%s' %s >/dev/null 2>&1", src ? src : "..",
+		 own_tok.dir, FIXTURE_TOKEN_LABEL);
+	if (system(cmd) != 0)
+		return -1;
+	snprintf(path, sizeof(path), "%s/softhsm2.conf", own_tok.dir);
+	setenv("SOFTHSM2_CONF", path, 1);
+	snprintf(path, sizeof(path), "%s/pin", own_tok.dir);
+	f = fopen(path, "r");
+	if (f == NULL)
+		return -1;
+	if (fgets(own_tok.pin, sizeof(own_tok.pin), f) == NULL) {
+		fclose(f);
+		return -1;
+	}
+	fclose(f);
+	own_tok.pin_len = strcspn(own_tok.pin, "\n");
+	own_tok.pin[own_tok.pin_len] = '\0';
+	tok = own_tok;
+	return 0;
+}
+
+static int own_token_teardown(void **state)
+{
+	char conf[512];
+
+	hsm_session_close(own.session);
+	hsm_close(own.hsm);
+	if (own.raw.f != NULL)
+		raw_close(&own.raw);
+	memset(&own, 0, sizeof(own));
+	fixture_token_destroy(&own_tok);
+	tok = shared_tok;
+	snprintf(conf, sizeof(conf), "%s/softhsm2.conf", tok.dir);
+	setenv("SOFTHSM2_CONF", conf, 1);
+	return 0;
+}
 
 static const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_ES384, JWS_ALG_RS256, JWS_ALG_PS256, JWS_ALG_EDDSA };
 static const size_t sig_sizes[] = { 64, 96, 256, 256, 64 };
@@ -143,6 +282,104 @@ static void test_sign_with_too_small_buffer_fails(void **state)
 	hsm_close(hsm);
 }
 
+static void own_open(void)
+{
+	assert_int_equal(hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &own.hsm), 0);
+	assert_int_equal(hsm_session_open(own.hsm, &own.session), 0);
+}
+
+static void own_close(void)
+{
+	hsm_session_close(own.session);
+	own.session = NULL;
+	hsm_close(own.hsm);
+	own.hsm = NULL;
+}
+
+static int own_find_keys(void *arg)
+{
+	struct hsm_key *found = NULL;
+	size_t n = 0;
+	int r = hsm_find_keys(own.session, &found, &n);
+	if (r == 0)
+		hsm_keys_free(found, n);
+	return r;
+}
+
+static int count_lines_with(const char *text, const char *needle)
+{
+	int n = 0;
+	for (const char *p = strstr(text, needle); p; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
+/* More private keys than one C_FindObjects call of 256 handles returns, the
+ * hsmjwt ones among them in no particular place: every hsmjwt key is found. */
+static void test_finds_keys_among_many_foreign_keys(void **state)
+{
+	enum { FOREIGN = 270, OURS = 40 };
+	struct hsm_key generated[OURS], *found = NULL;
+	size_t n = 0;
+
+	raw_open(&own.raw);
+	for (int i = 0; i < FOREIGN; i++)
+		raw_create_foreign(&own.raw, i);
+	raw_close(&own.raw);
+	own_open();
+	for (int i = 0; i < OURS; i++)
+		assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, &generated[i]), 0);
+	/* A new start, as the daemon's: the module lists objects in its own
+	 * order (SoftHSM: as it reads the token directory), not by creation. */
+	own_close();
+	own_open();
+	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
+	assert_int_equal(n, OURS);
+	for (int i = 0; i < OURS; i++) {
+		assert_true(find_kid(found, n, generated[i].kid) >= 0);
+		EVP_PKEY_free(generated[i].public_key);
+	}
+	hsm_keys_free(found, n);
+	own_close();
+}
+
+/* Past HSM_MAX_KEYS hsmjwt keys the set is refused loudly, not cut short. */
+static void test_too_many_hsmjwt_keys_is_an_error(void **state)
+{
+	struct hsm_key key;
+	const char *log;
+	int r;
+
+	own_open();
+	for (int i = 0; i < HSM_MAX_KEYS + 2; i++) {
+		assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, &key), 0);
+		EVP_PKEY_free(key.public_key);
+	}
+	log = fixture_capture_stderr(own_find_keys, NULL, &r);
+	assert_int_equal(r, -E2BIG);
+	assert_int_equal(count_lines_with(log, "too many hsmjwt keys in the token"), 1);
+	assert_non_null(strstr(log, "keys=258 limit=256"));
+	own_close();
+}
+
+/* Past HSM_MAX_PRIVATE_OBJECTS private keys (foreign or not) likewise. */
+static void test_too_many_private_keys_is_an_error(void **state)
+{
+	const char *log;
+	int r;
+
+	raw_open(&own.raw);
+	for (int i = 0; i < HSM_MAX_PRIVATE_OBJECTS + 1; i++)
+		raw_create_foreign(&own.raw, i);
+	raw_close(&own.raw);
+	own_open();
+	log = fixture_capture_stderr(own_find_keys, NULL, &r);
+	assert_int_equal(r, -E2BIG);
+	assert_int_equal(count_lines_with(log, "more private keys in the token than hsmjwt examines"), 1);
+	assert_non_null(strstr(log, "limit=1024"));
+	own_close();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -153,6 +390,12 @@ int main(void)
 		cmocka_unit_test(test_open_by_uri),
 		cmocka_unit_test(test_generate_find_sign_destroy),
 		cmocka_unit_test(test_sign_with_too_small_buffer_fails),
+		cmocka_unit_test_setup_teardown(test_finds_keys_among_many_foreign_keys, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_too_many_hsmjwt_keys_is_an_error, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_too_many_private_keys_is_an_error, own_token_setup,
+						own_token_teardown),
 	};
 	int r = fixture_token_create(&tok);
 	if (r != 0)
