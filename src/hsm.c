@@ -601,6 +601,100 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 	return 0;
 }
 
+/* The private key must have been made in the token and never have left it
+ * (a key once extractable or imported may exist elsewhere, so a signature
+ * would prove nothing), must sign, and must be of the type and curve its
+ * label names (the public half is checked by reading it for that alg).
+ * 0, -EPERM (logged: label and attribute) or an hsm_error. */
+static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+				 enum jws_alg alg, const char *label)
+{
+	CK_KEY_TYPE type = CK_UNAVAILABLE_INFORMATION, want_type;
+	CK_BBOOL flags[5];
+	static const struct { CK_ATTRIBUTE_TYPE type; const char *name; CK_BBOOL want; } wanted[5] = {
+		{ CKA_SENSITIVE, "CKA_SENSITIVE", CK_TRUE },
+		{ CKA_EXTRACTABLE, "CKA_EXTRACTABLE", CK_FALSE },
+		{ CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE", CK_TRUE },
+		{ CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", CK_TRUE },
+		{ CKA_SIGN, "CKA_SIGN", CK_TRUE },
+	};
+	CK_ATTRIBUTE attrs[6] = { { CKA_KEY_TYPE, &type, sizeof(type) } };
+	const uint8_t *curve = NULL, *curve_alt = NULL;
+	size_t curve_len = 0, curve_alt_len = 0, params_len = 0;
+	uint8_t *params = NULL;
+	CK_RV rv;
+	int r;
+
+	for (size_t i = 0; i < 5; i++)
+		attrs[i + 1] = (CK_ATTRIBUTE){ wanted[i].type, &flags[i], sizeof(flags[i]) };
+	/* Attributes the token lacks come back as CK_UNAVAILABLE_INFORMATION
+	 * with one of these codes; the loop below names them. */
+	rv = hsm->f->C_GetAttributeValue(s, priv, attrs, 6);
+	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) {
+		log_warn("\"cannot read key attributes; skipped\" label=%s rv=%s", label, hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv) == HSM_E_DEVICE ? HSM_E_DEVICE : -EPERM;
+	}
+	switch (alg) {
+	case JWS_ALG_RS256:
+	case JWS_ALG_PS256:
+		want_type = CKK_RSA;
+		break;
+	case JWS_ALG_ES256:
+		want_type = CKK_EC;
+		curve = oid_p256;
+		curve_len = sizeof(oid_p256);
+		break;
+	case JWS_ALG_ES384:
+		want_type = CKK_EC;
+		curve = oid_p384;
+		curve_len = sizeof(oid_p384);
+		break;
+	case JWS_ALG_EDDSA:
+		want_type = CKK_EC_EDWARDS;
+		curve = ed25519_printable;
+		curve_len = sizeof(ed25519_printable);
+		curve_alt = oid_ed25519;
+		curve_alt_len = sizeof(oid_ed25519);
+		break;
+	default:
+		log_warn("\"no key type for the label's algorithm; skipped\" label=%s", label);
+		return -EPERM;
+	}
+	if (attrs[0].ulValueLen != sizeof(type) || type != want_type) {
+		log_warn("\"key type does not match the label's algorithm; skipped\" label=%s attribute=CKA_KEY_TYPE",
+			 label);
+		return -EPERM;
+	}
+	for (size_t i = 0; i < 5; i++) {
+		if (attrs[i + 1].ulValueLen != sizeof(CK_BBOOL)) {
+			log_warn("\"key attribute unavailable; skipped\" label=%s attribute=%s", label, wanted[i].name);
+			return -EPERM;
+		}
+		if ((flags[i] != CK_FALSE) != (wanted[i].want != CK_FALSE)) {
+			log_warn("\"key attribute refused; skipped\" label=%s attribute=%s value=%s", label,
+				 wanted[i].name, flags[i] != CK_FALSE ? "true" : "false");
+			return -EPERM;
+		}
+	}
+	if (curve == NULL)
+		return 0;
+	r = hsm_get_attribute(hsm, s, priv, CKA_EC_PARAMS, &params, &params_len);
+	if (r == HSM_E_DEVICE || r == -ENOMEM)
+		return r;
+	if (r < 0) {
+		log_warn("\"key attribute unavailable; skipped\" label=%s attribute=CKA_EC_PARAMS", label);
+		return -EPERM;
+	}
+	if (!((params_len == curve_len && memcmp(params, curve, curve_len) == 0) ||
+	      (curve_alt && params_len == curve_alt_len && memcmp(params, curve_alt, curve_alt_len) == 0))) {
+		log_warn("\"key curve does not match the label's algorithm; skipped\" label=%s attribute=CKA_EC_PARAMS",
+			 label);
+		r = -EPERM;
+	}
+	free(params);
+	return r;
+}
+
 /* Fills key from its private object: label, public half, public key. */
 static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv, struct hsm_key *key)
 {
@@ -620,6 +714,9 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		r = -EINVAL; /* not ours */
 		goto out;
 	}
+	r = hsm_check_private_key(hsm, s, priv, key->alg, (const char *)label);
+	if (r < 0)
+		goto out;
 	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
 	if (r < 0)
 		goto out;

@@ -70,7 +70,11 @@ void hsm_session_close(struct hsm_session *session);
 int hsm_session_check(struct hsm_session *session);
 
 /* Every hsmjwt key pair in the token (private key with an hsmjwt label and its
- * public half).  *ret_keys is an array of *ret_count keys (hsm_keys_free).
+ * public half).  A private key that was not generated in the token as
+ * sensitive and unextractable (CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE),
+ * cannot sign, or whose type or curve is not its label's algorithm is
+ * skipped with a warning naming its label and the attribute.
+ * *ret_keys is an array of *ret_count keys (hsm_keys_free).
  * -E2BIG (logged) when the token holds more than HSM_MAX_PRIVATE_OBJECTS
  * private keys or more than HSM_MAX_KEYS hsmjwt keys: never a partial set. */
 int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count);

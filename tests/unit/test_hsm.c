@@ -12,9 +12,14 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/params.h>
 #include <p11-kit/p11-kit.h>
 
 #include "fixture.h"
+#include "hsmjwt/b64url.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/jws.h"
 
@@ -89,6 +94,111 @@ static void raw_create_foreign(struct raw *raw, int i)
 	memcpy(d + 28, &i, sizeof(i));
 	tmpl[7].ulValueLen = (CK_ULONG)snprintf(label, sizeof(label), "foreign-%d", i);
 	assert_int_equal(raw->f->C_CreateObject(raw->s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h), CKR_OK);
+}
+
+static const uint8_t p256_oid[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+static const uint8_t p384_oid[] = { 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22 };
+
+/* An EC key pair generated in the token with the given custody and use. */
+static void raw_generate_ec(struct raw *raw, const uint8_t *curve, size_t curve_len, CK_BBOOL extractable,
+			    CK_BBOOL sign, CK_OBJECT_HANDLE *ret_pub, CK_OBJECT_HANDLE *ret_priv)
+{
+	CK_MECHANISM mech = { CKM_EC_KEY_PAIR_GEN, NULL, 0 };
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE pub[] = { { CKA_TOKEN, &yes, sizeof(yes) }, { CKA_EC_PARAMS, (void *)curve, curve_len } };
+	CK_ATTRIBUTE priv[] = {
+		{ CKA_TOKEN, &yes, sizeof(yes) }, { CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_SENSITIVE, &yes, sizeof(yes) }, { CKA_EXTRACTABLE, &extractable, sizeof(extractable) },
+		{ CKA_SIGN, &sign, sizeof(sign) },
+	};
+
+	assert_int_equal(raw->f->C_GenerateKeyPair(raw->s, &mech, pub, 2, priv, 5, ret_pub, ret_priv), CKR_OK);
+}
+
+static void raw_generate_rsa(struct raw *raw, CK_OBJECT_HANDLE *ret_pub, CK_OBJECT_HANDLE *ret_priv)
+{
+	CK_MECHANISM mech = { CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0 };
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ULONG bits = 1024;  /* the type is what matters, and 1024 is quick */
+	CK_ATTRIBUTE pub[] = { { CKA_TOKEN, &yes, sizeof(yes) }, { CKA_MODULUS_BITS, &bits, sizeof(bits) } };
+	CK_ATTRIBUTE priv[] = {
+		{ CKA_TOKEN, &yes, sizeof(yes) }, { CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_SENSITIVE, &yes, sizeof(yes) }, { CKA_EXTRACTABLE, &no, sizeof(no) },
+		{ CKA_SIGN, &yes, sizeof(yes) },
+	};
+
+	assert_int_equal(raw->f->C_GenerateKeyPair(raw->s, &mech, pub, 2, priv, 5, ret_pub, ret_priv), CKR_OK);
+}
+
+/* A P-256 key pair made outside and imported: sensitive and unextractable
+ * from now on, but never CKA_ALWAYS_SENSITIVE nor CKA_NEVER_EXTRACTABLE. */
+static void raw_import_p256(struct raw *raw, CK_OBJECT_HANDLE *ret_pub, CK_OBJECT_HANDLE *ret_priv)
+{
+	EVP_PKEY *pkey = fixture_keypair(JWS_ALG_ES256);
+	CK_OBJECT_CLASS pub_class = CKO_PUBLIC_KEY, priv_class = CKO_PRIVATE_KEY;
+	CK_KEY_TYPE type = CKK_EC;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	BIGNUM *d = NULL;
+	uint8_t value[32], point[2 + 65];
+	size_t point_len = 0;
+
+	assert_non_null(pkey);
+	assert_int_equal(EVP_PKEY_get_bn_param(pkey, "priv", &d), 1);
+	assert_int_equal(BN_bn2binpad(d, value, sizeof(value)), sizeof(value));
+	/* CKA_EC_POINT is the DER OCTET STRING around the uncompressed point. */
+	assert_int_equal(EVP_PKEY_get_octet_string_param(pkey, "pub", point + 2, 65, &point_len), 1);
+	assert_int_equal(point_len, 65);
+	point[0] = 0x04;
+	point[1] = 65;
+	CK_ATTRIBUTE pub[] = {
+		{ CKA_CLASS, &pub_class, sizeof(pub_class) }, { CKA_KEY_TYPE, &type, sizeof(type) },
+		{ CKA_TOKEN, &yes, sizeof(yes) }, { CKA_VERIFY, &yes, sizeof(yes) },
+		{ CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid) }, { CKA_EC_POINT, point, sizeof(point) },
+	};
+	CK_ATTRIBUTE priv[] = {
+		{ CKA_CLASS, &priv_class, sizeof(priv_class) }, { CKA_KEY_TYPE, &type, sizeof(type) },
+		{ CKA_TOKEN, &yes, sizeof(yes) }, { CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_SENSITIVE, &yes, sizeof(yes) }, { CKA_EXTRACTABLE, &no, sizeof(no) },
+		{ CKA_SIGN, &yes, sizeof(yes) },
+		{ CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid) }, { CKA_VALUE, value, sizeof(value) },
+	};
+	assert_int_equal(raw->f->C_CreateObject(raw->s, pub, 6, ret_pub), CKR_OK);
+	assert_int_equal(raw->f->C_CreateObject(raw->s, priv, 9, ret_priv), CKR_OK);
+	OPENSSL_cleanse(value, sizeof(value));
+	BN_clear_free(d);
+	EVP_PKEY_free(pkey);
+}
+
+/* Names the objects as hsmjwt would the key pair whose public half is pub
+ * (a P-256 key): label hsmjwt:ES256:<thumbprint>, CKA_ID its bytes.  The
+ * label is returned in ret_label (HSM_LABEL_MAX bytes). */
+static void raw_name_as_hsmjwt(struct raw *raw, CK_OBJECT_HANDLE pub, const CK_OBJECT_HANDLE *objs, size_t n,
+			       char *ret_label)
+{
+	uint8_t der[80], id[33];
+	CK_ATTRIBUTE point = { CKA_EC_POINT, der, sizeof(der) };
+	char kid[JWK_THUMBPRINT_LEN + 1];
+	OSSL_PARAM params[3];
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+	EVP_PKEY *pkey = NULL;
+	size_t id_len = 0;
+
+	assert_int_equal(raw->f->C_GetAttributeValue(raw->s, pub, &point, 1), CKR_OK);
+	assert_int_equal(point.ulValueLen, 67);
+	params[0] = OSSL_PARAM_construct_utf8_string("group", "prime256v1", 0);
+	params[1] = OSSL_PARAM_construct_octet_string("pub", der + 2, 65);
+	params[2] = OSSL_PARAM_construct_end();
+	assert_non_null(ctx);
+	assert_int_equal(EVP_PKEY_fromdata_init(ctx), 1);
+	assert_int_equal(EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params), 1);
+	assert_int_equal(jwk_thumbprint(pkey, kid), 0);
+	assert_int_equal(b64url_decode(kid, JWK_THUMBPRINT_LEN, id, &id_len), 0);
+	snprintf(ret_label, 128, HSM_LABEL_PREFIX "ES256:%s", kid);
+	CK_ATTRIBUTE name[] = { { CKA_LABEL, ret_label, strlen(ret_label) }, { CKA_ID, id, id_len } };
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(raw->f->C_SetAttributeValue(raw->s, objs[i], name, 2), CKR_OK);
+	EVP_PKEY_free(pkey);
+	EVP_PKEY_CTX_free(ctx);
 }
 
 /* What a test on its own token has open, so that its teardown closes it
@@ -380,6 +490,72 @@ static void test_too_many_private_keys_is_an_error(void **state)
 	own_close();
 }
 
+static struct hsm_key *checked_keys;
+static size_t checked_count;
+
+static int own_find_keys_kept(void *arg)
+{
+	return hsm_find_keys(own.session, &checked_keys, &checked_count);
+}
+
+static void assert_logged(const char *log, const char *label, const char *rest)
+{
+	char want[256];
+
+	snprintf(want, sizeof(want), "label=%s %s", label, rest);
+	if (strstr(log, want) == NULL)
+		fail_msg("no `%s' in the log:\n%s", want, log);
+}
+
+/* Only keys made in the token, never extractable, able to sign, of the
+ * type and curve their label names, are loaded: a correct label and
+ * thumbprint are not enough. */
+static void test_refuses_keys_without_token_custody(void **state)
+{
+	char imported[128], extractable[128], cannot_sign[128], wrong_curve[128], wrong_type[128];
+	CK_OBJECT_HANDLE pub, priv, other_pub, other_priv;
+	struct hsm_key proper;
+	const char *log;
+	int r;
+
+	raw_open(&own.raw);
+	raw_import_p256(&own.raw, &pub, &priv);
+	raw_name_as_hsmjwt(&own.raw, pub, (CK_OBJECT_HANDLE[]){ pub, priv }, 2, imported);
+	raw_generate_ec(&own.raw, p256_oid, sizeof(p256_oid), CK_TRUE, CK_TRUE, &pub, &priv);
+	raw_name_as_hsmjwt(&own.raw, pub, (CK_OBJECT_HANDLE[]){ pub, priv }, 2, extractable);
+	raw_generate_ec(&own.raw, p256_oid, sizeof(p256_oid), CK_FALSE, CK_FALSE, &pub, &priv);
+	raw_name_as_hsmjwt(&own.raw, pub, (CK_OBJECT_HANDLE[]){ pub, priv }, 2, cannot_sign);
+	/* A P-384 private key, then an RSA one, behind a P-256 public half
+	 * whose own private half is gone. */
+	raw_generate_ec(&own.raw, p256_oid, sizeof(p256_oid), CK_FALSE, CK_TRUE, &pub, &priv);
+	raw_generate_ec(&own.raw, p384_oid, sizeof(p384_oid), CK_FALSE, CK_TRUE, &other_pub, &other_priv);
+	raw_name_as_hsmjwt(&own.raw, pub, (CK_OBJECT_HANDLE[]){ pub, other_priv }, 2, wrong_curve);
+	assert_int_equal(own.raw.f->C_DestroyObject(own.raw.s, priv), CKR_OK);
+	assert_int_equal(own.raw.f->C_DestroyObject(own.raw.s, other_pub), CKR_OK);
+	raw_generate_ec(&own.raw, p256_oid, sizeof(p256_oid), CK_FALSE, CK_TRUE, &pub, &priv);
+	raw_generate_rsa(&own.raw, &other_pub, &other_priv);
+	raw_name_as_hsmjwt(&own.raw, pub, (CK_OBJECT_HANDLE[]){ pub, other_priv }, 2, wrong_type);
+	assert_int_equal(own.raw.f->C_DestroyObject(own.raw.s, priv), CKR_OK);
+	assert_int_equal(own.raw.f->C_DestroyObject(own.raw.s, other_pub), CKR_OK);
+	raw_close(&own.raw);
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, &proper), 0);
+	log = fixture_capture_stderr(own_find_keys_kept, NULL, &r);
+	assert_int_equal(r, 0);
+	assert_int_equal(checked_count, 1);
+	assert_string_equal(checked_keys[0].kid, proper.kid);
+	hsm_keys_free(checked_keys, checked_count);
+	EVP_PKEY_free(proper.public_key);
+	/* Each refusal names the key and the reason. */
+	assert_logged(log, imported, "attribute=CKA_ALWAYS_SENSITIVE value=false");
+	assert_logged(log, extractable, "attribute=CKA_EXTRACTABLE value=true");
+	assert_logged(log, cannot_sign, "attribute=CKA_SIGN value=false");
+	assert_logged(log, wrong_curve, "attribute=CKA_EC_PARAMS");
+	assert_logged(log, wrong_type, "attribute=CKA_KEY_TYPE");
+	own_close();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -395,6 +571,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_too_many_hsmjwt_keys_is_an_error, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_too_many_private_keys_is_an_error, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_refuses_keys_without_token_custody, own_token_setup,
 						own_token_teardown),
 	};
 	int r = fixture_token_create(&tok);
