@@ -64,44 +64,33 @@ out:
 	return r;
 }
 
-static int keys_from_found(struct hsm_key *found, size_t n, struct keys **ret_keys)
+/* Adds key to keys, taking its public key, or returns jwk_key_from_pkey's
+ * refusal.  entries has room: keys_load sizes it once, so that signer
+ * pointers into it stay valid. */
+static int keys_add(struct keys *keys, struct hsm_key *key)
 {
-	struct keys *keys;
-	int r = -ENOMEM;
+	struct keys_entry *e = &keys->entries[keys->count];
+	const struct keys_entry **slot;
+	int r;
 
-	keys = calloc(1, sizeof(*keys));
-	if (keys == NULL)
-		return -ENOMEM;
-	keys->entries = calloc(n ? n : 1, sizeof(*keys->entries));
-	if (keys->entries == NULL)
-		goto fail;
-	for (size_t i = 0; i < n; i++) {
-		struct keys_entry *e = &keys->entries[keys->count];
-		r = jwk_key_from_pkey(found[i].public_key, found[i].alg, &e->verify);
-		if (r < 0)
-			goto fail;
-		e->hsm = found[i];
-		found[i].public_key = NULL; /* ownership moved */
-		keys->count++;
-		const struct keys_entry **slot = &keys->signer[e->hsm.alg];
-		if (*slot == NULL || strcmp(e->hsm.kid, (*slot)->hsm.kid) < 0)
-			*slot = e;
-	}
-	r = keys_build_jwks(keys);
+	r = jwk_key_from_pkey(key->public_key, key->alg, &e->verify);
 	if (r < 0)
-		goto fail;
-	*ret_keys = keys;
+		return r;
+	e->hsm = *key;
+	key->public_key = NULL; /* ownership moved */
+	keys->count++;
+	slot = &keys->signer[e->hsm.alg];
+	if (*slot == NULL || strcmp(e->hsm.kid, (*slot)->hsm.kid) < 0)
+		*slot = e;
 	return 0;
-fail:
-	keys_free(keys);
-	return r;
 }
 
 int keys_load(struct hsm *hsm, const enum jws_alg *algs, size_t n_algs, unsigned rsa_bits,
 	      int generate_missing, struct keys **ret_keys)
 {
 	struct hsm_session *session = NULL;
-	struct hsm_key *found = NULL, *grown;
+	struct hsm_key *found = NULL, generated;
+	struct keys *keys = NULL;
 	size_t n = 0;
 	int r;
 
@@ -111,25 +100,47 @@ int keys_load(struct hsm *hsm, const enum jws_alg *algs, size_t n_algs, unsigned
 	r = hsm_find_keys(session, &found, &n);
 	if (r < 0)
 		goto out;
-	for (size_t a = 0; generate_missing && a < n_algs; a++) {
-		int have = 0;
-		for (size_t i = 0; i < n; i++)
-			have |= found[i].alg == algs[a];
-		if (have)
-			continue;
-		grown = realloc(found, (n + 1) * sizeof(*found));
-		if (grown == NULL) {
-			r = -ENOMEM;
+	r = -ENOMEM;
+	keys = calloc(1, sizeof(*keys));
+	if (keys == NULL)
+		goto out;
+	keys->entries = calloc(n + n_algs > 0 ? n + n_algs : 1, sizeof(*keys->entries));
+	if (keys->entries == NULL)
+		goto out;
+	/* One key the verifier refuses (an RSA key under 2048 bits, say) must
+	 * not keep the service from starting with the others. */
+	for (size_t i = 0; i < n; i++) {
+		r = keys_add(keys, &found[i]);
+		if (r == -ENOMEM)
 			goto out;
-		}
-		found = grown;
-		r = hsm_generate_key(hsm, algs[a], rsa_bits, &found[n]);
+		if (r < 0)
+			log_warn("\"the verifier refuses this key; skipped\" kid=%s alg=%s bits=%d",
+				 found[i].kid, jws_alg_name(found[i].alg), EVP_PKEY_get_bits(found[i].public_key));
+	}
+	/* Only usable keys count as present, so a refused key is replaced. */
+	for (size_t a = 0; generate_missing && a < n_algs; a++) {
+		if (keys_signer(keys, algs[a]) != NULL)
+			continue;
+		r = hsm_generate_key(hsm, algs[a], rsa_bits, &generated);
 		if (r < 0)
 			goto out;
-		n++;
+		r = keys_add(keys, &generated);
+		if (r < 0) {
+			/* Kept, it would be skipped and generated anew on every start. */
+			log_error("\"the verifier refuses the generated key; destroyed\" kid=%s alg=%s bits=%d",
+				  generated.kid, jws_alg_name(generated.alg), EVP_PKEY_get_bits(generated.public_key));
+			hsm_destroy_key(hsm, &generated);
+			EVP_PKEY_free(generated.public_key);
+			goto out;
+		}
 	}
-	r = keys_from_found(found, n, ret_keys);
+	r = keys_build_jwks(keys);
+	if (r < 0)
+		goto out;
+	*ret_keys = keys;
+	keys = NULL;
 out:
+	keys_free(keys);
 	hsm_keys_free(found, n);
 	hsm_session_close(session);
 	return r;

@@ -30,9 +30,11 @@ struct keys {
 	char etag[40];               /* quoted strong ETag of jwks */
 };
 
-/* Reads every key from the token.  When generate_missing is set, each of
- * algs[0..n_algs) that has no key gets one generated in the token
- * (rsa_bits for RSA).  0 and *ret_keys (keys_free), or a negative error. */
+/* Reads every key from the token.  A key the verifier refuses (an RSA key
+ * under 2048 bits) is skipped with a warning and counts as absent.  When
+ * generate_missing is set, each of algs[0..n_algs) that has no usable key
+ * gets one generated in the token (rsa_bits for RSA).  0 and *ret_keys
+ * (keys_free), or a negative error. */
 int keys_load(struct hsm *hsm, const enum jws_alg *algs, size_t n_algs, unsigned rsa_bits,
 	      int generate_missing, struct keys **ret_keys);
 void keys_free(struct keys *keys);

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,6 +108,47 @@ static void test_signer_is_smallest_kid(void **state)
 	EVP_PKEY_free(extra[1].public_key);
 }
 
+struct load_args {
+	const enum jws_alg *algs;
+	size_t n_algs;
+	struct keys *keys;
+};
+
+static int load_generating(void *arg)
+{
+	struct load_args *a = arg;
+	return keys_load(hsm, a->algs, a->n_algs, 2048, 1, &a->keys);
+}
+
+/* A correctly labelled key the verifier refuses (RSA under 2048 bits) is
+ * skipped with a warning, not fatal, and does not count as the key of its
+ * algorithm: a usable one is generated next to it. */
+static void test_skips_a_key_the_verifier_refuses(void **state)
+{
+	const enum jws_alg algs[] = { JWS_ALG_PS256 };
+	struct load_args args = { algs, 1, NULL };
+	struct hsm_key weak;
+	const struct keys_entry *signer;
+	const char *log;
+	char want[128];
+	int r;
+
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_PS256, 1024, &weak), 0);
+	log = fixture_capture_stderr(load_generating, &args, &r);
+	assert_int_equal(r, 0);
+	snprintf(want, sizeof(want), "kid=%s alg=PS256 bits=1024", weak.kid);
+	assert_non_null(strstr(log, want));
+	assert_null(keys_lookup(args.keys, weak.kid));
+	assert_null(strstr(args.keys->jwks, weak.kid));
+	signer = keys_signer(args.keys, JWS_ALG_PS256);
+	assert_non_null(signer);
+	assert_string_not_equal(signer->hsm.kid, weak.kid);
+	assert_int_equal(EVP_PKEY_get_bits(signer->hsm.public_key), 2048);
+	keys_free(args.keys);
+	assert_int_equal(hsm_destroy_key(hsm, &weak), 0);
+	EVP_PKEY_free(weak.public_key);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -114,6 +156,7 @@ int main(void)
 		cmocka_unit_test(test_jwks_document),
 		cmocka_unit_test(test_lookup),
 		cmocka_unit_test(test_signer_is_smallest_kid),
+		cmocka_unit_test(test_skips_a_key_the_verifier_refuses),
 	};
 	int r = fixture_token_create(&tok);
 	if (r != 0)
