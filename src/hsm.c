@@ -26,6 +26,11 @@ struct hsm {
 	 * while the application has at least one session on the token. */
 	CK_SESSION_HANDLE login_session;
 	int logged_in;
+	/* Cryptoki state is per process: another user of the module in this
+	 * process (a library, a test) may have initialised it or logged in
+	 * first.  Undo only what this hsm did. */
+	int initialized;
+	int login_owned;
 };
 
 struct hsm_session {
@@ -210,6 +215,7 @@ static int hsm_login(struct hsm *hsm, const char *pin, size_t pin_len)
 		return HSM_E_LOGIN;
 	}
 	hsm->logged_in = 1;
+	hsm->login_owned = rv == CKR_OK;
 	return 0;
 }
 
@@ -244,6 +250,10 @@ int hsm_open(const char *module_path, const char *token_spec, const char *pin, s
 		free(hsm);
 		return HSM_E_MODULE;
 	}
+	hsm->initialized = rv == CKR_OK;
+	if (!hsm->initialized)
+		log_debug("\"module already initialised in this process; it stays so after close\" module=%s",
+			  module_path);
 	r = hsm_find_slot(hsm, token_spec);
 	if (r < 0)
 		goto fail;
@@ -269,11 +279,12 @@ void hsm_close(struct hsm *hsm)
 	if (hsm == NULL)
 		return;
 	if (hsm->login_session != CK_INVALID_HANDLE) {
-		if (hsm->logged_in)
+		if (hsm->login_owned)
 			hsm->f->C_Logout(hsm->login_session);
 		hsm->f->C_CloseSession(hsm->login_session);
 	}
-	hsm->f->C_Finalize(NULL);
+	if (hsm->initialized)
+		hsm->f->C_Finalize(NULL);
 	p11_kit_module_release(hsm->f);
 	free(hsm);
 }

@@ -54,8 +54,10 @@ struct hsm_key {
  * afterwards.  0 and *ret_hsm, or an hsm_error. */
 int hsm_open(const char *module_path, const char *token_spec,
 	     const char *pin, size_t pin_len, struct hsm **ret_hsm);
-/* Closes sessions, logs out and finalises the module.  Every hsm_session must
- * have been closed first. */
+/* Closes sessions, logs out and finalises the module — the last two only
+ * when this hsm logged in and initialised it, not when another user of the
+ * module in this process had.  Every hsm_session must have been closed
+ * first. */
 void hsm_close(struct hsm *hsm);
 
 /* Token, module and mechanism description for `hsmjwtctl status`; *ret_text

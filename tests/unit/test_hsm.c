@@ -64,13 +64,23 @@ static void raw_open(struct raw *raw)
 	assert_true(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
 }
 
-static void raw_close(struct raw *raw)
+/* Teardown passes check = 0: after a failed test the module may be in any
+ * state, and the cleanup must still run. */
+static void raw_release(struct raw *raw, int check)
 {
+	CK_RV rv;
+
 	raw->f->C_CloseSession(raw->s);
-	if (raw->initialized)
-		assert_int_equal(raw->f->C_Finalize(NULL), CKR_OK);
+	rv = raw->initialized ? raw->f->C_Finalize(NULL) : CKR_OK;
 	p11_kit_module_release(raw->f);
 	raw->f = NULL;
+	if (check)
+		assert_int_equal(rv, CKR_OK);
+}
+
+static void raw_close(struct raw *raw)
+{
+	raw_release(raw, 1);
 }
 
 /* A P-256 private key that is not hsmjwt's: its own label, imported (the
@@ -256,7 +266,7 @@ static int own_token_teardown(void **state)
 	hsm_session_close(own.session);
 	hsm_close(own.hsm);
 	if (own.raw.f != NULL)
-		raw_close(&own.raw);
+		raw_release(&own.raw, 0);
 	memset(&own, 0, sizeof(own));
 	fixture_token_destroy(&own_tok);
 	tok = shared_tok;
@@ -556,6 +566,21 @@ static void test_refuses_keys_without_token_custody(void **state)
 	own_close();
 }
 
+/* The module initialised and logged in by another user in the process
+ * stays initialised and logged in after hsm_close. */
+static void test_close_leaves_a_module_initialised_by_another(void **state)
+{
+	CK_SESSION_INFO info;
+
+	raw_open(&own.raw);
+	assert_true(own.raw.initialized);
+	own_open();
+	own_close();
+	assert_int_equal(own.raw.f->C_GetSessionInfo(own.raw.s, &info), CKR_OK);
+	assert_int_equal(info.state, CKS_RW_USER_FUNCTIONS);
+	raw_close(&own.raw);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -573,6 +598,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_too_many_private_keys_is_an_error, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_refuses_keys_without_token_custody, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_close_leaves_a_module_initialised_by_another, own_token_setup,
 						own_token_teardown),
 	};
 	int r = fixture_token_create(&tok);
