@@ -741,19 +741,27 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		r = -ENOENT;
 		goto out;
 	}
+	/* Running out of memory says nothing about the key: the caller fails
+	 * the whole search rather than skip a good key. */
 	r = hsm_read_public_key(hsm, s, pub, key->alg, &key->public_key);
 	if (r < 0) {
-		log_warn("\"cannot read public key; skipped\" label=%s", (const char *)label);
+		if (r != -ENOMEM)
+			log_warn("\"cannot read public key; skipped\" label=%s", (const char *)label);
 		goto out;
 	}
 	/* The label is only a name: the kid that relying parties see must be
 	 * the thumbprint of the key that really signs. */
 	r = jwk_thumbprint(key->public_key, computed);
-	if (r < 0 || strcmp(computed, key->kid) != 0) {
+	if (r < 0) {
+		if (r != -ENOMEM)
+			log_warn("\"cannot compute the key's thumbprint; skipped\" label=%s", (const char *)label);
+	} else if (strcmp(computed, key->kid) != 0) {
 		log_warn("\"label does not match the key's thumbprint; skipped\" label=%s", (const char *)label);
+		r = -EINVAL;
+	}
+	if (r < 0) {
 		EVP_PKEY_free(key->public_key);
 		key->public_key = NULL;
-		r = -EINVAL;
 		goto out;
 	}
 	key->private_handle = priv;

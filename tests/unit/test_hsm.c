@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -581,6 +582,39 @@ static void test_close_leaves_a_module_initialised_by_another(void **state)
 	raw_close(&own.raw);
 }
 
+static void *fail_malloc(size_t size)
+{
+	return NULL;
+}
+
+/* Out of memory while checking a key's thumbprint (jwk_thumbprint builds
+ * the JWK with jansson) fails the search: it must not pass for "label does
+ * not match" and drop a good key. */
+static void test_out_of_memory_is_not_a_bad_label(void **state)
+{
+	struct hsm_key key, *found = NULL;
+	json_malloc_t saved_malloc;
+	json_free_t saved_free;
+	const char *log;
+	size_t n = 0;
+	int r;
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, &key), 0);
+	EVP_PKEY_free(key.public_key);
+	json_get_alloc_funcs(&saved_malloc, &saved_free);
+	json_set_alloc_funcs(fail_malloc, saved_free);
+	log = fixture_capture_stderr(own_find_keys, NULL, &r);
+	json_set_alloc_funcs(saved_malloc, saved_free);
+	assert_int_equal(r, -ENOMEM);
+	assert_null(strstr(log, "does not match"));
+	/* With memory the same key is found. */
+	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
+	assert_int_equal(n, 1);
+	hsm_keys_free(found, n);
+	own_close();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -600,6 +634,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_refuses_keys_without_token_custody, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_close_leaves_a_module_initialised_by_another, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_out_of_memory_is_not_a_bad_label, own_token_setup,
 						own_token_teardown),
 	};
 	int r = fixture_token_create(&tok);
