@@ -36,6 +36,7 @@ struct hsm {
 struct hsm_session {
 	struct hsm *hsm;
 	CK_SESSION_HANDLE handle;
+	int failing;   /* the last hsm_session_check failed */
 };
 
 /* DER of the curve parameters that CKA_EC_PARAMS takes. */
@@ -394,10 +395,19 @@ int hsm_session_check(struct hsm_session *session)
 	CK_SESSION_INFO info;
 	CK_RV rv = session->hsm->f->C_GetSessionInfo(session->handle, &info);
 
+	/* /health asks on every request, without authentication: a log line
+	 * per call while the token is down would be a flood anyone can cause.
+	 * Log the changes of state only. */
 	if (rv != CKR_OK) {
-		log_warn("\"token session check failed\" rv=%s", hsm_ckr_name(rv));
+		if (!session->failing)
+			log_warn("\"token session check failed\" token=%s rv=%s", session->hsm->token_label,
+				 hsm_ckr_name(rv));
+		session->failing = 1;
 		return hsm_error_from_rv(rv);
 	}
+	if (session->failing)
+		log_info("\"token session check works again\" token=%s", session->hsm->token_label);
+	session->failing = 0;
 	return 0;
 }
 

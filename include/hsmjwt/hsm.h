@@ -68,7 +68,8 @@ int hsm_describe(struct hsm *hsm, char **ret_text);
 int hsm_session_open(struct hsm *hsm, struct hsm_session **ret_session);
 void hsm_session_close(struct hsm_session *session);
 /* A cheap round trip to the token (C_GetSessionInfo): 0 while the session
- * works, HSM_E_DEVICE when it does not. */
+ * works, HSM_E_DEVICE when it does not.  Logs only when the answer changes
+ * (works → fails, fails → works), however often it is called. */
 int hsm_session_check(struct hsm_session *session);
 
 /* Every hsmjwt key pair in the token (private key with an hsmjwt label and its

@@ -615,6 +615,65 @@ static void test_out_of_memory_is_not_a_bad_label(void **state)
 	own_close();
 }
 
+static int check_session_5_times(void *arg)
+{
+	int worked = 0;
+
+	for (int i = 0; i < 5; i++)
+		worked += hsm_session_check(own.session) == 0;
+	return worked;
+}
+
+/* SoftHSM numbers session handles from 1 after each C_Initialize: once the
+ * module is initialised anew, a few new sessions make hsm's handle valid
+ * again, which is the token coming back as far as the check can tell.
+ * Then 5 checks. */
+static int reinitialise_then_check_5_times(void *arg)
+{
+	CK_SESSION_HANDLE s;
+
+	if (own.raw.f->C_Initialize(NULL) != CKR_OK)
+		return -1;
+	own.raw.initialized = 1;
+	for (int i = 0; i < 4 && hsm_session_check(own.session) != 0; i++)
+		if (own.raw.f->C_OpenSession(own.raw.slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK)
+			return -1;
+	return check_session_5_times(NULL);
+}
+
+/* /health checks the session on every request: a token that stays down
+ * gives one warning, not one per call, and its return one line. */
+static void test_session_check_logs_changes_only(void **state)
+{
+	const char *log;
+	int worked;
+
+	own_open();
+	raw_open(&own.raw);
+	assert_false(own.raw.initialized);
+	log = fixture_capture_stderr(check_session_5_times, NULL, &worked);
+	assert_int_equal(worked, 5);
+	assert_null(strstr(log, "token session check"));
+
+	/* The module goes away under hsm. */
+	assert_int_equal(own.raw.f->C_Finalize(NULL), CKR_OK);
+	log = fixture_capture_stderr(check_session_5_times, NULL, &worked);
+	assert_int_equal(worked, 0);
+	assert_int_equal(count_lines_with(log, "token session check failed"), 1);
+	log = fixture_capture_stderr(check_session_5_times, NULL, &worked);
+	assert_int_equal(worked, 0);
+	assert_null(strstr(log, "token session check"));
+
+	log = fixture_capture_stderr(reinitialise_then_check_5_times, NULL, &worked);
+	assert_int_equal(worked, 5);
+	assert_int_equal(count_lines_with(log, "token session check works again"), 1);
+	assert_null(strstr(log, "token session check failed"));
+	/* The module is the raw client's now (hsm believes it is its own too,
+	 * and finds it finalised: harmless). */
+	raw_close(&own.raw);
+	own_close();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -636,6 +695,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_close_leaves_a_module_initialised_by_another, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_out_of_memory_is_not_a_bad_label, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_session_check_logs_changes_only, own_token_setup,
 						own_token_teardown),
 	};
 	int r = fixture_token_create(&tok);
