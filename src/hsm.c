@@ -97,6 +97,20 @@ const char *hsm_ckr_name(CK_RV rv)
 	return "CKR_(other)";
 }
 
+int hsm_alg_supported(enum jws_alg alg)
+{
+	switch (alg) {
+	case JWS_ALG_ES256:
+	case JWS_ALG_ES384:
+	case JWS_ALG_RS256:
+	case JWS_ALG_PS256:
+	case JWS_ALG_EDDSA:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 /* Failures that mean the session or the device is gone, so the caller should
  * drop the session and recover rather than report a bad request. */
 static int hsm_error_from_rv(CK_RV rv)
@@ -677,8 +691,7 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 		curve_alt = oid_ed25519;
 		curve_alt_len = sizeof(oid_ed25519);
 		break;
-	default:
-		log_warn("\"no key type for the label's algorithm; skipped\" label=%s", label);
+	default: /* hsm_alg_supported said no already */
 		return -EPERM;
 	}
 	if (attrs[0].ulValueLen != sizeof(type) || type != want_type) {
@@ -733,6 +746,11 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		goto out;
 	if (hsm_parse_label((const char *)label, &key->alg, key->kid) < 0) {
 		r = -EINVAL; /* not ours */
+		goto out;
+	}
+	if (!hsm_alg_supported(key->alg)) {
+		log_warn("\"key for an algorithm hsmjwt does not hold keys for; skipped\" label=%s", (const char *)label);
+		r = -EINVAL;
 		goto out;
 	}
 	r = hsm_check_private_key(hsm, s, priv, key->alg, (const char *)label);
@@ -926,15 +944,16 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struc
 	int r;
 
 	memset(&key, 0, sizeof(key));
+	if (!hsm_alg_supported(alg)) {
+		log_error("\"cannot generate a key for this algorithm\" alg=%s",
+			  jws_alg_name(alg) ? jws_alg_name(alg) : "(invalid)");
+		return -EINVAL;
+	}
 	switch (alg) {
 	case JWS_ALG_ES256: params = oid_p256; params_len = sizeof(oid_p256); break;
 	case JWS_ALG_ES384: params = oid_p384; params_len = sizeof(oid_p384); break;
 	case JWS_ALG_EDDSA: params = ed25519_printable; params_len = sizeof(ed25519_printable); break;
-	case JWS_ALG_RS256:
-	case JWS_ALG_PS256: break;
-	default:
-		log_error("\"cannot generate a key for this algorithm\" alg=%s", jws_alg_name(alg));
-		return -EINVAL;
+	default: break; /* RSA: no curve */
 	}
 	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
 	if (r < 0)

@@ -91,6 +91,20 @@ static int cmd_keys_list(struct ctl *ctl, int argc, char **argv)
 	return 0;
 }
 
+/* "RS256|PS256|..." as hsm_alg_supported answers, for usage and errors. */
+static const char *ctl_key_algs(void)
+{
+	static char list[128];
+	size_t len = 0;
+
+	list[0] = '\0';
+	for (int a = JWS_ALG_INVALID + 1; a < JWS_ALG_COUNT && len < sizeof(list); a++)
+		if (hsm_alg_supported((enum jws_alg)a) && jws_alg_name((enum jws_alg)a) != NULL)
+			len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s", len ? "|" : "",
+						jws_alg_name((enum jws_alg)a));
+	return list;
+}
+
 static int cmd_keys_generate(struct ctl *ctl, int argc, char **argv)
 {
 	static const char *const known[] = { "--alg", NULL };
@@ -99,13 +113,11 @@ static int cmd_keys_generate(struct ctl *ctl, int argc, char **argv)
 	enum jws_alg alg;
 
 	if (ctl_check_options(argc, argv, known) < 0 || name == NULL) {
-		fprintf(stderr, "usage: hsmjwtctl keys generate --alg ES256|ES384|RS256|PS256|EdDSA\n");
+		fprintf(stderr, "usage: hsmjwtctl keys generate --alg %s\n", ctl_key_algs());
 		return 2;
 	}
-	if (jws_alg_from_name(name, &alg) < 0 ||
-	    !(alg == JWS_ALG_ES256 || alg == JWS_ALG_ES384 || alg == JWS_ALG_RS256 ||
-	      alg == JWS_ALG_PS256 || alg == JWS_ALG_EDDSA)) {
-		fprintf(stderr, "hsmjwtctl: cannot generate keys for algorithm `%s'\n", name);
+	if (jws_alg_from_name(name, &alg) < 0 || !hsm_alg_supported(alg)) {
+		fprintf(stderr, "hsmjwtctl: cannot generate keys for algorithm `%s' (%s)\n", name, ctl_key_algs());
 		return 2;
 	}
 	if (ctl_open(ctl) < 0)

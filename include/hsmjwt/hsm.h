@@ -48,6 +48,10 @@ struct hsm_key {
 	EVP_PKEY *public_key;             /* owned */
 };
 
+/* True for the algorithms whose keys hsm generates, holds and signs with
+ * (ES256 ES384 RS256 PS256 EdDSA): the one list every caller asks. */
+int hsm_alg_supported(enum jws_alg alg);
+
 /* Loads module_path, finds the token named by token_spec (a label, or an RFC
  * 7512 pkcs11: URI with token=, serial=, slot-id=, model=, manufacturer=),
  * and logs in with pin when the token requires a login.  The caller wipes pin

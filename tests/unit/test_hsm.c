@@ -674,6 +674,24 @@ static void test_session_check_logs_changes_only(void **state)
 	own_close();
 }
 
+/* One list of what keys hsm holds, and key generation follows it. */
+static void test_alg_supported(void **state)
+{
+	struct hsm *hsm = NULL;
+	struct hsm_key key;
+
+	for (int a = JWS_ALG_INVALID; a <= JWS_ALG_COUNT; a++) {
+		int want = a == JWS_ALG_ES256 || a == JWS_ALG_ES384 || a == JWS_ALG_RS256 ||
+			   a == JWS_ALG_PS256 || a == JWS_ALG_EDDSA;
+		assert_int_equal(hsm_alg_supported((enum jws_alg)a), want);
+	}
+	assert_int_equal(hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS256, 2048, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES512, 2048, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_INVALID, 2048, &key), -EINVAL);
+	hsm_close(hsm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -684,6 +702,7 @@ int main(void)
 		cmocka_unit_test(test_open_by_uri),
 		cmocka_unit_test(test_generate_find_sign_destroy),
 		cmocka_unit_test(test_sign_with_too_small_buffer_fails),
+		cmocka_unit_test(test_alg_supported),
 		cmocka_unit_test_setup_teardown(test_finds_keys_among_many_foreign_keys, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_too_many_hsmjwt_keys_is_an_error, own_token_setup,
