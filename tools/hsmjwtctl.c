@@ -47,27 +47,48 @@ static int ctl_load_keys(struct ctl *ctl, int generate_missing, struct keys **re
 	return 0;
 }
 
-/* Finds "--name value" in argv[0..argc); NULL when absent. */
-static const char *ctl_option(int argc, char **argv, const char *name)
+static int ctl_is_one_of(const char *const *names, const char *arg)
 {
-	for (int i = 0; i + 1 < argc; i++)
-		if (strcmp(argv[i], name) == 0)
+	for (const char *const *n = names; n && *n; n++)
+		if (strcmp(*n, arg) == 0)
+			return 1;
+	return 0;
+}
+
+/* Arguments are "--option value" pairs (names in known) and valueless
+ * flags (names in flags, may be NULL), each given at most once.  The walk
+ * below is the one every lookup repeats, so that a value that looks like
+ * an option ("--sub --org") is never read as one. */
+static int ctl_check_options(int argc, char **argv, const char *const *known, const char *const *flags)
+{
+	for (int i = 0; i < argc; i += ctl_is_one_of(flags, argv[i]) ? 1 : 2) {
+		if (!ctl_is_one_of(flags, argv[i]) && (!ctl_is_one_of(known, argv[i]) || i + 1 >= argc)) {
+			fprintf(stderr, "hsmjwtctl: unexpected argument `%s'\n", argv[i]);
+			return -1;
+		}
+		for (int j = 0; j < i; j += ctl_is_one_of(flags, argv[j]) ? 1 : 2)
+			if (strcmp(argv[i], argv[j]) == 0) {
+				fprintf(stderr, "hsmjwtctl: `%s' given twice\n", argv[i]);
+				return -1;
+			}
+	}
+	return 0;
+}
+
+/* The value of option name, NULL when absent; argv passed ctl_check_options. */
+static const char *ctl_option(int argc, char **argv, const char *const *flags, const char *name)
+{
+	for (int i = 0; i < argc; i += ctl_is_one_of(flags, argv[i]) ? 1 : 2)
+		if (!ctl_is_one_of(flags, argv[i]) && i + 1 < argc && strcmp(argv[i], name) == 0)
 			return argv[i + 1];
 	return NULL;
 }
 
-/* Every argument must be a known "--option value" pair. */
-static int ctl_check_options(int argc, char **argv, const char *const *known)
+static int ctl_flag(int argc, char **argv, const char *const *flags, const char *name)
 {
-	for (int i = 0; i < argc; i += 2) {
-		int ok = 0;
-		for (const char *const *k = known; *k; k++)
-			ok |= strcmp(argv[i], *k) == 0;
-		if (!ok || i + 1 >= argc) {
-			fprintf(stderr, "hsmjwtctl: unexpected argument `%s'\n", argv[i]);
-			return -1;
-		}
-	}
+	for (int i = 0; i < argc; i += ctl_is_one_of(flags, argv[i]) ? 1 : 2)
+		if (ctl_is_one_of(flags, argv[i]) && strcmp(argv[i], name) == 0)
+			return 1;
 	return 0;
 }
 
@@ -108,26 +129,53 @@ static const char *ctl_key_algs(void)
 static int cmd_keys_generate(struct ctl *ctl, int argc, char **argv)
 {
 	static const char *const known[] = { "--alg", NULL };
-	const char *name = ctl_option(argc, argv, "--alg");
+	static const char *const flags[] = { "--force", NULL };
+	const char *name = NULL;
+	const struct keys_entry *signer;
+	struct keys *keys = NULL;
 	struct hsm_key key;
 	enum jws_alg alg;
+	int force;
 
-	if (ctl_check_options(argc, argv, known) < 0 || name == NULL) {
-		fprintf(stderr, "usage: hsmjwtctl keys generate --alg %s\n", ctl_key_algs());
+	if (ctl_check_options(argc, argv, known, flags) < 0 ||
+	    (name = ctl_option(argc, argv, flags, "--alg")) == NULL) {
+		fprintf(stderr, "usage: hsmjwtctl keys generate --alg %s [--force]\n", ctl_key_algs());
 		return 2;
 	}
+	force = ctl_flag(argc, argv, flags, "--force");
 	if (jws_alg_from_name(name, &alg) < 0 || !hsm_alg_supported(alg)) {
 		fprintf(stderr, "hsmjwtctl: cannot generate keys for algorithm `%s' (%s)\n", name, ctl_key_algs());
 		return 2;
 	}
-	if (ctl_open(ctl) < 0)
+	if (ctl_load_keys(ctl, 0, &keys) < 0)
 		return 1;
-	if (hsm_generate_key(ctl->hsm, alg, ctl->cfg.rsa_bits, &key) < 0) {
-		fprintf(stderr, "hsmjwtctl: key generation failed\n");
+	/* Until the key lifecycle (issue 4) the smallest kid of an algorithm
+	 * signs: a second key may sign from the daemon's next start on, before
+	 * any relying party has fetched it. */
+	signer = keys_signer(keys, alg);
+	if (signer != NULL && !force) {
+		fprintf(stderr, "hsmjwtctl: the token already has a key for %s (kid %s); a second one could start "
+				"signing on the daemon's next start before relying parties have it.  Rotation with "
+				"pre-publication arrives with the key lifecycle (issue 4); --force generates anyway\n",
+			jws_alg_name(alg), signer->hsm.kid);
+		keys_free(keys);
 		return 1;
 	}
+	if (hsm_generate_key(ctl->hsm, alg, ctl->cfg.rsa_bits, &key) < 0) {
+		fprintf(stderr, "hsmjwtctl: key generation failed\n");
+		keys_free(keys);
+		return 1;
+	}
+	if (signer != NULL && strcmp(key.kid, signer->hsm.kid) < 0)
+		fprintf(stderr, "hsmjwtctl: warning: the new %s key signs from the daemon's next start on, before "
+				"relying parties have it in their JWKS\n", jws_alg_name(alg));
+	else if (signer != NULL)
+		fprintf(stderr, "hsmjwtctl: warning: the new %s key starts signing on the first daemon start after "
+				"kid %s is gone, whether or not relying parties have it by then\n",
+			jws_alg_name(alg), signer->hsm.kid);
 	printf("%s\n", key.kid);
 	EVP_PKEY_free(key.public_key);
+	keys_free(keys);
 	return 0;
 }
 
@@ -194,10 +242,10 @@ out:
 static int cmd_mint(struct ctl *ctl, int argc, char **argv)
 {
 	static const char *const known[] = { "--roles", "--org", "--ttl", "--sub", NULL };
-	const char *roles_arg = ctl_option(argc, argv, "--roles");
-	const char *org = ctl_option(argc, argv, "--org");
-	const char *ttl_arg = ctl_option(argc, argv, "--ttl");
-	const char *sub = ctl_option(argc, argv, "--sub");
+	const char *roles_arg = ctl_option(argc, argv, NULL, "--roles");
+	const char *org = ctl_option(argc, argv, NULL, "--org");
+	const char *ttl_arg = ctl_option(argc, argv, NULL, "--ttl");
+	const char *sub = ctl_option(argc, argv, NULL, "--sub");
 	struct keys *keys = NULL;
 	struct hsm_session *session = NULL;
 	json_t *roles = NULL;
@@ -205,7 +253,7 @@ static int cmd_mint(struct ctl *ctl, int argc, char **argv)
 	long long ttl = 3600;
 	int status = 1;
 
-	if (ctl_check_options(argc, argv, known) < 0 || roles_arg == NULL) {
+	if (ctl_check_options(argc, argv, known, NULL) < 0 || roles_arg == NULL) {
 		fprintf(stderr, "usage: hsmjwtctl mint --roles R1,R2 [--org ORG] [--ttl SECONDS] [--sub SUBJECT]\n");
 		return 2;
 	}
@@ -292,7 +340,7 @@ static const struct {
 	const char *help;
 } commands[] = {
 	{ "keys", "list", cmd_keys_list, "keys list" },
-	{ "keys", "generate", cmd_keys_generate, "keys generate --alg ALG" },
+	{ "keys", "generate", cmd_keys_generate, "keys generate --alg ALG [--force]" },
 	{ "jwks", NULL, cmd_jwks, "jwks" },
 	{ "mint", NULL, cmd_mint, "mint --roles R1,R2 [--org ORG] [--ttl SECONDS] [--sub SUBJECT]" },
 	{ "decode", NULL, cmd_decode, "decode TOKEN" },
