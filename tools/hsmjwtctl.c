@@ -239,6 +239,32 @@ out:
 	return r;
 }
 
+/* A --sub or --org that authentication would refuse (empty, longer than
+ * auth_bearer copies, not UTF-8) would mint a token nobody can use. */
+static int ctl_check_claim(const char *option, const char *value, size_t max)
+{
+	size_t len = strlen(value);
+	json_t *utf8;
+
+	if (len == 0) {
+		fprintf(stderr, "hsmjwtctl: %s `' is empty%s\n", option,
+			strcmp(option, "--org") == 0 ? "; leave --org out for a token without an org" : "");
+		return -1;
+	}
+	if (len > max) {
+		fprintf(stderr, "hsmjwtctl: %s `%.40s...' is %zu bytes long; authentication accepts at most %zu\n",
+			option, value, len, max);
+		return -1;
+	}
+	utf8 = json_string(value);
+	if (utf8 == NULL) {
+		fprintf(stderr, "hsmjwtctl: %s `%s' is not valid UTF-8\n", option, value);
+		return -1;
+	}
+	json_decref(utf8);
+	return 0;
+}
+
 static int cmd_mint(struct ctl *ctl, int argc, char **argv)
 {
 	static const char *const known[] = { "--roles", "--org", "--ttl", "--sub", NULL };
@@ -257,6 +283,9 @@ static int cmd_mint(struct ctl *ctl, int argc, char **argv)
 		fprintf(stderr, "usage: hsmjwtctl mint --roles R1,R2 [--org ORG] [--ttl SECONDS] [--sub SUBJECT]\n");
 		return 2;
 	}
+	if ((sub && ctl_check_claim("--sub", sub, AUTH_SUB_MAX) < 0) ||
+	    (org && ctl_check_claim("--org", org, AUTH_ORG_MAX) < 0))
+		return 2;
 	if (ttl_arg) {
 		errno = 0;
 		ttl = strtoll(ttl_arg, &end, 10);
