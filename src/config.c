@@ -13,6 +13,7 @@
 
 #include <openssl/crypto.h>
 
+#include "hsmjwt/hsm.h"
 #include "hsmjwt/pin.h"
 
 /* A config file is a handful of lines; anything bigger is a mistake. */
@@ -536,22 +537,13 @@ static int config_set_admin_listen(struct config *cfg, const struct config_key *
 	return 0;
 }
 
-/* The algorithms this build can keep keys for.  Names are exact (RFC 7518). */
-static const struct { const char *name; enum jws_alg alg; } config_algs[] = {
-	{ "ES256", JWS_ALG_ES256 },
-	{ "ES384", JWS_ALG_ES384 },
-	{ "RS256", JWS_ALG_RS256 },
-	{ "PS256", JWS_ALG_PS256 },
-	{ "EdDSA", JWS_ALG_EDDSA },
-};
-
 static int config_set_algorithms(struct config *cfg, const struct config_key *key, const char *value,
 				 char *err, size_t errlen)
 {
 	enum jws_alg algs[CONFIG_MAX_ALGS];
 	size_t count = 0;
 	const char *p = value;
-	char shown[80];
+	char shown[80], name[16];
 
 	for (;;) {
 		size_t n;
@@ -562,12 +554,16 @@ static int config_set_algorithms(struct config *cfg, const struct config_key *ke
 		if (*p == '\0')
 			break;
 		n = strcspn(p, " \t,");
-		for (size_t i = 0; i < sizeof(config_algs) / sizeof(config_algs[0]); i++) {
-			if (strlen(config_algs[i].name) == n && memcmp(config_algs[i].name, p, n) == 0)
-				alg = config_algs[i].alg;
+		/* Names are exact (RFC 7518); the hsm module says which ones this
+		 * build can keep keys for. */
+		if (n < sizeof(name)) {
+			memcpy(name, p, n);
+			name[n] = '\0';
+			if (jws_alg_from_name(name, &alg) < 0)
+				alg = JWS_ALG_INVALID;
 		}
-		if (alg == JWS_ALG_INVALID) {
-			if (n == 5 && memcmp(p, "HS256", 5) == 0)
+		if (alg == JWS_ALG_INVALID || !hsm_alg_supported(alg)) {
+			if (alg == JWS_ALG_HS256)
 				config_errf(err, errlen, "%s: `HS256' is not supported by this build yet "
 					    "(the in-token HMAC key is not implemented)", key->name);
 			else
