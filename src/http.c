@@ -26,10 +26,6 @@
 
 #define HTTP_BACKLOG 1024
 #define HTTP_REALM "hsmjwt"
-/* Lines per second the noisy sources (libevent, accept failures) may write
- * before the rest is only counted. */
-#define HTTP_LOG_BURST 10
-
 /* The pause after an accept() that failed for want of descriptors or
  * memory: doubled while it keeps failing, reset by a connection accepted. */
 #define HTTP_ACCEPT_BACKOFF_MIN_MS 100
@@ -72,82 +68,6 @@ struct http_server {
 	unsigned worker_count;
 };
 
-/* ---- rate-limited logging ------------------------------------------------ */
-
-/* One window per second, process-wide: a flood (libevent warns once per
- * failed accept, millions of times a second) must not fill the journal nor
- * eat the CPU the clients need. */
-struct http_log_limit {
-	int64_t second;
-	unsigned lines;
-	unsigned long suppressed;
-};
-
-static pthread_mutex_t http_log_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct http_log_limit http_log_limit;
-
-/* Whether a line may go out at now (seconds); *ret_suppressed gets the
- * count held back in the window now closed, to report once. */
-static int http_log_admit(struct http_log_limit *limit, int64_t now, unsigned long *ret_suppressed)
-{
-	*ret_suppressed = 0;
-	if (now != limit->second) {
-		*ret_suppressed = limit->suppressed;
-		limit->second = now;
-		limit->lines = 0;
-		limit->suppressed = 0;
-	}
-	if (limit->lines < HTTP_LOG_BURST) {
-		limit->lines++;
-		return 1;
-	}
-	limit->suppressed++;
-	return 0;
-}
-
-static void http_log_suppressed(unsigned long suppressed)
-{
-	if (suppressed > 0)
-		log_warn("\"log lines suppressed\" source=http window_s=1 burst=%d suppressed=%lu", HTTP_LOG_BURST,
-			 suppressed);
-}
-
-static void http_log_limited(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void http_log_limited(enum log_level level, const char *fmt, ...)
-{
-	char text[1024];
-	struct timespec now;
-	unsigned long suppressed;
-	va_list ap;
-	int admit;
-
-	if (!log_enabled(level))
-		return;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	pthread_mutex_lock(&http_log_lock);
-	admit = http_log_admit(&http_log_limit, (int64_t)now.tv_sec, &suppressed);
-	pthread_mutex_unlock(&http_log_lock);
-	http_log_suppressed(suppressed);
-	if (!admit)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(text, sizeof(text), fmt, ap);
-	va_end(ap);
-	log_write(level, "%s", text);
-}
-
-/* The count still held back, for a summary at shutdown. */
-static void http_log_flush(void)
-{
-	unsigned long suppressed;
-
-	pthread_mutex_lock(&http_log_lock);
-	suppressed = http_log_limit.suppressed;
-	http_log_limit.suppressed = 0;
-	pthread_mutex_unlock(&http_log_lock);
-	http_log_suppressed(suppressed);
-}
-
 /* libevent's own messages, which it would print to stderr unstructured and
  * unbounded. */
 static void http_libevent_log(int severity, const char *msg)
@@ -159,7 +79,7 @@ static void http_libevent_log(int severity, const char *msg)
 
 	if (!log_enabled(level))
 		return;
-	http_log_limited(level, "\"libevent\" detail=%s", log_quote(detail, sizeof(detail), msg));
+	log_limited(level, "\"libevent\" detail=%s", log_quote(detail, sizeof(detail), msg));
 }
 
 /* ---- responses ------------------------------------------------------------- */
@@ -468,13 +388,13 @@ static void http_accept_error(struct evconnlistener *lev, void *arg)
 	if (listener == NULL || !http_accept_starved(err)) {
 		/* A failure of the one queued connection (Linux passes on its
 		 * network errors): it is gone, the next one may do. */
-		http_log_limited(LOG_LEVEL_WARN, "\"accept failed\" errno=%s error=\"%s\"", name ? name : "?",
+		log_limited(LOG_LEVEL_WARN, "\"accept failed\" errno=%s error=\"%s\"", name ? name : "?",
 				 strerror(err));
 		return;
 	}
 	addr = &worker->server->cfg->listen[listener->index];
 	if (listener->backoff_ms == 0)
-		http_log_limited(LOG_LEVEL_WARN,
+		log_limited(LOG_LEVEL_WARN,
 				 "\"cannot accept connections, pausing the listener\" errno=%s error=\"%s\" "
 				 "host=%s port=%u worker=%u backoff_ms=%d..%d",
 				 name ? name : "?", strerror(err), log_quote(host, sizeof(host), addr->host),
@@ -496,7 +416,7 @@ static struct bufferevent *http_accepted(struct event_base *base, void *arg)
 		struct http_listener *listener = &worker->listeners[i];
 		if (listener->backoff_ms != 0) {
 			listener->backoff_ms = 0;
-			http_log_limited(LOG_LEVEL_INFO, "\"accepting connections again\" port=%u worker=%u",
+			log_limited(LOG_LEVEL_INFO, "\"accepting connections again\" port=%u worker=%u",
 					 worker->server->cfg->listen[listener->index].port, worker->index);
 		}
 	}
@@ -579,7 +499,7 @@ void http_stop(struct http_server *server)
 	free(server->workers);
 	free(server->addresses);
 	free(server);
-	http_log_flush();
+	log_limited_flush();
 }
 
 static pthread_once_t http_once = PTHREAD_ONCE_INIT;

@@ -1,6 +1,8 @@
 #include "hsmjwt/log.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -79,4 +81,75 @@ const char *log_quote(char *buf, size_t n, const char *src)
 	buf[o++] = '"';
 	buf[o] = '\0';
 	return buf;
+}
+
+/* One window per second, process-wide: a flood (libevent warns once per
+ * failed accept, millions of times a second) must not fill the journal nor
+ * eat the CPU the clients need. */
+static pthread_mutex_t log_limit_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	int64_t second;
+	unsigned lines;
+	unsigned long suppressed;
+} log_limit;
+
+static void log_report_suppressed(unsigned long suppressed)
+{
+	if (suppressed > 0)
+		log_warn("\"log lines suppressed\" window_s=1 burst=%d suppressed=%lu", LOG_LIMITED_BURST, suppressed);
+}
+
+/* Whether a line may go out now; *ret_suppressed gets the count held back in
+ * the window just closed, to report once. */
+static int log_limit_admit(unsigned long *ret_suppressed)
+{
+	struct timespec now;
+	int admit;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	pthread_mutex_lock(&log_limit_lock);
+	*ret_suppressed = 0;
+	if ((int64_t)now.tv_sec != log_limit.second) {
+		*ret_suppressed = log_limit.suppressed;
+		log_limit.second = (int64_t)now.tv_sec;
+		log_limit.lines = 0;
+		log_limit.suppressed = 0;
+	}
+	admit = log_limit.lines < LOG_LIMITED_BURST;
+	if (admit)
+		log_limit.lines++;
+	else
+		log_limit.suppressed++;
+	pthread_mutex_unlock(&log_limit_lock);
+	return admit;
+}
+
+void log_limited(enum log_level level, const char *fmt, ...)
+{
+	char text[1024];
+	unsigned long suppressed;
+	va_list ap;
+	int admit;
+
+	if (!log_enabled(level))
+		return;
+	admit = log_limit_admit(&suppressed);
+	log_report_suppressed(suppressed);
+	if (!admit)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	log_write(level, "%s", text);
+}
+
+void log_limited_flush(void)
+{
+	unsigned long suppressed;
+
+	pthread_mutex_lock(&log_limit_lock);
+	suppressed = log_limit.suppressed;
+	log_limit.suppressed = 0;
+	pthread_mutex_unlock(&log_limit_lock);
+	log_report_suppressed(suppressed);
 }

@@ -24,6 +24,14 @@ void log_write(enum log_level level, const char *fmt, ...) __attribute__((format
 #define log_info(...)  log_write(LOG_LEVEL_INFO, __VA_ARGS__)
 #define log_debug(...) do { if (log_enabled(LOG_LEVEL_DEBUG)) log_write(LOG_LEVEL_DEBUG, __VA_ARGS__); } while (0)
 
+/* For sources a client can make noisy (libevent's warnings, failing
+ * accepts): at most LOG_LIMITED_BURST such lines a second, process-wide; the
+ * rest are counted and reported in one "log lines suppressed" line when the
+ * next window opens or at log_limited_flush() (shutdown). */
+#define LOG_LIMITED_BURST 10
+void log_limited(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_limited_flush(void);
+
 /* Copies src into buf (size n) as a double-quoted value with ", \ and control
  * characters escaped, truncated to fit; returns buf. */
 const char *log_quote(char *buf, size_t n, const char *src);

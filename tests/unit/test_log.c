@@ -74,12 +74,46 @@ static void test_levels_filter_and_format(void **state)
 	assert_true(strncmp(text, "ts=", 3) == 0);
 }
 
+static void emit_a_flood(void)
+{
+	log_set_level(LOG_LEVEL_INFO);
+	for (int i = 0; i < 3 * LOG_LIMITED_BURST; i++)
+		log_limited(LOG_LEVEL_WARN, "\"flood\" i=%d", i);
+	log_limited_flush();
+}
+
+static size_t count(const char *text, const char *needle)
+{
+	size_t n = 0;
+
+	for (const char *p = strstr(text, needle); p; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
+/* A flood yields at most a burst of lines and one count of the rest.  The
+ * burst is per second, so a second boundary inside the loop may admit a
+ * second burst: the lines and the counts always add up to what was sent. */
+static void test_limited_lines(void **state)
+{
+	const char *text = capture(emit_a_flood);
+	const char *p;
+	size_t lines = count(text, "msg=\"flood\""), suppressed = 0;
+
+	assert_true(lines >= LOG_LIMITED_BURST && lines <= 2 * LOG_LIMITED_BURST);
+	for (p = strstr(text, "suppressed="); p; p = strstr(p + 1, "suppressed="))
+		suppressed += strtoul(p + strlen("suppressed="), NULL, 10);
+	assert_int_equal(lines + suppressed, 3 * LOG_LIMITED_BURST);
+	assert_true(count(text, "msg=\"log lines suppressed\"") >= 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_level_names),
 		cmocka_unit_test(test_quote_escapes),
 		cmocka_unit_test(test_levels_filter_and_format),
+		cmocka_unit_test(test_limited_lines),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
