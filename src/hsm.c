@@ -17,6 +17,8 @@
 #include "hsmjwt/log.h"
 
 #define HSM_LABEL_MAX 128
+/* Handles asked of C_FindObjects at a time. */
+#define HSM_FIND_BATCH 64
 
 struct hsm {
 	CK_FUNCTION_LIST *f;
@@ -616,10 +618,12 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 		return hsm_error_from_rv(rv);
 	}
 	do {
+		CK_ULONG want = max - count < HSM_FIND_BATCH ? max - count : HSM_FIND_BATCH;
+
 		got = 0;
-		rv = hsm->f->C_FindObjects(s, found + count, max - count, &got);
+		rv = hsm->f->C_FindObjects(s, found + count, want, &got);
 		/* A token must not return more than asked; do not trust it to. */
-		count += got <= max - count ? got : max - count;
+		count += got <= want ? got : want;
 	} while (rv == CKR_OK && got > 0 && count < max);
 	if (rv == CKR_OK && ret_more != NULL) {
 		got = 0;
@@ -729,13 +733,75 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 	return r;
 }
 
-/* Fills key from its private object: label, public half, public key. */
-static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv, struct hsm_key *key)
+/* A public key object and its CKA_ID (NULL when it has none). */
+struct hsm_public {
+	CK_OBJECT_HANDLE handle;
+	uint8_t *id;
+	size_t id_len;
+};
+
+static void hsm_public_free(struct hsm_public *pubs, size_t count)
 {
-	CK_OBJECT_CLASS pub_class = CKO_PUBLIC_KEY;
-	CK_ATTRIBUTE tmpl[2] = { { CKA_CLASS, &pub_class, sizeof(pub_class) }, { CKA_ID, NULL, 0 } };
-	CK_OBJECT_HANDLE pub;
+	for (size_t i = 0; pubs && i < count; i++)
+		free(pubs[i].id);
+	free(pubs);
+}
+
+/* Every public key object with its CKA_ID, read once per hsm_find_keys: a
+ * search per private key scans the whole token each time on SoftHSM
+ * (seconds for a few hundred keys) and costs a round trip per key on a
+ * network HSM. */
+static int hsm_index_public_keys(struct hsm *hsm, CK_SESSION_HANDLE s, struct hsm_public **ret_pubs,
+				 size_t *ret_count)
+{
+	CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
+	CK_OBJECT_HANDLE *handles;
+	struct hsm_public *pubs = NULL;
 	CK_ULONG n = 0;
+	int more = 0, r;
+
+	handles = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*handles));
+	if (handles == NULL)
+		return -ENOMEM;
+	r = hsm_find_objects(hsm, s, tmpl, 2, handles, HSM_MAX_KEY_OBJECTS, &n, &more);
+	if (r < 0)
+		goto out;
+	if (more) {
+		log_error("\"more public keys in the token than hsmjwt examines\" token=%s limit=%d",
+			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
+		r = -E2BIG;
+		goto out;
+	}
+	pubs = calloc(n ? n : 1, sizeof(*pubs));
+	if (pubs == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (CK_ULONG i = 0; i < n; i++) {
+		pubs[i].handle = handles[i];
+		r = hsm_get_attribute(hsm, s, handles[i], CKA_ID, &pubs[i].id, &pubs[i].id_len);
+		if (r == HSM_E_DEVICE || r == -ENOMEM)
+			goto out;
+		/* Otherwise it has no CKA_ID, so it is no hsmjwt key's half. */
+	}
+	*ret_pubs = pubs;
+	*ret_count = n;
+	pubs = NULL;
+	r = 0;
+out:
+	hsm_public_free(pubs, n);
+	free(handles);
+	return r;
+}
+
+/* Fills key from its private object: label, public half (among pubs),
+ * public key. */
+static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+			const struct hsm_public *pubs, size_t n_pubs, struct hsm_key *key)
+{
+	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE;
 	uint8_t *label = NULL, *id = NULL;
 	size_t label_len, id_len;
 	char computed[JWK_THUMBPRINT_LEN + 1];
@@ -759,12 +825,10 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
 	if (r < 0)
 		goto out;
-	tmpl[1].pValue = id;
-	tmpl[1].ulValueLen = id_len;
-	r = hsm_find_objects(hsm, s, tmpl, 2, &pub, 1, &n, NULL);
-	if (r < 0)
-		goto out;
-	if (n == 0) {
+	for (size_t i = 0; i < n_pubs && pub == CK_INVALID_HANDLE; i++)
+		if (pubs[i].id != NULL && pubs[i].id_len == id_len && memcmp(pubs[i].id, id, id_len) == 0)
+			pub = pubs[i].handle;
+	if (pub == CK_INVALID_HANDLE) {
 		log_warn("\"key has no public half; skipped\" label=%s", (const char *)label);
 		r = -ENOENT;
 		goto out;
@@ -815,26 +879,30 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
 	CK_OBJECT_HANDLE *found = NULL;
 	CK_ULONG n = 0;
+	struct hsm_public *pubs = NULL;
+	size_t n_pubs = 0;
 	struct hsm_key *keys = NULL;
 	size_t count = 0, over = 0;
 	int more = 0, r;
 
-	/* Handles first, keys after: a session runs one search at a time, and
-	 * hsm_load_key searches for each public half. */
-	found = calloc(HSM_MAX_PRIVATE_OBJECTS, sizeof(*found));
+	/* Handles first, keys after: a session runs one search at a time. */
+	found = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*found));
 	if (found == NULL)
 		return -ENOMEM;
-	r = hsm_find_objects(hsm, session->handle, tmpl, 2, found, HSM_MAX_PRIVATE_OBJECTS, &n, &more);
+	r = hsm_find_objects(hsm, session->handle, tmpl, 2, found, HSM_MAX_KEY_OBJECTS, &n, &more);
 	if (r < 0)
 		goto out;
 	/* Dropping keys silently would leave tokens signed by them unverifiable
 	 * and make keys_load generate "missing" signers on every start. */
 	if (more) {
 		log_error("\"more private keys in the token than hsmjwt examines\" token=%s limit=%d",
-			  hsm->token_label, HSM_MAX_PRIVATE_OBJECTS);
+			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
 		r = -E2BIG;
 		goto out;
 	}
+	r = hsm_index_public_keys(hsm, session->handle, &pubs, &n_pubs);
+	if (r < 0)
+		goto out;
 	keys = calloc(HSM_MAX_KEYS, sizeof(*keys));
 	if (keys == NULL) {
 		r = -ENOMEM;
@@ -844,7 +912,7 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 		struct hsm_key key;
 
 		memset(&key, 0, sizeof(key));
-		r = hsm_load_key(hsm, session->handle, found[i], &key);
+		r = hsm_load_key(hsm, session->handle, found[i], pubs, n_pubs, &key);
 		if (r == HSM_E_DEVICE || r == -ENOMEM)
 			goto out;
 		if (r < 0)
@@ -870,6 +938,7 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 	r = 0;
 out:
 	hsm_keys_free(keys, count);
+	hsm_public_free(pubs, n_pubs);
 	free(found);
 	return r;
 }

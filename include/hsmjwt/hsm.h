@@ -23,9 +23,9 @@
 
 #define HSM_LABEL_PREFIX "hsmjwt:"
 
-/* Bounds of hsm_find_keys: the private key objects it examines (foreign keys
- * included) and the hsmjwt keys it keeps. */
-#define HSM_MAX_PRIVATE_OBJECTS 1024
+/* Bounds of hsm_find_keys: the key objects of each class (private, public)
+ * it examines, foreign ones included, and the hsmjwt keys it keeps. */
+#define HSM_MAX_KEY_OBJECTS 1024
 #define HSM_MAX_KEYS 256
 
 /* Cryptoki failures map to these; CKR values are logged where they occur. */
@@ -82,8 +82,9 @@ int hsm_session_check(struct hsm_session *session);
  * cannot sign, or whose type or curve is not its label's algorithm is
  * skipped with a warning naming its label and the attribute.
  * *ret_keys is an array of *ret_count keys (hsm_keys_free).
- * -E2BIG (logged) when the token holds more than HSM_MAX_PRIVATE_OBJECTS
- * private keys or more than HSM_MAX_KEYS hsmjwt keys: never a partial set. */
+ * -E2BIG (logged) when the token holds more than HSM_MAX_KEY_OBJECTS
+ * private or public keys, or more than HSM_MAX_KEYS hsmjwt keys: never a
+ * partial set. */
 int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count);
 void hsm_keys_free(struct hsm_key *keys, size_t count);
 

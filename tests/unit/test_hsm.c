@@ -483,14 +483,14 @@ static void test_too_many_hsmjwt_keys_is_an_error(void **state)
 	own_close();
 }
 
-/* Past HSM_MAX_PRIVATE_OBJECTS private keys (foreign or not) likewise. */
+/* Past HSM_MAX_KEY_OBJECTS private keys (foreign or not) likewise. */
 static void test_too_many_private_keys_is_an_error(void **state)
 {
 	const char *log;
 	int r;
 
 	raw_open(&own.raw);
-	for (int i = 0; i < HSM_MAX_PRIVATE_OBJECTS + 1; i++)
+	for (int i = 0; i < HSM_MAX_KEY_OBJECTS + 1; i++)
 		raw_create_foreign(&own.raw, i);
 	raw_close(&own.raw);
 	own_open();
