@@ -1,0 +1,37 @@
+/* hsm_internal.h: what hsm.c (module, token, login, sessions, signing) and
+ * hsm_key.c (key objects: find, check, generate, destroy) share.  Not part of
+ * the module's contract: include/hsmjwt/hsm.h is. */
+#ifndef HSMJWT_HSM_INTERNAL_H
+#define HSMJWT_HSM_INTERNAL_H
+
+#include "hsmjwt/hsm.h"
+
+struct hsm {
+	CK_FUNCTION_LIST *f;
+	CK_SLOT_ID slot;
+	char token_label[33];
+	/* Held open for the life of the process: Cryptoki keeps the login only
+	 * while the application has at least one session on the token. */
+	CK_SESSION_HANDLE login_session;
+	int logged_in;
+	/* Cryptoki state is per process: another user of the module in this
+	 * process (a library, a test) may have initialised it or logged in
+	 * first.  Undo only what this hsm did. */
+	int initialized;
+	int login_owned;
+};
+
+struct hsm_session {
+	struct hsm *hsm;
+	CK_SESSION_HANDLE handle;
+	int failing;   /* the last hsm_session_check failed */
+};
+
+/* The hsm_error of a Cryptoki failure: HSM_E_DEVICE when the session or the
+ * device is gone (the caller should recover), HSM_E_FAILED otherwise. */
+int hsm_error_from_rv(CK_RV rv);
+
+/* A session on hsm's token (CKF_SERIAL_SESSION | extra), logged on failure. */
+int hsm_open_raw_session(struct hsm *hsm, CK_FLAGS extra, CK_SESSION_HANDLE *ret_handle);
+
+#endif

@@ -1,0 +1,698 @@
+/* The hsm module's key objects: finding hsmjwt key pairs in the token and
+ * checking their custody attributes, reading their public halves, generating
+ * and destroying them.  Module, token, login, sessions and signing: hsm.c. */
+#include "hsmjwt/hsm.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+
+#include "hsm_internal.h"
+#include "hsmjwt/b64url.h"
+#include "hsmjwt/log.h"
+
+#define HSM_LABEL_MAX 128
+/* Handles asked of C_FindObjects at a time. */
+#define HSM_FIND_BATCH 64
+
+/* DER of the curve parameters that CKA_EC_PARAMS takes. */
+static const uint8_t oid_p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+static const uint8_t oid_p384[] = { 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22 };
+/* Ed25519: PKCS#11 3.0 names the curve by a PrintableString; SoftHSM 2.6
+ * and some HSMs accept only the RFC 8410 OID, so both are tried. */
+static const uint8_t ed25519_printable[] = { 0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's', '2', '5', '5', '1', '9' };
+static const uint8_t oid_ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+
+/* Reads one variable-length attribute into a malloc'd buffer. */
+static int hsm_get_attribute(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+			     CK_ATTRIBUTE_TYPE type, uint8_t **ret_value, size_t *ret_len)
+{
+	CK_ATTRIBUTE attr = { type, NULL, 0 };
+	uint8_t *value;
+	CK_RV rv;
+
+	rv = hsm->f->C_GetAttributeValue(s, obj, &attr, 1);
+	if (rv != CKR_OK || attr.ulValueLen == (CK_ULONG)-1 || attr.ulValueLen > 65536) {
+		log_debug("\"cannot read attribute\" type=0x%lx rv=%s", (unsigned long)type, hsm_ckr_name(rv));
+		return rv != CKR_OK ? hsm_error_from_rv(rv) : HSM_E_FAILED;
+	}
+	value = malloc(attr.ulValueLen + 1);
+	if (value == NULL)
+		return -ENOMEM;
+	attr.pValue = value;
+	rv = hsm->f->C_GetAttributeValue(s, obj, &attr, 1);
+	if (rv != CKR_OK) {
+		free(value);
+		return hsm_error_from_rv(rv);
+	}
+	value[attr.ulValueLen] = '\0';
+	*ret_value = value;
+	*ret_len = attr.ulValueLen;
+	return 0;
+}
+
+/* CKA_EC_POINT is a DER OCTET STRING around the point (PKCS#11 2.40); some
+ * modules return the bare point.  Accept both, nothing else. */
+static int hsm_unwrap_ec_point(const uint8_t *der, size_t len, const uint8_t **ret_point, size_t *ret_len)
+{
+	if (len >= 2 && der[0] == 0x04 && der[1] < 0x80 && (size_t)der[1] + 2 == len) {
+		*ret_point = der + 2;
+		*ret_len = der[1];
+		return 0;
+	}
+	if (len >= 3 && der[0] == 0x04 && der[1] == 0x81 && (size_t)der[2] + 3 == len) {
+		*ret_point = der + 3;
+		*ret_len = der[2];
+		return 0;
+	}
+	/* A bare uncompressed point (0x04 || X || Y) or a bare Ed25519 key. */
+	if (len == 32 || len == 65 || len == 97) {
+		*ret_point = der;
+		*ret_len = len;
+		return 0;
+	}
+	return HSM_E_FAILED;
+}
+
+static int hsm_ec_public_key(const char *group, const uint8_t *point, size_t len, EVP_PKEY **ret_pkey)
+{
+	OSSL_PARAM params[3];
+	EVP_PKEY_CTX *ctx;
+	EVP_PKEY *pkey = NULL;
+	int r = HSM_E_FAILED;
+
+	ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+	if (ctx == NULL)
+		return -ENOMEM;
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)group, 0);
+	params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, len);
+	params[2] = OSSL_PARAM_construct_end();
+	if (EVP_PKEY_fromdata_init(ctx) == 1 &&
+	    EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) == 1) {
+		*ret_pkey = pkey;
+		r = 0;
+	}
+	EVP_PKEY_CTX_free(ctx);
+	return r;
+}
+
+static int hsm_rsa_public_key(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
+			      EVP_PKEY **ret_pkey)
+{
+	OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+	OSSL_PARAM *params = NULL;
+	EVP_PKEY_CTX *ctx = NULL;
+	EVP_PKEY *pkey = NULL;
+	BIGNUM *bn_n = BN_bin2bn(n, (int)n_len, NULL);
+	BIGNUM *bn_e = BN_bin2bn(e, (int)e_len, NULL);
+	int r = HSM_E_FAILED;
+
+	if (bld == NULL || bn_n == NULL || bn_e == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (!OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
+	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) ||
+	    (params = OSSL_PARAM_BLD_to_param(bld)) == NULL ||
+	    (ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) == NULL)
+		goto out;
+	if (EVP_PKEY_fromdata_init(ctx) == 1 &&
+	    EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) == 1) {
+		*ret_pkey = pkey;
+		r = 0;
+	}
+out:
+	EVP_PKEY_CTX_free(ctx);
+	OSSL_PARAM_free(params);
+	OSSL_PARAM_BLD_free(bld);
+	BN_free(bn_n);
+	BN_free(bn_e);
+	return r;
+}
+
+/* Builds the EVP_PKEY of a public key object for the given algorithm. */
+static int hsm_read_public_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub,
+			       enum jws_alg alg, EVP_PKEY **ret_pkey)
+{
+	uint8_t *a = NULL, *b = NULL;
+	size_t a_len = 0, b_len = 0;
+	const uint8_t *point = NULL;
+	size_t point_len = 0;
+	int r;
+
+	switch (alg) {
+	case JWS_ALG_RS256:
+	case JWS_ALG_PS256:
+		r = hsm_get_attribute(hsm, s, pub, CKA_MODULUS, &a, &a_len);
+		if (r == 0)
+			r = hsm_get_attribute(hsm, s, pub, CKA_PUBLIC_EXPONENT, &b, &b_len);
+		if (r == 0)
+			r = hsm_rsa_public_key(a, a_len, b, b_len, ret_pkey);
+		break;
+	case JWS_ALG_ES256:
+	case JWS_ALG_ES384:
+	case JWS_ALG_EDDSA:
+		r = hsm_get_attribute(hsm, s, pub, CKA_EC_POINT, &a, &a_len);
+		if (r == 0)
+			r = hsm_unwrap_ec_point(a, a_len, &point, &point_len);
+		if (r < 0)
+			break;
+		if (alg == JWS_ALG_EDDSA) {
+			EVP_PKEY *pkey = point_len == 32 ?
+				EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, point, point_len) : NULL;
+			r = pkey ? 0 : HSM_E_FAILED;
+			if (pkey)
+				*ret_pkey = pkey;
+		} else {
+			r = hsm_ec_public_key(alg == JWS_ALG_ES256 ? "prime256v1" : "secp384r1",
+					      point, point_len, ret_pkey);
+		}
+		break;
+	default:
+		r = HSM_E_FAILED;
+	}
+	free(a);
+	free(b);
+	return r;
+}
+
+/* "hsmjwt:ES256:<kid>" → alg and kid; 0 or -EINVAL for a foreign label. */
+static int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_kid)
+{
+	char alg_name[16];
+	const char *p, *colon;
+	enum jws_alg alg;
+
+	if (strncmp(label, HSM_LABEL_PREFIX, strlen(HSM_LABEL_PREFIX)) != 0)
+		return -EINVAL;
+	p = label + strlen(HSM_LABEL_PREFIX);
+	colon = strchr(p, ':');
+	if (colon == NULL || (size_t)(colon - p) >= sizeof(alg_name))
+		return -EINVAL;
+	memcpy(alg_name, p, (size_t)(colon - p));
+	alg_name[colon - p] = '\0';
+	if (jws_alg_from_name(alg_name, &alg) < 0 || strlen(colon + 1) != JWK_THUMBPRINT_LEN)
+		return -EINVAL;
+	*ret_alg = alg;
+	memcpy(ret_kid, colon + 1, JWK_THUMBPRINT_LEN + 1);
+	return 0;
+}
+
+/* Collects up to max handles of the objects matching tmpl.  A token hands
+ * them out in batches of its own choosing, so C_FindObjects is called until
+ * it has nothing more; *ret_more tells whether objects beyond max exist. */
+static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+			    CK_OBJECT_HANDLE *found, CK_ULONG max, CK_ULONG *ret_count, int *ret_more)
+{
+	CK_OBJECT_HANDLE extra;
+	CK_ULONG count = 0, got = 0;
+	CK_RV rv;
+
+	rv = hsm->f->C_FindObjectsInit(s, tmpl, n);
+	if (rv != CKR_OK) {
+		log_error("\"C_FindObjectsInit failed\" rv=%s", hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	do {
+		CK_ULONG want = max - count < HSM_FIND_BATCH ? max - count : HSM_FIND_BATCH;
+
+		got = 0;
+		rv = hsm->f->C_FindObjects(s, found + count, want, &got);
+		/* A token must not return more than asked; do not trust it to. */
+		count += got <= want ? got : want;
+	} while (rv == CKR_OK && got > 0 && count < max);
+	if (rv == CKR_OK && ret_more != NULL) {
+		got = 0;
+		if (count == max)
+			rv = hsm->f->C_FindObjects(s, &extra, 1, &got);
+		*ret_more = got > 0;
+	}
+	hsm->f->C_FindObjectsFinal(s);
+	if (rv != CKR_OK) {
+		log_error("\"C_FindObjects failed\" rv=%s", hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	*ret_count = count;
+	return 0;
+}
+
+/* The private key must have been made in the token and never have left it
+ * (a key once extractable or imported may exist elsewhere, so a signature
+ * would prove nothing), must sign, and must be of the type and curve its
+ * label names (the public half is checked by reading it for that alg).
+ * 0, -EPERM (logged: label and attribute) or an hsm_error. */
+static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+				 enum jws_alg alg, const char *label)
+{
+	CK_KEY_TYPE type = CK_UNAVAILABLE_INFORMATION, want_type;
+	CK_BBOOL flags[5];
+	static const struct { CK_ATTRIBUTE_TYPE type; const char *name; CK_BBOOL want; } wanted[5] = {
+		{ CKA_SENSITIVE, "CKA_SENSITIVE", CK_TRUE },
+		{ CKA_EXTRACTABLE, "CKA_EXTRACTABLE", CK_FALSE },
+		{ CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE", CK_TRUE },
+		{ CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", CK_TRUE },
+		{ CKA_SIGN, "CKA_SIGN", CK_TRUE },
+	};
+	CK_ATTRIBUTE attrs[6] = { { CKA_KEY_TYPE, &type, sizeof(type) } };
+	const uint8_t *curve = NULL, *curve_alt = NULL;
+	size_t curve_len = 0, curve_alt_len = 0, params_len = 0;
+	uint8_t *params = NULL;
+	CK_RV rv;
+	int r;
+
+	for (size_t i = 0; i < 5; i++)
+		attrs[i + 1] = (CK_ATTRIBUTE){ wanted[i].type, &flags[i], sizeof(flags[i]) };
+	/* Attributes the token lacks come back as CK_UNAVAILABLE_INFORMATION
+	 * with one of these codes; the loop below names them. */
+	rv = hsm->f->C_GetAttributeValue(s, priv, attrs, 6);
+	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) {
+		log_warn("\"cannot read key attributes; skipped\" label=%s rv=%s", label, hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv) == HSM_E_DEVICE ? HSM_E_DEVICE : -EPERM;
+	}
+	switch (alg) {
+	case JWS_ALG_RS256:
+	case JWS_ALG_PS256:
+		want_type = CKK_RSA;
+		break;
+	case JWS_ALG_ES256:
+		want_type = CKK_EC;
+		curve = oid_p256;
+		curve_len = sizeof(oid_p256);
+		break;
+	case JWS_ALG_ES384:
+		want_type = CKK_EC;
+		curve = oid_p384;
+		curve_len = sizeof(oid_p384);
+		break;
+	case JWS_ALG_EDDSA:
+		want_type = CKK_EC_EDWARDS;
+		curve = ed25519_printable;
+		curve_len = sizeof(ed25519_printable);
+		curve_alt = oid_ed25519;
+		curve_alt_len = sizeof(oid_ed25519);
+		break;
+	default: /* hsm_alg_supported said no already */
+		return -EPERM;
+	}
+	if (attrs[0].ulValueLen != sizeof(type) || type != want_type) {
+		log_warn("\"key type does not match the label's algorithm; skipped\" label=%s attribute=CKA_KEY_TYPE",
+			 label);
+		return -EPERM;
+	}
+	for (size_t i = 0; i < 5; i++) {
+		if (attrs[i + 1].ulValueLen != sizeof(CK_BBOOL)) {
+			log_warn("\"key attribute unavailable; skipped\" label=%s attribute=%s", label, wanted[i].name);
+			return -EPERM;
+		}
+		if ((flags[i] != CK_FALSE) != (wanted[i].want != CK_FALSE)) {
+			log_warn("\"key attribute refused; skipped\" label=%s attribute=%s value=%s", label,
+				 wanted[i].name, flags[i] != CK_FALSE ? "true" : "false");
+			return -EPERM;
+		}
+	}
+	if (curve == NULL)
+		return 0;
+	r = hsm_get_attribute(hsm, s, priv, CKA_EC_PARAMS, &params, &params_len);
+	if (r == HSM_E_DEVICE || r == -ENOMEM)
+		return r;
+	if (r < 0) {
+		log_warn("\"key attribute unavailable; skipped\" label=%s attribute=CKA_EC_PARAMS", label);
+		return -EPERM;
+	}
+	if (!((params_len == curve_len && memcmp(params, curve, curve_len) == 0) ||
+	      (curve_alt && params_len == curve_alt_len && memcmp(params, curve_alt, curve_alt_len) == 0))) {
+		log_warn("\"key curve does not match the label's algorithm; skipped\" label=%s attribute=CKA_EC_PARAMS",
+			 label);
+		r = -EPERM;
+	}
+	free(params);
+	return r;
+}
+
+/* A public key object and its CKA_ID (NULL when it has none). */
+struct hsm_public {
+	CK_OBJECT_HANDLE handle;
+	uint8_t *id;
+	size_t id_len;
+};
+
+static void hsm_public_free(struct hsm_public *pubs, size_t count)
+{
+	for (size_t i = 0; pubs && i < count; i++)
+		free(pubs[i].id);
+	free(pubs);
+}
+
+/* Every public key object with its CKA_ID, read once per hsm_find_keys: a
+ * search per private key scans the whole token each time on SoftHSM
+ * (seconds for a few hundred keys) and costs a round trip per key on a
+ * network HSM. */
+static int hsm_index_public_keys(struct hsm *hsm, CK_SESSION_HANDLE s, struct hsm_public **ret_pubs,
+				 size_t *ret_count)
+{
+	CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
+	CK_OBJECT_HANDLE *handles;
+	struct hsm_public *pubs = NULL;
+	CK_ULONG n = 0;
+	int more = 0, r;
+
+	handles = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*handles));
+	if (handles == NULL)
+		return -ENOMEM;
+	r = hsm_find_objects(hsm, s, tmpl, 2, handles, HSM_MAX_KEY_OBJECTS, &n, &more);
+	if (r < 0)
+		goto out;
+	if (more) {
+		log_error("\"more public keys in the token than hsmjwt examines\" token=%s limit=%d",
+			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
+		r = -E2BIG;
+		goto out;
+	}
+	pubs = calloc(n ? n : 1, sizeof(*pubs));
+	if (pubs == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (CK_ULONG i = 0; i < n; i++) {
+		pubs[i].handle = handles[i];
+		r = hsm_get_attribute(hsm, s, handles[i], CKA_ID, &pubs[i].id, &pubs[i].id_len);
+		if (r == HSM_E_DEVICE || r == -ENOMEM)
+			goto out;
+		/* Otherwise it has no CKA_ID, so it is no hsmjwt key's half. */
+	}
+	*ret_pubs = pubs;
+	*ret_count = n;
+	pubs = NULL;
+	r = 0;
+out:
+	hsm_public_free(pubs, n);
+	free(handles);
+	return r;
+}
+
+/* Fills key from its private object: label, public half (among pubs),
+ * public key. */
+static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+			const struct hsm_public *pubs, size_t n_pubs, struct hsm_key *key)
+{
+	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE;
+	uint8_t *label = NULL, *id = NULL;
+	size_t label_len, id_len;
+	char computed[JWK_THUMBPRINT_LEN + 1];
+	int r;
+
+	r = hsm_get_attribute(hsm, s, priv, CKA_LABEL, &label, &label_len);
+	if (r < 0)
+		goto out;
+	if (hsm_parse_label((const char *)label, &key->alg, key->kid) < 0) {
+		r = -EINVAL; /* not ours */
+		goto out;
+	}
+	if (!hsm_alg_supported(key->alg)) {
+		log_warn("\"key for an algorithm hsmjwt does not hold keys for; skipped\" label=%s", (const char *)label);
+		r = -EINVAL;
+		goto out;
+	}
+	r = hsm_check_private_key(hsm, s, priv, key->alg, (const char *)label);
+	if (r < 0)
+		goto out;
+	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
+	if (r < 0)
+		goto out;
+	for (size_t i = 0; i < n_pubs && pub == CK_INVALID_HANDLE; i++)
+		if (pubs[i].id != NULL && pubs[i].id_len == id_len && memcmp(pubs[i].id, id, id_len) == 0)
+			pub = pubs[i].handle;
+	if (pub == CK_INVALID_HANDLE) {
+		log_warn("\"key has no public half; skipped\" label=%s", (const char *)label);
+		r = -ENOENT;
+		goto out;
+	}
+	/* Running out of memory says nothing about the key: the caller fails
+	 * the whole search rather than skip a good key. */
+	r = hsm_read_public_key(hsm, s, pub, key->alg, &key->public_key);
+	if (r < 0) {
+		if (r != -ENOMEM)
+			log_warn("\"cannot read public key; skipped\" label=%s", (const char *)label);
+		goto out;
+	}
+	/* The label is only a name: the kid that relying parties see must be
+	 * the thumbprint of the key that really signs. */
+	r = jwk_thumbprint(key->public_key, computed);
+	if (r < 0) {
+		if (r != -ENOMEM)
+			log_warn("\"cannot compute the key's thumbprint; skipped\" label=%s", (const char *)label);
+	} else if (strcmp(computed, key->kid) != 0) {
+		log_warn("\"label does not match the key's thumbprint; skipped\" label=%s", (const char *)label);
+		r = -EINVAL;
+	}
+	if (r < 0) {
+		EVP_PKEY_free(key->public_key);
+		key->public_key = NULL;
+		goto out;
+	}
+	key->private_handle = priv;
+	key->public_handle = pub;
+out:
+	free(label);
+	free(id);
+	return r;
+}
+
+void hsm_keys_free(struct hsm_key *keys, size_t count)
+{
+	for (size_t i = 0; keys && i < count; i++)
+		EVP_PKEY_free(keys[i].public_key);
+	free(keys);
+}
+
+int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count)
+{
+	struct hsm *hsm = session->hsm;
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
+	CK_OBJECT_HANDLE *found = NULL;
+	CK_ULONG n = 0;
+	struct hsm_public *pubs = NULL;
+	size_t n_pubs = 0;
+	struct hsm_key *keys = NULL;
+	size_t count = 0, over = 0;
+	int more = 0, r;
+
+	/* Handles first, keys after: a session runs one search at a time. */
+	found = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*found));
+	if (found == NULL)
+		return -ENOMEM;
+	r = hsm_find_objects(hsm, session->handle, tmpl, 2, found, HSM_MAX_KEY_OBJECTS, &n, &more);
+	if (r < 0)
+		goto out;
+	/* Dropping keys silently would leave tokens signed by them unverifiable
+	 * and make keys_load generate "missing" signers on every start. */
+	if (more) {
+		log_error("\"more private keys in the token than hsmjwt examines\" token=%s limit=%d",
+			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
+		r = -E2BIG;
+		goto out;
+	}
+	r = hsm_index_public_keys(hsm, session->handle, &pubs, &n_pubs);
+	if (r < 0)
+		goto out;
+	keys = calloc(HSM_MAX_KEYS, sizeof(*keys));
+	if (keys == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (CK_ULONG i = 0; i < n; i++) {
+		struct hsm_key key;
+
+		memset(&key, 0, sizeof(key));
+		r = hsm_load_key(hsm, session->handle, found[i], pubs, n_pubs, &key);
+		if (r == HSM_E_DEVICE || r == -ENOMEM)
+			goto out;
+		if (r < 0)
+			continue;
+		if (count < HSM_MAX_KEYS) {
+			keys[count++] = key;
+		} else {
+			/* Counted only, so that the error names how many there are. */
+			EVP_PKEY_free(key.public_key);
+			over++;
+		}
+	}
+	if (over > 0) {
+		log_error("\"too many hsmjwt keys in the token\" token=%s keys=%zu limit=%d",
+			  hsm->token_label, count + over, HSM_MAX_KEYS);
+		r = -E2BIG;
+		goto out;
+	}
+	*ret_keys = keys;
+	*ret_count = count;
+	keys = NULL;
+	count = 0;
+	r = 0;
+out:
+	hsm_keys_free(keys, count);
+	hsm_public_free(pubs, n_pubs);
+	free(found);
+	return r;
+}
+
+static int hsm_set_name(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+			const char *label, const uint8_t *id, size_t id_len)
+{
+	CK_ATTRIBUTE attrs[] = {
+		{ CKA_LABEL, (void *)label, strlen(label) },
+		{ CKA_ID, (void *)id, id_len },
+	};
+	CK_RV rv = hsm->f->C_SetAttributeValue(s, obj, attrs, 2);
+	if (rv != CKR_OK) {
+		log_error("\"cannot label key\" label=%s rv=%s", label, hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	return 0;
+}
+
+static CK_RV hsm_generate_pair(struct hsm *hsm, CK_SESSION_HANDLE s, enum jws_alg alg, unsigned rsa_bits,
+			       const uint8_t *ec_params, size_t ec_params_len,
+			       CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
+{
+	static const char pending[] = HSM_LABEL_PREFIX "pending";
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ULONG bits = rsa_bits;
+	uint8_t exponent[] = { 0x01, 0x00, 0x01 };
+	CK_MECHANISM mech = { CKM_EC_KEY_PAIR_GEN, NULL, 0 };
+	CK_ATTRIBUTE pub_tmpl[6] = {
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &no, sizeof(no) },
+		{ CKA_VERIFY, &yes, sizeof(yes) },
+		{ CKA_LABEL, (void *)pending, sizeof(pending) - 1 },
+	};
+	CK_ULONG pub_n = 4;
+	/* Set every custody attribute explicitly: tokens differ in defaults. */
+	CK_ATTRIBUTE priv_tmpl[] = {
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_SENSITIVE, &yes, sizeof(yes) },
+		{ CKA_EXTRACTABLE, &no, sizeof(no) },
+		{ CKA_SIGN, &yes, sizeof(yes) },
+		{ CKA_DECRYPT, &no, sizeof(no) },
+		{ CKA_UNWRAP, &no, sizeof(no) },
+		{ CKA_DERIVE, &no, sizeof(no) },
+		{ CKA_LABEL, (void *)pending, sizeof(pending) - 1 },
+	};
+
+	if (alg == JWS_ALG_RS256 || alg == JWS_ALG_PS256) {
+		mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
+		pub_tmpl[pub_n++] = (CK_ATTRIBUTE){ CKA_MODULUS_BITS, &bits, sizeof(bits) };
+		pub_tmpl[pub_n++] = (CK_ATTRIBUTE){ CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent) };
+	} else {
+		mech.mechanism = alg == JWS_ALG_EDDSA ? CKM_EC_EDWARDS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN;
+		pub_tmpl[pub_n++] = (CK_ATTRIBUTE){ CKA_EC_PARAMS, (void *)ec_params, ec_params_len };
+	}
+	return hsm->f->C_GenerateKeyPair(s, &mech, pub_tmpl, pub_n, priv_tmpl,
+					 sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub, priv);
+}
+
+int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struct hsm_key *ret_key)
+{
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
+	const uint8_t *params = NULL;
+	size_t params_len = 0;
+	struct hsm_key key;
+	char label[HSM_LABEL_MAX];
+	uint8_t id[32];
+	size_t id_len;
+	CK_RV rv;
+	int r;
+
+	memset(&key, 0, sizeof(key));
+	if (!hsm_alg_supported(alg)) {
+		log_error("\"cannot generate a key for this algorithm\" alg=%s",
+			  jws_alg_name(alg) ? jws_alg_name(alg) : "(invalid)");
+		return -EINVAL;
+	}
+	switch (alg) {
+	case JWS_ALG_ES256: params = oid_p256; params_len = sizeof(oid_p256); break;
+	case JWS_ALG_ES384: params = oid_p384; params_len = sizeof(oid_p384); break;
+	case JWS_ALG_EDDSA: params = ed25519_printable; params_len = sizeof(ed25519_printable); break;
+	default: break; /* RSA: no curve */
+	}
+	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
+	if (r < 0)
+		return r;
+	rv = hsm_generate_pair(hsm, s, alg, rsa_bits, params, params_len, &pub, &priv);
+	if (alg == JWS_ALG_EDDSA && (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_CURVE_NOT_SUPPORTED ||
+				     rv == CKR_DOMAIN_PARAMS_INVALID || rv == CKR_TEMPLATE_INCONSISTENT))
+		rv = hsm_generate_pair(hsm, s, alg, rsa_bits, oid_ed25519, sizeof(oid_ed25519), &pub, &priv);
+	if (rv != CKR_OK) {
+		log_error("\"key generation failed\" alg=%s rv=%s", jws_alg_name(alg), hsm_ckr_name(rv));
+		r = hsm_error_from_rv(rv);
+		goto out;
+	}
+	r = hsm_read_public_key(hsm, s, pub, alg, &key.public_key);
+	if (r == 0)
+		r = jwk_thumbprint(key.public_key, key.kid);
+	if (r < 0) {
+		log_error("\"cannot read the generated public key\" alg=%s", jws_alg_name(alg));
+		goto out;
+	}
+	/* The kid is the thumbprint, so the name can only be given once the
+	 * key exists. */
+	snprintf(label, sizeof(label), HSM_LABEL_PREFIX "%s:%s", jws_alg_name(alg), key.kid);
+	if (b64url_decoded_max(JWK_THUMBPRINT_LEN) > sizeof(id) + 2 ||
+	    b64url_decode(key.kid, JWK_THUMBPRINT_LEN, id, &id_len) < 0) {
+		r = HSM_E_FAILED;
+		goto out;
+	}
+	r = hsm_set_name(hsm, s, priv, label, id, id_len);
+	if (r == 0)
+		r = hsm_set_name(hsm, s, pub, label, id, id_len);
+	if (r < 0)
+		goto out;
+	key.alg = alg;
+	key.private_handle = priv;
+	key.public_handle = pub;
+	log_info("\"key generated in token\" alg=%s kid=%s", jws_alg_name(alg), key.kid);
+	*ret_key = key;
+	key.public_key = NULL;
+out:
+	if (r < 0) {
+		/* Never leave a half-made key behind for the next start to trip on. */
+		if (priv != CK_INVALID_HANDLE)
+			hsm->f->C_DestroyObject(s, priv);
+		if (pub != CK_INVALID_HANDLE)
+			hsm->f->C_DestroyObject(s, pub);
+	}
+	EVP_PKEY_free(key.public_key);
+	hsm->f->C_CloseSession(s);
+	return r;
+}
+
+int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key)
+{
+	CK_SESSION_HANDLE s;
+	CK_RV rv, rv2;
+	int r;
+
+	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
+	if (r < 0)
+		return r;
+	rv = hsm->f->C_DestroyObject(s, key->private_handle);
+	rv2 = hsm->f->C_DestroyObject(s, key->public_handle);
+	hsm->f->C_CloseSession(s);
+	if (rv != CKR_OK || rv2 != CKR_OK) {
+		log_error("\"cannot destroy key\" kid=%s rv=%s", key->kid, hsm_ckr_name(rv != CKR_OK ? rv : rv2));
+		return hsm_error_from_rv(rv != CKR_OK ? rv : rv2);
+	}
+	log_info("\"key destroyed\" kid=%s", key->kid);
+	return 0;
+}
