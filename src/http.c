@@ -1,15 +1,18 @@
 #include "hsmjwt/http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +62,8 @@ static _Thread_local struct http_worker *http_worker_self;
 struct http_address {
 	struct sockaddr_storage sa;
 	socklen_t sa_len;
+	int claim_fd;                 /* the abstract socket naming it, see http_claim */
+	int claimed;
 };
 
 struct http_server {
@@ -319,6 +324,47 @@ static int http_listen_probe(const struct config_listen *addr, struct http_addre
 	return -err;
 }
 
+/* Claims a resolved listen address for this process with an abstract
+ * AF_UNIX name ("\0hsmjwtd:ADDR:PORT"), held until http_stop.  The probe
+ * bind alone cannot tell two daemons starting at the same instant apart:
+ * both probe sockets bind (SO_REUSEADDR, not listening), then both listen
+ * with SO_REUSEPORT and share the port.  An abstract name has exactly one
+ * owner per network namespace, and the kernel frees it with the process. */
+static int http_claim(const struct config_listen *addr, struct http_address *address)
+{
+	struct sockaddr_un un;
+	char numeric[INET6_ADDRSTRLEN + 1] = "", host[2 * sizeof(addr->host) + 2];
+	const void *ip = address->sa.ss_family == AF_INET6 ?
+		(const void *)&((const struct sockaddr_in6 *)&address->sa)->sin6_addr :
+		(const void *)&((const struct sockaddr_in *)&address->sa)->sin_addr;
+	socklen_t len;
+	int fd, n;
+
+	if (inet_ntop(address->sa.ss_family, ip, numeric, sizeof(numeric)) == NULL)
+		return -errno;
+	memset(&un, 0, sizeof(un));
+	un.sun_family = AF_UNIX;
+	n = snprintf(un.sun_path + 1, sizeof(un.sun_path) - 1, "hsmjwtd:%s:%u", numeric, addr->port);
+	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (const struct sockaddr *)&un, len) < 0) {
+		int err = errno;
+		close(fd);
+		if (err == EADDRINUSE)
+			log_error("\"cannot listen: another hsmjwtd is listening there\" host=%s port=%u",
+				  log_quote(host, sizeof(host), addr->host), addr->port);
+		else
+			log_error("\"cannot claim the listen address\" host=%s port=%u error=\"%s\"",
+				  log_quote(host, sizeof(host), addr->host), addr->port, strerror(err));
+		return -err;
+	}
+	address->claim_fd = fd;
+	address->claimed = 1;
+	return 0;
+}
+
 /* One worker's socket on a probed address (SO_REUSEPORT: see http.h). */
 static int http_listen_socket(const struct config_listen *addr, const struct http_address *address,
 			      evutil_socket_t *ret_fd)
@@ -497,6 +543,9 @@ void http_stop(struct http_server *server)
 		hsm_session_close(w->api.session);
 	}
 	free(server->workers);
+	for (size_t i = 0; server->addresses && i < server->cfg->listen_count; i++)
+		if (server->addresses[i].claimed)
+			close(server->addresses[i].claim_fd);
 	free(server->addresses);
 	free(server);
 	log_limited_flush();
@@ -541,6 +590,8 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, str
 	server->worker_count = cfg->workers;
 	for (size_t i = 0; i < cfg->listen_count; i++) {
 		r = http_listen_probe(&cfg->listen[i], &server->addresses[i]);
+		if (r == 0)
+			r = http_claim(&cfg->listen[i], &server->addresses[i]);
 		if (r < 0)
 			goto fail;
 	}

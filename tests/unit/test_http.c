@@ -23,6 +23,7 @@
 #include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -1763,6 +1764,44 @@ static void test_start_fails_on_taken_port(void **state)
 	test_health(state);
 }
 
+/* Two daemons starting at the same instant both pass the probe bind; the
+ * abstract name "hsmjwtd:ADDR:PORT" has one owner, so the second refuses. */
+static void test_start_fails_on_claimed_address(void **state)
+{
+	struct http_server *other = NULL;
+	struct config taken = cfg;   /* shares cfg's strings: never config_free'd */
+	struct sockaddr_un un;
+	struct capture c;
+	char *log;
+	uint16_t p = 0;
+	int probe = bound_socket(0, 0, &p), holder, r, n;
+
+	assert_true(probe >= 0);
+	close(probe);
+	memset(&un, 0, sizeof(un));
+	un.sun_family = AF_UNIX;
+	n = snprintf(un.sun_path + 1, sizeof(un.sun_path) - 1, "hsmjwtd:127.0.0.1:%u", p);
+	holder = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(holder >= 0);
+	assert_int_equal(bind(holder, (struct sockaddr *)&un,
+			      (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)), 0);
+	taken.listen[0].port = p;
+	capture_start(&c);
+	r = http_start(&taken, hsm, keys, &other);
+	log = capture_text(&c);
+	capture_stop(&c);
+	close(holder);
+	http_stop(other);
+	assert_true(r < 0);
+	assert_null(other);
+	assert_non_null(strstr(log, "msg=\"cannot listen: another hsmjwtd is listening there\""));
+	free(log);
+	/* Once the name is free the same address serves. */
+	assert_int_equal(http_start(&taken, hsm, keys, &other), 0);
+	http_stop(other);
+	test_health(state);
+}
+
 /* ---- set-up ------------------------------------------------------------- */
 
 static int group_setup(void **state)
@@ -1848,6 +1887,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_libevent_log, capture_teardown),
 		cmocka_unit_test_teardown(test_accept_out_of_descriptors, capture_teardown),
 		cmocka_unit_test_teardown(test_start_fails_on_taken_port, capture_teardown),
+		cmocka_unit_test_teardown(test_start_fails_on_claimed_address, capture_teardown),
 	};
 	int r = fixture_token_create(&tok);
 
