@@ -227,18 +227,17 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 		/* A token must not return more than asked; do not trust it to. */
 		count += got <= want ? got : want;
 	} while (rv == CKR_OK && got > 0 && count < max);
-	if (rv == CKR_OK && ret_more != NULL) {
-		got = 0;
-		if (count == max)
-			rv = hsm->f->C_FindObjects(s, &extra, 1, &got);
-		*ret_more = got > 0;
-	}
+	got = 0;
+	if (rv == CKR_OK && ret_more != NULL && count == max)
+		rv = hsm->f->C_FindObjects(s, &extra, 1, &got);
 	hsm->f->C_FindObjectsFinal(s);
 	if (rv != CKR_OK) {
 		log_error("\"C_FindObjects failed\" rv=%s", hsm_ckr_name(rv));
 		return hsm_error_from_rv(rv);
 	}
 	*ret_count = count;
+	if (ret_more != NULL)
+		*ret_more = got > 0;
 	return 0;
 }
 
@@ -251,7 +250,9 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 				 enum jws_alg alg, const char *label)
 {
 	CK_KEY_TYPE type = CK_UNAVAILABLE_INFORMATION, want_type;
-	CK_BBOOL flags[5];
+	/* A module may answer CKR_ATTRIBUTE_TYPE_INVALID without filling the
+	 * other attributes: never read what it did not write. */
+	CK_BBOOL flags[5] = { CK_FALSE };
 	static const struct { CK_ATTRIBUTE_TYPE type; const char *name; CK_BBOOL want; } wanted[5] = {
 		{ CKA_SENSITIVE, "CKA_SENSITIVE", CK_TRUE },
 		{ CKA_EXTRACTABLE, "CKA_EXTRACTABLE", CK_FALSE },
