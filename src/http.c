@@ -84,7 +84,12 @@ static void http_libevent_log(int severity, const char *msg)
 
 	if (!log_enabled(level))
 		return;
-	log_limited(level, "\"libevent\" detail=%s", log_quote(detail, sizeof(detail), msg));
+	/* An error is libevent's last word before it exits or aborts: never
+	 * let a burst of warnings before it swallow the reason. */
+	if (severity == EVENT_LOG_ERR)
+		log_write(level, "\"libevent\" detail=%s", log_quote(detail, sizeof(detail), msg));
+	else
+		log_limited(level, "\"libevent\" detail=%s", log_quote(detail, sizeof(detail), msg));
 }
 
 /* ---- responses ------------------------------------------------------------- */
@@ -460,7 +465,9 @@ static struct bufferevent *http_accepted(struct event_base *base, void *arg)
 
 	for (size_t i = 0; i < worker->listener_count; i++) {
 		struct http_listener *listener = &worker->listeners[i];
-		if (listener->backoff_ms != 0) {
+		/* A listener still waiting out its pause keeps its back-off: an
+		 * accept on another address says nothing about this one. */
+		if (listener->backoff_ms != 0 && !evtimer_pending(listener->retry, NULL)) {
 			listener->backoff_ms = 0;
 			log_limited(LOG_LEVEL_INFO, "\"accepting connections again\" port=%u worker=%u",
 					 worker->server->cfg->listen[listener->index].port, worker->index);

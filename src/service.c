@@ -16,13 +16,15 @@
 
 extern char **environ;
 
+/* Wipes the value of every "name=" entry in place (the environment may hold
+ * one name twice, and the config applies the last), then drops them. */
 static void service_wipe_env(const char *name)
 {
-	char *value = getenv(name);
+	size_t n = strlen(name);
 
-	if (value == NULL)
-		return;
-	OPENSSL_cleanse(value, strlen(value));
+	for (char **e = environ; e && *e; e++)
+		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+			OPENSSL_cleanse(*e + n + 1, strlen(*e + n + 1));
 	unsetenv(name);
 }
 
@@ -51,9 +53,8 @@ int service_open_token(struct config *cfg, struct hsm **ret_hsm)
 
 	/* pin_read has logged why, with the source it tried. */
 	r = pin_read(cfg, &pin, &pin_len);
-	if (r < 0 && r != -ENOENT)
-		return r;
-	r = hsm_open(cfg->pkcs11_module, cfg->token, pin, pin_len, ret_hsm);
+	if (r == 0 || r == -ENOENT)
+		r = hsm_open(cfg->pkcs11_module, cfg->token, pin, pin_len, ret_hsm);
 	pin_free(pin, pin_len);
 	pin_forget(cfg);
 	return r;
@@ -66,8 +67,9 @@ int service_lock_state_dir(const char *state_dir, int *ret_fd)
 	int fd;
 
 	if (mkdir(state_dir, 0700) < 0 && errno != EEXIST) {
-		log_error("\"cannot create state_dir\" state_dir=%s error=\"%s\"", state_dir, strerror(errno));
-		return -errno;
+		int e = errno;   /* logging may change errno */
+		log_error("\"cannot create state_dir\" state_dir=%s error=\"%s\"", state_dir, strerror(e));
+		return -e;
 	}
 	if (stat(state_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
 		log_error("\"state_dir is not a directory\" state_dir=%s", state_dir);
@@ -82,8 +84,9 @@ int service_lock_state_dir(const char *state_dir, int *ret_fd)
 	}
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0) {
-		log_error("\"cannot open the state lock\" path=%s error=\"%s\"", path, strerror(errno));
-		return -errno;
+		int e = errno;
+		log_error("\"cannot open the state lock\" path=%s error=\"%s\"", path, strerror(e));
+		return -e;
 	}
 	/* The kernel drops the lock with the process, however it ends. */
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {

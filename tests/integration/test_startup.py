@@ -7,9 +7,12 @@ leaves no trace in the process environment or the log.
 Usage: test_startup.py BUILD_DIR SOURCE_DIR     (exit 0 pass, 1 fail, 77 skip)
 """
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hsmjwt_harness import Checker, Daemon, Token, Workdir, clean_env, free_port, run_main  # noqa: E402
@@ -113,6 +116,81 @@ def dev_pin_checks(c, build_dir, token, work):
     c.check(token.pin not in log, "the log does not contain the PIN")
 
 
+def duplicate_pin_checks(c, build_dir, token, work):
+    """The environment may name HSMJWT_PIN twice; the config applies the last,
+    and neither value may stay readable in /proc/PID/environ."""
+    c.section("a duplicated HSMJWT_PIN")
+    d = Daemon(build_dir, token, ["ES256"], os.path.join(work, "duppin.log"),
+               extra_env={"HSMJWT_PIN_FILE": ""})
+    d.port = free_port()
+    env = d.env()
+    env.pop("HSMJWT_PIN", None)
+    envp = [f"{k}={v}".encode() for k, v in env.items()]
+    envp += [b"HSMJWT_PIN=decoy-value-1", f"HSMJWT_PIN={token.pin}".encode()]
+    with open(d.log_path, "w") as log:
+        d.proc = _spawn_with_envp(build_dir, envp, log)
+    try:
+        healthy = d._wait_healthy() == "up"
+        c.check(healthy, "the daemon logged in with the last HSMJWT_PIN")
+        with open(f"/proc/{d.proc.pid}/environ", "rb") as f:
+            environ = f.read()
+        c.check(token.pin.encode() not in environ and b"decoy-value-1" not in environ,
+                "neither value is in /proc/PID/environ")
+    finally:
+        code = d.stop()
+    c.equal(code, 0, "it exits 0 on SIGTERM")
+
+
+def _spawn_with_envp(build_dir, envp, log):
+    """subprocess and os.posix_spawn take a mapping, which cannot hold one
+    name twice: fork, and execve with a raw environment array through libc."""
+    path = os.path.join(build_dir, "hsmjwtd").encode()
+    argv = (ctypes.c_char_p * 2)(path, None)
+    env = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            devnull = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(devnull, 0)
+            libc.execve(path, argv, env)
+        finally:
+            os._exit(127)
+    return _Proc(pid)
+
+
+class _Proc:
+    """The little of subprocess.Popen that Daemon uses, for a posix_spawn'd pid."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("hsmjwtd", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+
 def main():
     build_dir, source_dir = sys.argv[1], sys.argv[2]
     c = Checker("test_startup")
@@ -130,6 +208,7 @@ def main():
         c.equal(code, 0, "the first daemon exits 0 on SIGTERM")
         # The lock dies with its process: the same state_dir serves again.
         dev_pin_checks(c, build_dir, token, work.path)
+        duplicate_pin_checks(c, build_dir, token, work.path)
         ok = c.summary()
     finally:
         if first is not None:
