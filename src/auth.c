@@ -70,6 +70,23 @@ static int auth_copy_string(const json_t *claims, const char *name, char *dst, s
 	return 0;
 }
 
+/* exp as whole seconds.  jwt_verify has checked it is a number; a real is
+ * cut down, which only ever shortens what the caller may hand on, and one
+ * beyond int64 is clamped, since converting it would be undefined. */
+static int64_t auth_exp_seconds(const json_t *exp)
+{
+	double d;
+
+	if (json_is_integer(exp))
+		return (int64_t)json_integer_value(exp);
+	d = json_real_value(exp);
+	if (!(d < 9223372036854775807.0))
+		return INT64_MAX;
+	if (!(d > -9223372036854775807.0))
+		return INT64_MIN;
+	return (int64_t)d;
+}
+
 int auth_bearer(const char *authorization, const struct keys *keys, const struct config *cfg,
 		int64_t now, struct auth_caller *ret_caller, char *err, size_t errlen)
 {
@@ -110,11 +127,7 @@ int auth_bearer(const char *authorization, const struct keys *keys, const struct
 		r = -EACCES;
 		goto out;
 	}
-	/* jwt_verify has checked exp is a number; a real is cut to whole seconds,
-	 * which only ever shortens what the caller may hand on. */
-	caller.exp = json_is_integer(json_object_get(claims, "exp")) ?
-		(int64_t)json_integer_value(json_object_get(claims, "exp")) :
-		(int64_t)json_real_value(json_object_get(claims, "exp"));
+	caller.exp = auth_exp_seconds(json_object_get(claims, "exp"));
 	*ret_caller = caller;
 	r = 0;
 out:

@@ -173,7 +173,10 @@ static int issue_aud_names(const json_t *aud, const char *issuer)
 static int issue_bound_by_caller(const struct issue_ctx *ctx, const struct auth_caller *caller, int explicit,
 				 int64_t *ttl, char *err, size_t errlen)
 {
-	int64_t left = caller->exp - ctx->now;
+	int64_t left;
+
+	if (__builtin_sub_overflow(caller->exp, ctx->now, &left))
+		left = caller->exp > ctx->now ? INT64_MAX : INT64_MIN;
 
 	if (*ttl <= left)
 		return 0;
@@ -331,7 +334,11 @@ int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, c
 		goto out;
 	/* Refused here, as the client's mistake, rather than by the signer. */
 	payload_len = json_dumpb(claims, NULL, 0, JSON_COMPACT);
-	if (payload_len == 0 || payload_len > JWS_MAX_PAYLOAD) {
+	if (payload_len == 0) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (payload_len > JWS_MAX_PAYLOAD) {
 		snprintf(err, errlen, "the claims would exceed %d bytes; use fewer or shorter claims", JWS_MAX_PAYLOAD);
 		r = -EINVAL;
 		goto out;

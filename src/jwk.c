@@ -170,7 +170,6 @@ void jwk_key_free(struct jwk_key *key)
 	free(key);
 }
 
-/* A JSON string without embedded NUL, or NULL. */
 /* Decodes the base64url string member name into a new buffer of at most max
  * bytes.  -EINVAL when it is missing, not a string, not canonical base64url,
  * or too long; the length check comes first so an oversized member costs

@@ -64,7 +64,6 @@ static int jwt_time_claim(const json_t *claims, const char *name, int required, 
 	return 0;
 }
 
-/* A JSON string without embedded NUL, or NULL. */
 /* An exact string claim: absent → wrong, not a string → malformed. */
 static int jwt_check_string_claim(const json_t *claims, const char *name, const char *want, int wrong)
 {

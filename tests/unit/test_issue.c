@@ -378,6 +378,25 @@ static void test_auth_records_the_callers_expiry(void **state)
 	free(token);
 }
 
+/* A genuine token whose exp is a real beyond int64 (never issued by the
+ * service, but signed by its key) gives a clamped, not undefined, expiry. */
+static void test_auth_clamps_a_huge_exp(void **state)
+{
+	json_t *claims = json_pack("{s:s, s:s, s:[s], s:I, s:I, s:f, s:s, s:s, s:[s]}", "iss", cfg.issuer, "sub", "ops",
+				   "aud", cfg.issuer, "iat", (json_int_t)ictx.now, "nbf", (json_int_t)ictx.now,
+				   "exp", 1e300, "jti", "AAAAAAAAAAAAAAAAAAAAAA", "token_type", "access",
+				   "roles", "tokens:issue");
+	struct auth_caller caller;
+	char *token = NULL;
+
+	assert_non_null(claims);
+	assert_int_equal(issue_sign(&ictx, JWS_ALG_ES256, "at+jwt", claims, &token), 0);
+	assert_int_equal(bearer(token, ictx.now, &caller), 0);
+	assert_true(caller.exp == INT64_MAX);
+	free(token);
+	json_decref(claims);
+}
+
 static void test_role_names(void **state)
 {
 	unsigned role = 0;
@@ -413,6 +432,7 @@ int main(void)
 		cmocka_unit_test(test_oversized_claims_are_refused),
 		cmocka_unit_test(test_credentials_do_not_outlive_the_caller),
 		cmocka_unit_test(test_auth_records_the_callers_expiry),
+		cmocka_unit_test(test_auth_clamps_a_huge_exp),
 	};
 	const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_RS256 };
 	int r = fixture_token_create(&tok);
