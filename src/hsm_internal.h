@@ -34,4 +34,9 @@ int hsm_error_from_rv(CK_RV rv);
 /* A session on hsm's token (CKF_SERIAL_SESSION | extra), logged on failure. */
 int hsm_open_raw_session(struct hsm *hsm, CK_FLAGS extra, CK_SESSION_HANDLE *ret_handle);
 
+/* hsm_key.c: "hsmjwt:<ALG>:<kid>" → alg and kid (JWK_THUMBPRINT_LEN
+ * base64url characters, ret_kid holds one more); 0, or -EINVAL for a label
+ * that is not hsmjwt's.  Pure, for the tests. */
+int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_kid);
+
 #endif

@@ -18,6 +18,8 @@
 #include "hsmjwt/log.h"
 
 #define HSM_LABEL_MAX 128
+/* A label as log_quote() writes it: escaped, quoted, truncated to fit. */
+#define HSM_LABEL_QUOTED (2 * HSM_LABEL_MAX + 3)
 /* Handles asked of C_FindObjects at a time. */
 #define HSM_FIND_BATCH 64
 
@@ -182,12 +184,12 @@ static int hsm_read_public_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_H
 	return r;
 }
 
-/* "hsmjwt:ES256:<kid>" → alg and kid; 0 or -EINVAL for a foreign label. */
-static int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_kid)
+int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_kid)
 {
 	char alg_name[16];
 	const char *p, *colon;
 	enum jws_alg alg;
+	size_t kid_len;
 
 	if (strncmp(label, HSM_LABEL_PREFIX, strlen(HSM_LABEL_PREFIX)) != 0)
 		return -EINVAL;
@@ -197,7 +199,11 @@ static int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_k
 		return -EINVAL;
 	memcpy(alg_name, p, (size_t)(colon - p));
 	alg_name[colon - p] = '\0';
-	if (jws_alg_from_name(alg_name, &alg) < 0 || strlen(colon + 1) != JWK_THUMBPRINT_LEN)
+	kid_len = strlen(colon + 1);
+	/* Anyone with a session may write a label; only the base64url alphabet
+	 * makes a kid, and nothing else may reach a log line or a JWK. */
+	if (jws_alg_from_name(alg_name, &alg) < 0 || kid_len != JWK_THUMBPRINT_LEN ||
+	    strspn(colon + 1, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != kid_len)
 		return -EINVAL;
 	*ret_alg = alg;
 	memcpy(ret_kid, colon + 1, JWK_THUMBPRINT_LEN + 1);
@@ -245,7 +251,7 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
  * (a key once extractable or imported may exist elsewhere, so a signature
  * would prove nothing), must sign, and must be of the type and curve its
  * label names (the public half is checked by reading it for that alg).
- * 0, -EPERM (logged: label and attribute) or an hsm_error. */
+ * 0, -EPERM (logged: label, already log_quote()d, and attribute) or an hsm_error. */
 static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
 				 enum jws_alg alg, const char *label)
 {
@@ -407,7 +413,7 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE;
 	uint8_t *label = NULL, *id = NULL;
 	size_t label_len, id_len;
-	char computed[JWK_THUMBPRINT_LEN + 1];
+	char computed[JWK_THUMBPRINT_LEN + 1], quoted[HSM_LABEL_QUOTED];
 	int r;
 
 	r = hsm_get_attribute(hsm, s, priv, CKA_LABEL, &label, &label_len);
@@ -417,12 +423,13 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		r = -EINVAL; /* not ours */
 		goto out;
 	}
+	log_quote(quoted, sizeof(quoted), (const char *)label);
 	if (!hsm_alg_supported(key->alg)) {
-		log_warn("\"key for an algorithm hsmjwt does not hold keys for; skipped\" label=%s", (const char *)label);
+		log_warn("\"key for an algorithm hsmjwt does not hold keys for; skipped\" label=%s", quoted);
 		r = -EINVAL;
 		goto out;
 	}
-	r = hsm_check_private_key(hsm, s, priv, key->alg, (const char *)label);
+	r = hsm_check_private_key(hsm, s, priv, key->alg, quoted);
 	if (r < 0)
 		goto out;
 	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
@@ -432,7 +439,7 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		if (pubs[i].id != NULL && pubs[i].id_len == id_len && memcmp(pubs[i].id, id, id_len) == 0)
 			pub = pubs[i].handle;
 	if (pub == CK_INVALID_HANDLE) {
-		log_warn("\"key has no public half; skipped\" label=%s", (const char *)label);
+		log_warn("\"key has no public half; skipped\" label=%s", quoted);
 		r = -ENOENT;
 		goto out;
 	}
@@ -441,7 +448,7 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 	r = hsm_read_public_key(hsm, s, pub, key->alg, &key->public_key);
 	if (r < 0) {
 		if (r != -ENOMEM)
-			log_warn("\"cannot read public key; skipped\" label=%s", (const char *)label);
+			log_warn("\"cannot read public key; skipped\" label=%s", quoted);
 		goto out;
 	}
 	/* The label is only a name: the kid that relying parties see must be
@@ -449,9 +456,9 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 	r = jwk_thumbprint(key->public_key, computed);
 	if (r < 0) {
 		if (r != -ENOMEM)
-			log_warn("\"cannot compute the key's thumbprint; skipped\" label=%s", (const char *)label);
+			log_warn("\"cannot compute the key's thumbprint; skipped\" label=%s", quoted);
 	} else if (strcmp(computed, key->kid) != 0) {
-		log_warn("\"label does not match the key's thumbprint; skipped\" label=%s", (const char *)label);
+		log_warn("\"label does not match the key's thumbprint; skipped\" label=%s", quoted);
 		r = -EINVAL;
 	}
 	if (r < 0) {
@@ -553,9 +560,11 @@ static int hsm_set_name(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o
 		{ CKA_LABEL, (void *)label, strlen(label) },
 		{ CKA_ID, (void *)id, id_len },
 	};
+	char quoted[HSM_LABEL_QUOTED];
 	CK_RV rv = hsm->f->C_SetAttributeValue(s, obj, attrs, 2);
 	if (rv != CKR_OK) {
-		log_error("\"cannot label key\" label=%s rv=%s", label, hsm_ckr_name(rv));
+		log_error("\"cannot label key\" label=%s rv=%s", log_quote(quoted, sizeof(quoted), label),
+			  hsm_ckr_name(rv));
 		return hsm_error_from_rv(rv);
 	}
 	return 0;

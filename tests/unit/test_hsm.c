@@ -21,6 +21,7 @@
 #include <p11-kit/p11-kit.h>
 
 #include "fixture.h"
+#include "../../src/hsm_internal.h"
 #include "hsmjwt/b64url.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/jws.h"
@@ -572,7 +573,7 @@ static void assert_logged(const char *log, const char *label, const char *rest)
 {
 	char want[256];
 
-	snprintf(want, sizeof(want), "label=%s %s", label, rest);
+	snprintf(want, sizeof(want), "label=\"%s\" %s", label, rest);
 	if (strstr(log, want) == NULL)
 		fail_msg("no `%s' in the log:\n%s", want, log);
 }
@@ -623,6 +624,79 @@ static void test_refuses_keys_without_token_custody(void **state)
 	assert_logged(log, cannot_sign, "attribute=CKA_SIGN value=false");
 	assert_logged(log, wrong_curve, "attribute=CKA_EC_PARAMS");
 	assert_logged(log, wrong_type, "attribute=CKA_KEY_TYPE");
+	own_close();
+}
+
+/* Every '\n' in a captured log ends a line: the next starts "ts=". */
+static void assert_no_raw_newline_in_a_line(const char *log)
+{
+	for (const char *p = strchr(log, '\n'); p; p = strchr(p + 1, '\n'))
+		if (p[1] != '\0' && strncmp(p + 1, "ts=", 3) != 0)
+			fail_msg("a log line holds a raw newline:\n%s", log);
+}
+
+/* A kid is base64url: "hsmjwt:ES256:" and 43 bytes of anything else is not
+ * an hsmjwt label. */
+static void test_parse_label_takes_base64url_kids_only(void **state)
+{
+	const char kid[] = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde";
+	char label[128], got[JWK_THUMBPRINT_LEN + 1] = "untouched";
+	enum jws_alg alg = JWS_ALG_INVALID;
+
+	assert_int_equal(strlen(kid), JWK_THUMBPRINT_LEN);
+	snprintf(label, sizeof(label), HSM_LABEL_PREFIX "ES256:%s", kid);
+	assert_int_equal(hsm_parse_label(label, &alg, got), 0);
+	assert_int_equal(alg, JWS_ALG_ES256);
+	assert_string_equal(got, kid);
+
+	alg = JWS_ALG_INVALID;
+	strcpy(got, "untouched");
+	for (const char *bad = "\n\r \"=+/.\x7f\xc3"; *bad; bad++) {
+		snprintf(label, sizeof(label), HSM_LABEL_PREFIX "ES256:%s", kid);
+		label[strlen(HSM_LABEL_PREFIX "ES256:") + 20] = *bad;
+		assert_int_equal(strlen(label), strlen(HSM_LABEL_PREFIX "ES256:") + JWK_THUMBPRINT_LEN);
+		assert_int_equal(hsm_parse_label(label, &alg, got), -EINVAL);
+	}
+	/* Length and algorithm still count. */
+	snprintf(label, sizeof(label), HSM_LABEL_PREFIX "ES256:%sA", kid);
+	assert_int_equal(hsm_parse_label(label, &alg, got), -EINVAL);
+	snprintf(label, sizeof(label), HSM_LABEL_PREFIX "HS256:%s", kid);
+	assert_int_equal(hsm_parse_label(label, &alg, got), 0);
+	assert_int_equal(alg, JWS_ALG_HS256);
+	snprintf(label, sizeof(label), HSM_LABEL_PREFIX "XX256:%s", kid);
+	alg = JWS_ALG_INVALID;
+	strcpy(got, "untouched");
+	assert_int_equal(hsm_parse_label(label, &alg, got), -EINVAL);
+	assert_int_equal(alg, JWS_ALG_INVALID);
+	assert_string_equal(got, "untouched");
+}
+
+/* A key whose label would be logged (it fails the custody check) but whose
+ * kid part holds a newline is not taken for hsmjwt's, and the log gets no
+ * forged line. */
+static void test_label_with_newline_is_not_logged_raw(void **state)
+{
+	char label[128];
+	CK_OBJECT_HANDLE pub, priv;
+	const char *log;
+	int r;
+
+	raw_open(&own.raw);
+	raw_generate_ec(&own.raw, p256_oid, sizeof(p256_oid), CK_TRUE, CK_TRUE, &pub, &priv);
+	raw_name_as_hsmjwt(&own.raw, pub, (CK_OBJECT_HANDLE[]){ pub, priv }, 2, label);
+	memcpy(label + strlen(HSM_LABEL_PREFIX "ES256:") + 10, "\nts=x", 5);
+	assert_int_equal(strlen(label), strlen(HSM_LABEL_PREFIX "ES256:") + JWK_THUMBPRINT_LEN);
+	CK_ATTRIBUTE name = { CKA_LABEL, label, strlen(label) };
+	assert_int_equal(own.raw.f->C_SetAttributeValue(own.raw.s, priv, &name, 1), CKR_OK);
+	raw_close(&own.raw);
+
+	own_open();
+	log = fixture_capture_stderr(own_find_keys_kept, NULL, &r);
+	assert_int_equal(r, 0);
+	assert_int_equal(checked_count, 0);
+	hsm_keys_free(checked_keys, checked_count);
+	assert_no_raw_newline_in_a_line(log);
+	assert_null(strstr(log, "CKA_EXTRACTABLE"));
 	own_close();
 }
 
@@ -765,6 +839,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_generate_find_sign_destroy),
 		cmocka_unit_test(test_sign_with_too_small_buffer_fails),
 		cmocka_unit_test(test_alg_supported),
+		cmocka_unit_test(test_parse_label_takes_base64url_kids_only),
+		cmocka_unit_test_setup_teardown(test_label_with_newline_is_not_logged_raw, own_token_setup,
+						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_finds_keys_among_many_foreign_keys, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_too_many_hsmjwt_keys_is_an_error, own_token_setup,
