@@ -39,4 +39,8 @@ int hsm_open_raw_session(struct hsm *hsm, CK_FLAGS extra, CK_SESSION_HANDLE *ret
  * that is not hsmjwt's.  Pure, for the tests. */
 int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_kid);
 
+/* hsm_key.c: whether params (a CKA_EC_PARAMS value) names the curve of alg
+ * (P-256, P-384, Ed25519 in any of its three encodings); 1 or 0.  Pure. */
+int hsm_ec_params_match(enum jws_alg alg, const uint8_t *params, size_t len);
+
 #endif

@@ -30,6 +30,9 @@ static const uint8_t oid_p384[] = { 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22 };
  * and some HSMs accept only the RFC 8410 OID, so both are tried. */
 static const uint8_t ed25519_printable[] = { 0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's', '2', '5', '5', '1', '9' };
 static const uint8_t oid_ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+/* Ed25519 as OpenSC and GnuPG name it (1.3.6.1.4.1.11591.15.1): what keys
+ * made with their tools, and some HSMs, carry. */
+static const uint8_t oid_ed25519_gnu[] = { 0x06, 0x09, 0x2b, 0x06, 0x01, 0x04, 0x01, 0xda, 0x47, 0x0f, 0x01 };
 
 /* Reads one variable-length attribute into a malloc'd buffer. */
 static int hsm_get_attribute(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
@@ -247,13 +250,32 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 	return 0;
 }
 
+int hsm_ec_params_match(enum jws_alg alg, const uint8_t *params, size_t len)
+{
+	static const struct { enum jws_alg alg; const uint8_t *der; size_t len; } curves[] = {
+		{ JWS_ALG_ES256, oid_p256, sizeof(oid_p256) },
+		{ JWS_ALG_ES384, oid_p384, sizeof(oid_p384) },
+		{ JWS_ALG_EDDSA, ed25519_printable, sizeof(ed25519_printable) },
+		{ JWS_ALG_EDDSA, oid_ed25519, sizeof(oid_ed25519) },
+		{ JWS_ALG_EDDSA, oid_ed25519_gnu, sizeof(oid_ed25519_gnu) },
+	};
+
+	for (size_t i = 0; i < sizeof(curves) / sizeof(curves[0]); i++)
+		if (curves[i].alg == alg && curves[i].len == len && memcmp(curves[i].der, params, len) == 0)
+			return 1;
+	return 0;
+}
+
 /* The private key must have been made in the token and never have left it
  * (a key once extractable or imported may exist elsewhere, so a signature
  * would prove nothing), must sign, and must be of the type and curve its
  * label names (the public half is checked by reading it for that alg).
- * 0, -EPERM (logged: label, already log_quote()d, and attribute) or an hsm_error. */
+ * pub is the key's public half: some modules give the curve only there.
+ * label is already log_quote()d; generated says the key was just made, so
+ * a refusal is an error (the key is destroyed) rather than a skip.
+ * 0, -EPERM (logged: label and attribute) or an hsm_error. */
 static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
-				 enum jws_alg alg, const char *label)
+				 CK_OBJECT_HANDLE pub, enum jws_alg alg, const char *label, int generated)
 {
 	CK_KEY_TYPE type = CK_UNAVAILABLE_INFORMATION, want_type;
 	/* A module may answer CKR_ATTRIBUTE_TYPE_INVALID without filling the
@@ -267,8 +289,9 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 		{ CKA_SIGN, "CKA_SIGN", CK_TRUE },
 	};
 	CK_ATTRIBUTE attrs[6] = { { CKA_KEY_TYPE, &type, sizeof(type) } };
-	const uint8_t *curve = NULL, *curve_alt = NULL;
-	size_t curve_len = 0, curve_alt_len = 0, params_len = 0;
+	enum log_level level = generated ? LOG_LEVEL_ERROR : LOG_LEVEL_WARN;
+	const char *outcome = generated ? "generated key destroyed" : "skipped";
+	size_t params_len = 0;
 	uint8_t *params = NULL;
 	CK_RV rv;
 	int r;
@@ -279,7 +302,7 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 	 * with one of these codes; the loop below names them. */
 	rv = hsm->f->C_GetAttributeValue(s, priv, attrs, 6);
 	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) {
-		log_warn("\"cannot read key attributes; skipped\" label=%s rv=%s", label, hsm_ckr_name(rv));
+		log_write(level, "\"cannot read key attributes; %s\" label=%s rv=%s", outcome, label, hsm_ckr_name(rv));
 		return hsm_error_from_rv(rv) == HSM_E_DEVICE ? HSM_E_DEVICE : -EPERM;
 	}
 	switch (alg) {
@@ -288,54 +311,47 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 		want_type = CKK_RSA;
 		break;
 	case JWS_ALG_ES256:
-		want_type = CKK_EC;
-		curve = oid_p256;
-		curve_len = sizeof(oid_p256);
-		break;
 	case JWS_ALG_ES384:
 		want_type = CKK_EC;
-		curve = oid_p384;
-		curve_len = sizeof(oid_p384);
 		break;
 	case JWS_ALG_EDDSA:
 		want_type = CKK_EC_EDWARDS;
-		curve = ed25519_printable;
-		curve_len = sizeof(ed25519_printable);
-		curve_alt = oid_ed25519;
-		curve_alt_len = sizeof(oid_ed25519);
 		break;
 	default: /* hsm_alg_supported said no already */
 		return -EPERM;
 	}
 	if (attrs[0].ulValueLen != sizeof(type) || type != want_type) {
-		log_warn("\"key type does not match the label's algorithm; skipped\" label=%s attribute=CKA_KEY_TYPE",
-			 label);
+		log_write(level, "\"key type does not match the label's algorithm; %s\" label=%s attribute=CKA_KEY_TYPE",
+			  outcome, label);
 		return -EPERM;
 	}
 	for (size_t i = 0; i < 5; i++) {
 		if (attrs[i + 1].ulValueLen != sizeof(CK_BBOOL)) {
-			log_warn("\"key attribute unavailable; skipped\" label=%s attribute=%s", label, wanted[i].name);
+			log_write(level, "\"key attribute unavailable; %s\" label=%s attribute=%s", outcome, label,
+				  wanted[i].name);
 			return -EPERM;
 		}
 		if ((flags[i] != CK_FALSE) != (wanted[i].want != CK_FALSE)) {
-			log_warn("\"key attribute refused; skipped\" label=%s attribute=%s value=%s", label,
-				 wanted[i].name, flags[i] != CK_FALSE ? "true" : "false");
+			log_write(level, "\"key attribute refused; %s\" label=%s attribute=%s value=%s", outcome, label,
+				  wanted[i].name, flags[i] != CK_FALSE ? "true" : "false");
 			return -EPERM;
 		}
 	}
-	if (curve == NULL)
+	if (want_type == CKK_RSA)
 		return 0;
 	r = hsm_get_attribute(hsm, s, priv, CKA_EC_PARAMS, &params, &params_len);
+	/* PKCS#11 requires CKA_EC_PARAMS on the public object only. */
+	if (r < 0 && r != HSM_E_DEVICE && r != -ENOMEM && pub != CK_INVALID_HANDLE)
+		r = hsm_get_attribute(hsm, s, pub, CKA_EC_PARAMS, &params, &params_len);
 	if (r == HSM_E_DEVICE || r == -ENOMEM)
 		return r;
 	if (r < 0) {
-		log_warn("\"key attribute unavailable; skipped\" label=%s attribute=CKA_EC_PARAMS", label);
+		log_write(level, "\"key attribute unavailable; %s\" label=%s attribute=CKA_EC_PARAMS", outcome, label);
 		return -EPERM;
 	}
-	if (!((params_len == curve_len && memcmp(params, curve, curve_len) == 0) ||
-	      (curve_alt && params_len == curve_alt_len && memcmp(params, curve_alt, curve_alt_len) == 0))) {
-		log_warn("\"key curve does not match the label's algorithm; skipped\" label=%s attribute=CKA_EC_PARAMS",
-			 label);
+	if (!hsm_ec_params_match(alg, params, params_len)) {
+		log_write(level, "\"key curve does not match the label's algorithm; %s\" label=%s attribute=CKA_EC_PARAMS",
+			  outcome, label);
 		r = -EPERM;
 	}
 	free(params);
@@ -429,9 +445,6 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		r = -EINVAL;
 		goto out;
 	}
-	r = hsm_check_private_key(hsm, s, priv, key->alg, quoted);
-	if (r < 0)
-		goto out;
 	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
 	if (r < 0)
 		goto out;
@@ -443,6 +456,9 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		r = -ENOENT;
 		goto out;
 	}
+	r = hsm_check_private_key(hsm, s, priv, pub, key->alg, quoted, 0);
+	if (r < 0)
+		goto out;
 	/* Running out of memory says nothing about the key: the caller fails
 	 * the whole search rather than skip a good key. */
 	r = hsm_read_public_key(hsm, s, pub, key->alg, &key->public_key);
@@ -618,7 +634,7 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struc
 	const uint8_t *params = NULL;
 	size_t params_len = 0;
 	struct hsm_key key;
-	char label[HSM_LABEL_MAX];
+	char label[HSM_LABEL_MAX], quoted[HSM_LABEL_QUOTED];
 	uint8_t id[32];
 	size_t id_len;
 	CK_RV rv;
@@ -666,6 +682,12 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struc
 	r = hsm_set_name(hsm, s, priv, label, id, id_len);
 	if (r == 0)
 		r = hsm_set_name(hsm, s, pub, label, id, id_len);
+	if (r < 0)
+		goto out;
+	/* The token may not honour the template (or store the curve in a form
+	 * hsm_find_keys refuses): a key it would skip on the next start must not
+	 * sign on this one, or every start makes another. */
+	r = hsm_check_private_key(hsm, s, priv, pub, alg, log_quote(quoted, sizeof(quoted), label), 1);
 	if (r < 0)
 		goto out;
 	key.alg = alg;

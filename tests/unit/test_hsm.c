@@ -700,6 +700,73 @@ static void test_label_with_newline_is_not_logged_raw(void **state)
 	own_close();
 }
 
+/* The curves hsm_find_keys accepts: P-256, P-384, and Ed25519 as a
+ * PrintableString (PKCS#11 3.0), the RFC 8410 OID or the OpenSC/GnuPG OID;
+ * each only for its own algorithm. */
+static void test_ec_params_match(void **state)
+{
+	static const uint8_t printable[] = { 0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's', '2', '5', '5', '1', '9' };
+	static const uint8_t rfc8410[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+	static const uint8_t gnu[] = { 0x06, 0x09, 0x2b, 0x06, 0x01, 0x04, 0x01, 0xda, 0x47, 0x0f, 0x01 };
+	/* Ed448 (RFC 8410) and curve25519 for ECDH (GnuPG): neighbours, not ours. */
+	static const uint8_t ed448[] = { 0x06, 0x03, 0x2b, 0x65, 0x71 };
+	static const uint8_t cv25519[] = { 0x06, 0x0a, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x97, 0x55, 0x01, 0x05, 0x01 };
+
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_EDDSA, printable, sizeof(printable)), 1);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_EDDSA, rfc8410, sizeof(rfc8410)), 1);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_EDDSA, gnu, sizeof(gnu)), 1);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_EDDSA, ed448, sizeof(ed448)), 0);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_EDDSA, cv25519, sizeof(cv25519)), 0);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_EDDSA, gnu, sizeof(gnu) - 1), 0);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_EDDSA, p256_oid, sizeof(p256_oid)), 0);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_ES256, p256_oid, sizeof(p256_oid)), 1);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_ES256, p384_oid, sizeof(p384_oid)), 0);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_ES384, p384_oid, sizeof(p384_oid)), 1);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_ES384, p256_oid, sizeof(p256_oid)), 0);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_ES256, gnu, sizeof(gnu)), 0);
+	assert_int_equal(hsm_ec_params_match(JWS_ALG_RS256, p256_oid, sizeof(p256_oid)), 0);
+}
+
+static int generate_kept(void *arg)
+{
+	struct hsm_key *key = arg;
+	return hsm_generate_key(own.hsm, key->alg, 2048, key);
+}
+
+/* hsm_generate_key runs the custody check hsm_find_keys runs, so what it
+ * makes is what the next start loads: for every algorithm, generation
+ * passes the check (nothing refused or destroyed) and the search then finds
+ * the key without skipping anything. */
+static void test_generated_keys_pass_the_custody_check(void **state)
+{
+	struct hsm_key generated[5];
+	const char *log;
+	int r;
+
+	own_open();
+	for (size_t i = 0; i < 5; i++) {
+		memset(&generated[i], 0, sizeof(generated[i]));
+		generated[i].alg = algs[i];
+		log = fixture_capture_stderr(generate_kept, &generated[i], &r);
+		assert_int_equal(r, 0);
+		assert_non_null(strstr(log, "key generated in token"));
+		assert_null(strstr(log, "destroyed"));
+		assert_null(strstr(log, "level=error"));
+	}
+	log = fixture_capture_stderr(own_find_keys_kept, NULL, &r);
+	assert_int_equal(r, 0);
+	assert_int_equal(checked_count, 5);
+	assert_null(strstr(log, "skipped"));
+	for (size_t i = 0; i < 5; i++) {
+		int at = find_kid(checked_keys, checked_count, generated[i].kid);
+		assert_true(at >= 0);
+		assert_int_equal(checked_keys[at].alg, algs[i]);
+		EVP_PKEY_free(generated[i].public_key);
+	}
+	hsm_keys_free(checked_keys, checked_count);
+	own_close();
+}
+
 /* The module initialised and logged in by another user in the process
  * stays initialised and logged in after hsm_close. */
 static void test_close_leaves_a_module_initialised_by_another(void **state)
@@ -840,6 +907,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_sign_with_too_small_buffer_fails),
 		cmocka_unit_test(test_alg_supported),
 		cmocka_unit_test(test_parse_label_takes_base64url_kids_only),
+		cmocka_unit_test(test_ec_params_match),
+		cmocka_unit_test_setup_teardown(test_generated_keys_pass_the_custody_check, own_token_setup,
+						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_label_with_newline_is_not_logged_raw, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_finds_keys_among_many_foreign_keys, own_token_setup,
