@@ -43,4 +43,11 @@ int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_kid);
  * (P-256, P-384, Ed25519 in any of its three encodings); 1 or 0.  Pure. */
 int hsm_ec_params_match(enum jws_alg alg, const uint8_t *params, size_t len);
 
+/* hsm_key.c: what a Cryptoki answer to an attribute read says of the key:
+ * 0 (CKR_OK); -ENOENT when the object has no such attribute or will not
+ * reveal it (CKR_ATTRIBUTE_TYPE_INVALID, CKR_ATTRIBUTE_SENSITIVE), a verdict
+ * on the key; -ENOMEM for CKR_HOST_MEMORY; otherwise the hsm_error, which
+ * says nothing about the key.  Pure. */
+int hsm_key_rv_verdict(CK_RV rv);
+
 #endif

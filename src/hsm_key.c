@@ -34,18 +34,49 @@ static const uint8_t oid_ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
  * made with their tools, and some HSMs, carry. */
 static const uint8_t oid_ed25519_gnu[] = { 0x06, 0x09, 0x2b, 0x06, 0x01, 0x04, 0x01, 0xda, 0x47, 0x0f, 0x01 };
 
-/* Reads one variable-length attribute into a malloc'd buffer. */
+int hsm_key_rv_verdict(CK_RV rv)
+{
+	switch (rv) {
+	case CKR_OK:
+		return 0;
+	case CKR_ATTRIBUTE_TYPE_INVALID:
+	case CKR_ATTRIBUTE_SENSITIVE:
+		return -ENOENT;
+	case CKR_HOST_MEMORY:
+		return -ENOMEM;
+	default:
+		return hsm_error_from_rv(rv);
+	}
+}
+
+/* A failed Cryptoki call other than an attribute read: out of memory in
+ * the library is -ENOMEM, as it is for hsmjwt's own allocations. */
+static int hsm_key_error(CK_RV rv)
+{
+	return rv == CKR_HOST_MEMORY ? -ENOMEM : hsm_error_from_rv(rv);
+}
+
+/* Reads one variable-length attribute into a malloc'd buffer.  -ENOENT when
+ * the object has no such attribute or will not reveal it, -EMSGSIZE when
+ * it is over 64 KiB (verdicts on the object), or what hsm_key_rv_verdict
+ * says of the failure. */
 static int hsm_get_attribute(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 			     CK_ATTRIBUTE_TYPE type, uint8_t **ret_value, size_t *ret_len)
 {
 	CK_ATTRIBUTE attr = { type, NULL, 0 };
 	uint8_t *value;
 	CK_RV rv;
+	int r;
 
 	rv = hsm->f->C_GetAttributeValue(s, obj, &attr, 1);
-	if (rv != CKR_OK || attr.ulValueLen == (CK_ULONG)-1 || attr.ulValueLen > 65536) {
+	r = hsm_key_rv_verdict(rv);
+	if (r == 0 && attr.ulValueLen == (CK_ULONG)-1)
+		r = -ENOENT;
+	else if (r == 0 && attr.ulValueLen > 65536)
+		r = -EMSGSIZE;
+	if (r < 0) {
 		log_debug("\"cannot read attribute\" type=0x%lx rv=%s", (unsigned long)type, hsm_ckr_name(rv));
-		return rv != CKR_OK ? hsm_error_from_rv(rv) : HSM_E_FAILED;
+		return r;
 	}
 	value = malloc(attr.ulValueLen + 1);
 	if (value == NULL)
@@ -53,8 +84,11 @@ static int hsm_get_attribute(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HAN
 	attr.pValue = value;
 	rv = hsm->f->C_GetAttributeValue(s, obj, &attr, 1);
 	if (rv != CKR_OK) {
+		log_debug("\"cannot read attribute\" type=0x%lx rv=%s", (unsigned long)type, hsm_ckr_name(rv));
 		free(value);
-		return hsm_error_from_rv(rv);
+		/* It was there a moment ago: whatever failed now is the token's. */
+		r = hsm_key_rv_verdict(rv);
+		return r == -ENOENT ? HSM_E_FAILED : r;
 	}
 	value[attr.ulValueLen] = '\0';
 	*ret_value = value;
@@ -82,7 +116,7 @@ static int hsm_unwrap_ec_point(const uint8_t *der, size_t len, const uint8_t **r
 		*ret_len = len;
 		return 0;
 	}
-	return HSM_E_FAILED;
+	return -EBADMSG;
 }
 
 static int hsm_ec_public_key(const char *group, const uint8_t *point, size_t len, EVP_PKEY **ret_pkey)
@@ -90,7 +124,7 @@ static int hsm_ec_public_key(const char *group, const uint8_t *point, size_t len
 	OSSL_PARAM params[3];
 	EVP_PKEY_CTX *ctx;
 	EVP_PKEY *pkey = NULL;
-	int r = HSM_E_FAILED;
+	int r = -EBADMSG;
 
 	ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
 	if (ctx == NULL)
@@ -116,7 +150,7 @@ static int hsm_rsa_public_key(const uint8_t *n, size_t n_len, const uint8_t *e, 
 	EVP_PKEY *pkey = NULL;
 	BIGNUM *bn_n = BN_bin2bn(n, (int)n_len, NULL);
 	BIGNUM *bn_e = BN_bin2bn(e, (int)e_len, NULL);
-	int r = HSM_E_FAILED;
+	int r = -EBADMSG;
 
 	if (bld == NULL || bn_n == NULL || bn_e == NULL) {
 		r = -ENOMEM;
@@ -141,7 +175,9 @@ out:
 	return r;
 }
 
-/* Builds the EVP_PKEY of a public key object for the given algorithm. */
+/* Builds the EVP_PKEY of a public key object for the given algorithm.
+ * -EBADMSG when a value is not a key of that kind, an hsm_get_attribute
+ * error otherwise. */
 static int hsm_read_public_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub,
 			       enum jws_alg alg, EVP_PKEY **ret_pkey)
 {
@@ -171,7 +207,7 @@ static int hsm_read_public_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_H
 		if (alg == JWS_ALG_EDDSA) {
 			EVP_PKEY *pkey = point_len == 32 ?
 				EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, point, point_len) : NULL;
-			r = pkey ? 0 : HSM_E_FAILED;
+			r = pkey ? 0 : -EBADMSG;
 			if (pkey)
 				*ret_pkey = pkey;
 		} else {
@@ -180,7 +216,7 @@ static int hsm_read_public_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_H
 		}
 		break;
 	default:
-		r = HSM_E_FAILED;
+		r = -EBADMSG;
 	}
 	free(a);
 	free(b);
@@ -226,7 +262,7 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 	rv = hsm->f->C_FindObjectsInit(s, tmpl, n);
 	if (rv != CKR_OK) {
 		log_error("\"C_FindObjectsInit failed\" rv=%s", hsm_ckr_name(rv));
-		return hsm_error_from_rv(rv);
+		return hsm_key_error(rv);
 	}
 	do {
 		CK_ULONG want = max - count < HSM_FIND_BATCH ? max - count : HSM_FIND_BATCH;
@@ -242,7 +278,7 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 	hsm->f->C_FindObjectsFinal(s);
 	if (rv != CKR_OK) {
 		log_error("\"C_FindObjects failed\" rv=%s", hsm_ckr_name(rv));
-		return hsm_error_from_rv(rv);
+		return hsm_key_error(rv);
 	}
 	*ret_count = count;
 	if (ret_more != NULL)
@@ -273,7 +309,8 @@ int hsm_ec_params_match(enum jws_alg alg, const uint8_t *params, size_t len)
  * pub is the key's public half: some modules give the curve only there.
  * label is already log_quote()d; generated says the key was just made, so
  * a refusal is an error (the key is destroyed) rather than a skip.
- * 0, -EPERM (logged: label and attribute) or an hsm_error. */
+ * 0, -EPERM (logged: label and attribute), or -ENOMEM or an hsm_error
+ * when the token could not be asked. */
 static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
 				 CK_OBJECT_HANDLE pub, enum jws_alg alg, const char *label, int generated)
 {
@@ -302,8 +339,10 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 	 * with one of these codes; the loop below names them. */
 	rv = hsm->f->C_GetAttributeValue(s, priv, attrs, 6);
 	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) {
-		log_write(level, "\"cannot read key attributes; %s\" label=%s rv=%s", outcome, label, hsm_ckr_name(rv));
-		return hsm_error_from_rv(rv) == HSM_E_DEVICE ? HSM_E_DEVICE : -EPERM;
+		/* Says nothing about the key: skipping a good one would make
+		 * keys_load generate another signer. */
+		log_error("\"cannot read key attributes\" label=%s rv=%s", label, hsm_ckr_name(rv));
+		return hsm_key_error(rv);
 	}
 	switch (alg) {
 	case JWS_ALG_RS256:
@@ -341,9 +380,9 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 		return 0;
 	r = hsm_get_attribute(hsm, s, priv, CKA_EC_PARAMS, &params, &params_len);
 	/* PKCS#11 requires CKA_EC_PARAMS on the public object only. */
-	if (r < 0 && r != HSM_E_DEVICE && r != -ENOMEM && pub != CK_INVALID_HANDLE)
+	if ((r == -ENOENT || r == -EMSGSIZE) && pub != CK_INVALID_HANDLE)
 		r = hsm_get_attribute(hsm, s, pub, CKA_EC_PARAMS, &params, &params_len);
-	if (r == HSM_E_DEVICE || r == -ENOMEM)
+	if (r < 0 && r != -ENOENT && r != -EMSGSIZE)
 		return r;
 	if (r < 0) {
 		log_write(level, "\"key attribute unavailable; %s\" label=%s attribute=CKA_EC_PARAMS", outcome, label);
@@ -407,9 +446,10 @@ static int hsm_index_public_keys(struct hsm *hsm, CK_SESSION_HANDLE s, struct hs
 	for (CK_ULONG i = 0; i < n; i++) {
 		pubs[i].handle = handles[i];
 		r = hsm_get_attribute(hsm, s, handles[i], CKA_ID, &pubs[i].id, &pubs[i].id_len);
-		if (r == HSM_E_DEVICE || r == -ENOMEM)
+		/* Without a CKA_ID it is no hsmjwt key's half; a failed read
+		 * would make a good key's half look absent. */
+		if (r < 0 && r != -ENOENT && r != -EMSGSIZE)
 			goto out;
-		/* Otherwise it has no CKA_ID, so it is no hsmjwt key's half. */
 	}
 	*ret_pubs = pubs;
 	*ret_count = n;
@@ -422,7 +462,10 @@ out:
 }
 
 /* Fills key from its private object: label, public half (among pubs),
- * public key. */
+ * public key.  0; a verdict that skips the key: -EINVAL (not hsmjwt's, or
+ * its public half or label does not hold), -EPERM (custody), -ENOENT (no
+ * public half); or any other error, which says nothing about the key and
+ * fails the search. */
 static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
 			const struct hsm_public *pubs, size_t n_pubs, struct hsm_key *key)
 {
@@ -433,6 +476,8 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 	int r;
 
 	r = hsm_get_attribute(hsm, s, priv, CKA_LABEL, &label, &label_len);
+	if (r == -ENOENT || r == -EMSGSIZE)
+		r = -EINVAL; /* no label hsmjwt could have written */
 	if (r < 0)
 		goto out;
 	if (hsm_parse_label((const char *)label, &key->alg, key->kid) < 0) {
@@ -446,9 +491,9 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		goto out;
 	}
 	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
-	if (r < 0)
+	if (r < 0 && r != -ENOENT && r != -EMSGSIZE)
 		goto out;
-	for (size_t i = 0; i < n_pubs && pub == CK_INVALID_HANDLE; i++)
+	for (size_t i = 0; r == 0 && i < n_pubs && pub == CK_INVALID_HANDLE; i++)
 		if (pubs[i].id != NULL && pubs[i].id_len == id_len && memcmp(pubs[i].id, id, id_len) == 0)
 			pub = pubs[i].handle;
 	if (pub == CK_INVALID_HANDLE) {
@@ -459,20 +504,24 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 	r = hsm_check_private_key(hsm, s, priv, pub, key->alg, quoted, 0);
 	if (r < 0)
 		goto out;
-	/* Running out of memory says nothing about the key: the caller fails
-	 * the whole search rather than skip a good key. */
+	/* Only a value that is not a key skips it: a failed read or running
+	 * out of memory says nothing about the key, and the caller fails the
+	 * whole search rather than skip a good key. */
 	r = hsm_read_public_key(hsm, s, pub, key->alg, &key->public_key);
-	if (r < 0) {
-		if (r != -ENOMEM)
-			log_warn("\"cannot read public key; skipped\" label=%s", quoted);
-		goto out;
+	if (r == -ENOENT || r == -EMSGSIZE || r == -EBADMSG) {
+		log_warn("\"cannot read public key; skipped\" label=%s", quoted);
+		r = -EINVAL;
 	}
+	if (r < 0)
+		goto out;
 	/* The label is only a name: the kid that relying parties see must be
 	 * the thumbprint of the key that really signs. */
 	r = jwk_thumbprint(key->public_key, computed);
 	if (r < 0) {
-		if (r != -ENOMEM)
+		if (r != -ENOMEM) {
 			log_warn("\"cannot compute the key's thumbprint; skipped\" label=%s", quoted);
+			r = -EINVAL;
+		}
 	} else if (strcmp(computed, key->kid) != 0) {
 		log_warn("\"label does not match the key's thumbprint; skipped\" label=%s", quoted);
 		r = -EINVAL;
@@ -539,10 +588,10 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 
 		memset(&key, 0, sizeof(key));
 		r = hsm_load_key(hsm, session->handle, found[i], pubs, n_pubs, &key);
-		if (r == HSM_E_DEVICE || r == -ENOMEM)
-			goto out;
-		if (r < 0)
+		if (r == -EINVAL || r == -EPERM || r == -ENOENT)
 			continue;
+		if (r < 0)
+			goto out;
 		if (count < HSM_MAX_KEYS) {
 			keys[count++] = key;
 		} else {
@@ -581,7 +630,7 @@ static int hsm_set_name(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o
 	if (rv != CKR_OK) {
 		log_error("\"cannot label key\" label=%s rv=%s", log_quote(quoted, sizeof(quoted), label),
 			  hsm_ckr_name(rv));
-		return hsm_error_from_rv(rv);
+		return hsm_key_error(rv);
 	}
 	return 0;
 }
@@ -661,7 +710,7 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struc
 		rv = hsm_generate_pair(hsm, s, alg, rsa_bits, oid_ed25519, sizeof(oid_ed25519), &pub, &priv);
 	if (rv != CKR_OK) {
 		log_error("\"key generation failed\" alg=%s rv=%s", jws_alg_name(alg), hsm_ckr_name(rv));
-		r = hsm_error_from_rv(rv);
+		r = hsm_key_error(rv);
 		goto out;
 	}
 	r = hsm_read_public_key(hsm, s, pub, alg, &key.public_key);
@@ -669,6 +718,8 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struc
 		r = jwk_thumbprint(key.public_key, key.kid);
 	if (r < 0) {
 		log_error("\"cannot read the generated public key\" alg=%s", jws_alg_name(alg));
+		if (r == -ENOENT || r == -EMSGSIZE || r == -EBADMSG)
+			r = HSM_E_FAILED;
 		goto out;
 	}
 	/* The kid is the thumbprint, so the name can only be given once the
@@ -723,7 +774,7 @@ int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key)
 	hsm->f->C_CloseSession(s);
 	if (rv != CKR_OK || rv2 != CKR_OK) {
 		log_error("\"cannot destroy key\" kid=%s rv=%s", key->kid, hsm_ckr_name(rv != CKR_OK ? rv : rv2));
-		return hsm_error_from_rv(rv != CKR_OK ? rv : rv2);
+		return hsm_key_error(rv != CKR_OK ? rv : rv2);
 	}
 	log_info("\"key destroyed\" kid=%s", key->kid);
 	return 0;

@@ -767,6 +767,31 @@ static void test_generated_keys_pass_the_custody_check(void **state)
 	own_close();
 }
 
+/* Only the two answers that mean "this object has no such attribute, or
+ * will not show it" are a verdict on a key; every other failure (the token
+ * busy, out of memory, gone) must not make hsm_find_keys skip a good key and
+ * keys_load generate another. */
+static void test_rv_verdict_skips_only_on_definite_answers(void **state)
+{
+	static const CK_RV transient[] = {
+		CKR_FUNCTION_FAILED, CKR_OPERATION_ACTIVE, CKR_BUFFER_TOO_SMALL, CKR_ARGUMENTS_BAD,
+		CKR_OBJECT_HANDLE_INVALID, CKR_CANT_LOCK, CKR_FUNCTION_CANCELED, CKR_SESSION_COUNT,
+	};
+	static const CK_RV device[] = {
+		CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED,
+		CKR_GENERAL_ERROR, CKR_TOKEN_NOT_PRESENT, CKR_USER_NOT_LOGGED_IN,
+	};
+
+	assert_int_equal(hsm_key_rv_verdict(CKR_OK), 0);
+	assert_int_equal(hsm_key_rv_verdict(CKR_ATTRIBUTE_TYPE_INVALID), -ENOENT);
+	assert_int_equal(hsm_key_rv_verdict(CKR_ATTRIBUTE_SENSITIVE), -ENOENT);
+	assert_int_equal(hsm_key_rv_verdict(CKR_HOST_MEMORY), -ENOMEM);
+	for (size_t i = 0; i < sizeof(transient) / sizeof(transient[0]); i++)
+		assert_int_equal(hsm_key_rv_verdict(transient[i]), HSM_E_FAILED);
+	for (size_t i = 0; i < sizeof(device) / sizeof(device[0]); i++)
+		assert_int_equal(hsm_key_rv_verdict(device[i]), HSM_E_DEVICE);
+}
+
 /* The module initialised and logged in by another user in the process
  * stays initialised and logged in after hsm_close. */
 static void test_close_leaves_a_module_initialised_by_another(void **state)
@@ -908,6 +933,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_alg_supported),
 		cmocka_unit_test(test_parse_label_takes_base64url_kids_only),
 		cmocka_unit_test(test_ec_params_match),
+		cmocka_unit_test(test_rv_verdict_skips_only_on_definite_answers),
 		cmocka_unit_test_setup_teardown(test_generated_keys_pass_the_custody_check, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_label_with_newline_is_not_logged_raw, own_token_setup,
