@@ -1328,6 +1328,23 @@ static void test_errors_never_echo_tokens(void **state)
 
 /* ---- connections ---------------------------------------------------------- */
 
+/* The last answer of a pipelined exchange: GET /health with Connection:
+ * close answers 200 {"status":"ok"}, then the server closes. */
+static void expect_closing_health(struct conn *c)
+{
+	struct resp r;
+	json_t *answer;
+
+	assert_int_equal(conn_read_response(c, 0, &r), 0);
+	assert_int_equal(r.status, 200);
+	answer = resp_json(&r);
+	assert_string_equal(json_string_value(json_object_get(answer, "status")), "ok");
+	json_decref(answer);
+	resp_free(&r);
+	assert_int_equal(conn_read_eof(c), 0);
+	conn_close(c);
+}
+
 static void test_pipelining(void **state)
 {
 	static const char body[] = "{\"token\":\"x\"}";
@@ -1359,15 +1376,7 @@ static void test_pipelining(void **state)
 	assert_error(&r, 404, "not_found");
 	resp_free(&r);
 
-	assert_int_equal(conn_read_response(&c, 0, &r), 0);
-	assert_int_equal(r.status, 200);
-	answer = resp_json(&r);
-	assert_string_equal(json_string_value(json_object_get(answer, "status")), "ok");
-	json_decref(answer);
-	resp_free(&r);
-
-	assert_int_equal(conn_read_eof(&c), 0);
-	conn_close(&c);
+	expect_closing_health(&c);
 }
 
 /* A HEAD answer on a kept-alive connection ends at its headers: the next
@@ -1379,7 +1388,6 @@ static void test_head_keep_alive(void **state)
 				   "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
 	struct conn c;
 	struct resp r;
-	json_t *answer;
 
 	assert_int_equal(conn_open(&c), 0);
 	assert_int_equal(conn_send(&c, text, sizeof(text) - 1), 0);
@@ -1388,14 +1396,7 @@ static void test_head_keep_alive(void **state)
 		assert_int_equal(r.status, 200);
 		resp_free(&r);
 	}
-	assert_int_equal(conn_read_response(&c, 0, &r), 0);
-	assert_int_equal(r.status, 200);
-	answer = resp_json(&r);
-	assert_string_equal(json_string_value(json_object_get(answer, "status")), "ok");
-	json_decref(answer);
-	resp_free(&r);
-	assert_int_equal(conn_read_eof(&c), 0);
-	conn_close(&c);
+	expect_closing_health(&c);
 }
 
 /* Sends raw bytes: the server answers 4xx or closes, but neither hangs nor
