@@ -3,12 +3,18 @@
  * fuzzed without a file.
  *
  * File:  REGISTRY_MAGIC (8 bytes), then frames back to back.
- * Frame: u32 body length | u32 masked CRC32C of the body | body   (12 bytes
- *        of header counting the seq below; all integers little-endian)
- * Body:  u64 seq | u8 kind | kind-specific fields
+ * Frame: u32 body length | u32 masked CRC32C of the body | body   (8 bytes
+ *        of header; all integers little-endian)
+ * Body:  u64 seq | u8 kind | kind-specific fields, in this order:
+ *        TOKEN  str jti | u8 status | i64 at | u8 type | str org | str subject |
+ *               str name | str description | str client_id | str kid |
+ *               str parent | str family | i64 exp | u32 status_idx
+ *        STATUS str jti | u8 status | i64 at | str reason
+ *        META   u32 next_status_idx
  *
- * seq strictly increases through the file: it orders records, and a frame
- * whose seq does not follow its predecessor is corruption, not data.  The
+ * seq starts at 1 and strictly increases through the file: it orders
+ * records, and a frame whose seq does not follow its predecessor is
+ * corruption, not data.  The
  * CRC is masked as LevelDB does, so a file of CRCs of CRCs cannot look valid.
  * Strings are u16 length + bytes (no NUL inside); every string has a maximum
  * below, so one body never exceeds REGISTRY_MAX_BODY.
@@ -95,7 +101,9 @@ uint32_t registry_crc_mask(uint32_t crc);
 
 /* Encodes e as one frame into buf (at most REGISTRY_FRAME_HEADER +
  * REGISTRY_MAX_BODY bytes).  -EINVAL when a string is too long or holds a
- * NUL, a kind/status/type is out of range, or the jti is empty. */
+ * NUL, a kind/status/type is out of range, the seq is 0, or the jti is empty
+ * (TOKEN, STATUS); -ENOBUFS when buflen is too small.  buf is untouched on
+ * failure. */
 int registry_encode(const struct registry_entry *e, uint8_t *buf, size_t buflen, size_t *ret_len);
 
 /* Decodes the frame at buf.  0, *ret_entry and *ret_len (bytes consumed);
@@ -123,7 +131,7 @@ struct registry_scan {
 /* Scans a file image (magic included; an empty image is CLEAN with no
  * frames), calling each(arg, entry, offset) for every good frame up to the
  * damage, in file order; a negative return from each stops the scan and is
- * returned.  Always fills *ret_scan when it returns 0. */
+ * returned; each may be NULL.  Always fills *ret_scan when it returns 0. */
 int registry_scan(const uint8_t *buf, size_t len,
 		  int (*each)(void *arg, const struct registry_entry *e, size_t offset), void *arg,
 		  struct registry_scan *ret_scan);
