@@ -211,13 +211,20 @@ class Daemon:
             return text[m.start():m.start() + 20000]
         return text[-4000:]
 
-    def start(self):
+    def start(self, keep_port=False):
         """Starts the daemon and waits for /health; retries on another port when
         the one picked was taken meanwhile, or when what answers on it is not
-        this daemon (SO_REUSEPORT lets a second process share a port)."""
+        this daemon (SO_REUSEPORT lets a second process share a port).
+
+        keep_port=True restarts on the port of the previous start (the issuer,
+        hence every token's iss, aud and status list URI, names it) and appends
+        to the log instead of replacing it, so a post-mortem sees every run."""
+        if keep_port and self.port is None:
+            raise RuntimeError("keep_port=True needs a previous start")
         for attempt in range(1, START_ATTEMPTS + 1):
-            self.port = free_port()
-            log = open(self.log_path, "w")
+            if not keep_port:
+                self.port = free_port()
+            log = open(self.log_path, "a" if keep_port else "w")
             self.proc = subprocess.Popen([os.path.join(self.build_dir, "hsmjwtd")], env=self.env(),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             log.close()
@@ -230,6 +237,8 @@ class Daemon:
                 continue
             if state == "exited" and "cannot listen" in self.log_text() and attempt < START_ATTEMPTS:
                 print(f"  port {self.port} was taken; retrying")
+                if keep_port:
+                    time.sleep(1.0)
                 continue
             tail = self.log_text()[-3000:]
             self.kill()
@@ -270,11 +279,16 @@ class Daemon:
             raise RuntimeError(f"GET /.well-known/jwks.json answered {r.status}")
         return json.loads(r.body)
 
-    def mint(self, roles, ttl=600):
+    def mint(self, roles, ttl=600, org=None, sub=None):
         """`hsmjwtctl mint' → the token it prints."""
-        out = self.ctl("mint", "--roles", roles, "--ttl", str(ttl))
+        args = ["mint", "--roles", roles, "--ttl", str(ttl)]
+        if org is not None:
+            args += ["--org", org]
+        if sub is not None:
+            args += ["--sub", sub]
+        out = self.ctl(*args)
         if out.returncode != 0:
-            raise RuntimeError(f"hsmjwtctl mint --roles {roles} failed ({out.returncode}): {out.stderr.strip()}")
+            raise RuntimeError(f"hsmjwtctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
         return out.stdout.strip()
 
     def stop(self):
@@ -289,6 +303,20 @@ class Daemon:
             code = None
         self.proc = None
         return code
+
+    def crash(self):
+        """SIGKILL by PID, as a power cut would end it: nothing is flushed.
+        Returns the signal the process died of (None if it had already
+        exited)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            self.proc = None
+            return None
+        self.proc.send_signal(signal.SIGKILL)
+        code = self.proc.wait()
+        self.proc = None
+        return -code if code < 0 else None
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
