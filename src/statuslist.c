@@ -51,29 +51,48 @@ too_long:
 	return -ENAMETOOLONG;
 }
 
-/* json_pack fails alike for memory and for a string that is not UTF-8; the
- * two are a 500 and a bad input respectively. */
-static int statuslist_pack_error(const json_error_t *error)
+/* A JSON string of s: -EINVAL when s is not UTF-8, -ENOMEM when memory ran
+ * out.  json_string answers NULL for both, and json_pack's error codes do
+ * not tell them apart either (an allocation failing inside it can surface
+ * as "Unable to add key"); the unchecked variant fails only for memory. */
+static int statuslist_string(const char *s, json_t **ret_string)
 {
-	return json_error_code(error) == json_error_out_of_memory ? -ENOMEM : -EINVAL;
+	json_t *string;
+
+	string = json_string(s);
+	if (string == NULL) {
+		string = json_string_nocheck(s);
+		if (string == NULL)
+			return -ENOMEM;
+		json_decref(string);
+		return -EINVAL;
+	}
+	*ret_string = string;
+	return 0;
 }
 
 int statuslist_claim(const char *issuer, uint32_t global_idx, json_t **ret_claim)
 {
-	char uri[STATUSLIST_URI_MAX];
-	json_error_t error;
-	json_t *claim;
+	char uri[STATUSLIST_URI_MAX], quoted[128];
+	json_t *uri_str = NULL, *claim;
 	int r;
 
 	r = statuslist_uri(issuer, global_idx / STATUSLIST_SIZE, uri, sizeof(uri));
 	if (r < 0)
 		return r;
-	claim = json_pack_ex(&error, 0, "{s:{s:I,s:s}}", "status_list", "idx",
-			     (json_int_t)(global_idx % STATUSLIST_SIZE), "uri", uri);
-	if (claim == NULL) {
-		log_error("\"status claim not built\" reason=\"%s\"", error.text);
-		return statuslist_pack_error(&error);
+	r = statuslist_string(uri, &uri_str);
+	if (r < 0) {
+		if (r == -EINVAL)
+			log_error("\"status claim not built: issuer is not UTF-8\" issuer=%s",
+				  log_quote(quoted, sizeof(quoted), issuer));
+		return r;
 	}
+	/* The strings are checked, so any failure now is memory; "o" hands
+	 * uri_str over, released by json_pack also when it fails. */
+	claim = json_pack("{s:{s:I,s:o}}", "status_list", "idx", (json_int_t)(global_idx % STATUSLIST_SIZE), "uri",
+			  uri_str);
+	if (claim == NULL)
+		return -ENOMEM;
 	*ret_claim = claim;
 	return 0;
 }
@@ -119,8 +138,9 @@ out:
 
 int statuslist_claims(const char *uri, const char *lst, int64_t iat, json_t **ret_claims)
 {
-	json_error_t error;
-	json_t *claims;
+	json_t *uri_str = NULL, *lst_str = NULL, *claims;
+	char quoted[128];
+	int r;
 
 	if (uri == NULL || lst == NULL)
 		return -EINVAL;
@@ -128,13 +148,21 @@ int statuslist_claims(const char *uri, const char *lst, int64_t iat, json_t **re
 		log_error("\"status list iat out of range\" iat=%" PRId64, iat);
 		return -ERANGE;
 	}
-	claims = json_pack_ex(&error, 0, "{s:s,s:I,s:I,s:i,s:{s:i,s:s}}", "sub", uri, "iat", (json_int_t)iat,
-			      "exp", (json_int_t)(iat + STATUSLIST_LIFETIME), "ttl", STATUSLIST_TTL, "status_list",
-			      "bits", STATUSLIST_BITS, "lst", lst);
-	if (claims == NULL) {
-		log_error("\"status list claims not built\" reason=\"%s\"", error.text);
-		return statuslist_pack_error(&error);
+	r = statuslist_string(uri, &uri_str);
+	if (r == 0)
+		r = statuslist_string(lst, &lst_str);
+	if (r < 0) {
+		if (r == -EINVAL)
+			log_error("\"status list claims not built: not UTF-8\" uri=%s",
+				  log_quote(quoted, sizeof(quoted), uri));
+		json_decref(uri_str);
+		return r;
 	}
+	claims = json_pack("{s:o,s:I,s:I,s:i,s:{s:i,s:o}}", "sub", uri_str, "iat", (json_int_t)iat, "exp",
+			   (json_int_t)(iat + STATUSLIST_LIFETIME), "ttl", STATUSLIST_TTL, "status_list", "bits",
+			   STATUSLIST_BITS, "lst", lst_str);
+	if (claims == NULL)
+		return -ENOMEM;
 	*ret_claims = claims;
 	return 0;
 }

@@ -333,6 +333,52 @@ static void test_claims(void **state)
 	assert_ptr_equal(claims, SENTINEL_JSON);
 }
 
+/* jansson's allocations fail once `chaos_budget` of them have succeeded. */
+static int chaos_budget;
+
+static void *chaos_malloc(size_t n)
+{
+	if (chaos_budget <= 0)
+		return NULL;
+	chaos_budget--;
+	return malloc(n);
+}
+
+/* Out of memory while building a claim is -ENOMEM (a 500), not the -EINVAL
+ * of a bad input, at every allocation jansson makes; nothing leaks (ASan). */
+static void test_claims_out_of_memory(void **state)
+{
+	json_t *claim = SENTINEL_JSON, *claims = SENTINEL_JSON;
+	int r = -ENOMEM, failures = 0;
+
+	json_set_alloc_funcs(chaos_malloc, free);
+	for (int budget = 0; r == -ENOMEM && budget < 1000; budget++) {
+		chaos_budget = budget;
+		r = statuslist_claim("https://issuer.example", 70000, &claim);
+		if (r == -ENOMEM) {
+			assert_ptr_equal(claim, SENTINEL_JSON);
+			failures++;
+		}
+	}
+	assert_int_equal(r, 0);
+	assert_true(failures >= 4);
+	json_decref(claim);
+	r = -ENOMEM;
+	failures = 0;
+	for (int budget = 0; r == -ENOMEM && budget < 1000; budget++) {
+		chaos_budget = budget;
+		r = statuslist_claims("https://issuer.example/statuslists/1", example2_lst, 1700000000, &claims);
+		if (r == -ENOMEM) {
+			assert_ptr_equal(claims, SENTINEL_JSON);
+			failures++;
+		}
+	}
+	json_set_alloc_funcs(malloc, free);
+	assert_int_equal(r, 0);
+	assert_true(failures >= 8);
+	json_decref(claims);
+}
+
 static void assert_number(const char *text, uint32_t want)
 {
 	uint32_t list = 0xdeadbeef;
@@ -619,6 +665,7 @@ int main(void)
 		cmocka_unit_test(test_uri),
 		cmocka_unit_test(test_claim),
 		cmocka_unit_test(test_claims),
+		cmocka_unit_test(test_claims_out_of_memory),
 		cmocka_unit_test(test_parse_number),
 		cmocka_unit_test(test_cache_generation_and_age),
 		cmocka_unit_test(test_cache_refuses),
