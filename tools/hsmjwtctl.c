@@ -1,10 +1,15 @@
 /* hsmjwtctl: the operator's tool.  It talks to the token directly with the
  * daemon's configuration: holding the PIN is the root of trust. */
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -15,11 +20,13 @@
 #include "hsmjwt/jwt.h"
 #include "hsmjwt/keys.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/registry.h"
 #include "hsmjwt/service.h"
 
 struct ctl {
 	struct config cfg;
 	int cfg_loaded;
+	const char *config_path;          /* --config, NULL when none */
 	struct hsm *hsm;
 };
 
@@ -362,6 +369,242 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
 	return 0;
 }
 
+/* ---- registry check / compact (SPEC §7) -----------------------------------
+ * They need the state_dir, not the token: the PIN is never read.  Both take
+ * the state_dir lock, so that they never race a daemon writing the file. */
+
+struct ctl_image {
+	uint8_t *buf;
+	size_t len;
+};
+
+static int ctl_registry_path(const struct ctl *ctl, const char *suffix, char *buf, size_t len)
+{
+	if ((size_t)snprintf(buf, len, "%s/%s%s", ctl->cfg.state_dir, REGISTRY_FILE, suffix) >= len) {
+		fprintf(stderr, "hsmjwtctl: state_dir `%s' is too long\n", ctl->cfg.state_dir);
+		return -1;
+	}
+	return 0;
+}
+
+static int ctl_lock_state_dir(const struct ctl *ctl, int *ret_fd)
+{
+	int r = service_lock_state_dir(ctl->cfg.state_dir, ret_fd);
+
+	if (r == -EBUSY)
+		fprintf(stderr, "hsmjwtctl: a daemon runs on this state_dir (`%s'): stop it first\n",
+			ctl->cfg.state_dir);
+	else if (r < 0)
+		fprintf(stderr, "hsmjwtctl: cannot lock state_dir `%s': %s\n", ctl->cfg.state_dir, strerror(-r));
+	return r < 0 ? -1 : 0;
+}
+
+/* Maps path read-only: 0, -ENOENT when there is no file (nothing said), or
+ * -1 after a message. */
+static int ctl_image_map(const char *path, struct ctl_image *ret_image)
+{
+	struct stat st;
+	void *buf = NULL;
+	int fd, r = -1;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 && errno == ENOENT)
+		return -ENOENT;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		fprintf(stderr, "hsmjwtctl: cannot read `%s': %s\n", path, strerror(errno));
+		goto out;
+	}
+	if (st.st_size > 0) {
+		buf = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (buf == MAP_FAILED) {
+			fprintf(stderr, "hsmjwtctl: cannot map `%s': %s\n", path, strerror(errno));
+			goto out;
+		}
+	}
+	ret_image->buf = buf;
+	ret_image->len = (size_t)st.st_size;
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+static void ctl_image_unmap(struct ctl_image *image)
+{
+	if (image->len > 0)
+		munmap(image->buf, image->len);
+}
+
+/* What registry_salvage keeps, written to out when out is not NULL. */
+struct ctl_salvage {
+	FILE *out;
+	uint64_t frames;
+	uint64_t last_seq;
+};
+
+static int ctl_salvage_each(void *arg, const struct registry_entry *e, size_t offset)
+{
+	struct ctl_salvage *s = arg;
+	uint8_t frame[REGISTRY_FRAME_HEADER + REGISTRY_MAX_BODY];
+	size_t len;
+	int r;
+
+	/* The decoder accepts only what the encoder writes, so that encoding
+	 * the entry again gives the frame's exact bytes back. */
+	if (s->out != NULL) {
+		r = registry_encode(e, frame, sizeof(frame), &len);
+		if (r < 0)
+			return r;
+		if (fwrite(frame, 1, len, s->out) != len)
+			return -EIO;
+	}
+	s->frames++;
+	s->last_seq = e->seq;
+	return 0;
+}
+
+static int ctl_fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
+
+	if (fd < 0 || fsync(fd) < 0) {
+		fprintf(stderr, "hsmjwtctl: cannot fsync `%s': %s\n", dir, strerror(errno));
+		r = -1;
+	}
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+/* Writes the salvage of image to registry.log.new, fsyncs, renames it over
+ * registry.log and fsyncs the directory: a crash leaves the old file or
+ * the new one, never half of one. */
+static int ctl_registry_rewrite(const struct ctl *ctl, const struct ctl_image *image, struct ctl_salvage *ret_kept,
+				size_t *ret_skipped)
+{
+	char path[4096], tmp[4096];
+	struct ctl_salvage kept = { NULL, 0, 0 };
+	size_t skipped = 0;
+	int fd = -1, r = -1, closed;
+
+	if (ctl_registry_path(ctl, "", path, sizeof(path)) < 0 || ctl_registry_path(ctl, ".new", tmp, sizeof(tmp)) < 0)
+		return -1;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 || (kept.out = fdopen(fd, "wb")) == NULL) {
+		fprintf(stderr, "hsmjwtctl: cannot create `%s': %s\n", tmp, strerror(errno));
+		goto out;
+	}
+	fd = -1;   /* kept.out owns it */
+	if (fwrite(REGISTRY_MAGIC, 1, REGISTRY_MAGIC_LEN, kept.out) != REGISTRY_MAGIC_LEN ||
+	    registry_salvage(image->buf, image->len, ctl_salvage_each, &kept, &skipped) < 0 ||
+	    fflush(kept.out) != 0 || fsync(fileno(kept.out)) < 0) {
+		fprintf(stderr, "hsmjwtctl: cannot write `%s': %s\n", tmp, strerror(errno));
+		goto out;
+	}
+	closed = fclose(kept.out);
+	kept.out = NULL;
+	if (closed != 0 || rename(tmp, path) < 0) {
+		fprintf(stderr, "hsmjwtctl: cannot replace `%s' with `%s': %s\n", path, tmp, strerror(errno));
+		goto out;
+	}
+	if (ctl_fsync_dir(ctl->cfg.state_dir) < 0)
+		goto out;
+	*ret_kept = kept;
+	*ret_skipped = skipped;
+	r = 0;
+out:
+	if (kept.out != NULL)
+		fclose(kept.out);
+	if (fd >= 0)
+		close(fd);
+	if (r < 0)
+		unlink(tmp);
+	return r;
+}
+
+static int ctl_registry_repair(const struct ctl *ctl, const struct ctl_image *image)
+{
+	struct ctl_salvage kept;
+	size_t skipped;
+
+	if (ctl_registry_rewrite(ctl, image, &kept, &skipped) < 0)
+		return 1;
+	printf("repaired:   kept %" PRIu64 " frames (last seq %" PRIu64 "), dropped %zu bytes\n", kept.frames,
+	       kept.last_seq, skipped);
+	return 0;
+}
+
+/* The verdict in words, and what to do unless repairing; 0 for a clean
+ * file, else 1. */
+static int ctl_registry_report(const struct ctl *ctl, const struct ctl_image *image, const struct registry_scan *s,
+			       int repairing)
+{
+	const char *config = ctl->config_path ? " --config " : "";
+	const char *config_path = ctl->config_path ? ctl->config_path : "";
+	struct ctl_salvage would = { NULL, 0, 0 };
+	size_t skipped = 0;
+
+	printf("frames:     %" PRIu64 "\nlast seq:   %" PRIu64 "\nbytes:      %zu\n", s->frames, s->last_seq, image->len);
+	switch (s->verdict) {
+	case REGISTRY_CLEAN:
+		printf("verdict:    clean\n");
+		return 0;
+	case REGISTRY_TORN_TAIL:
+		printf("verdict:    torn tail at offset %zu (%zu bytes after the last good frame)\n", s->bad_offset,
+		       image->len - s->bad_offset);
+		if (!repairing)
+			printf("The daemon truncates it there when it starts; `hsmjwtctl%s%s registry check --repair' "
+			       "does it now.\n", config, config_path);
+		return 1;
+	case REGISTRY_CORRUPT:
+		printf("verdict:    corrupt at offset %zu\n", s->bad_offset);
+		if (repairing)
+			return 1;
+		registry_salvage(image->buf, image->len, ctl_salvage_each, &would, &skipped);
+		printf("The daemon refuses to start.  Keep a copy of the file, then run `hsmjwtctl%s%s registry "
+		       "check --repair': it keeps the %" PRIu64 " good frames and drops %zu bytes.\n",
+		       config, config_path, would.frames, skipped);
+		return 1;
+	}
+	return 1;
+}
+
+static int cmd_registry_check(struct ctl *ctl, int argc, char **argv)
+{
+	static const char *const flags[] = { "--repair", NULL };
+	struct ctl_image image = { NULL, 0 };
+	struct registry_scan scan;
+	char path[4096];
+	int lock = -1, status = 1, repair, r;
+
+	if (ctl_check_options(argc, argv, NULL, flags) < 0) {
+		fprintf(stderr, "usage: hsmjwtctl registry check [--repair]\n");
+		return 2;
+	}
+	if (ctl_registry_path(ctl, "", path, sizeof(path)) < 0 || ctl_lock_state_dir(ctl, &lock) < 0)
+		goto out;
+	r = ctl_image_map(path, &image);
+	if (r == -ENOENT) {
+		printf("no registry yet (%s)\n", path);
+		status = 0;
+		goto out;
+	}
+	if (r < 0)
+		goto out;
+	repair = ctl_flag(argc, argv, flags, "--repair");
+	registry_scan(image.buf, image.len, NULL, NULL, &scan);
+	printf("registry:   %s\n", path);
+	status = ctl_registry_report(ctl, &image, &scan, repair);
+	if (status != 0 && repair)
+		status = ctl_registry_repair(ctl, &image);
+	ctl_image_unmap(&image);
+out:
+	if (lock >= 0)
+		close(lock);
+	return status;
+}
+
 static const struct {
 	const char *name;
 	const char *sub;
@@ -374,6 +617,7 @@ static const struct {
 	{ "mint", NULL, cmd_mint, "mint --roles R1,R2 [--org ORG] [--ttl SECONDS] [--sub SUBJECT]" },
 	{ "decode", NULL, cmd_decode, "decode TOKEN" },
 	{ "status", NULL, cmd_status, "status" },
+	{ "registry", "check", cmd_registry_check, "registry check [--repair]" },
 };
 
 static void usage(FILE *out)
@@ -393,6 +637,7 @@ int main(int argc, char **argv)
 	memset(&ctl, 0, sizeof(ctl));
 	if (i + 1 < argc && (strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "-c") == 0)) {
 		config_path = argv[i + 1];
+		ctl.config_path = config_path;
 		i += 2;
 	}
 	if (i >= argc || strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
