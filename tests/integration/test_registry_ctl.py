@@ -100,6 +100,15 @@ def read_frames(data):
     return out
 
 
+def token_jti(body):
+    n = struct.unpack_from("<H", body, 9)[0]
+    return body[11:11 + n]
+
+
+def token_status(body):
+    return body[11 + len(token_jti(body))]
+
+
 class Ctl:
     def __init__(self, build_dir, state_dir):
         self.exe = os.path.join(build_dir, "hsmjwtctl")
@@ -278,7 +287,8 @@ def compact_cases(c, ctl, now):
     out = ctl.run("compact")
     c.check(out.returncode == 0, "compact: exit 0", out.stdout + out.stderr)
     m = re.search(r"^records:\s+(\d+) before, (\d+) after", out.stdout, re.M)
-    c.check(m and m.group(2) == "1", "one record is left (the expired one is dropped)", out.stdout)
+    c.check(m and m.group(1) == "2" and m.group(2) == "1", "2 records before, 1 after (the expired one is dropped)",
+            out.stdout)
     m = re.search(r"^file bytes:\s+(\d+) before, (\d+) after", out.stdout, re.M)
     c.check(m and int(m.group(1)) == len(data) and int(m.group(2)) == os.path.getsize(ctl.path),
             "file bytes before and after", out.stdout)
@@ -287,16 +297,28 @@ def compact_cases(c, ctl, now):
     except AssertionError as e:
         c.check(False, "the compacted file reads back with this test's decoder", str(e))
         return
-    kinds = [k for k, _, _ in after]
-    c.equal(kinds, [KIND_META, KIND_TOKEN], "the compacted file is META then one TOKEN")
-    if kinds == [KIND_META, KIND_TOKEN]:
-        body = after[1][2]
-        jti_len = struct.unpack_from("<H", body, 9)[0]
-        c.equal(body[11:11 + jti_len], b"live", "the TOKEN kept is `live'")
-        c.equal(body[11 + jti_len], SUSPENDED, "with its last status folded in")
-        c.check(struct.unpack_from("<I", after[0][2], 9)[0] >= 5, "META keeps the index high water mark")
+    tokens = [body for kind, _, body in after if kind == KIND_TOKEN]
+    metas = [body for kind, _, body in after if kind == KIND_META]
+    c.equal([token_jti(body) for body in tokens], [b"live"], "one TOKEN frame is left, for `live'")
+    if tokens:
+        c.equal(token_status(tokens[0]), SUSPENDED, "its last status is folded into it")
+    c.check(all(b"expired-long-ago" not in body for _, _, body in after), "nothing is left of the expired token")
+    c.equal(len(metas), 1, "one META frame")
+    if metas:
+        c.check(struct.unpack_from("<I", metas[0], 9)[0] >= 5,
+                "META keeps the status-list high water mark (indices 3 and 4 were handed out)")
     out = ctl.run("check")
     c.check(out.returncode == 0 and "clean" in out.stdout, "the compacted file passes check", out.stdout)
+
+    bad, offsets, _ = image(frames)
+    bad = bytearray(bad)
+    bad[offsets[1] + 10] ^= 0x20
+    ctl.write(bytes(bad))
+    out = ctl.run("compact")
+    c.equal(out.returncode, 1, "compact refuses a corrupt file")
+    c.check(str(offsets[1]) in out.stderr and "--repair" in out.stderr, "naming the offset and the repair command",
+            out.stderr)
+    c.check(ctl.read() == bytes(bad), "and leaves it as it was")
 
 
 def main(build_dir, source_dir):
