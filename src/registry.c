@@ -997,7 +997,8 @@ static void registry_sync_if_due(struct registry *reg, int force)
 	pthread_mutex_unlock(&reg->io);
 }
 
-static int registry_maybe_compact(struct registry *reg, int64_t now, int force_check, int *ret_compacted);
+static int registry_maybe_compact(struct registry *reg, int64_t now, uint64_t min_frames, int force_check,
+				  int *ret_compacted);
 
 static void *registry_flusher(void *arg)
 {
@@ -1020,14 +1021,14 @@ static void *registry_flusher(void *arg)
 			if (pthread_cond_timedwait(&reg->qwork, &reg->qmutex, &ts) == ETIMEDOUT) {
 				pthread_mutex_unlock(&reg->qmutex);
 				registry_sync_if_due(reg, 0);
-				registry_maybe_compact(reg, time(NULL), 0, NULL);
+				registry_maybe_compact(reg, time(NULL), atomic_load(&reg->compact_min), 0, NULL);
 				pthread_mutex_lock(&reg->qmutex);
 			}
 			continue;
 		}
 		pthread_mutex_unlock(&reg->qmutex);
 		registry_flush_once(reg, &batch);
-		registry_maybe_compact(reg, time(NULL), 0, NULL);
+		registry_maybe_compact(reg, time(NULL), atomic_load(&reg->compact_min), 0, NULL);
 		pthread_mutex_lock(&reg->qmutex);
 	}
 	pthread_mutex_unlock(&reg->qmutex);
@@ -2280,7 +2281,8 @@ int registry_compact(struct registry *reg, int64_t now, struct registry_stats *r
 /* Compacts when the file is over compact_min frames and more than half of
  * them are superseded or expired.  Counting the expired records walks the
  * index, so the flusher does it at most every REGISTRY_COMPACT_CHECK_NS. */
-static int registry_maybe_compact(struct registry *reg, int64_t now, int force_check, int *ret_compacted)
+static int registry_maybe_compact(struct registry *reg, int64_t now, uint64_t min_frames, int force_check,
+				  int *ret_compacted)
 {
 	uint64_t frames = atomic_load(&reg->frames), live, expired = 0;
 	int64_t mono = registry_mono_ns();
@@ -2288,7 +2290,7 @@ static int registry_maybe_compact(struct registry *reg, int64_t now, int force_c
 
 	if (ret_compacted)
 		*ret_compacted = 0;
-	if (atomic_load(&reg->failed) || frames <= reg->compact_min)
+	if (atomic_load(&reg->failed) || frames <= min_frames)
 		return 0;
 	pthread_rwlock_rdlock(&reg->lock);
 	live = (uint64_t)reg->index.all.count + reg->index.nonactive.count + 1;
@@ -2354,7 +2356,7 @@ void registry_internal_set_compact_min(struct registry *reg, uint64_t frames)
 	reg->compact_min = frames;
 }
 
-int registry_internal_maybe_compact(struct registry *reg, int64_t now, int *ret_compacted)
+int registry_internal_maybe_compact(struct registry *reg, int64_t now, uint64_t min_frames, int *ret_compacted)
 {
-	return registry_maybe_compact(reg, now, 1, ret_compacted);
+	return registry_maybe_compact(reg, now, min_frames, 1, ret_compacted);
 }

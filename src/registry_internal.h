@@ -17,8 +17,8 @@ int registry_internal_fd(struct registry *reg);
 void registry_internal_set_compact_min(struct registry *reg, uint64_t frames);
 
 /* The flusher's background-compaction decision, run now on the caller's
- * thread: compacts at now when the file is worth it.  *ret_compacted: 1 when
- * it did. */
-int registry_internal_maybe_compact(struct registry *reg, int64_t now, int *ret_compacted);
+ * thread with min_frames in place of the flusher's threshold: compacts at
+ * now when the file is worth it.  *ret_compacted: 1 when it did. */
+int registry_internal_maybe_compact(struct registry *reg, int64_t now, uint64_t min_frames, int *ret_compacted);
 
 #endif
