@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -14,32 +15,35 @@
 #include "hsmjwt/jwt.h"
 #include "hsmjwt/log.h"
 
+#include "api_internal.h"
+
 #define API_JWKS_MAX_AGE 600
 /* Longest audience, issuer or token_type a verify request may compare. */
 #define API_MAX_CLAIM_STRING 1024
 
-static int64_t api_now(void)
+int64_t api_now(void)
 {
 	return (int64_t)time(NULL);
 }
 
-static void api_json(struct api_outcome *out, struct evhttp_request *req, int code, json_t *body)
+void api_json(struct api_outcome *out, struct evhttp_request *req, int code, json_t *body)
 {
 	out->status = code;
 	http_reply_json(req, code, body);
 }
 
-static void api_error(struct api_outcome *out, struct evhttp_request *req, int code, const char *error,
-		      const char *description)
+void api_error(struct api_outcome *out, struct evhttp_request *req, int code, const char *error,
+	       const char *description)
 {
 	out->status = code;
 	http_reply_error(req, code, error, description);
 }
 
-static int api_read_body(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
-			 json_t **ret_body)
+int api_read_body(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, int oauth,
+		  json_t **ret_body)
 {
-	int r = http_read_json(req, ctx->cfg->max_body, ret_body);
+	int r = oauth ? http_read_oauth(req, ctx->cfg->max_body, ret_body)
+		      : http_read_json(req, ctx->cfg->max_body, ret_body);
 
 	if (r < 0)
 		out->status = http_reply_body_error(req, r);
@@ -56,16 +60,26 @@ static int api_bearer_sent(const char *authorization)
 	return authorization[6 + strspn(authorization + 6, " ")] != '\0';
 }
 
-/* Authenticates the caller and checks one role; replies 401/403 itself. */
-static int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role,
-			 struct auth_caller *ret_caller, struct api_outcome *out)
+int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role, struct auth_caller *ret_caller,
+		  struct api_outcome *out)
 {
 	const char *authorization = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	enum registry_status status;
 	char err[128];
+	int found = 0;
 
 	if (auth_bearer(authorization, ctx->keys, ctx->cfg, api_now(), ret_caller, err, sizeof(err)) < 0) {
 		out->status = 401;
 		http_reply_unauthorized(req, api_bearer_sent(authorization), err);
+		return -EACCES;
+	}
+	/* SPEC §4.1: a management token must not be revoked or suspended. */
+	if (ret_caller->jti[0] != '\0' &&
+	    registry_check(ctx->registry, ret_caller->jti, ret_caller->org, &found, &status) == 0 && found &&
+	    status != REGISTRY_ACTIVE) {
+		out->status = 401;
+		http_reply_unauthorized(req, 1, status == REGISTRY_SUSPENDED ? "bearer token rejected: suspended"
+									  : "bearer token rejected: revoked");
 		return -EACCES;
 	}
 	snprintf(out->sub, sizeof(out->sub), "%s", ret_caller->sub);
@@ -76,39 +90,90 @@ static int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsign
 	return 0;
 }
 
-/* Maps an issue_*() failure to its HTTP answer. */
-static void api_issue_failed(struct api_outcome *out, struct evhttp_request *req, int r, const char *err)
+const char *api_scope(const struct auth_caller *caller)
 {
-	if (r == -EINVAL)
-		api_error(out, req, 400, "invalid_request", err);
-	else if (r == -EACCES)
-		api_error(out, req, 403, "insufficient_scope", err);
-	else if (r == HSM_E_DEVICE)
-		api_error(out, req, 503, "hsm_unavailable", "the token cannot sign right now");
-	else
-		api_error(out, req, 500, "server_error", "the token could not be issued");
+	return caller->org[0] != '\0' ? caller->org : NULL;
 }
 
-static void api_token(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+void api_registry_failed(struct api_outcome *out, struct evhttp_request *req, int r)
 {
-	struct issue_ctx ictx = { ctx->cfg, ctx->keys, ctx->session, api_now() };
-	struct auth_caller caller;
-	json_t *body = NULL, *response = NULL;
-	char err[160] = "";
-	int r;
+	if (r == -EIO || r == -ENOSPC)
+		api_error(out, req, 503, "registry_unavailable",
+			  r == -EIO ? "the registry cannot record changes" : "the registry is full");
+	else
+		api_error(out, req, 500, "server_error", "the registry could not record the change");
+}
 
-	if (api_authorize(ctx, req, AUTH_ROLE_TOKENS_ISSUE, &caller, out) < 0)
+/* ---- replies held back until the registry is durable ------------------ */
+
+struct api_pending {
+	struct api_ctx *ctx;
+	struct evhttp_request *req;
+	struct api_outcome outcome;
+	int code;
+	json_t *body;
+	int result;
+};
+
+int api_pending_new(struct api_ctx *ctx, struct evhttp_request *req, struct api_pending **ret_pending)
+{
+	struct api_pending *p = calloc(1, sizeof(*p));
+
+	if (p == NULL)
+		return -ENOMEM;
+	p->ctx = ctx;
+	p->req = req;
+	atomic_fetch_add(&ctx->pending, 1);
+	*ret_pending = p;
+	return 0;
+}
+
+void api_pending_free(struct api_pending *p)
+{
+	if (p == NULL)
 		return;
-	if (api_read_body(ctx, req, out, &body) < 0)
-		return;
-	r = issue_access_token(&ictx, body, &caller, &response, err, sizeof(err));
-	json_decref(body);
-	if (r < 0) {
-		api_issue_failed(out, req, r, err);
-		return;
+	atomic_fetch_sub(&p->ctx->pending, 1);
+	json_decref(p->body);
+	free(p);
+}
+
+/* On the worker's loop: the change is durable (or will never be). */
+static void api_pending_send(evutil_socket_t fd, short what, void *arg)
+{
+	struct api_pending *p = arg;
+
+	if (p->result < 0) {
+		/* Not durable: the change must not be acknowledged, nor an
+		 * issued token handed out. */
+		p->outcome.status = 503;
+		http_log_request(p->req, &p->outcome);
+		http_reply_error(p->req, 503, "registry_unavailable", "the change could not be made durable");
+	} else {
+		p->outcome.status = p->code;
+		http_log_request(p->req, &p->outcome);
+		http_reply_json(p->req, p->code, p->body);
+		p->body = NULL;
 	}
-	snprintf(out->jti, sizeof(out->jti), "%s", json_string_value(json_object_get(response, "jti")));
-	api_json(out, req, 200, response);
+	api_pending_free(p);
+}
+
+void api_pending_done(void *arg, int result)
+{
+	static const struct timeval now = { 0, 0 };
+	struct api_pending *p = arg;
+
+	p->result = result;
+	/* The request belongs to its worker's loop: reply from there. */
+	if (event_base_once(p->ctx->base, -1, EV_TIMEOUT, api_pending_send, p, &now) < 0)
+		log_error("\"cannot schedule a deferred reply: the client will time out\" worker=%u", p->ctx->worker);
+}
+
+void api_pending_reply(struct api_pending *p, struct api_outcome *out, int code, json_t *body)
+{
+	p->code = code;
+	p->body = body;
+	out->deferred = 1;
+	p->outcome = *out;
 }
 
 /* token_type of /token/verify → the header typ of SPEC §5.1. */
@@ -123,14 +188,15 @@ static const char *api_typ_for(const char *token_type)
 	return NULL;
 }
 
-static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		       const char *segment)
 {
 	struct jwt_expect expect = { .now = api_now(), .leeway = ctx->cfg->leeway };
 	json_t *body = NULL, *header = NULL, *claims = NULL;
-	const char *token, *token_type = NULL;
+	const char *token, *token_type = NULL, *status;
 	int r;
 
-	if (api_read_body(ctx, req, out, &body) < 0)
+	if (api_read_body(ctx, req, out, 0, &body) < 0)
 		return;
 	if (!json_is_object(body) || !json_is_string(json_object_get(body, "token")) ||
 	    json_optional_string(body, "audience", API_MAX_CLAIM_STRING, &expect.audience) < 0 ||
@@ -151,15 +217,17 @@ static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct a
 	token = json_string_value(json_object_get(body, "token"));
 	r = jwt_verify(token, json_string_length(json_object_get(body, "token")), keys_lookup,
 		       (void *)ctx->keys, &expect, &header, &claims);
+	if (r == 0) {
+		snprintf(out->jti, sizeof(out->jti), "%s", json_plain_string(json_object_get(claims, "jti")) ?
+			 json_plain_string(json_object_get(claims, "jti")) : "");
+		r = api_registry_verdict(ctx, claims, &status);
+	}
 	if (r < 0) {
 		api_json(out, req, 200, json_pack("{s:b, s:s}", "valid", 0, "error", jws_error_reason(r)));
 		goto out;
 	}
-	snprintf(out->jti, sizeof(out->jti), "%s", json_is_string(json_object_get(claims, "jti")) ? json_string_value(json_object_get(claims, "jti")) : "");
-	/* Without a registry yet, a genuine token is known to be signed, not
-	 * whether it was registered or revoked. */
 	api_json(out, req, 200, json_pack("{s:b, s:O, s:O, s:s}", "valid", 1, "header", header, "claims", claims,
-					  "status", "unregistered"));
+					  "status", status));
 out:
 	json_decref(header);
 	json_decref(claims);
@@ -196,7 +264,8 @@ static int api_none_match(const char *field, const char *etag)
 	}
 }
 
-static void api_jwks(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+static void api_jwks(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		     const char *segment)
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
 	const char *match = evhttp_find_header(evhttp_request_get_input_headers(req), "If-None-Match");
@@ -226,15 +295,20 @@ static void api_jwks(struct api_ctx *ctx, struct evhttp_request *req, struct api
 	evbuffer_free(body);
 }
 
-static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		       const char *segment)
 {
-	int hsm_ok = hsm_session_check(ctx->session) == 0;
-	int can_sign = hsm_ok && keys_signer(ctx->keys, ctx->cfg->algorithms[0]) != NULL;
+	struct registry_stats stats;
+	int hsm_ok = hsm_session_check(ctx->session) == 0, can_issue;
 
-	api_json(out, req, can_sign ? 200 : 503,
-		 json_pack("{s:s, s:s, s:I, s:s}", "status", can_sign ? "ok" : "degraded",
+	registry_get_stats(ctx->registry, &stats);
+	/* Every issued token is registered: without the registry nothing can
+	 * be issued either. */
+	can_issue = hsm_ok && !stats.failed && keys_signer(ctx->keys, ctx->cfg->algorithms[0]) != NULL;
+	api_json(out, req, can_issue ? 200 : 503,
+		 json_pack("{s:s, s:s, s:I, s:s}", "status", can_issue ? "ok" : "degraded",
 			   "hsm", hsm_ok ? "ok" : "unavailable", "keys", (json_int_t)ctx->keys->count,
-			   "registry", "none"));
+			   "registry", stats.failed ? "failed" : "ok"));
 }
 
 /* A route's method as an Allow header lists it: GET brings HEAD. */
@@ -249,8 +323,10 @@ static const char *api_method_names(enum evhttp_cmd_type method)
 	}
 }
 
-typedef void (*api_handler)(struct api_ctx *, struct evhttp_request *, struct api_outcome *);
+typedef void (*api_handler)(struct api_ctx *, struct evhttp_request *, struct api_outcome *, const char *);
 
+/* A '*' in a path matches one non-empty segment, handed to the handler
+ * percent-decoded.  Literal routes come first, so they win. */
 static const struct {
 	const char *path;
 	enum evhttp_cmd_type method;
@@ -258,9 +334,67 @@ static const struct {
 } api_routes[] = {
 	{ "/token", EVHTTP_REQ_POST, api_token },
 	{ "/token/verify", EVHTTP_REQ_POST, api_verify },
+	{ "/token/revoke", EVHTTP_REQ_POST, api_revoke },
+	{ "/token/introspect", EVHTTP_REQ_POST, api_introspect },
+	{ "/tokens", EVHTTP_REQ_POST, api_tokens_create },
+	{ "/tokens", EVHTTP_REQ_GET, api_tokens_list },
+	{ "/revocations", EVHTTP_REQ_GET, api_revocations },
 	{ "/.well-known/jwks.json", EVHTTP_REQ_GET, api_jwks },
 	{ "/health", EVHTTP_REQ_GET, api_health },
+	{ "/tokens/*", EVHTTP_REQ_GET, api_tokens_get },
+	{ "/tokens/*", EVHTTP_REQ_PATCH, api_tokens_patch },
+	{ "/tokens/*", EVHTTP_REQ_DELETE, api_tokens_delete },
+	{ "/users/*/tokens", EVHTTP_REQ_DELETE, api_user_tokens_delete },
+	{ "/statuslists/*", EVHTTP_REQ_GET, api_statuslist },
 };
+
+/* Whether path (path_len bytes, no query) matches pattern; *ret_segment
+ * points at the raw segment a '*' matched. */
+static int api_route_match(const char *pattern, const char *path, size_t path_len, const char **ret_segment,
+			   size_t *ret_segment_len)
+{
+	const char *end = path + path_len;
+
+	while (*pattern != '\0') {
+		if (*pattern == '*') {
+			size_t n = 0;
+			while (path + n < end && path[n] != '/')
+				n++;
+			if (n == 0)
+				return 0;
+			*ret_segment = path;
+			*ret_segment_len = n;
+			path += n;
+			pattern++;
+			continue;
+		}
+		if (path == end || *path != *pattern)
+			return 0;
+		path++;
+		pattern++;
+	}
+	return path == end;
+}
+
+/* The captured segment percent-decoded ('+' stays '+': it is a path), or
+ * NULL for one too long or decoding to a NUL. */
+static char *api_decode_segment(const char *segment, size_t len)
+{
+	char raw[API_MAX_SEGMENT + 1];
+	size_t decoded_len = 0;
+	char *decoded;
+
+	if (len > API_MAX_SEGMENT)
+		return NULL;
+	memcpy(raw, segment, len);
+	raw[len] = '\0';
+	decoded = evhttp_uridecode(raw, 0, &decoded_len);
+	if (decoded != NULL && strlen(decoded) != decoded_len) {
+		free(decoded);
+		return NULL;
+	}
+	return decoded;
+}
 
 void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
 {
@@ -271,17 +405,28 @@ void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_ou
 	int path_known = 0;
 
 	for (size_t i = 0; uri && i < sizeof(api_routes) / sizeof(api_routes[0]); i++) {
-		if (strlen(api_routes[i].path) != path_len || strncmp(api_routes[i].path, uri, path_len) != 0)
+		const char *segment = NULL;
+		size_t segment_len = 0;
+		char *decoded = NULL;
+
+		if (!api_route_match(api_routes[i].path, uri, path_len, &segment, &segment_len))
 			continue;
 		path_known = 1;
 		/* HEAD is GET without the body (http_send drops it). */
-		if (api_routes[i].method == method ||
-		    (api_routes[i].method == EVHTTP_REQ_GET && method == EVHTTP_REQ_HEAD)) {
-			api_routes[i].handler(ctx, req, out);
+		if (api_routes[i].method != method &&
+		    !(api_routes[i].method == EVHTTP_REQ_GET && method == EVHTTP_REQ_HEAD)) {
+			if (strstr(allow, api_method_names(api_routes[i].method)) == NULL)
+				snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s",
+					 allow[0] ? ", " : "", api_method_names(api_routes[i].method));
+			continue;
+		}
+		if (segment != NULL && (decoded = api_decode_segment(segment, segment_len)) == NULL) {
+			api_error(out, req, 404, "not_found", "no such resource");
 			return;
 		}
-		snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s", allow[0] ? ", " : "",
-			 api_method_names(api_routes[i].method));
+		api_routes[i].handler(ctx, req, out, decoded);
+		free(decoded);
+		return;
 	}
 	if (path_known) {
 		/* RFC 9110 §15.5.6: a 405 must list the methods the path takes. */

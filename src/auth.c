@@ -121,9 +121,10 @@ int auth_bearer(const char *authorization, const struct keys *keys, const struct
 	memset(&caller, 0, sizeof(caller));
 	if (auth_copy_string(claims, "sub", caller.sub, sizeof(caller.sub), 1) < 0 ||
 	    auth_copy_string(claims, "org", caller.org, sizeof(caller.org), 0) < 0 ||
+	    auth_copy_string(claims, "jti", caller.jti, sizeof(caller.jti), 0) < 0 ||
 	    (json_object_get(claims, "roles") != NULL &&
 	     auth_roles_from_json(json_object_get(claims, "roles"), &caller.roles, role_err, sizeof(role_err)) < 0)) {
-		snprintf(err, errlen, "bearer token lacks a valid sub, org or roles claim");
+		snprintf(err, errlen, "bearer token lacks a valid sub, org, jti or roles claim");
 		r = -EACCES;
 		goto out;
 	}

@@ -15,6 +15,7 @@
 #include "hsmjwt/http.h"
 #include "hsmjwt/keys.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/registry.h"
 #include "hsmjwt/service.h"
 
 static void usage(FILE *out)
@@ -76,6 +77,7 @@ int main(int argc, char **argv)
 	struct hsm *hsm = NULL;
 	struct keys *keys = NULL;
 	struct http_server *server = NULL;
+	struct registry *registry = NULL;
 	const char *config_path = NULL;
 	int check_only = 0, opt, r, status = 1, lock_fd = -1;
 	sigset_t set;
@@ -114,6 +116,12 @@ int main(int argc, char **argv)
 	r = service_lock_state_dir(cfg.state_dir, &lock_fd);
 	if (r < 0)
 		goto out;
+	/* Before the token: a registry that cannot be trusted stops the start
+	 * whatever the token says (registry_open has logged why). */
+	r = registry_open(cfg.state_dir, cfg.fsync_always ? REGISTRY_FSYNC_ALWAYS : REGISTRY_FSYNC_INTERVAL, cfg.leeway,
+			  &registry);
+	if (r < 0)
+		goto out;
 	r = service_open_token(&cfg, &hsm);
 	if (r < 0)
 		goto out;
@@ -126,7 +134,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	log_info("\"keys loaded\" count=%zu", keys->count);
-	r = http_start(&cfg, hsm, keys, &server);
+	r = http_start(&cfg, hsm, keys, registry, &server);
 	if (r < 0)
 		goto out;
 	sd_notify(0, "READY=1\nSTATUS=serving");
@@ -134,7 +142,9 @@ int main(int argc, char **argv)
 	sd_notify(0, "STOPPING=1");
 	status = 0;
 out:
+	/* In-flight replies wait for the registry, which flushes last. */
 	http_stop(server);
+	registry_close(registry);
 	keys_free(keys);
 	hsm_close(hsm);
 	config_free(&cfg);

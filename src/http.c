@@ -24,6 +24,7 @@
 #include <event2/util.h>
 
 #include "hsmjwt/api.h"
+#include "hsmjwt/form.h"
 #include "hsmjwt/json.h"
 #include "hsmjwt/log.h"
 
@@ -33,6 +34,10 @@
  * memory: doubled while it keeps failing, reset by a connection accepted. */
 #define HTTP_ACCEPT_BACKOFF_MIN_MS 100
 #define HTTP_ACCEPT_BACKOFF_MAX_MS 2000
+/* How long a stop waits for replies held back until the registry has made
+ * their change durable, and how often it looks. */
+#define HTTP_DRAIN_MS 10000
+#define HTTP_DRAIN_POLL_MS 10
 
 /* One worker's listening socket for one listen address. */
 struct http_listener {
@@ -52,6 +57,7 @@ struct http_worker {
 	struct api_ctx api;
 	struct http_listener listeners[CONFIG_MAX_LISTEN];
 	size_t listener_count;
+	unsigned drain_waited_ms;
 };
 
 /* The worker whose loop runs on this thread: a listener's error callback
@@ -68,6 +74,7 @@ struct http_address {
 
 struct http_server {
 	const struct config *cfg;
+	struct statuslist_cache *statuslists;
 	struct http_address *addresses;   /* one per cfg->listen */
 	struct http_worker *workers;
 	unsigned worker_count;
@@ -197,31 +204,68 @@ static int http_content_type_is(const char *value, const char *want)
 	return *value == '\0' || *value == ';';
 }
 
-int http_read_json(struct evhttp_request *req, size_t max, json_t **ret_body)
+/* The body as one contiguous buffer of at most max bytes. */
+static int http_body(struct evhttp_request *req, size_t max, const char **ret_data, size_t *ret_len)
 {
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
-	const char *type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
 	size_t len = evbuffer_get_length(in);
 	const char *data;
-	int r;
 
-	if (!http_content_type_is(type, "application/json"))
-		return -EMEDIUMTYPE;
 	if (len > max)
 		return -EFBIG;
 	/* pullup copies a body spread over several chains into one. */
 	data = len ? (const char *)evbuffer_pullup(in, (ev_ssize_t)len) : "";
 	if (data == NULL)
 		return -ENOMEM;
-	r = json_strict_parse(data, len, JSON_STRICT_MAX_DEPTH, ret_body);
+	*ret_data = data;
+	*ret_len = len;
+	return 0;
+}
+
+static int http_parse_json(const char *data, size_t len, json_t **ret_body)
+{
+	int r = json_strict_parse(data, len, JSON_STRICT_MAX_DEPTH, ret_body);
 	return r == -E2BIG ? -ELOOP : r < 0 ? -EINVAL : 0;
+}
+
+int http_read_json(struct evhttp_request *req, size_t max, json_t **ret_body)
+{
+	const char *type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+	const char *data;
+	size_t len;
+	int r;
+
+	if (!http_content_type_is(type, "application/json"))
+		return -EMEDIUMTYPE;
+	r = http_body(req, max, &data, &len);
+	return r < 0 ? r : http_parse_json(data, len, ret_body);
+}
+
+int http_read_oauth(struct evhttp_request *req, size_t max, json_t **ret_body)
+{
+	const char *type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+	int form = http_content_type_is(type, "application/x-www-form-urlencoded");
+	const char *data;
+	size_t len;
+	int r;
+
+	if (!form && !http_content_type_is(type, "application/json"))
+		return -EMEDIUMTYPE;
+	r = http_body(req, max, &data, &len);
+	if (r < 0)
+		return r;
+	if (!form)
+		return http_parse_json(data, len, ret_body);
+	r = form_parse(data, len, ret_body);
+	return r == -ENOMEM ? r : r < 0 ? -EINVAL : 0;
 }
 
 int http_reply_body_error(struct evhttp_request *req, int err)
 {
 	switch (err) {
 	case -EMEDIUMTYPE:
-		http_reply_error(req, 415, "unsupported_media_type", "the body must be application/json");
+		http_reply_error(req, 415, "unsupported_media_type",
+				 "the body must be application/json (OAuth endpoints: or application/x-www-form-urlencoded)");
 		return 415;
 	case -EFBIG:
 		http_reply_error(req, 413, "request_too_large", "the body exceeds max_body");
@@ -233,7 +277,8 @@ int http_reply_body_error(struct evhttp_request *req, int err)
 		http_reply_error(req, 500, "server_error", "out of memory reading the body");
 		return 500;
 	default:
-		http_reply_error(req, 400, "invalid_request", "the body is not strict JSON (syntax or duplicate member)");
+		http_reply_error(req, 400, "invalid_request",
+				 "the body is not strict JSON or form data (syntax, encoding or a repeated member)");
 		return 400;
 	}
 }
@@ -246,19 +291,13 @@ static double http_elapsed_ms(const struct timespec *start)
 	return (double)(now.tv_sec - start->tv_sec) * 1e3 + (double)(now.tv_nsec - start->tv_nsec) / 1e6;
 }
 
-static void http_handle(struct evhttp_request *req, void *arg)
+void http_log_request(struct evhttp_request *req, const struct api_outcome *outcome)
 {
-	struct http_worker *worker = arg;
-	struct api_outcome outcome;
-	struct timespec start;
 	const char *uri = evhttp_request_get_uri(req);
 	/* Worst case every character of sub or jti escaped, plus quotes. */
-	char path[160], sub[2 * sizeof(outcome.sub) + 2], jti[2 * sizeof(outcome.jti) + 2];
+	char path[160], sub[2 * sizeof(outcome->sub) + 2], jti[2 * sizeof(outcome->jti) + 2];
 	size_t n;
 
-	clock_gettime(CLOCK_MONOTONIC, &start);
-	memset(&outcome, 0, sizeof(outcome));
-	api_dispatch(&worker->api, req, &outcome);
 	/* The path only: a query string may carry a token. */
 	n = strcspn(uri ? uri : "", "?");
 	log_quote(path, sizeof(path), "");
@@ -273,9 +312,23 @@ static void http_handle(struct evhttp_request *req, void *arg)
 	/* sub comes from the caller's token, whose issuer chooses it: quoted, a
 	 * newline or a '"' in it cannot start a forged line or field. */
 	log_info("\"request\" method=%s path=%s status=%d latency_ms=%.3f sub=%s jti=%s worker=%u",
-		 http_method_name(evhttp_request_get_command(req)), path, outcome.status,
-		 http_elapsed_ms(&start), outcome.sub[0] ? log_quote(sub, sizeof(sub), outcome.sub) : "-",
-		 outcome.jti[0] ? log_quote(jti, sizeof(jti), outcome.jti) : "-", worker->index);
+		 http_method_name(evhttp_request_get_command(req)), path, outcome->status,
+		 http_elapsed_ms(&outcome->start), outcome->sub[0] ? log_quote(sub, sizeof(sub), outcome->sub) : "-",
+		 outcome->jti[0] ? log_quote(jti, sizeof(jti), outcome->jti) : "-", outcome->worker);
+}
+
+static void http_handle(struct evhttp_request *req, void *arg)
+{
+	struct http_worker *worker = arg;
+	struct api_outcome outcome;
+
+	memset(&outcome, 0, sizeof(outcome));
+	clock_gettime(CLOCK_MONOTONIC, &outcome.start);
+	outcome.worker = worker->index;
+	api_dispatch(&worker->api, req, &outcome);
+	/* A deferred reply is logged when it is sent. */
+	if (!outcome.deferred)
+		http_log_request(req, &outcome);
 }
 
 /* Resolves addr and binds it once WITHOUT SO_REUSEPORT, then lets go.  The
@@ -485,7 +538,8 @@ static void *http_worker_main(void *arg)
 	return NULL;
 }
 
-static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct keys *keys)
+static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct keys *keys,
+			    struct registry *registry)
 {
 	const struct config *cfg = worker->server->cfg;
 	int r;
@@ -527,16 +581,53 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	}
 	worker->api.cfg = cfg;
 	worker->api.keys = keys;
+	worker->api.registry = registry;
+	worker->api.statuslists = worker->server->statuslists;
+	worker->api.base = worker->base;
+	worker->api.worker = worker->index;
+	atomic_init(&worker->api.pending, 0);
 	return hsm_session_open(hsm, &worker->api.session);
+}
+
+/* Runs on the worker's own loop (listeners are not thread-safe): stops
+ * accepting, then ends the loop once no deferred reply is outstanding, or
+ * after HTTP_DRAIN_MS whatever happens, so a stuck disk cannot hold the
+ * stop forever. */
+static void http_drain(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_worker *worker = arg;
+	struct timeval tv = { 0, HTTP_DRAIN_POLL_MS * 1000 };
+
+	for (size_t i = 0; i < worker->listener_count; i++) {
+		evconnlistener_disable(worker->listeners[i].lev);
+		event_del(worker->listeners[i].retry);
+	}
+	if (atomic_load(&worker->api.pending) == 0 || worker->drain_waited_ms >= HTTP_DRAIN_MS) {
+		if (atomic_load(&worker->api.pending) != 0)
+			log_warn("\"stopping with replies still waiting for the registry\" worker=%u pending=%u",
+				 worker->index, atomic_load(&worker->api.pending));
+		event_base_loopexit(worker->base, NULL);
+		return;
+	}
+	worker->drain_waited_ms += HTTP_DRAIN_POLL_MS;
+	if (event_base_once(worker->base, -1, EV_TIMEOUT, http_drain, worker, &tv) < 0)
+		event_base_loopexit(worker->base, NULL);
 }
 
 void http_stop(struct http_server *server)
 {
+	static const struct timeval now = { 0, 0 };
+
 	if (server == NULL)
 		return;
-	for (unsigned i = 0; i < server->worker_count; i++)
-		if (server->workers[i].base)
-			event_base_loopexit(server->workers[i].base, NULL);
+	for (unsigned i = 0; i < server->worker_count; i++) {
+		struct http_worker *w = &server->workers[i];
+		if (w->base == NULL)
+			continue;
+		/* A worker that never ran has no loop to drain on. */
+		if (!w->started || event_base_once(w->base, -1, EV_TIMEOUT, http_drain, w, &now) < 0)
+			event_base_loopexit(w->base, NULL);
+	}
 	for (unsigned i = 0; i < server->worker_count; i++) {
 		struct http_worker *w = &server->workers[i];
 		if (w->started)
@@ -550,6 +641,7 @@ void http_stop(struct http_server *server)
 		hsm_session_close(w->api.session);
 	}
 	free(server->workers);
+	statuslist_cache_free(server->statuslists);
 	for (size_t i = 0; server->addresses && i < server->cfg->listen_count; i++)
 		if (server->addresses[i].claimed)
 			close(server->addresses[i].claim_fd);
@@ -569,7 +661,8 @@ static void http_init_once(void)
 	http_once_result = evthread_use_pthreads();
 }
 
-int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct http_server **ret_server)
+int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct registry *registry,
+	       struct http_server **ret_server)
 {
 	struct http_server *server;
 	int r;
@@ -595,6 +688,9 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, str
 		return -ENOMEM;
 	}
 	server->worker_count = cfg->workers;
+	r = statuslist_cache_new(&server->statuslists);
+	if (r < 0)
+		goto fail;
 	for (size_t i = 0; i < cfg->listen_count; i++) {
 		r = http_listen_probe(&cfg->listen[i], &server->addresses[i]);
 		if (r == 0)
@@ -606,7 +702,7 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, str
 		struct http_worker *w = &server->workers[i];
 		w->server = server;
 		w->index = i;
-		r = http_worker_init(w, hsm, keys);
+		r = http_worker_init(w, hsm, keys, registry);
 		if (r < 0)
 			goto fail;
 	}

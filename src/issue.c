@@ -11,6 +11,7 @@
 #include "hsmjwt/json.h"
 #include "hsmjwt/jws.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/statuslist.h"
 
 #define ISSUE_MAX_AUDIENCES 16
 #define ISSUE_MAX_STRING 1024
@@ -28,6 +29,11 @@ static const char *const reserved_claims[] = {
  * ("expires_In") that would silently get a default, so it is refused. */
 static const char *const access_members[] = {
 	"subject", "audience", "scope", "token_type", "client_id", "org", "claims", "expires_in", "alg",
+};
+/* POST /tokens: a named token takes the same, less token_type (always
+ * access), plus its name and description. */
+static const char *const named_members[] = {
+	"subject", "audience", "scope", "client_id", "org", "claims", "expires_in", "alg", "name", "description",
 };
 
 int issue_new_jti(char *ret_jti)
@@ -256,9 +262,44 @@ static int issue_custom_claims(const json_t *body, const struct auth_caller *cal
 	return 0;
 }
 
-int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
-			      json_t **ret_claims, enum jws_alg *ret_alg, char *err, size_t errlen)
+/* The members a body may carry: anything else is a typo ("expires_In")
+ * that would silently get a default, so it is refused. */
+static int issue_check_members(const json_t *body, unsigned flags, char *err, size_t errlen)
 {
+	if (flags & ISSUE_NAMED)
+		return issue_known_members(body, named_members, sizeof(named_members) / sizeof(named_members[0]),
+					   err, errlen);
+	return issue_known_members(body, access_members, sizeof(access_members) / sizeof(access_members[0]), err,
+				   errlen);
+}
+
+/* SPEC §5.1: every registered token names its entry of the status list. */
+static int issue_status_claim(const struct issue_ctx *ctx, json_t *claims, uint32_t *ret_idx)
+{
+	uint32_t idx;
+	json_t *status;
+	int r;
+
+	if (ctx->registry == NULL) {
+		*ret_idx = REGISTRY_NO_INDEX;
+		return 0;
+	}
+	r = registry_reserve_index(ctx->registry, &idx);
+	if (r < 0)
+		return r;
+	r = statuslist_claim(ctx->cfg->issuer, idx, &status);
+	if (r < 0)
+		return r;
+	if (json_object_set_new(claims, "status", status) < 0)
+		return -ENOMEM;
+	*ret_idx = idx;
+	return 0;
+}
+
+int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+			      unsigned flags, struct issue_claims *ret_built, char *err, size_t errlen)
+{
+	uint32_t status_idx;
 	const struct config *cfg = ctx->cfg;
 	const char *subject, *scope, *client_id, *org, *type;
 	json_t *claims = NULL, *aud = NULL;
@@ -274,12 +315,12 @@ int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, c
 		snprintf(err, errlen, "request body must be a JSON object");
 		return -EINVAL;
 	}
-	r = issue_known_members(body, access_members, sizeof(access_members) / sizeof(access_members[0]), err, errlen);
+	r = issue_check_members(body, flags, err, errlen);
 	if (r < 0)
 		return r;
 	if ((r = issue_optional_string(body, "subject", AUTH_SUB_MAX, &subject, err, errlen)) < 0 ||
 	    (r = issue_optional_string(body, "scope", ISSUE_MAX_STRING, &scope, err, errlen)) < 0 ||
-	    (r = issue_optional_string(body, "client_id", ISSUE_MAX_STRING, &client_id, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "client_id", REGISTRY_CLIENT_ID_MAX, &client_id, err, errlen)) < 0 ||
 	    (r = issue_optional_string(body, "org", AUTH_ORG_MAX, &org, err, errlen)) < 0 ||
 	    (r = issue_optional_string(body, "token_type", 16, &type, err, errlen)) < 0)
 		return r;
@@ -332,6 +373,9 @@ int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, c
 	r = issue_custom_claims(body, caller, claims, err, errlen);
 	if (r < 0)
 		goto out;
+	r = issue_status_claim(ctx, claims, &status_idx);
+	if (r < 0)
+		goto out;
 	/* Refused here, as the client's mistake, rather than by the signer. */
 	payload_len = json_dumpb(claims, NULL, 0, JSON_COMPACT);
 	if (payload_len == 0) {
@@ -343,8 +387,9 @@ int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, c
 		r = -EINVAL;
 		goto out;
 	}
-	*ret_claims = claims;
-	*ret_alg = alg;
+	ret_built->claims = claims;
+	ret_built->alg = alg;
+	ret_built->status_idx = status_idx;
 	claims = NULL;
 out:
 	json_decref(aud);
@@ -352,18 +397,69 @@ out:
 	return r;
 }
 
-int issue_access_token(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
-		       json_t **ret_response, char *err, size_t errlen)
+/* A claim's string value copied into dst ("" when absent). */
+static void issue_copy_claim(const json_t *claims, const char *name, char *dst, size_t size)
 {
-	json_t *claims = NULL, *response;
-	enum jws_alg alg;
+	const char *v = json_string_value(json_object_get(claims, name));
+
+	snprintf(dst, size, "%s", v ? v : "");
+}
+
+/* The registry record of a token about to be handed out.  The claims were
+ * bounded by issue_build_access_claims to what a record holds. */
+static int issue_record(const json_t *body, const struct issue_claims *built, const char *kid, unsigned flags,
+			struct registry_record *ret_record, char *err, size_t errlen)
+{
+	const json_t *claims = built->claims;
+	const char *name = NULL, *description = NULL;
+	struct registry_record rec;
+	int r;
+
+	if ((flags & ISSUE_NAMED) &&
+	    ((r = issue_optional_string(body, "name", ISSUE_NAME_MAX, &name, err, errlen)) < 0 ||
+	     (r = issue_optional_string(body, "description", ISSUE_DESCRIPTION_MAX, &description, err, errlen)) < 0))
+		return r;
+	if ((flags & ISSUE_NAMED) && name == NULL) {
+		snprintf(err, errlen, "name is required");
+		return -EINVAL;
+	}
+	memset(&rec, 0, sizeof(rec));
+	rec.type = REGISTRY_TYPE_ACCESS;
+	rec.status = REGISTRY_ACTIVE;
+	issue_copy_claim(claims, "jti", rec.jti, sizeof(rec.jti));
+	issue_copy_claim(claims, "org", rec.org, sizeof(rec.org));
+	issue_copy_claim(claims, "sub", rec.subject, sizeof(rec.subject));
+	issue_copy_claim(claims, "client_id", rec.client_id, sizeof(rec.client_id));
+	snprintf(rec.kid, sizeof(rec.kid), "%s", kid);
+	snprintf(rec.name, sizeof(rec.name), "%s", name ? name : "");
+	snprintf(rec.description, sizeof(rec.description), "%s", description ? description : "");
+	rec.iat = json_integer_value(json_object_get(claims, "iat"));
+	rec.exp = json_integer_value(json_object_get(claims, "exp"));
+	rec.status_idx = built->status_idx;
+	*ret_record = rec;
+	return 0;
+}
+
+int issue_access_token(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+		       unsigned flags, json_t **ret_response, struct registry_record *ret_record, char *err,
+		       size_t errlen)
+{
+	struct issue_claims built;
+	json_t *claims, *response = NULL;
+	const struct keys_entry *signer;
+	struct registry_record rec;
 	char *token = NULL;
 	int r;
 
-	r = issue_build_access_claims(ctx, body, caller, &claims, &alg, err, errlen);
+	r = issue_build_access_claims(ctx, body, caller, flags, &built, err, errlen);
 	if (r < 0)
 		return r;
-	r = issue_sign(ctx, alg, "at+jwt", claims, &token);
+	claims = built.claims;
+	signer = keys_signer(ctx->keys, built.alg);
+	if (ret_record != NULL &&
+	    (r = issue_record(body, &built, signer ? signer->hsm.kid : "", flags, &rec, err, errlen)) < 0)
+		goto out;
+	r = issue_sign(ctx, built.alg, "at+jwt", claims, &token);
 	if (r < 0) {
 		snprintf(err, errlen, "the token could not be signed");
 		goto out;
@@ -376,6 +472,8 @@ int issue_access_token(const struct issue_ctx *ctx, const json_t *body, const st
 		goto out;
 	}
 	*ret_response = response;
+	if (ret_record != NULL)
+		*ret_record = rec;
 out:
 	if (token) {
 		OPENSSL_cleanse(token, strlen(token));

@@ -306,7 +306,8 @@ static int cmd_mint(struct ctl *ctl, int argc, char **argv)
 		return 2;
 	if (ctl_load_keys(ctl, 1, &keys) < 0 || hsm_session_open(ctl->hsm, &session) < 0)
 		goto out;
-	struct issue_ctx ictx = { &ctl->cfg, keys, session, (int64_t)time(NULL) };
+	/* Offline: the daemon's registry (which may be running) never hears of it. */
+	struct issue_ctx ictx = { &ctl->cfg, keys, session, (int64_t)time(NULL), NULL };
 	if (issue_mint(&ictx, sub ? sub : "admin", org, roles, ttl, &token) < 0) {
 		fprintf(stderr, "hsmjwtctl: signing failed\n");
 		goto out;

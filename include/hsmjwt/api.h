@@ -1,30 +1,49 @@
-/* api: the endpoints of SPEC §4.2 — routing, caller checks, responses. */
+/* api: the endpoints of SPEC §4.2 — routing, caller checks, responses.
+ *
+ * A request that changes the registry is answered only once the change is
+ * durable (SPEC §7): its handler queues the change and returns with the
+ * outcome marked deferred; the registry's flusher thread reports back, and
+ * the reply goes out from the worker's own event loop (api_deferred). */
 #ifndef HSMJWT_API_H
 #define HSMJWT_API_H
 
+#include <event2/event.h>
 #include <event2/http.h>
+#include <stdatomic.h>
+#include <time.h>
 
 #include "hsmjwt/auth.h"
 #include "hsmjwt/config.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/issue.h"
 #include "hsmjwt/keys.h"
+#include "hsmjwt/registry.h"
+#include "hsmjwt/statuslist.h"
 
 /* What one worker thread serves with. */
 struct api_ctx {
 	const struct config *cfg;
 	const struct keys *keys;
 	struct hsm_session *session;
+	struct registry *registry;
+	struct statuslist_cache *statuslists;   /* shared by the workers */
+	struct event_base *base;                /* the worker's loop */
+	unsigned worker;
+	atomic_uint pending;                    /* deferred replies not yet sent */
 };
 
 /* What a request did, for its log line. */
 struct api_outcome {
 	int status;
+	int deferred;                 /* the reply goes out later (see above) */
+	unsigned worker;
+	struct timespec start;        /* CLOCK_MONOTONIC, when it was read */
 	char sub[AUTH_SUB_MAX + 1];   /* the caller, when authenticated */
-	char jti[ISSUE_JTI_LEN + 1];  /* the token issued, when one was */
+	char jti[AUTH_JTI_MAX + 1];   /* the token issued or acted on */
 };
 
-/* Answers req (always: every path replies exactly once). */
+/* Answers req exactly once: now, or (outcome->deferred) when the registry
+ * has made the change durable. */
 void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *outcome);
 
 #endif

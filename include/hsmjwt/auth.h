@@ -21,12 +21,15 @@ enum auth_role {
 
 #define AUTH_SUB_MAX 256
 #define AUTH_ORG_MAX 128
+#define AUTH_JTI_MAX 64
 
 struct auth_caller {
 	char sub[AUTH_SUB_MAX + 1];
 	char org[AUTH_ORG_MAX + 1];   /* "" when the caller has no org */
 	unsigned roles;
 	int64_t exp;                  /* when the caller's own token expires */
+	char jti[AUTH_JTI_MAX + 1];   /* "" when the token has none: the registry
+				       * check (api) needs it to refuse a revoked caller */
 };
 
 /* "tokens:issue" → AUTH_ROLE_TOKENS_ISSUE; 0 or -EINVAL. */

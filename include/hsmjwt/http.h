@@ -24,6 +24,9 @@
 #include "hsmjwt/config.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/keys.h"
+#include "hsmjwt/registry.h"
+
+struct api_outcome;
 
 #define HTTP_MAX_HEADERS_SIZE 32768   /* an Authorization header carries up to 16 KiB */
 #define HTTP_TIMEOUT_SECONDS  10
@@ -31,9 +34,12 @@
 struct http_server;
 
 /* Binds every listen address once per worker and starts the workers.
- * cfg, hsm and keys must outlive the server. */
-int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct http_server **ret_server);
-/* Stops accepting, lets each worker finish its loop, joins and frees. */
+ * cfg, hsm, keys and registry must outlive the server. */
+int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct registry *registry,
+	       struct http_server **ret_server);
+/* Stops accepting, waits (at most 10 s) for replies held back for the
+ * registry, lets each worker finish its loop, joins and frees.  The registry
+ * must still be open. */
 void http_stop(struct http_server *server);
 
 /* Sends code with body (may be NULL; not freed).  For HEAD only the headers
@@ -52,10 +58,18 @@ void http_reply_error(struct evhttp_request *req, int code, const char *error, c
  * WWW-Authenticate: Bearer realm="hsmjwt". */
 void http_reply_unauthorized(struct evhttp_request *req, int token_sent, const char *description);
 
+/* The request's log line (method, path without query, status, latency,
+ * caller, jti).  Call it before the reply of a deferred request is sent: a
+ * reply to a vanished client frees req at once. */
+void http_log_request(struct evhttp_request *req, const struct api_outcome *outcome);
+
 /* Reads a JSON request body: Content-Type application/json, at most max
  * bytes, strict JSON.  0 and *ret_body (new reference), or -EMEDIUMTYPE,
  * -EFBIG, -EINVAL (not strict JSON), -ELOOP (nested too deep) or -ENOMEM. */
 int http_read_json(struct evhttp_request *req, size_t max, json_t **ret_body);
+/* Like http_read_json, but application/x-www-form-urlencoded is also taken
+ * (RFC 6749 §3.2, RFC 7009, RFC 7662) and read as an object of strings. */
+int http_read_oauth(struct evhttp_request *req, size_t max, json_t **ret_body);
 /* The answer to a failed http_read_json: sends it and returns its status. */
 int http_reply_body_error(struct evhttp_request *req, int err);
 

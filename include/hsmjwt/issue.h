@@ -12,14 +12,26 @@
 #include "hsmjwt/config.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/keys.h"
+#include "hsmjwt/registry.h"
 
 #define ISSUE_JTI_LEN 22   /* 128 random bits, base64url */
+#define ISSUE_NAME_MAX REGISTRY_NAME_MAX
+#define ISSUE_DESCRIPTION_MAX REGISTRY_DESCRIPTION_MAX
 
 struct issue_ctx {
 	const struct config *cfg;
 	const struct keys *keys;
 	struct hsm_session *session;
 	int64_t now;
+	/* Where a token's status-list index comes from (SPEC §5.1): NULL for
+	 * tokens minted offline by hsmjwtctl, which the daemon's registry does
+	 * not know and which therefore carry no status claim. */
+	struct registry *registry;
+};
+
+/* What an issued token's registry record needs beyond its claims. */
+enum issue_flags {
+	ISSUE_NAMED = 1u << 0,   /* POST /tokens: the body may carry name, description */
 };
 
 /* Outcome codes besides 0: -EINVAL (400 invalid_request), -EACCES (403),
@@ -27,14 +39,25 @@ struct issue_ctx {
 
 /* POST /token for an access token: validates body against cfg and caller
  * (org confinement, roles a caller may grant), builds the claims and signs.
- * *ret_response is the JSON answer (new reference). */
+ * *ret_response is the JSON answer (new reference); *ret_record (may be
+ * NULL) the registry record of the token, for the caller to register
+ * before it hands the answer out. */
 int issue_access_token(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
-		       json_t **ret_response, char *err, size_t errlen);
+		       unsigned flags, json_t **ret_response, struct registry_record *ret_record, char *err,
+		       size_t errlen);
+
+/* An access token's claims before signing. */
+struct issue_claims {
+	json_t *claims;          /* owned: json_decref */
+	enum jws_alg alg;
+	uint32_t status_idx;     /* global status-list index, REGISTRY_NO_INDEX without registry */
+};
 
 /* Validates a request body into the claims of an access token, without
- * signing: *ret_claims (new reference) and *ret_alg. */
+ * signing.  With ctx->registry a status-list index is reserved and the
+ * status claim set. */
 int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
-			      json_t **ret_claims, enum jws_alg *ret_alg, char *err, size_t errlen);
+			      unsigned flags, struct issue_claims *ret_built, char *err, size_t errlen);
 
 /* The management token of `hsmjwtctl mint`: aud = [issuer], the given roles
  * and org, signed by the first configured algorithm's key. */

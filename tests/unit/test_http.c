@@ -60,6 +60,7 @@ static struct config cfg;
 static struct http_server *server;
 static uint16_t port;
 static struct issue_ctx ictx;
+static struct registry *registry;
 static char *admin_token;
 
 /* Every bearer token a test sends (owned copies): no response may hold one,
@@ -788,6 +789,7 @@ static void test_health(void **state)
 	assert_string_equal(json_string_value(json_object_get(body, "hsm")), "ok");
 	assert_true(json_is_integer(json_object_get(body, "keys")));
 	assert_int_equal(json_integer_value(json_object_get(body, "keys")), 2);
+	assert_string_equal(json_string_value(json_object_get(body, "registry")), "ok");
 	json_decref(body);
 	resp_free(&r);
 }
@@ -1222,8 +1224,9 @@ static void assert_verdict(const char *token, const char *extra, const char *err
 	answer = verify_over_http(body);
 	free(body);
 	if (error == NULL) {
+		/* Issued over HTTP, so registered. */
 		assert_true(json_is_true(json_object_get(answer, "valid")));
-		assert_string_equal(json_string_value(json_object_get(answer, "status")), "unregistered");
+		assert_string_equal(json_string_value(json_object_get(answer, "status")), "active");
 	} else {
 		assert_true(json_is_false(json_object_get(answer, "valid")));
 		assert_string_equal(json_string_value(json_object_get(answer, "error")), error);
@@ -1243,7 +1246,7 @@ static void test_verify(void **state)
 	snprintf(body, cap, "{\"token\":\"%s\"}", token);
 	answer = verify_over_http(body);
 	assert_true(json_is_true(json_object_get(answer, "valid")));
-	assert_string_equal(json_string_value(json_object_get(answer, "status")), "unregistered");
+	assert_string_equal(json_string_value(json_object_get(answer, "status")), "active");
 	assert_string_equal(json_string_value(json_object_get(json_object_get(answer, "claims"), "sub")), "carol");
 	assert_string_equal(json_string_value(json_object_get(json_object_get(answer, "header"), "kid")),
 			    keys_signer(keys, JWS_ALG_ES256)->hsm.kid);
@@ -1748,7 +1751,7 @@ static void test_start_fails_on_taken_port(void **state)
 		assert_true(fd >= 0);
 		taken.listen[0].port = p;
 		capture_start(&c);
-		r = http_start(&taken, hsm, keys, &other);
+		r = http_start(&taken, hsm, keys, registry, &other);
 		log = capture_text(&c);
 		capture_stop(&c);
 		close(fd);
@@ -1788,7 +1791,7 @@ static void test_start_fails_on_claimed_address(void **state)
 			      (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)), 0);
 	taken.listen[0].port = p;
 	capture_start(&c);
-	r = http_start(&taken, hsm, keys, &other);
+	r = http_start(&taken, hsm, keys, registry, &other);
 	log = capture_text(&c);
 	capture_stop(&c);
 	close(holder);
@@ -1798,7 +1801,7 @@ static void test_start_fails_on_claimed_address(void **state)
 	assert_non_null(strstr(log, "msg=\"cannot listen: another hsmjwtd is listening there\""));
 	free(log);
 	/* Once the name is free the same address serves. */
-	assert_int_equal(http_start(&taken, hsm, keys, &other), 0);
+	assert_int_equal(http_start(&taken, hsm, keys, registry, &other), 0);
 	http_stop(other);
 	test_health(state);
 }
@@ -1813,7 +1816,9 @@ static int group_setup(void **state)
 
 	/* One log line per request would bury cmocka's report. */
 	log_set_level(LOG_LEVEL_WARN);
-	if (config_init_defaults(&cfg) != 0 ||
+	if (fixture_tmpdir_setup(state) != 0 ||
+	    registry_open(fixture_tmpdir, REGISTRY_FSYNC_ALWAYS, 30, &registry) != 0 ||
+	    config_init_defaults(&cfg) != 0 ||
 	    hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm) != 0 ||
 	    keys_load(hsm, algs, 2, 2048, 1, &keys) != 0 || hsm_session_open(hsm, &session) != 0)
 		return -1;
@@ -1833,11 +1838,11 @@ static int group_setup(void **state)
 			return -1;
 		close(fd);
 		cfg.listen[0].port = port;
-		r = http_start(&cfg, hsm, keys, &server);
+		r = http_start(&cfg, hsm, keys, registry, &server);
 	}
 	if (r != 0)
 		return -1;
-	ictx = (struct issue_ctx){ &cfg, keys, session, (int64_t)time(NULL) };
+	ictx = (struct issue_ctx){ &cfg, keys, session, (int64_t)time(NULL), NULL };
 	roles = json_pack("[s]", "admin");
 	if (roles == NULL || issue_mint(&ictx, "ops", NULL, roles, 3600, &admin_token) != 0)
 		return -1;
@@ -1849,6 +1854,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	http_stop(server);
+	registry_close(registry);
+	fixture_tmpdir_teardown(state);
 	for (size_t i = 0; i < secret_count; i++)
 		free(secrets[i]);
 	free(admin_token);

@@ -27,20 +27,25 @@ static struct config cfg;
 static struct issue_ctx ictx;
 /* Callers whose own tokens outlive every test (2100-01-01). */
 #define FAR_FUTURE INT64_C(4102444800)
-static const struct auth_caller issuer_caller = { "frontend", "", AUTH_ROLE_TOKENS_ISSUE, FAR_FUTURE };
-static const struct auth_caller admin_caller = { "root", "", AUTH_ROLE_ADMIN, FAR_FUTURE };
+static const struct auth_caller issuer_caller = { "frontend", "", AUTH_ROLE_TOKENS_ISSUE, FAR_FUTURE, "" };
+static const struct auth_caller admin_caller = { "root", "", AUTH_ROLE_ADMIN, FAR_FUTURE, "" };
 static const struct auth_caller org_caller = { "acme-frontend", "acme", AUTH_ROLE_TOKENS_ISSUE | AUTH_ROLE_TOKENS_READ,
-					       FAR_FUTURE };
+					       FAR_FUTURE, "" };
 
 static int build(const char *body_text, const struct auth_caller *caller, json_t **ret_claims, enum jws_alg *ret_alg)
 {
 	json_t *body = json_loads(body_text, JSON_REJECT_DUPLICATES, NULL);
+	struct issue_claims built;
 	char err[160];
 	int r;
 
 	assert_non_null(body);
-	r = issue_build_access_claims(&ictx, body, caller, ret_claims, ret_alg, err, sizeof(err));
+	r = issue_build_access_claims(&ictx, body, caller, 0, &built, err, sizeof(err));
 	json_decref(body);
+	if (r == 0) {
+		*ret_claims = built.claims;
+		*ret_alg = built.alg;
+	}
 	return r;
 }
 
@@ -183,7 +188,7 @@ static void test_issued_token_verifies(void **state)
 	const char *token;
 	char err[160];
 
-	assert_int_equal(issue_access_token(&ictx, body, &issuer_caller, &response, err, sizeof(err)), 0);
+	assert_int_equal(issue_access_token(&ictx, body, &issuer_caller, 0, &response, NULL, err, sizeof(err)), 0);
 	token = json_string_value(json_object_get(response, "access_token"));
 	assert_non_null(token);
 	assert_string_equal(json_string_value(json_object_get(response, "token_type")), "Bearer");
@@ -258,7 +263,7 @@ static void test_auth_refuses(void **state)
 	free(token);
 
 	/* An ordinary access token: aud is the API, not this service. */
-	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, &response, err, sizeof(err)), 0);
+	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, 0, &response, NULL, err, sizeof(err)), 0);
 	assert_int_equal(bearer(json_string_value(json_object_get(response, "access_token")), ictx.now, &caller),
 			 -EACCES);
 	json_decref(response);
@@ -271,7 +276,7 @@ static void test_token_without_roles_may_call_nothing(void **state)
 	char err[160];
 	json_t *body = json_pack("{s:s, s:[s]}", "subject", "svc", "audience", cfg.issuer), *response = NULL;
 
-	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, &response, err, sizeof(err)), 0);
+	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, 0, &response, NULL, err, sizeof(err)), 0);
 	assert_int_equal(bearer(json_string_value(json_object_get(response, "access_token")), ictx.now, &caller), 0);
 	assert_int_equal(caller.roles, 0);
 	assert_false(auth_allows(&caller, AUTH_ROLE_TOKENS_ISSUE));
@@ -295,14 +300,13 @@ static void test_client_id_defaults_to_the_caller(void **state)
 static void test_unknown_members_are_refused(void **state)
 {
 	json_t *body = json_loads("{\"subject\":\"a\",\"expires_In\":60}", 0, NULL);
-	json_t *claims = NULL;
-	enum jws_alg alg = JWS_ALG_INVALID;
+	struct issue_claims built = { NULL, JWS_ALG_INVALID, 0 };
 	char err[160] = "";
 
-	assert_int_equal(issue_build_access_claims(&ictx, body, &issuer_caller, &claims, &alg, err, sizeof(err)),
-			 -EINVAL);
+	assert_int_equal(issue_build_access_claims(&ictx, body, &issuer_caller, 0, &built, err, sizeof(err)), -EINVAL);
 	assert_non_null(strstr(err, "expires_In"));
-	assert_null(claims);
+	assert_null(built.claims);
+	assert_int_equal(built.alg, JWS_ALG_INVALID);
 	json_decref(body);
 }
 
@@ -410,6 +414,50 @@ static void test_role_names(void **state)
 	json_decref(bad);
 }
 
+/* POST /tokens: a named token needs a name; its record mirrors the claims
+ * it was signed with, and only a named request may carry name/description. */
+static void test_named_token_record(void **state)
+{
+	json_t *body = json_pack("{s:s, s:s, s:s, s:s}", "subject", "ci-bot", "name", "deploy key", "description",
+				 "used by CI", "org", "acme");
+	json_t *unnamed = json_pack("{s:s}", "subject", "ci-bot");
+	json_t *response = NULL, *header = NULL, *claims = NULL;
+	struct registry_record rec;
+	struct jwt_expect expect = { .now = ictx.now, .leeway = 0 };
+	const char *token;
+	char err[160] = "";
+
+	assert_int_equal(issue_access_token(&ictx, unnamed, &admin_caller, ISSUE_NAMED, &response, &rec, err,
+					    sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "name"));
+	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, 0, &response, &rec, err, sizeof(err)),
+			 -EINVAL);
+	assert_null(response);
+	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, ISSUE_NAMED, &response, &rec, err,
+					    sizeof(err)), 0);
+	token = json_string_value(json_object_get(response, "access_token"));
+	assert_int_equal(jwt_verify(token, strlen(token), keys_lookup, keys, &expect, &header, &claims), 0);
+	assert_string_equal(rec.jti, json_string_value(json_object_get(claims, "jti")));
+	assert_string_equal(rec.subject, "ci-bot");
+	assert_string_equal(rec.org, "acme");
+	assert_string_equal(rec.name, "deploy key");
+	assert_string_equal(rec.description, "used by CI");
+	assert_string_equal(rec.client_id, "root");
+	assert_string_equal(rec.kid, json_string_value(json_object_get(header, "kid")));
+	assert_int_equal(rec.type, REGISTRY_TYPE_ACCESS);
+	assert_int_equal(rec.status, REGISTRY_ACTIVE);
+	assert_int_equal(rec.iat, json_integer_value(json_object_get(claims, "iat")));
+	assert_int_equal(rec.exp, json_integer_value(json_object_get(claims, "exp")));
+	/* Without a registry (ictx.registry NULL) there is no status entry. */
+	assert_int_equal(rec.status_idx, REGISTRY_NO_INDEX);
+	assert_null(json_object_get(claims, "status"));
+	json_decref(header);
+	json_decref(claims);
+	json_decref(response);
+	json_decref(unnamed);
+	json_decref(body);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -428,6 +476,7 @@ int main(void)
 		cmocka_unit_test(test_role_names),
 		cmocka_unit_test(test_client_id_defaults_to_the_caller),
 		cmocka_unit_test(test_unknown_members_are_refused),
+		cmocka_unit_test(test_named_token_record),
 		cmocka_unit_test(test_only_configured_algorithms_sign),
 		cmocka_unit_test(test_oversized_claims_are_refused),
 		cmocka_unit_test(test_credentials_do_not_outlive_the_caller),
@@ -448,7 +497,7 @@ int main(void)
 	cfg.algorithms[1] = JWS_ALG_RS256;
 	cfg.algorithms[2] = JWS_ALG_PS256;
 	cfg.algorithm_count = 3;
-	ictx = (struct issue_ctx){ &cfg, keys, session, (int64_t)time(NULL) };
+	ictx = (struct issue_ctx){ &cfg, keys, session, (int64_t)time(NULL), NULL };
 	r = cmocka_run_group_tests(tests, NULL, NULL);
 	hsm_session_close(session);
 	keys_free(keys);

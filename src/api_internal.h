@@ -1,0 +1,63 @@
+/* What the api_*.c files share: replies, caller checks, deferred replies.
+ * Private to the api module (include/hsmjwt/api.h is its contract). */
+#ifndef HSMJWT_API_INTERNAL_H
+#define HSMJWT_API_INTERNAL_H
+
+#include <jansson.h>
+
+#include "hsmjwt/api.h"
+
+/* Longest path segment a route captures ({jti}, {subject}, {n}), encoded. */
+#define API_MAX_SEGMENT 1024
+
+int64_t api_now(void);
+void api_json(struct api_outcome *out, struct evhttp_request *req, int code, json_t *body);
+void api_error(struct api_outcome *out, struct evhttp_request *req, int code, const char *error,
+	       const char *description);
+/* Reads the JSON body (oauth: or a form); replies itself on failure. */
+int api_read_body(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, int oauth,
+		  json_t **ret_body);
+/* Authenticates the caller (a revoked or suspended caller token fails) and
+ * checks one role; replies 401/403 itself. */
+int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role, struct auth_caller *ret_caller,
+		  struct api_outcome *out);
+/* The org a caller's registry calls are confined to: NULL for a caller
+ * without org (an unconfined admin sees every org). */
+const char *api_scope(const struct auth_caller *caller);
+/* Maps a registry write failure to its reply (503 when it has failed). */
+void api_registry_failed(struct api_outcome *out, struct evhttp_request *req, int r);
+
+/* A reply held back until the registry has made a change durable.
+ * api_pending_new before the registry call (whose done is api_pending_done
+ * with the pending as arg); on the call's success, api_pending_reply hands
+ * over the answer and marks the request deferred; on its failure,
+ * api_pending_free.  The answer goes out on the worker's loop, after the
+ * handler has returned. */
+struct api_pending;
+int api_pending_new(struct api_ctx *ctx, struct evhttp_request *req, struct api_pending **ret_pending);
+void api_pending_done(void *arg, int result);
+void api_pending_reply(struct api_pending *pending, struct api_outcome *out, int code, json_t *body);
+void api_pending_free(struct api_pending *pending);
+
+/* Registry endpoints (api_registry.c).  segment: the route's captured,
+ * percent-decoded path segment, or NULL. */
+void api_token(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_tokens_create(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		       const char *segment);
+void api_tokens_list(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_tokens_get(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_tokens_patch(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		      const char *segment);
+void api_tokens_delete(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		       const char *segment);
+void api_user_tokens_delete(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+			    const char *segment);
+void api_revocations(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_revoke(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_introspect(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_statuslist(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+/* What verification adds from the registry: 0 (status "active" or
+ * "unregistered" in *ret_status) or a jws_error code (JWS_E_REVOKED...). */
+int api_registry_verdict(struct api_ctx *ctx, const json_t *claims, const char **ret_status);
+
+#endif
