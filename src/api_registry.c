@@ -605,7 +605,10 @@ void api_introspect(struct api_ctx *ctx, struct evhttp_request *req, struct api_
 	}
 	snprintf(out->jti, sizeof(out->jti), "%s", json_plain_string(json_object_get(claims, "jti")) ?
 		 json_plain_string(json_object_get(claims, "jti")) : "");
-	if (json_object_set_new(claims, "active", json_true()) < 0) {
+	/* The token's own "status" claim (its status-list entry) stays as it
+	 * is; the registry's view is an extension member (RFC 7662 §2.2). */
+	if (json_object_set_new(claims, "active", json_true()) < 0 ||
+	    json_object_set_new(claims, "registry_status", json_string(status)) < 0) {
 		api_error(out, req, 500, "server_error", "out of memory");
 		goto out;
 	}
