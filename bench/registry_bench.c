@@ -23,6 +23,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +41,8 @@
 #include "hsmjwt/registry_codec.h"
 
 #define BENCH_LEEWAY 60
+#define BENCH_SALT_STARTUP 0x1111
+#define BENCH_SALT_REVOKE 0x2222
 #define BENCH_ORGS 20
 #define BENCH_USERS 100000
 #define BENCH_CLIENT_IDS 5
@@ -381,6 +384,45 @@ static long bench_vmhwm_kb(void)
 	return bench_status_kb("VmHWM");
 }
 
+/* A verifier's view of a compaction: registry_check on the start-up file's
+ * tokens in a loop, keeping the longest call. */
+struct bench_reader {
+	pthread_t thread;
+	struct registry *reg;
+	uint64_t records;
+	atomic_int stop;
+	uint64_t checks;
+	int64_t longest_ns;
+	int error;
+};
+
+static void *bench_reader_run(void *arg)
+{
+	struct bench_reader *rd = arg;
+	uint64_t state = 42;
+
+	while (!atomic_load(&rd->stop)) {
+		char jti[BENCH_JTI_LEN + 1];
+		enum registry_status st;
+		uint64_t i = bench_rand(&state) % rd->records;
+		int found = 0, r;
+		int64_t t0, ns;
+
+		bench_jti(BENCH_SALT_STARTUP, i, jti);
+		t0 = bench_now_ns();
+		r = registry_check(rd->reg, jti, bench_orgs[i % BENCH_ORGS], &found, &st);
+		ns = bench_now_ns() - t0;
+		if (r < 0) {
+			rd->error = r;
+			break;
+		}
+		if (ns > rd->longest_ns)
+			rd->longest_ns = ns;
+		rd->checks++;
+	}
+	return NULL;
+}
+
 /* The child: "open-child DIR NOW COMPACT".  One result line on stdout for the
  * parent to parse. */
 static int bench_open_child(const char *dir, int64_t now, int compact)
@@ -389,7 +431,8 @@ static int bench_open_child(const char *dir, int64_t now, int compact)
 	struct registry_stats st = { 0 };
 	struct registry_stats after = { 0 };
 	long hwm_before, hwm_open, anon_open, file_open, hwm_compact = -1;
-	int64_t t0, t_open, t_compact = -1;
+	int64_t t0, t_open, t_compact = -1, reader_longest = 0;
+	uint64_t reader_checks = 0;
 	int r;
 
 	hwm_before = bench_vmhwm_kb();
@@ -405,9 +448,29 @@ static int bench_open_child(const char *dir, int64_t now, int compact)
 	file_open = bench_status_kb("RssFile");
 	registry_get_stats(reg, &st);
 	if (compact) {
+		struct bench_reader rd = { .reg = reg, .records = st.records ? st.records : 1 };
+
+		if (pthread_create(&rd.thread, NULL, bench_reader_run, &rd) != 0) {
+			fprintf(stderr, "registry_bench: cannot start the reader thread\n");
+			registry_close(reg);
+			return 1;
+		}
+		/* Let the reader get going, so that it is inside the registry
+		 * when the compaction takes its locks. */
+		while (rd.checks == 0 && rd.error == 0)
+			sched_yield();
 		t0 = bench_now_ns();
 		r = registry_compact(reg, now, &after);
 		t_compact = bench_now_ns() - t0;
+		atomic_store(&rd.stop, 1);
+		pthread_join(rd.thread, NULL);
+		reader_longest = rd.longest_ns;
+		reader_checks = rd.checks;
+		if (rd.error < 0) {
+			fprintf(stderr, "registry_bench: registry_check failed during the compaction (error %d)\n", rd.error);
+			registry_close(reg);
+			return 1;
+		}
 		if (r < 0) {
 			fprintf(stderr, "registry_bench: registry_compact failed (error %d)\n", r);
 			registry_close(reg);
@@ -418,9 +481,10 @@ static int bench_open_child(const char *dir, int64_t now, int compact)
 	registry_close(reg);
 	printf("open_ns=%" PRId64 " hwm_before_kb=%ld hwm_open_kb=%ld anon_kb=%ld file_kb=%ld records=%" PRIu64 " frames=%" PRIu64
 	       " bytes=%" PRIu64 " compact_ns=%" PRId64 " hwm_compact_kb=%ld compact_records=%" PRIu64
-	       " compact_frames=%" PRIu64 " compact_bytes=%" PRIu64 "\n",
-	       t_open, hwm_before, hwm_open, anon_open, file_open, st.records, st.frames, st.file_bytes, t_compact, hwm_compact,
-	       after.records, after.frames, after.file_bytes);
+	       " compact_frames=%" PRIu64 " compact_bytes=%" PRIu64 " reader_longest_ns=%" PRId64
+	       " reader_checks=%" PRIu64 "\n",
+	       t_open, hwm_before, hwm_open, anon_open, file_open, st.records, st.frames, st.file_bytes, t_compact,
+	       hwm_compact, after.records, after.frames, after.file_bytes, reader_longest, reader_checks);
 	return fflush(stdout) == 0 ? 0 : 1;
 }
 
@@ -433,6 +497,8 @@ struct bench_open_result {
 	int64_t compact_ns;
 	long hwm_compact_kb;
 	uint64_t compact_records, compact_frames, compact_bytes;
+	int64_t reader_longest_ns;
+	uint64_t reader_checks;
 };
 
 /* Runs this binary again as "open-child", in a process of its own so that
@@ -488,10 +554,11 @@ static int bench_run_child(const char *dir, int64_t now, int compact, struct ben
 	if (sscanf(out,
 		   "open_ns=%" SCNd64 " hwm_before_kb=%ld hwm_open_kb=%ld anon_kb=%ld file_kb=%ld records=%" SCNu64 " frames=%" SCNu64
 		   " bytes=%" SCNu64 " compact_ns=%" SCNd64 " hwm_compact_kb=%ld compact_records=%" SCNu64
-		   " compact_frames=%" SCNu64 " compact_bytes=%" SCNu64,
+		   " compact_frames=%" SCNu64 " compact_bytes=%" SCNu64 " reader_longest_ns=%" SCNd64
+		   " reader_checks=%" SCNu64,
 		   &res.open_ns, &res.hwm_before_kb, &res.hwm_open_kb, &res.anon_kb, &res.file_kb, &res.records, &res.frames, &res.bytes,
 		   &res.compact_ns, &res.hwm_compact_kb, &res.compact_records, &res.compact_frames,
-		   &res.compact_bytes) != 13) {
+		   &res.compact_bytes, &res.reader_longest_ns, &res.reader_checks) != 15) {
 		fprintf(stderr, "registry_bench: cannot parse the open-child's answer\n");
 		r = -EBADMSG;
 		goto out;
@@ -534,7 +601,7 @@ static int bench_startup(const char *dir, const struct bench_options *o, int64_t
 		return r;
 	}
 	t0 = bench_now_ns();
-	r = bench_write_registry(sub, 0x1111, o->records, now, 1, &file);
+	r = bench_write_registry(sub, BENCH_SALT_STARTUP, o->records, now, 1, &file);
 	if (r < 0)
 		return r;
 	printf("generate: %" PRIu64 " records, %" PRIu64 " revoked by STATUS frames, %.1f MB "
@@ -573,6 +640,9 @@ static int bench_startup(const char *dir, const struct bench_options *o, int64_t
 	printf("compact: %.3f s (%" PRIu64 " -> %" PRIu64 " frames, %.1f -> %.1f MB; peak RSS of open + compact %.1f MB)\n",
 	       bench_seconds(warm.compact_ns), warm.frames, warm.compact_frames, bench_mb(warm.bytes),
 	       bench_mb(warm.compact_bytes), (double)(warm.hwm_compact_kb - warm.hwm_before_kb) / 1024.0);
+	printf("compact_read_stall: %.1f ms (the longest registry_check of a thread checking tokens during the "
+	       "compaction; %" PRIu64 " checks)\n",
+	       (double)warm.reader_longest_ns / 1e6, warm.reader_checks);
 	fflush(stdout);
 	return 0;
 }
@@ -801,11 +871,11 @@ static int bench_group_commit(const char *dir, const struct bench_options *o, in
 	}
 	/* Registered straight into the file like the start-up one: only the
 	 * revocations are timed. */
-	r = bench_write_registry(sub, 0x2222, total, now, 0, &file);
+	r = bench_write_registry(sub, BENCH_SALT_REVOKE, total, now, 0, &file);
 	if (r < 0)
 		goto out;
 	for (uint64_t i = 0; i < total; i++) {
-		bench_token(0x2222, i, now, 0, 1, e);
+		bench_token(BENCH_SALT_REVOKE, i, now, 0, 1, e);
 		memcpy(tokens[i].jti, e->jti, sizeof(tokens[i].jti));
 		tokens[i].org = bench_orgs[i % BENCH_ORGS];
 	}
