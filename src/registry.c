@@ -63,7 +63,7 @@ static inline uint64_t registry_rotl(uint64_t x, int b)
 		v2 += v1; v1 = registry_rotl(v1, 17); v1 ^= v2; v2 = registry_rotl(v2, 32);           \
 	} while (0)
 
-static uint32_t registry_hash(const struct registry_hashkey *key, const char *s, size_t len)
+static uint64_t registry_hash(const struct registry_hashkey *key, const char *s, size_t len)
 {
 	uint64_t v0 = key->k0 ^ 0x736f6d6570736575ULL, v1 = key->k1 ^ 0x646f72616e646f6dULL;
 	uint64_t v2 = key->k0 ^ 0x6c7967656e657261ULL, v3 = key->k1 ^ 0x7465646279746573ULL;
@@ -88,9 +88,14 @@ static uint32_t registry_hash(const struct registry_hashkey *key, const char *s,
 	REGISTRY_SIPROUND(v0, v1, v2, v3);
 	REGISTRY_SIPROUND(v0, v1, v2, v3);
 	REGISTRY_SIPROUND(v0, v1, v2, v3);
-	b = v0 ^ v1 ^ v2 ^ v3;
-	return (uint32_t)(b ^ (b >> 32));
+	return v0 ^ v1 ^ v2 ^ v3;
 }
+
+/* Probing compares the hash kept in the slot before it touches a string. */
+struct registry_slot {
+	uint32_t id;                   /* + 1; 0 = empty */
+	uint32_t hash;
+};
 
 /* ---- records ---------------------------------------------------------------
  * One compact record per token, carved from slabs: the fixed fields, the
@@ -103,6 +108,7 @@ struct registry_rec {
 	uint32_t status_idx;
 	uint32_t hash;                 /* of the jti */
 	uint32_t org, client_id, kid, reason;
+	uint16_t tag;                  /* more bits of the jti's hash, never 0 */
 	uint8_t type, status;
 	uint8_t mark;                  /* scratch of the write-lock holder */
 	char str[];                    /* jti, subject, parent, family, name, description */
@@ -143,43 +149,67 @@ static inline const char *registry_rec_description(const struct registry_rec *re
 	return registry_next_str(registry_rec_name(rec));
 }
 
-static size_t registry_rec_size(const struct registry_rec *rec)
-{
-	const char *end = registry_next_str(registry_rec_description(rec));
-
-	return offsetof(struct registry_rec, str) + (size_t)(end - rec->str);
-}
-
+/* Slabs are REGISTRY_SLAB_SIZE-aligned, so a record finds its slab from its
+ * address; a slab whose records were all dropped by compactions is given
+ * back (records are carved in seq order, and old tokens expire first). */
 struct registry_slab {
 	struct registry_slab *next;
-	size_t used, size;
+	size_t used;
+	size_t live;                   /* records carved here and not released */
 	_Alignas(8) unsigned char data[];
 };
 
+#define REGISTRY_SLAB_ROOM (REGISTRY_SLAB_SIZE - offsetof(struct registry_slab, data))
+
 struct registry_arena {
-	struct registry_slab *head;
+	struct registry_slab *head;    /* the slab being carved */
 };
 
+/* n is at most a record's size, far below REGISTRY_SLAB_ROOM. */
 static void *registry_arena_alloc(struct registry_arena *a, size_t n)
 {
 	struct registry_slab *s = a->head;
 	void *p;
 
 	n = (n + 7) & ~(size_t)7;
-	if (s == NULL || s->size - s->used < n) {
-		size_t size = n > REGISTRY_SLAB_SIZE ? n : REGISTRY_SLAB_SIZE;
-
-		s = malloc(sizeof(*s) + size);
+	if (s == NULL || REGISTRY_SLAB_ROOM - s->used < n) {
+		s = aligned_alloc(REGISTRY_SLAB_SIZE, REGISTRY_SLAB_SIZE);
 		if (s == NULL)
 			return NULL;
 		s->used = 0;
-		s->size = size;
+		s->live = 0;
 		s->next = a->head;
 		a->head = s;
 	}
 	p = s->data + s->used;
 	s->used += n;
+	s->live++;
 	return p;
+}
+
+static struct registry_slab *registry_slab_of(const void *p)
+{
+	return (struct registry_slab *)((uintptr_t)p & ~(uintptr_t)(REGISTRY_SLAB_SIZE - 1));
+}
+
+static void registry_arena_release(const void *p)
+{
+	registry_slab_of(p)->live--;
+}
+
+/* Frees every slab but the one being carved that holds no record. */
+static void registry_arena_sweep(struct registry_arena *a)
+{
+	for (struct registry_slab **s = a->head ? &a->head->next : NULL; s && *s;) {
+		if ((*s)->live == 0) {
+			struct registry_slab *dead = *s;
+
+			*s = dead->next;
+			free(dead);
+		} else {
+			s = &(*s)->next;
+		}
+	}
 }
 
 static void registry_arena_free(struct registry_arena *a)
@@ -208,7 +238,7 @@ static int registry_vec_reserve(struct registry_vec *v, size_t extra)
 		return 0;
 	if (need > UINT32_MAX)
 		return -ENOMEM;
-	cap = v->cap ? v->cap : 2;
+	cap = v->cap ? v->cap : 4;
 	while (cap < need)
 		cap *= 2;
 	if (cap > UINT32_MAX)
@@ -263,21 +293,20 @@ static void registry_vec_remove_sorted(struct registry_vec *v, const struct regi
 
 struct registry_intern {
 	char **strings;
-	uint32_t *hashes;
 	uint32_t count, alloc;
-	uint32_t *slots;               /* id + 1, 0 = empty */
+	struct registry_slot *slots;
 	uint32_t mask;
 };
 
-static int registry_find_slot_intern(const struct registry_intern *t, const char *s, uint32_t h, uint32_t *ret_id)
+static int registry_intern_lookup(const struct registry_intern *t, const char *s, uint32_t h, uint32_t *ret_id)
 {
 	for (uint32_t i = h & t->mask;; i = (i + 1) & t->mask) {
-		uint32_t id = t->slots[i];
+		const struct registry_slot *slot = &t->slots[i];
 
-		if (id == 0)
+		if (slot->id == 0)
 			return -ENOENT;
-		if (t->hashes[id - 1] == h && strcmp(t->strings[id - 1], s) == 0) {
-			*ret_id = id - 1;
+		if (slot->hash == h && strcmp(t->strings[slot->id - 1], s) == 0) {
+			*ret_id = slot->id - 1;
 			return 0;
 		}
 	}
@@ -292,45 +321,55 @@ static int registry_intern_find(const struct registry_intern *t, const struct re
 	}
 	if (t->slots == NULL)
 		return -ENOENT;
-	return registry_find_slot_intern(t, s, registry_hash(key, s, strlen(s)), ret_id);
+	return registry_intern_lookup(t, s, (uint32_t)registry_hash(key, s, strlen(s)), ret_id);
 }
 
-static int registry_intern_grow(struct registry_intern *t)
+static int registry_slots_grow(struct registry_slot **slots, uint32_t *mask)
 {
-	uint32_t cap = t->slots ? (t->mask + 1) * 2 : 64, *slots;
+	uint32_t old = *slots ? *mask + 1 : 0, cap = old ? old * 2 : 64;
+	struct registry_slot *grown;
 
 	if (cap == 0)
 		return -ENOMEM;
-	slots = calloc(cap, sizeof(*slots));
-	if (slots == NULL)
+	grown = calloc(cap, sizeof(*grown));
+	if (grown == NULL)
 		return -ENOMEM;
-	for (uint32_t id = 1; id < t->count; id++) {
-		uint32_t i = t->hashes[id] & (cap - 1);
+	for (uint32_t k = 0; k < old; k++) {
+		uint32_t i;
 
-		while (slots[i] != 0)
-			i = (i + 1) & (cap - 1);
-		slots[i] = id + 1;
+		if ((*slots)[k].id == 0)
+			continue;
+		for (i = (*slots)[k].hash & (cap - 1); grown[i].id != 0; i = (i + 1) & (cap - 1))
+			;
+		grown[i] = (*slots)[k];
 	}
-	free(t->slots);
-	t->slots = slots;
-	t->mask = cap - 1;
+	free(*slots);
+	*slots = grown;
+	*mask = cap - 1;
 	return 0;
+}
+
+static void registry_slots_put(struct registry_slot *slots, uint32_t mask, uint32_t id, uint32_t h)
+{
+	uint32_t i;
+
+	for (i = h & mask; slots[i].id != 0; i = (i + 1) & mask)
+		;
+	slots[i] = (struct registry_slot){ id + 1, h };
 }
 
 static int registry_intern_init(struct registry_intern *t)
 {
 	memset(t, 0, sizeof(*t));
 	t->strings = malloc(16 * sizeof(*t->strings));
-	t->hashes = malloc(16 * sizeof(*t->hashes));
-	if (t->strings == NULL || t->hashes == NULL)
+	if (t->strings == NULL)
 		return -ENOMEM;
 	t->alloc = 16;
 	t->strings[0] = strdup("");
-	t->hashes[0] = 0;
 	if (t->strings[0] == NULL)
 		return -ENOMEM;
 	t->count = 1;
-	return registry_intern_grow(t);
+	return registry_slots_grow(&t->slots, &t->mask);
 }
 
 static void registry_intern_free(struct registry_intern *t)
@@ -338,7 +377,6 @@ static void registry_intern_free(struct registry_intern *t)
 	for (uint32_t i = 0; i < t->count; i++)
 		free(t->strings[i]);
 	free(t->strings);
-	free(t->hashes);
 	free(t->slots);
 	memset(t, 0, sizeof(*t));
 }
@@ -347,19 +385,19 @@ static int registry_intern_add(struct registry_intern *t, const struct registry_
 			       uint32_t *ret_id)
 {
 	size_t len = strlen(s);
-	uint32_t h, i;
+	uint32_t h;
 	char *copy;
 
 	if (len == 0) {
 		*ret_id = 0;
 		return 0;
 	}
-	h = registry_hash(key, s, len);
-	if (registry_find_slot_intern(t, s, h, ret_id) == 0)
+	h = (uint32_t)registry_hash(key, s, len);
+	if (registry_intern_lookup(t, s, h, ret_id) == 0)
 		return 0;
 	if (t->count == UINT32_MAX - 1)
 		return -ENOMEM;
-	if ((uint64_t)(t->count + 1) * 2 > (uint64_t)t->mask + 1 && registry_intern_grow(t) < 0)
+	if ((uint64_t)(t->count + 1) * 2 > (uint64_t)t->mask + 1 && registry_slots_grow(&t->slots, &t->mask) < 0)
 		return -ENOMEM;
 	if (t->count == t->alloc) {
 		uint32_t alloc = t->alloc > UINT32_MAX / 2 ? UINT32_MAX - 1 : t->alloc * 2;
@@ -368,10 +406,6 @@ static int registry_intern_add(struct registry_intern *t, const struct registry_
 		if (strings == NULL)
 			return -ENOMEM;
 		t->strings = strings;
-		uint32_t *hashes = realloc(t->hashes, (size_t)alloc * sizeof(*hashes));
-		if (hashes == NULL)
-			return -ENOMEM;
-		t->hashes = hashes;
 		t->alloc = alloc;
 	}
 	copy = malloc(len + 1);
@@ -379,67 +413,53 @@ static int registry_intern_add(struct registry_intern *t, const struct registry_
 		return -ENOMEM;
 	memcpy(copy, s, len + 1);
 	t->strings[t->count] = copy;
-	t->hashes[t->count] = h;
-	for (i = h & t->mask; t->slots[i] != 0; i = (i + 1) & t->mask)
-		;
-	t->slots[i] = t->count + 1;
+	registry_slots_put(t->slots, t->mask, t->count, h);
 	*ret_id = t->count++;
 	return 0;
 }
 
 /* ---- string -> records in seq order (subject, parent, family) ------------ */
 
+/* Keys that fit are kept inline, so that a lookup reads no record (a cache
+ * miss each, at open); longer ones point into the group's first record. */
+#define REGISTRY_GROUP_INLINE 32
+
 struct registry_group {
-	const char *key;               /* inside the group's first record */
-	uint32_t hash;
 	struct registry_vec vec;
+	const char *key;               /* NULL when inline */
+	char inline_key[REGISTRY_GROUP_INLINE];
 };
+
+static inline const char *registry_group_key(const struct registry_group *g)
+{
+	return g->key ? g->key : g->inline_key;
+}
 
 struct registry_map {
 	struct registry_group *groups;
 	uint32_t count, alloc;
-	uint32_t *slots;               /* group + 1, 0 = empty */
+	struct registry_slot *slots;
 	uint32_t mask;
 };
+
+static struct registry_group *registry_map_lookup(const struct registry_map *m, const char *s, uint32_t h)
+{
+	for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
+		const struct registry_slot *slot = &m->slots[i];
+
+		if (slot->id == 0)
+			return NULL;
+		if (slot->hash == h && strcmp(registry_group_key(&m->groups[slot->id - 1]), s) == 0)
+			return &m->groups[slot->id - 1];
+	}
+}
 
 static struct registry_group *registry_map_find(const struct registry_map *m, const struct registry_hashkey *key,
 						const char *s)
 {
-	uint32_t h;
-
 	if (m->slots == NULL || s[0] == '\0')
 		return NULL;
-	h = registry_hash(key, s, strlen(s));
-	for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
-		uint32_t g = m->slots[i];
-
-		if (g == 0)
-			return NULL;
-		if (m->groups[g - 1].hash == h && strcmp(m->groups[g - 1].key, s) == 0)
-			return &m->groups[g - 1];
-	}
-}
-
-static int registry_map_grow(struct registry_map *m)
-{
-	uint32_t cap = m->slots ? (m->mask + 1) * 2 : 64, *slots;
-
-	if (cap == 0)
-		return -ENOMEM;
-	slots = calloc(cap, sizeof(*slots));
-	if (slots == NULL)
-		return -ENOMEM;
-	for (uint32_t g = 0; g < m->count; g++) {
-		uint32_t i = m->groups[g].hash & (cap - 1);
-
-		while (slots[i] != 0)
-			i = (i + 1) & (cap - 1);
-		slots[i] = g + 1;
-	}
-	free(m->slots);
-	m->slots = slots;
-	m->mask = cap - 1;
-	return 0;
+	return registry_map_lookup(m, s, (uint32_t)registry_hash(key, s, strlen(s)));
 }
 
 /* The group of s, created empty if missing: its index in m->groups (which
@@ -447,20 +467,18 @@ static int registry_map_grow(struct registry_map *m)
 static int registry_map_group(struct registry_map *m, const struct registry_hashkey *key, const char *s,
 			      uint32_t *ret_group)
 {
-	uint32_t h = registry_hash(key, s, strlen(s)), i;
+	size_t len = strlen(s);
+	uint32_t h = (uint32_t)registry_hash(key, s, len);
+	struct registry_group *g = m->slots ? registry_map_lookup(m, s, h) : NULL;
 
-	if (m->slots != NULL)
-		for (i = h & m->mask; m->slots[i] != 0; i = (i + 1) & m->mask) {
-			uint32_t g = m->slots[i] - 1;
-
-			if (m->groups[g].hash == h && strcmp(m->groups[g].key, s) == 0) {
-				*ret_group = g;
-				return 0;
-			}
-		}
+	if (g != NULL) {
+		*ret_group = (uint32_t)(g - m->groups);
+		return 0;
+	}
 	if (m->count == UINT32_MAX - 1)
 		return -ENOMEM;
-	if ((m->slots == NULL || (uint64_t)(m->count + 1) * 2 > (uint64_t)m->mask + 1) && registry_map_grow(m) < 0)
+	if ((m->slots == NULL || (uint64_t)(m->count + 1) * 2 > (uint64_t)m->mask + 1) &&
+	    registry_slots_grow(&m->slots, &m->mask) < 0)
 		return -ENOMEM;
 	if (m->count == m->alloc) {
 		uint32_t alloc = m->alloc ? (m->alloc > UINT32_MAX / 2 ? UINT32_MAX - 1 : m->alloc * 2) : 16;
@@ -471,10 +489,13 @@ static int registry_map_group(struct registry_map *m, const struct registry_hash
 		m->groups = groups;
 		m->alloc = alloc;
 	}
-	m->groups[m->count] = (struct registry_group){ .key = s, .hash = h };
-	for (i = h & m->mask; m->slots[i] != 0; i = (i + 1) & m->mask)
-		;
-	m->slots[i] = m->count + 1;
+	g = &m->groups[m->count];
+	memset(g, 0, sizeof(*g));
+	if (len < sizeof(g->inline_key))
+		memcpy(g->inline_key, s, len + 1);
+	else
+		g->key = s;
+	registry_slots_put(m->slots, m->mask, m->count, h);
 	*ret_group = m->count++;
 	return 0;
 }
@@ -494,6 +515,7 @@ struct registry_index {
 	struct registry_hashkey key;
 	struct registry_arena arena;
 	struct registry_rec **table;   /* jti -> record, open addressing */
+	uint16_t *tags;                /* per slot: the record's tag, 0 = empty */
 	size_t table_mask, table_count;
 	struct registry_intern strings;
 	struct registry_vec all;
@@ -514,6 +536,7 @@ static void registry_index_free(struct registry_index *ix)
 {
 	registry_arena_free(&ix->arena);
 	free(ix->table);
+	free(ix->tags);
 	registry_intern_free(&ix->strings);
 	free(ix->all.items);
 	free(ix->nonactive.items);
@@ -526,47 +549,60 @@ static void registry_index_free(struct registry_index *ix)
 	memset(ix, 0, sizeof(*ix));
 }
 
-static struct registry_rec *registry_index_get(const struct registry_index *ix, const char *jti)
+static inline uint16_t registry_tag(uint64_t h)
 {
-	uint32_t h;
+	return (uint16_t)((h >> 48) | 1);
+}
+
+/* A miss reads the small tag array only, never a record. */
+static struct registry_rec *registry_index_lookup(const struct registry_index *ix, const char *jti, uint64_t h)
+{
+	uint16_t tag = registry_tag(h);
 
 	if (ix->table == NULL)
 		return NULL;
-	h = registry_hash(&ix->key, jti, strlen(jti));
-	for (size_t i = h & ix->table_mask;; i = (i + 1) & ix->table_mask) {
-		struct registry_rec *rec = ix->table[i];
+	for (size_t i = (uint32_t)h & ix->table_mask; ix->tags[i] != 0; i = (i + 1) & ix->table_mask)
+		if (ix->tags[i] == tag && ix->table[i]->hash == (uint32_t)h && strcmp(ix->table[i]->str, jti) == 0)
+			return ix->table[i];
+	return NULL;
+}
 
-		if (rec == NULL)
-			return NULL;
-		if (rec->hash == h && strcmp(rec->str, jti) == 0)
-			return rec;
-	}
+static struct registry_rec *registry_index_get(const struct registry_index *ix, const char *jti)
+{
+	return registry_index_lookup(ix, jti, registry_hash(&ix->key, jti, strlen(jti)));
 }
 
 static int registry_table_reserve(struct registry_index *ix, size_t count)
 {
 	size_t cap = ix->table ? ix->table_mask + 1 : 1024;
 	struct registry_rec **table;
+	uint16_t *tags;
 
 	if (ix->table && count * 2 <= cap)
 		return 0;
 	while (count * 2 > cap)
 		cap *= 2;
-	table = calloc(cap, sizeof(*table));
-	if (table == NULL)
+	table = malloc(cap * sizeof(*table));
+	tags = calloc(cap, sizeof(*tags));
+	if (table == NULL || tags == NULL) {
+		free(table);
+		free(tags);
 		return -ENOMEM;
+	}
 	for (size_t i = 0; ix->table && i <= ix->table_mask; i++) {
-		struct registry_rec *rec = ix->table[i];
 		size_t j;
 
-		if (rec == NULL)
+		if (ix->tags[i] == 0)
 			continue;
-		for (j = rec->hash & (cap - 1); table[j] != NULL; j = (j + 1) & (cap - 1))
+		for (j = ix->table[i]->hash & (cap - 1); tags[j] != 0; j = (j + 1) & (cap - 1))
 			;
-		table[j] = rec;
+		table[j] = ix->table[i];
+		tags[j] = ix->tags[i];
 	}
 	free(ix->table);
+	free(ix->tags);
 	ix->table = table;
+	ix->tags = tags;
 	ix->table_mask = cap - 1;
 	return 0;
 }
@@ -609,9 +645,10 @@ static int registry_index_link(struct registry_index *ix, struct registry_rec *r
 	    (family[0] && (registry_map_group(&ix->families, &ix->key, family, &gf) < 0 ||
 			   registry_vec_reserve(&ix->families.groups[gf].vec, 1) < 0)))
 		return -ENOMEM;
-	for (i = rec->hash & ix->table_mask; ix->table[i] != NULL; i = (i + 1) & ix->table_mask)
+	for (i = rec->hash & ix->table_mask; ix->tags[i] != 0; i = (i + 1) & ix->table_mask)
 		;
 	ix->table[i] = rec;
+	ix->tags[i] = rec->tag;
 	ix->table_count++;
 	ix->all.items[ix->all.count++] = rec;
 	ix->by_org[rec->org].items[ix->by_org[rec->org].count++] = rec;
@@ -645,7 +682,7 @@ static int registry_index_count_nonactive(const struct registry_index *ix, size_
 }
 
 /* A record from a TOKEN entry (unlinked). */
-static int registry_rec_new(struct registry_index *ix, const struct registry_entry *e, uint64_t seq,
+static int registry_rec_new(struct registry_index *ix, const struct registry_entry *e, uint64_t seq, uint64_t h,
 			    struct registry_rec **ret_rec)
 {
 	const char *parts[] = { e->jti, e->subject, e->parent, e->family, e->name, e->description };
@@ -668,7 +705,8 @@ static int registry_rec_new(struct registry_index *ix, const struct registry_ent
 	rec->exp = e->exp;
 	rec->status_at = e->at;
 	rec->status_idx = e->status_idx;
-	rec->hash = registry_hash(&ix->key, e->jti, lens[0]);
+	rec->hash = (uint32_t)h;
+	rec->tag = registry_tag(h);
 	rec->org = org;
 	rec->client_id = client_id;
 	rec->kid = kid;
@@ -1073,6 +1111,7 @@ static int registry_load_frame(void *arg, const struct registry_entry *e, size_t
 	struct registry_rec *rec;
 	char q[PATH_MAX + 8];
 	uint32_t reason;
+	uint64_t h;
 	size_t upto = offset & ~(ld->page - 1);
 
 	if (upto - ld->released >= REGISTRY_READ_WINDOW) {
@@ -1081,13 +1120,14 @@ static int registry_load_frame(void *arg, const struct registry_entry *e, size_t
 	}
 	switch (e->kind) {
 	case REGISTRY_KIND_TOKEN:
-		if (registry_index_get(&reg->index, e->jti) != NULL) {
+		h = registry_hash(&reg->index.key, e->jti, strlen(e->jti));
+		if (registry_index_lookup(&reg->index, e->jti, h) != NULL) {
 			log_error("\"registry holds a jti twice: refusing to start\" path=%s offset=%zu jti=%s repair=\"%s\"",
 				  log_quote(q, sizeof(q), reg->path), offset, e->jti, REGISTRY_REPAIR);
 			ld->logged = 1;
 			return -EBADMSG;
 		}
-		if (registry_rec_new(&reg->index, e, e->seq, &rec) < 0 ||
+		if (registry_rec_new(&reg->index, e, e->seq, h, &rec) < 0 ||
 		    registry_bits_reserve(reg, e->status_idx, e->status) < 0 ||
 		    registry_index_link(&reg->index, rec, 0) < 0)
 			return -ENOMEM;
@@ -1478,9 +1518,10 @@ int registry_add(struct registry *reg, const struct registry_record *rec, regist
 	pthread_mutex_lock(&reg->qmutex);
 	r = registry_queue_reserve(&reg->queue, len);
 	if (r == 0)
-		r = registry_rec_new(&reg->index, &e, e.seq, &r_new);
-	if (r == 0)
-		r = registry_index_link(&reg->index, r_new, 1);
+		r = registry_rec_new(&reg->index, &e, e.seq, registry_hash(&reg->index.key, e.jti, strlen(e.jti)),
+				     &r_new);
+	if (r == 0 && (r = registry_index_link(&reg->index, r_new, 1)) < 0)
+		registry_arena_release(r_new);
 	if (r == 0) {
 		memcpy(reg->queue.buf + reg->queue.len, frame, len);
 		reg->queue.len += len;
@@ -1721,11 +1762,13 @@ int registry_revoke_unregistered(struct registry *reg, const char *jti, const ch
 	pthread_mutex_lock(&reg->qmutex);
 	r = registry_queue_reserve(&reg->queue, token_len + status_len);
 	if (r == 0)
-		r = registry_rec_new(&reg->index, &e, e.seq, &rec);
-	if (r == 0 && status_len > 0)
-		r = registry_intern_add(&reg->index.strings, &reg->index.key, reason, &rec->reason);
-	if (r == 0)
-		r = registry_index_link(&reg->index, rec, 1);
+		r = registry_rec_new(&reg->index, &e, e.seq, registry_hash(&reg->index.key, e.jti, strlen(e.jti)),
+				     &rec);
+	if (r == 0 && status_len > 0 &&
+	    (r = registry_intern_add(&reg->index.strings, &reg->index.key, reason, &rec->reason)) < 0)
+		registry_arena_release(rec);
+	if (r == 0 && (r = registry_index_link(&reg->index, rec, 1)) < 0)
+		registry_arena_release(rec);
 	if (r == 0) {
 		memcpy(reg->queue.buf + reg->queue.len, token, token_len);
 		memcpy(reg->queue.buf + reg->queue.len + token_len, status, status_len);
@@ -2116,51 +2159,77 @@ static int registry_write_compacted(struct registry *reg, int64_t now, int fd, u
 	return 0;
 }
 
-/* Under the write lock: a new index of the records kept, copied into a
- * fresh arena; then the status-list blocks no kept record uses are given
- * back (their entries read as 0 from now on: a new generation). */
+/* Under the write lock: the index rebuilt around the records kept, which
+ * stay where they are; the interned strings only dropped records used and
+ * the slabs they emptied are given back, and so are the status-list blocks
+ * no kept record uses (their entries read as 0 from now on: a new
+ * generation).  All or nothing: on failure the index is as it was and the
+ * dropped records merely stay in memory (the file no longer has them). */
 static int registry_drop_expired(struct registry *reg, int64_t now)
 {
 	struct registry_index *old = &reg->index, nx;
+	struct registry_intern strings;
+	struct registry_vec *by_org = NULL;
+	uint32_t *remap = NULL, by_org_len;
 	uint8_t *used = NULL;
-	int r;
+	int r = -ENOMEM;
 
-	r = registry_index_init(&nx, &old->key);
-	if (r < 0)
+	memset(&strings, 0, sizeof(strings));
+	if (registry_index_init(&nx, &old->key) < 0 || registry_intern_init(&strings) < 0 ||
+	    registry_table_reserve(&nx, old->all.count) < 0 || registry_vec_reserve(&nx.all, old->all.count) < 0 ||
+	    (reg->nlists > 0 && (used = calloc(reg->nlists, 1)) == NULL) ||
+	    (remap = malloc((size_t)old->strings.count * sizeof(*remap))) == NULL)
 		goto fail;
-	if (registry_table_reserve(&nx, old->all.count) < 0 || registry_vec_reserve(&nx.all, old->all.count) < 0) {
-		r = -ENOMEM;
-		goto fail;
-	}
-	if (reg->nlists > 0 && (used = calloc(reg->nlists, 1)) == NULL) {
-		r = -ENOMEM;
-		goto fail;
-	}
+	memset(remap, 0xff, (size_t)old->strings.count * sizeof(*remap));
+	remap[0] = 0;
+	/* Links the kept records with their old string ids (by_org is indexed
+	 * by them), then moves everything to the new ids. */
 	for (uint32_t i = 0; i < old->all.count; i++) {
-		const struct registry_rec *rec = old->all.items[i];
-		size_t size = registry_rec_size(rec);
-		struct registry_rec *copy;
+		struct registry_rec *rec = old->all.items[i];
+		uint32_t ids[4] = { rec->org, rec->client_id, rec->kid, rec->reason };
 
 		if (registry_expired_for_good(reg, rec->exp, now))
 			continue;
-		copy = registry_arena_alloc(&nx.arena, size);
-		if (copy == NULL) {
-			r = -ENOMEM;
+		for (int k = 0; k < 4; k++)
+			if (remap[ids[k]] == UINT32_MAX &&
+			    registry_intern_add(&strings, &nx.key, registry_ix_string(old, ids[k]), &remap[ids[k]]) < 0)
+				goto fail;
+		if (registry_index_link(&nx, rec, 1) < 0)
 			goto fail;
-		}
-		memcpy(copy, rec, size);
-		if (registry_intern_add(&nx.strings, &nx.key, registry_ix_string(old, rec->org), &copy->org) < 0 ||
-		    registry_intern_add(&nx.strings, &nx.key, registry_ix_string(old, rec->client_id),
-					&copy->client_id) < 0 ||
-		    registry_intern_add(&nx.strings, &nx.key, registry_ix_string(old, rec->kid), &copy->kid) < 0 ||
-		    registry_intern_add(&nx.strings, &nx.key, registry_ix_string(old, rec->reason), &copy->reason) < 0 ||
-		    registry_index_link(&nx, copy, 1) < 0) {
-			r = -ENOMEM;
-			goto fail;
-		}
-		if (copy->status_idx != REGISTRY_NO_INDEX && copy->status_idx / REGISTRY_STATUSLIST_SIZE < reg->nlists)
-			used[copy->status_idx / REGISTRY_STATUSLIST_SIZE] = 1;
+		if (rec->status_idx != REGISTRY_NO_INDEX && rec->status_idx / REGISTRY_STATUSLIST_SIZE < reg->nlists)
+			used[rec->status_idx / REGISTRY_STATUSLIST_SIZE] = 1;
 	}
+	by_org_len = strings.count;
+	by_org = calloc(by_org_len, sizeof(*by_org));
+	if (by_org == NULL)
+		goto fail;
+
+	/* Nothing fails from here on. */
+	for (uint32_t id = 0; id < nx.by_org_len; id++)
+		if (nx.by_org[id].count > 0)
+			by_org[remap[id]] = nx.by_org[id];
+		else
+			free(nx.by_org[id].items);
+	free(nx.by_org);
+	nx.by_org = by_org;
+	nx.by_org_len = by_org_len;
+	for (uint32_t i = 0; i < old->all.count; i++) {
+		struct registry_rec *rec = old->all.items[i];
+
+		if (registry_expired_for_good(reg, rec->exp, now)) {
+			registry_arena_release(rec);
+			continue;
+		}
+		rec->org = remap[rec->org];
+		rec->client_id = remap[rec->client_id];
+		rec->kid = remap[rec->kid];
+		rec->reason = remap[rec->reason];
+	}
+	registry_intern_free(&nx.strings);
+	nx.strings = strings;
+	nx.arena = old->arena;
+	old->arena.head = NULL;
+	registry_arena_sweep(&nx.arena);
 	registry_index_free(old);
 	*old = nx;
 	for (uint32_t l = 0; l < reg->nlists; l++) {
@@ -2175,11 +2244,13 @@ static int registry_drop_expired(struct registry *reg, int64_t now)
 		reg->lists[l] = NULL;
 	}
 	free(used);
+	free(remap);
 	return 0;
 fail:
-	/* The expired records stay in memory; the file has them no more. */
 	registry_index_free(&nx);
+	registry_intern_free(&strings);
 	free(used);
+	free(remap);
 	return r;
 }
 
