@@ -1163,7 +1163,7 @@ static int registry_load(struct registry *reg, size_t size)
 	struct registry_scan scan;
 	char q[PATH_MAX + 8];
 	void *map = NULL;
-	size_t nonactive;
+	size_t nonactive, map_size = size;
 	int r;
 
 	if (size > 0) {
@@ -1179,6 +1179,8 @@ static int registry_load(struct registry *reg, size_t size)
 		/* A good guess of the record count spares the table its doublings. */
 		if (registry_table_reserve(&reg->index, size / 160) < 0) {
 			r = -ENOMEM;
+			log_error("\"cannot read the registry\" path=%s error=\"%s\"", log_quote(q, sizeof(q), reg->path),
+				  strerror(-r));
 			goto out;
 		}
 	}
@@ -1212,6 +1214,8 @@ static int registry_load(struct registry *reg, size_t size)
 	registry_index_count_nonactive(&reg->index, &nonactive);
 	if (registry_vec_reserve(&reg->index.nonactive, nonactive) < 0) {
 		r = -ENOMEM;
+		log_error("\"cannot read the registry\" path=%s error=\"%s\"", log_quote(q, sizeof(q), reg->path),
+			  strerror(-r));
 		goto out;
 	}
 	registry_index_rebuild_nonactive(&reg->index);
@@ -1222,7 +1226,7 @@ static int registry_load(struct registry *reg, size_t size)
 	r = 0;
 out:
 	if (map)
-		munmap(map, size > 0 ? size : 1);
+		munmap(map, map_size);
 	return r;
 }
 
@@ -1328,16 +1332,20 @@ int registry_open(const char *state_dir, enum registry_fsync fsync_policy, int64
 	reg->leeway = leeway;
 	reg->compact_min = REGISTRY_COMPACT_MIN_FRAMES;
 	r = registry_init_locks(reg);
-	if (r < 0)
+	if (r < 0) {
+		log_error("\"cannot create the registry's locks\"");
 		goto fail;
+	}
 	if (getrandom(&key, sizeof(key), 0) != (ssize_t)sizeof(key)) {
 		r = -EIO;
 		log_error("\"cannot seed the registry's hash\" error=\"%s\"", strerror(errno));
 		goto fail;
 	}
 	r = registry_index_init(&reg->index, &key);
-	if (r < 0)
+	if (r < 0) {
+		log_error("\"cannot allocate the registry index\" error=\"%s\"", strerror(-r));
 		goto fail;
+	}
 	/* A compaction that died before its rename left this behind. */
 	if (unlink(reg->new_path) == 0)
 		log_warn("\"removed an unfinished registry compaction\" path=%s",

@@ -203,6 +203,18 @@ static uint8_t *read_file(const char *path, size_t *ret_len)
 	return buf;
 }
 
+/* The file image read at open is unmapped whole, whatever was truncated. */
+static void assert_log_unmapped(void)
+{
+	char line[PATH_MAX + 256];
+	FILE *maps = fopen("/proc/self/maps", "r");
+
+	assert_non_null(maps);
+	while (fgets(line, sizeof(line), maps))
+		assert_null(strstr(line, log_path()));
+	fclose(maps);
+}
+
 struct offsets {
 	size_t off[64];
 	size_t count;
@@ -903,6 +915,7 @@ static void test_reopen_identical(void **state)
 	registry_close(reg);
 
 	reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	assert_log_unmapped();
 	na = snapshot(reg, &after);
 	assert_same_snapshot(before, nb, after, na);
 	registry_get_stats(reg, &s2);
@@ -1330,6 +1343,7 @@ static void test_torn_tail(void **state)
 		snprintf(want, sizeof(want), "offset=%zu dropped_bytes=%zu", offs.off[4], cuts[k] - offs.off[4]);
 		assert_non_null(strstr(log, "torn tail"));
 		assert_non_null(strstr(log, want));
+		assert_log_unmapped();
 		registry_get_stats(c.reg, &stats);
 		assert_int_equal(stats.records, 4);
 		assert_int_equal(stats.file_bytes, offs.off[4]);
@@ -1344,6 +1358,29 @@ static void test_torn_tail(void **state)
 		registry_get_stats(c.reg, &stats);
 		assert_int_equal(stats.records, 5);
 		registry_close(c.reg);
+	}
+	/* Zeros past the last frame, pages of them: a crash after the size
+	 * grew and before the data landed. */
+	{
+		size_t zlen = len + 3 * 4096;
+		uint8_t *zeros = calloc(1, zlen);
+		char want[64];
+		const char *log;
+		int r;
+
+		assert_non_null(zeros);
+		memcpy(zeros, image, len);
+		fixture_write_file(REGISTRY_FILE, zeros, zlen, 0600);
+		log = fixture_capture_stderr(do_open, &c, &r);
+		assert_int_equal(r, 0);
+		snprintf(want, sizeof(want), "offset=%zu dropped_bytes=%zu", len, zlen - len);
+		assert_non_null(strstr(log, want));
+		assert_log_unmapped();
+		registry_get_stats(c.reg, &stats);
+		assert_int_equal(stats.records, 5);
+		assert_int_equal(stats.file_bytes, len);
+		registry_close(c.reg);
+		free(zeros);
 	}
 	/* A magic torn at creation. */
 	fixture_write_file(REGISTRY_FILE, image, 3, 0600);
