@@ -19,6 +19,7 @@ import random
 import sys
 import threading
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hsmjwt_harness import Checker, Daemon, Token, Workdir, require_tools, run_main  # noqa: E402
@@ -153,6 +154,35 @@ def check_all(c, daemon, admin, issued, revoked, when):
     return len(lost)
 
 
+def check_list(c, daemon, admin, issued, cut):
+    """GET /tokens after the crashes: every acknowledged token once, and
+    beyond those at most one per request the kills cut (registered, but the
+    answer never arrived)."""
+    headers = {"Authorization": f"Bearer {admin}"}
+    listed, cursor, pages = [], None, 0
+    while pages < 1000:
+        path = "/tokens?limit=1000" + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
+        r = daemon.request("GET", path, headers=headers, record=False)
+        doc = r.json() or {}
+        if r.status != 200:
+            c.check(False, f"GET /tokens page {pages + 1} answers 200", f"{r.status} {r.body[:200]!r}")
+            return
+        listed += [x.get("jti") for x in doc.get("records", [])]
+        cursor, pages = doc.get("next_cursor"), pages + 1
+        if cursor is None:
+            break
+    acked = {jti for jti, _ in issued}
+    c.check(cursor is None, f"GET /tokens?limit=1000 ends after {pages} pages")
+    c.equal(len(listed), len(set(listed)), f"GET /tokens lists each of {len(listed)} records once")
+    c.check(acked <= set(listed), f"GET /tokens lists every one of {len(acked)} acknowledged tokens",
+            f"{len(acked - set(listed))} missing")
+    c.check(len(set(listed) - acked) <= cut,
+            f"the {len(set(listed) - acked)} listed tokens never acknowledged are at most the {cut} requests cut")
+    r = daemon.request("GET", "/tokens?limit=5000", headers=headers, record=False)
+    got = len((r.json() or {}).get("records", []))
+    c.equal((r.status, got), (200, min(1000, len(listed))), "GET /tokens?limit=5000 answers one page of at most 1000")
+
+
 def run(build_dir, source_dir):
     require_tools(["softhsm2-util"])
     for exe in ("hsmjwtd", "hsmjwtctl"):
@@ -165,7 +195,7 @@ def run(build_dir, source_dir):
     token = Token(source_dir, os.path.join(work.path, "state"), "hsmjwt-crash")
     daemon = Daemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"),
                     {"HSMJWT_FSYNC": "always", "HSMJWT_LOG_LEVEL": "warn"})
-    issued, revoked = [], []
+    issued, revoked, cut = [], [], 0
     try:
         c.section("start")
         daemon.start()
@@ -179,6 +209,7 @@ def run(build_dir, source_dir):
             load = run_round(c, daemon, admin, rnd)
             issued += load.issued
             revoked += load.revoked
+            cut += load.cut
         c.section("final restart")
         daemon.start(keep_port=True)
         health = daemon.request("GET", "/health").json() or {}
@@ -186,6 +217,7 @@ def run(build_dir, source_dir):
         # Cumulative: every acknowledgement of every round, after the last crash.
         lost = check_all(c, daemon, admin, issued, revoked, f"after restart {ROUNDS}")
         c.equal(len({jti for jti, _ in issued}), len(issued), "every acknowledged jti is distinct")
+        check_list(c, daemon, admin, issued, cut)
         print(f"checked {len(revoked)} acknowledged revocations, {lost} lost")
         c.check(len(revoked) >= MIN_ACKED_TOTAL,
                 f"enough acknowledged revocations to mean something ({len(revoked)} >= {MIN_ACKED_TOTAL})")

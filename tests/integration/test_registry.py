@@ -15,6 +15,7 @@ Usage: test_registry.py BUILD_DIR SOURCE_DIR     (exit 0 pass, 1 fail, 77 skip)
 import json
 import os
 import sys
+import time
 import traceback
 import urllib.parse
 import zlib
@@ -29,6 +30,7 @@ ORG_A = "org-a"
 ORG_B = "org-b"
 SHARED = "shared-user"      # a subject that exists in both orgs
 PAGE_TOKENS = 250
+LEEWAY = 5                  # seconds, short so that the expiry section waits little
 ROLES = ["tokens:issue", "tokens:read", "tokens:revoke", "tokens:introspect", "keys:admin"]
 # Status list entries (SPEC §4.2): 0 valid, 1 invalid, 2 suspended.
 LIST_BITS = {"active": 0, "suspended": 2, "revoked": 1, "deleted": 1}
@@ -338,6 +340,11 @@ def isolation(c, api, root):
                        f"got {len(got)} {sorted(got)}, want {sorted(api.expected(org, params))}")
                 m.cell(label, caller_name[org], caller_name[org], "every record carries its own org",
                        all(r.get("org") == org for r in records), repr({r.get("org") for r in records}))
+                want_status = params.get("status")
+                m.cell(label, caller_name[org], caller_name[org],
+                       f"every record's status is {want_status}" if want_status else "no record is deleted",
+                       all((r.get("status") == want_status) if want_status else (r.get("status") != "deleted")
+                           for r in records), repr([r.get("status") for r in records]))
         records, _, bad = api.list_all(root, params)
         if m.cell(label, "root", "A+B", "answers 200", records is not None, bad and f"{bad.status}"):
             got = [r.get("jti") for r in records]
@@ -862,6 +869,53 @@ def status_lists(c, api, jwt, root):
         c.equal(r.status, 404, f"GET {path}: 404")
 
 
+def expiry(c, api):
+    c.section(f"expiry: derived from exp; /revocations keeps a token until exp + leeway ({LEEWAY} s)")
+    org = "org-x"
+    admin = api.mint("admin", org=org, sub="admin-x")
+    short = {s: api.issue(admin, f"short-{s}", what=f"short-lived, left {s}", expires_in=1)
+             for s in ("active", "suspended", "revoked")}
+    keep = api.issue(admin, "long-suspended", what="long-lived, suspended")
+    if None in short.values() or keep is None:
+        return
+    # What these show depends on the clock, which the model does not follow.
+    for e in short.values():
+        del api.model[e.jti]
+    api.set_status(admin, short["suspended"], "suspended")
+    api.set_status(admin, short["revoked"], "revoked")
+    api.set_status(admin, keep, "suspended")
+    exp = max(e.exp for e in short.values())
+    # The daemon compares whole seconds: past exp once time() >= exp + 1.
+    while time.time() < exp + 1:
+        time.sleep(0.05)
+    want = {"active": "expired", "suspended": "expired", "revoked": "revoked"}
+    for state, e in short.items():
+        c.equal(api.get_status(admin, e.jti), (200, want[state]),
+                f"GET /tokens/{{jti}} of a token left {state}, past its exp: {want[state]}")
+    records, _, _ = api.list_all(admin, {"status": "expired"})
+    c.equal(sorted(x.get("jti") for x in records or []), sorted([short["active"].jti, short["suspended"].jti]),
+            "GET /tokens?status=expired lists the expired active and suspended tokens")
+    for state in ("active", "suspended"):
+        records, _, _ = api.list_all(admin, {"status": state})
+        c.check(records is not None and not {x.get("jti") for x in records} & {e.jti for e in short.values()},
+                f"GET /tokens?status={state} lists none of them")
+    records, _, _ = api.list_all(admin, {})
+    c.check(records is not None and {e.jti for e in short.values()} <= {x.get("jti") for x in records},
+            "GET /tokens lists expired records (only deleted ones are hidden)")
+    # A verifier with leeway still accepts the token until exp + leeway, so
+    # its revocation still matters; this check must run within LEEWAY - 1 s.
+    entries, _ = api.revocations_all(admin)
+    c.equal(sorted((x.get("jti"), x.get("status")) for x in entries or []),
+            sorted([(keep.jti, "suspended"), (short["suspended"].jti, "suspended"),
+                    (short["revoked"].jti, "revoked")]),
+            "GET /revocations within the leeway still lists the expired suspended and revoked tokens")
+    while time.time() < exp + LEEWAY + 1.5:
+        time.sleep(0.1)
+    entries, _ = api.revocations_all(admin)
+    c.equal(sorted(x.get("jti") for x in entries or []), [keep.jti],
+            "GET /revocations past exp + leeway lists only the live suspended token")
+
+
 def compare_all_lists(c, api, jwt, root, what):
     """Every registered token the test knows, against its list entry and GET
     /tokens/{jti} by root. Returns {uri: entries} for later comparison."""
@@ -961,7 +1015,7 @@ def run(build_dir, source_dir):
     c = Checker("test_registry")
     work = Workdir("hsmjwt-registry-")
     token = Token(source_dir, os.path.join(work.path, "state"), "hsmjwt-reg")
-    daemon = Daemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"), {"HSMJWT_FSYNC": "always"})
+    daemon = Daemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"), {"HSMJWT_FSYNC": "always", "HSMJWT_LEEWAY": str(LEEWAY)})
     api = Api(c, daemon)
     try:
         c.section("start")
@@ -976,6 +1030,7 @@ def run(build_dir, source_dir):
         guarded(c, "pagination", pagination, c, api)
         guarded(c, "forms", forms, c, api)
         guarded(c, "status lists", status_lists, c, api, jwt, root)
+        guarded(c, "expiry", expiry, c, api)
         res = guarded(c, "status list comparison", compare_all_lists, c, api, jwt, root, "before the restart")
         if res is not None:
             guarded(c, "restart", restart, c, api, jwt, root, *res)
