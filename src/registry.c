@@ -29,9 +29,6 @@
 #define REGISTRY_COMPACT_BUFFER ((size_t)1 << 20)
 /* How often the flusher counts expired records to decide on compaction. */
 #define REGISTRY_COMPACT_CHECK_NS (60 * 1000000000LL)
-/* A change touching more records than this rebuilds the list of
- * non-active records in one pass instead of inserting into it one by one. */
-#define REGISTRY_BULK 64
 /* The longest STATUS frame (codec layout): header, seq, kind, jti, status,
  * at, reason. */
 #define REGISTRY_STATUS_FRAME_MAX \
@@ -267,35 +264,17 @@ static uint32_t registry_vec_after(const struct registry_vec *v, uint64_t seq)
 	return lo;
 }
 
-/* Room must have been reserved. */
-static void registry_vec_insert_sorted(struct registry_vec *v, struct registry_rec *rec)
-{
-	uint32_t at = registry_vec_after(v, rec->seq);
-
-	memmove(v->items + at + 1, v->items + at, (size_t)(v->count - at) * sizeof(*v->items));
-	v->items[at] = rec;
-	v->count++;
-}
-
-static void registry_vec_remove_sorted(struct registry_vec *v, const struct registry_rec *rec)
-{
-	uint32_t at = registry_vec_after(v, rec->seq - 1);
-
-	if (at < v->count && v->items[at] == rec) {
-		memmove(v->items + at, v->items + at + 1, (size_t)(v->count - at - 1) * sizeof(*v->items));
-		v->count--;
-	}
-}
-
 /* ---- interned strings ------------------------------------------------------
  * org, client_id, kid and reason repeat across records: each distinct value
  * is stored once and records hold its id.  Id 0 is "". */
 
 struct registry_intern {
-	char **strings;
+	char **strings;                /* by id; NULL for a freed id */
 	uint32_t count, alloc;
 	struct registry_slot *slots;
 	uint32_t mask;
+	uint32_t *free_ids;            /* ids compaction freed, taken first */
+	uint32_t nfree, free_alloc;
 };
 
 static int registry_intern_lookup(const struct registry_intern *t, const char *s, uint32_t h, uint32_t *ret_id)
@@ -378,6 +357,7 @@ static void registry_intern_free(struct registry_intern *t)
 		free(t->strings[i]);
 	free(t->strings);
 	free(t->slots);
+	free(t->free_ids);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -395,6 +375,18 @@ static int registry_intern_add(struct registry_intern *t, const struct registry_
 	h = (uint32_t)registry_hash(key, s, len);
 	if (registry_intern_lookup(t, s, h, ret_id) == 0)
 		return 0;
+	if (t->nfree > 0) {
+		uint32_t id = t->free_ids[t->nfree - 1];
+
+		if ((t->strings[id] = malloc(len + 1)) == NULL)
+			return -ENOMEM;
+		memcpy(t->strings[id], s, len + 1);
+		t->nfree--;
+		/* The slots are sized for every id, freed ones too. */
+		registry_slots_put(t->slots, t->mask, id, h);
+		*ret_id = id;
+		return 0;
+	}
 	if (t->count == UINT32_MAX - 1)
 		return -ENOMEM;
 	if ((uint64_t)(t->count + 1) * 2 > (uint64_t)t->mask + 1 && registry_slots_grow(&t->slots, &t->mask) < 0)
@@ -519,7 +511,9 @@ struct registry_index {
 	size_t table_mask, table_count;
 	struct registry_intern strings;
 	struct registry_vec all;
-	struct registry_vec nonactive; /* status other than ACTIVE */
+	uint64_t *nonactive;           /* bit per position in all: status other than ACTIVE */
+	size_t nonactive_words;
+	uint32_t nonactive_count;
 	struct registry_vec *by_org;   /* by interned org id */
 	uint32_t by_org_len;
 	struct registry_map subjects, parents, families;
@@ -539,7 +533,7 @@ static void registry_index_free(struct registry_index *ix)
 	free(ix->tags);
 	registry_intern_free(&ix->strings);
 	free(ix->all.items);
-	free(ix->nonactive.items);
+	free(ix->nonactive);
 	for (uint32_t i = 0; i < ix->by_org_len; i++)
 		free(ix->by_org[i].items);
 	free(ix->by_org);
@@ -624,11 +618,57 @@ static int registry_by_org_reserve(struct registry_index *ix, uint32_t org)
 	return registry_vec_reserve(&ix->by_org[org], 1);
 }
 
+/* Room in the non-active bits for positions below count. */
+static int registry_nonactive_reserve(struct registry_index *ix, size_t count)
+{
+	size_t need = (count + 63) / 64, words = ix->nonactive_words ? ix->nonactive_words : 16;
+	uint64_t *bits;
+
+	if (need <= ix->nonactive_words)
+		return 0;
+	while (words < need)
+		words *= 2;
+	bits = realloc(ix->nonactive, words * sizeof(*bits));
+	if (bits == NULL)
+		return -ENOMEM;
+	memset(bits + ix->nonactive_words, 0, (words - ix->nonactive_words) * sizeof(*bits));
+	ix->nonactive = bits;
+	ix->nonactive_words = words;
+	return 0;
+}
+
+static void registry_nonactive_mark(struct registry_index *ix, uint32_t pos, int on)
+{
+	uint64_t bit = (uint64_t)1 << (pos % 64), *w = &ix->nonactive[pos / 64];
+
+	if (on && !(*w & bit)) {
+		*w |= bit;
+		ix->nonactive_count++;
+	} else if (!on && (*w & bit)) {
+		*w &= ~bit;
+		ix->nonactive_count--;
+	}
+}
+
+/* The first position at or after pos of a non-active record, or
+ * all.count; whole words of active records are skipped at once. */
+static uint32_t registry_nonactive_next(const struct registry_index *ix, uint32_t pos)
+{
+	while (pos < ix->all.count) {
+		uint64_t w = ix->nonactive[pos / 64] >> (pos % 64);
+
+		if (w != 0) {
+			pos += (uint32_t)__builtin_ctzll(w);
+			return pos < ix->all.count ? pos : ix->all.count;
+		}
+		pos = (pos / 64 + 1) * 64;
+	}
+	return ix->all.count;
+}
+
 /* Links a record (its seq above every linked one) into every index, or
- * changes nothing: the room is taken first.  nonactive: whether it also
- * goes into the non-active list now (not while a file is being read, where
- * that list is built once at the end). */
-static int registry_index_link(struct registry_index *ix, struct registry_rec *rec, int nonactive)
+ * changes nothing: the room is taken first. */
+static int registry_index_link(struct registry_index *ix, struct registry_rec *rec)
 {
 	const char *subject = registry_rec_subject(rec), *parent = registry_rec_parent(rec);
 	const char *family = registry_rec_family(rec);
@@ -636,8 +676,7 @@ static int registry_index_link(struct registry_index *ix, struct registry_rec *r
 	size_t i;
 
 	if (registry_vec_reserve(&ix->all, 1) < 0 || registry_table_reserve(ix, ix->table_count + 1) < 0 ||
-	    registry_by_org_reserve(ix, rec->org) < 0 ||
-	    (nonactive && rec->status != REGISTRY_ACTIVE && registry_vec_reserve(&ix->nonactive, 1) < 0) ||
+	    registry_by_org_reserve(ix, rec->org) < 0 || registry_nonactive_reserve(ix, (size_t)ix->all.count + 1) < 0 ||
 	    registry_map_group(&ix->subjects, &ix->key, subject, &gs) < 0 ||
 	    registry_vec_reserve(&ix->subjects.groups[gs].vec, 1) < 0 ||
 	    (parent[0] && (registry_map_group(&ix->parents, &ix->key, parent, &gp) < 0 ||
@@ -650,34 +689,14 @@ static int registry_index_link(struct registry_index *ix, struct registry_rec *r
 	ix->table[i] = rec;
 	ix->tags[i] = rec->tag;
 	ix->table_count++;
+	registry_nonactive_mark(ix, ix->all.count, rec->status != REGISTRY_ACTIVE);
 	ix->all.items[ix->all.count++] = rec;
 	ix->by_org[rec->org].items[ix->by_org[rec->org].count++] = rec;
-	if (nonactive && rec->status != REGISTRY_ACTIVE)
-		ix->nonactive.items[ix->nonactive.count++] = rec;
 	ix->subjects.groups[gs].vec.items[ix->subjects.groups[gs].vec.count++] = rec;
 	if (parent[0])
 		ix->parents.groups[gp].vec.items[ix->parents.groups[gp].vec.count++] = rec;
 	if (family[0])
 		ix->families.groups[gf].vec.items[ix->families.groups[gf].vec.count++] = rec;
-	return 0;
-}
-
-/* The list of non-active records from scratch, in seq order. */
-static void registry_index_rebuild_nonactive(struct registry_index *ix)
-{
-	ix->nonactive.count = 0;
-	for (uint32_t i = 0; i < ix->all.count; i++)
-		if (ix->all.items[i]->status != REGISTRY_ACTIVE)
-			ix->nonactive.items[ix->nonactive.count++] = ix->all.items[i];
-}
-
-static int registry_index_count_nonactive(const struct registry_index *ix, size_t *ret_count)
-{
-	size_t n = 0;
-
-	for (uint32_t i = 0; i < ix->all.count; i++)
-		n += ix->all.items[i]->status != REGISTRY_ACTIVE;
-	*ret_count = n;
 	return 0;
 }
 
@@ -1087,21 +1106,16 @@ struct registry_load {
 	int logged;
 };
 
+/* rec is linked (its bit has room) and its status-list entry reserved. */
 static void registry_apply_status(struct registry *reg, struct registry_rec *rec, enum registry_status status,
-				  int64_t at, uint32_t reason, int track)
+				  int64_t at, uint32_t reason)
 {
-	int was_active = rec->status == REGISTRY_ACTIVE;
-
 	rec->status = (uint8_t)status;
 	rec->status_at = at;
 	rec->reason = reason;
 	registry_bits_set(reg, rec->status_idx, status);
-	if (!track)
-		return;
-	if (was_active && status != REGISTRY_ACTIVE)
-		registry_vec_insert_sorted(&reg->index.nonactive, rec);
-	else if (!was_active && status == REGISTRY_ACTIVE)
-		registry_vec_remove_sorted(&reg->index.nonactive, rec);
+	registry_nonactive_mark(&reg->index, registry_vec_after(&reg->index.all, rec->seq - 1),
+				status != REGISTRY_ACTIVE);
 }
 
 static int registry_load_frame(void *arg, const struct registry_entry *e, size_t offset)
@@ -1129,7 +1143,7 @@ static int registry_load_frame(void *arg, const struct registry_entry *e, size_t
 		}
 		if (registry_rec_new(&reg->index, e, e->seq, h, &rec) < 0 ||
 		    registry_bits_reserve(reg, e->status_idx, e->status) < 0 ||
-		    registry_index_link(&reg->index, rec, 0) < 0)
+		    registry_index_link(&reg->index, rec) < 0)
 			return -ENOMEM;
 		registry_bits_set(reg, rec->status_idx, e->status);
 		if (e->status_idx != REGISTRY_NO_INDEX && e->status_idx >= ld->next_idx)
@@ -1145,7 +1159,7 @@ static int registry_load_frame(void *arg, const struct registry_entry *e, size_t
 		if (registry_intern_add(&reg->index.strings, &reg->index.key, e->reason, &reason) < 0 ||
 		    registry_bits_reserve(reg, rec->status_idx, e->status) < 0)
 			return -ENOMEM;
-		registry_apply_status(reg, rec, e->status, e->at, reason, 0);
+		registry_apply_status(reg, rec, e->status, e->at, reason);
 		return 0;
 	case REGISTRY_KIND_META:
 		if (e->next_status_idx > ld->next_idx)
@@ -1163,7 +1177,7 @@ static int registry_load(struct registry *reg, size_t size)
 	struct registry_scan scan;
 	char q[PATH_MAX + 8];
 	void *map = NULL;
-	size_t nonactive, map_size = size;
+	size_t map_size = size;
 	int r;
 
 	if (size > 0) {
@@ -1211,14 +1225,6 @@ static int registry_load(struct registry *reg, size_t size)
 	if (ld.orphans > 0)
 		log_warn("\"registry has status changes of unknown tokens: ignored\" path=%s frames=%llu",
 			 log_quote(q, sizeof(q), reg->path), (unsigned long long)ld.orphans);
-	registry_index_count_nonactive(&reg->index, &nonactive);
-	if (registry_vec_reserve(&reg->index.nonactive, nonactive) < 0) {
-		r = -ENOMEM;
-		log_error("\"cannot read the registry\" path=%s error=\"%s\"", log_quote(q, sizeof(q), reg->path),
-			  strerror(-r));
-		goto out;
-	}
-	registry_index_rebuild_nonactive(&reg->index);
 	reg->next_seq = scan.last_seq + 1;
 	atomic_store(&reg->next_status_idx, ld.next_idx);
 	atomic_store(&reg->frames, scan.frames);
@@ -1528,7 +1534,7 @@ int registry_add(struct registry *reg, const struct registry_record *rec, regist
 	if (r == 0)
 		r = registry_rec_new(&reg->index, &e, e.seq, registry_hash(&reg->index.key, e.jti, strlen(e.jti)),
 				     &r_new);
-	if (r == 0 && (r = registry_index_link(&reg->index, r_new, 1)) < 0)
+	if (r == 0 && (r = registry_index_link(&reg->index, r_new)) < 0)
 		registry_arena_release(r_new);
 	if (r == 0) {
 		memcpy(reg->queue.buf + reg->queue.len, frame, len);
@@ -1589,9 +1595,8 @@ static int registry_commit(struct registry *reg, struct registry_vec *plan, enum
 {
 	struct registry_index *ix = &reg->index;
 	struct registry_entry e;
-	size_t becoming = 0;
 	uint32_t reason_id;
-	int bulk = plan->count > REGISTRY_BULK, r;
+	int r;
 
 	if (registry_intern_add(&ix->strings, &ix->key, reason, &reason_id) < 0)
 		return -ENOMEM;
@@ -1600,10 +1605,7 @@ static int registry_commit(struct registry *reg, struct registry_vec *plan, enum
 
 		if (registry_bits_reserve(reg, plan->items[i]->status_idx, s) < 0)
 			return -ENOMEM;
-		becoming += plan->items[i]->status == REGISTRY_ACTIVE && s != REGISTRY_ACTIVE;
 	}
-	if (registry_vec_reserve(&ix->nonactive, becoming) < 0)
-		return -ENOMEM;
 	pthread_mutex_lock(&reg->qmutex);
 	r = registry_queue_reserve(&reg->queue, (size_t)plan->count * REGISTRY_STATUS_FRAME_MAX);
 	if (r < 0) {
@@ -1618,7 +1620,7 @@ static int registry_commit(struct registry *reg, struct registry_vec *plan, enum
 		struct registry_rec *rec = plan->items[i];
 
 		e.status = statuses ? (enum registry_status)statuses[i] : status;
-		registry_apply_status(reg, rec, e.status, now, reason_id, !bulk);
+		registry_apply_status(reg, rec, e.status, now, reason_id);
 		e.seq = reg->next_seq++;
 		memcpy(e.jti, rec->str, strlen(rec->str) + 1);
 		if (registry_queue_entry(&reg->queue, &e) < 0)
@@ -1626,8 +1628,6 @@ static int registry_commit(struct registry *reg, struct registry_vec *plan, enum
 			 * would no longer match the index. */
 			registry_fail(reg, "encode", EINVAL);
 	}
-	if (bulk)
-		registry_index_rebuild_nonactive(ix);
 	registry_queue_waiter(&reg->queue, done, arg);
 	pthread_cond_signal(&reg->qwork);
 	pthread_mutex_unlock(&reg->qmutex);
@@ -1775,7 +1775,7 @@ int registry_revoke_unregistered(struct registry *reg, const char *jti, const ch
 	if (r == 0 && status_len > 0 &&
 	    (r = registry_intern_add(&reg->index.strings, &reg->index.key, reason, &rec->reason)) < 0)
 		registry_arena_release(rec);
-	if (r == 0 && (r = registry_index_link(&reg->index, rec, 1)) < 0)
+	if (r == 0 && (r = registry_index_link(&reg->index, rec)) < 0)
 		registry_arena_release(rec);
 	if (r == 0) {
 		memcpy(reg->queue.buf + reg->queue.len, token, token_len);
@@ -1940,12 +1940,13 @@ int registry_list(struct registry *reg, const struct registry_query *query, stru
 		  size_t *ret_count, uint64_t *ret_next_cursor)
 {
 	const struct registry_vec *src, *candidate;
+	const struct registry_rec *last = NULL;
 	struct registry_record *records = NULL;
 	const struct registry_group *group;
 	size_t count = 0, cap = 0, scanned = 0;
 	uint64_t next = 0;
-	uint32_t org = 0;
-	int r = 0;
+	uint32_t org = 0, i;
+	int r = 0, nonactive = 0;
 
 	if (reg == NULL || query == NULL || ret_records == NULL || ret_count == NULL || ret_next_cursor == NULL ||
 	    query->limit == 0 || query->limit > REGISTRY_LIST_MAX ||
@@ -1971,18 +1972,28 @@ int registry_list(struct registry *reg, const struct registry_query *query, stru
 		if (group->vec.count < src->count)
 			src = &group->vec;
 	}
+	/* or all's non-active records, through their bits */
 	if ((query->revocations || query->status == REGISTRY_SUSPENDED || query->status == REGISTRY_REVOKED ||
 	     query->status == REGISTRY_DELETED) &&
-	    reg->index.nonactive.count < src->count)
-		src = &reg->index.nonactive;
-	for (uint32_t i = registry_vec_after(src, query->cursor); i < src->count; i++) {
-		const struct registry_rec *rec = src->items[i];
+	    reg->index.nonactive_count < src->count) {
+		src = &reg->index.all;
+		nonactive = 1;
+	}
+	i = registry_vec_after(src, query->cursor);
+	for (;; i++) {
+		const struct registry_rec *rec;
 
+		if (nonactive)
+			i = registry_nonactive_next(&reg->index, i);
+		if (i >= src->count)
+			break;
+		rec = src->items[i];
 		if (scanned == REGISTRY_LIST_SCAN_MAX) {
-			next = src->items[i - 1]->seq;
+			next = last->seq;
 			break;
 		}
 		scanned++;
+		last = rec;
 		if (!registry_list_match(reg, query, org, rec))
 			continue;
 		if (count == cap) {
@@ -2001,7 +2012,7 @@ int registry_list(struct registry *reg, const struct registry_query *query, stru
 		}
 		registry_copy_out(&reg->index, rec, &records[count++]);
 		if (count == query->limit) {
-			if (i + 1 < src->count)
+			if ((nonactive ? registry_nonactive_next(&reg->index, i + 1) : i + 1) < src->count)
 				next = rec->seq;
 			break;
 		}
@@ -2167,81 +2178,102 @@ static int registry_write_compacted(struct registry *reg, int64_t now, int fd, u
 	return 0;
 }
 
-/* Under the write lock: the index rebuilt around the records kept, which
- * stay where they are; the interned strings only dropped records used and
- * the slabs they emptied are given back, and so are the status-list blocks
- * no kept record uses (their entries read as 0 from now on: a new
- * generation).  All or nothing: on failure the index is as it was and the
- * dropped records merely stay in memory (the file no longer has them). */
-static int registry_drop_expired(struct registry *reg, int64_t now)
-{
-	struct registry_index *old = &reg->index, nx;
-	struct registry_intern strings;
-	struct registry_vec *by_org = NULL;
-	uint32_t *remap = NULL, by_org_len;
-	uint8_t *used = NULL;
-	int r = -ENOMEM;
+/* Dropping expired records from the index after a compaction, in three
+ * steps so that readers wait only for pointer swaps: prepare (under the read
+ * lock, writers held at the gate) builds the index of the records kept,
+ * which stay where they are, and new slots for the strings still used;
+ * commit (under the write lock) swaps them in and gives back the strings
+ * and the status-list blocks nothing kept uses (those entries read as 0
+ * from now on: a new generation); finish (no lock) frees the old index and
+ * the slabs the dropped records emptied.  Interned ids do not move, so no
+ * record is rewritten. */
+struct registry_prune {
+	struct registry_index nx;
+	struct registry_slot *slots;
+	uint8_t *id_used;
+	uint8_t *list_used;
+};
 
-	memset(&strings, 0, sizeof(strings));
-	if (registry_index_init(&nx, &old->key) < 0 || registry_intern_init(&strings) < 0 ||
-	    registry_table_reserve(&nx, old->all.count) < 0 || registry_vec_reserve(&nx.all, old->all.count) < 0 ||
-	    (reg->nlists > 0 && (used = calloc(reg->nlists, 1)) == NULL) ||
-	    (remap = malloc((size_t)old->strings.count * sizeof(*remap))) == NULL)
+static void registry_prune_free(struct registry_prune *p)
+{
+	registry_index_free(&p->nx);
+	free(p->slots);
+	free(p->id_used);
+	free(p->list_used);
+	memset(p, 0, sizeof(*p));
+}
+
+static int registry_prune_prepare(struct registry *reg, int64_t now, struct registry_prune *p)
+{
+	struct registry_index *old = &reg->index;
+	struct registry_intern *t = &old->strings;
+	uint32_t unused = 0;
+
+	memset(p, 0, sizeof(*p));
+	if (registry_index_init(&p->nx, &old->key) < 0 || registry_table_reserve(&p->nx, old->all.count) < 0 ||
+	    registry_vec_reserve(&p->nx.all, old->all.count) < 0 ||
+	    (p->id_used = calloc(t->count, 1)) == NULL ||
+	    (reg->nlists > 0 && (p->list_used = calloc(reg->nlists, 1)) == NULL) ||
+	    (p->slots = calloc((size_t)t->mask + 1, sizeof(*p->slots))) == NULL)
 		goto fail;
-	memset(remap, 0xff, (size_t)old->strings.count * sizeof(*remap));
-	remap[0] = 0;
-	/* Links the kept records with their old string ids (by_org is indexed
-	 * by them), then moves everything to the new ids. */
+	p->id_used[0] = 1;
 	for (uint32_t i = 0; i < old->all.count; i++) {
 		struct registry_rec *rec = old->all.items[i];
-		uint32_t ids[4] = { rec->org, rec->client_id, rec->kid, rec->reason };
 
 		if (registry_expired_for_good(reg, rec->exp, now))
 			continue;
-		for (int k = 0; k < 4; k++)
-			if (remap[ids[k]] == UINT32_MAX &&
-			    registry_intern_add(&strings, &nx.key, registry_ix_string(old, ids[k]), &remap[ids[k]]) < 0)
-				goto fail;
-		if (registry_index_link(&nx, rec, 1) < 0)
+		p->id_used[rec->org] = p->id_used[rec->client_id] = p->id_used[rec->kid] = p->id_used[rec->reason] = 1;
+		if (registry_index_link(&p->nx, rec) < 0)
 			goto fail;
 		if (rec->status_idx != REGISTRY_NO_INDEX && rec->status_idx / REGISTRY_STATUSLIST_SIZE < reg->nlists)
-			used[rec->status_idx / REGISTRY_STATUSLIST_SIZE] = 1;
+			p->list_used[rec->status_idx / REGISTRY_STATUSLIST_SIZE] = 1;
 	}
-	by_org_len = strings.count;
-	by_org = calloc(by_org_len, sizeof(*by_org));
-	if (by_org == NULL)
-		goto fail;
+	for (uint32_t id = 1; id < t->count; id++)
+		unused += !p->id_used[id] && t->strings[id] != NULL;
+	if (t->nfree + unused > t->free_alloc) {
+		uint32_t *ids = realloc(t->free_ids, (size_t)(t->nfree + unused) * sizeof(*ids));
 
-	/* Nothing fails from here on. */
-	for (uint32_t id = 0; id < nx.by_org_len; id++)
-		if (nx.by_org[id].count > 0)
-			by_org[remap[id]] = nx.by_org[id];
-		else
-			free(nx.by_org[id].items);
-	free(nx.by_org);
-	nx.by_org = by_org;
-	nx.by_org_len = by_org_len;
-	for (uint32_t i = 0; i < old->all.count; i++) {
-		struct registry_rec *rec = old->all.items[i];
+		if (ids == NULL)
+			goto fail;
+		t->free_ids = ids;
+		t->free_alloc = t->nfree + unused;
+	}
+	for (uint32_t k = 0; k <= t->mask; k++)
+		if (t->slots[k].id != 0 && p->id_used[t->slots[k].id - 1])
+			registry_slots_put(p->slots, t->mask, t->slots[k].id - 1, t->slots[k].hash);
+	/* Nothing fails from here on: the dropped records leave their slabs. */
+	for (uint32_t i = 0; i < old->all.count; i++)
+		if (registry_expired_for_good(reg, old->all.items[i]->exp, now))
+			registry_arena_release(old->all.items[i]);
+	return 0;
+fail:
+	registry_prune_free(p);
+	return -ENOMEM;
+}
 
-		if (registry_expired_for_good(reg, rec->exp, now)) {
-			registry_arena_release(rec);
-			continue;
+static void registry_prune_commit(struct registry *reg, struct registry_prune *p)
+{
+	struct registry_index *ix = &reg->index, old = *ix;
+	struct registry_intern *t = &old.strings, fresh = p->nx.strings;
+
+	free(t->slots);
+	t->slots = p->slots;
+	p->slots = NULL;
+	for (uint32_t id = 1; id < t->count; id++)
+		if (!p->id_used[id] && t->strings[id] != NULL) {
+			free(t->strings[id]);
+			t->strings[id] = NULL;
+			t->free_ids[t->nfree++] = id;
 		}
-		rec->org = remap[rec->org];
-		rec->client_id = remap[rec->client_id];
-		rec->kid = remap[rec->kid];
-		rec->reason = remap[rec->reason];
-	}
-	registry_intern_free(&nx.strings);
-	nx.strings = strings;
-	nx.arena = old->arena;
-	old->arena.head = NULL;
-	registry_arena_sweep(&nx.arena);
-	registry_index_free(old);
-	*old = nx;
+	*ix = p->nx;
+	ix->strings = *t;
+	ix->arena = old.arena;
+	/* The old structures, to be freed by registry_prune_finish. */
+	p->nx = old;
+	p->nx.strings = fresh;
+	p->nx.arena.head = NULL;
 	for (uint32_t l = 0; l < reg->nlists; l++) {
-		if (used[l] || reg->lists[l] == NULL)
+		if (p->list_used[l] || reg->lists[l] == NULL)
 			continue;
 		for (size_t b = 0; b < REGISTRY_LIST_BYTES; b++)
 			if (reg->lists[l][b] != 0) {
@@ -2251,15 +2283,14 @@ static int registry_drop_expired(struct registry *reg, int64_t now)
 		free(reg->lists[l]);
 		reg->lists[l] = NULL;
 	}
-	free(used);
-	free(remap);
-	return 0;
-fail:
-	registry_index_free(&nx);
-	registry_intern_free(&strings);
-	free(used);
-	free(remap);
-	return r;
+}
+
+/* No lock: readers cannot reach what the commit unlinked, and writers are
+ * held at the gate. */
+static void registry_prune_finish(struct registry *reg, struct registry_prune *p)
+{
+	registry_prune_free(p);
+	registry_arena_sweep(&reg->index.arena);
 }
 
 /* Under io. */
@@ -2269,7 +2300,8 @@ static int registry_compact_io(struct registry *reg, int64_t now, struct registr
 	char q[PATH_MAX + 8];
 	int64_t start = registry_mono_ns();
 	uint64_t seq = 0, dropped = 0;
-	int fd = -1, r, renamed = 0;
+	struct registry_prune prune;
+	int fd = -1, r, renamed = 0, pruned = -1;
 
 	*ret_result = 0;
 	pthread_mutex_lock(&reg->gate);
@@ -2309,6 +2341,8 @@ static int registry_compact_io(struct registry *reg, int64_t now, struct registr
 		r = registry_fsync_dir(reg->dir);
 		if (r < 0)
 			registry_fail(reg, "fsync of the state_dir", -r);
+		else if (dropped > 0)
+			pruned = registry_prune_prepare(reg, now, &prune);
 	}
 unlock:
 	pthread_rwlock_unlock(&reg->lock);
@@ -2323,12 +2357,16 @@ unlock:
 		*ret_result = registry_write_batch(reg, taken);
 	} else if (r < 0) {
 		*ret_result = -EIO;
-	} else if (dropped > 0) {
+	} else if (pruned == 0) {
 		pthread_rwlock_wrlock(&reg->lock);
-		if (registry_drop_expired(reg, now) < 0)
-			log_warn("\"registry compaction could not free the dropped records\" path=%s",
-				 log_quote(q, sizeof(q), reg->path));
+		registry_prune_commit(reg, &prune);
 		pthread_rwlock_unlock(&reg->lock);
+		registry_prune_finish(reg, &prune);
+	} else if (dropped > 0) {
+		/* The file has them no more; memory keeps them until the next
+		 * compaction. */
+		log_warn("\"registry compaction could not free the dropped records\" path=%s",
+			 log_quote(q, sizeof(q), reg->path));
 	}
 	pthread_mutex_unlock(&reg->gate);
 	free(w.buf);
@@ -2372,7 +2410,7 @@ static int registry_maybe_compact(struct registry *reg, int64_t now, uint64_t mi
 	if (atomic_load(&reg->failed) || frames <= min_frames)
 		return 0;
 	pthread_rwlock_rdlock(&reg->lock);
-	live = (uint64_t)reg->index.all.count + reg->index.nonactive.count + 1;
+	live = (uint64_t)reg->index.all.count + reg->index.nonactive_count + 1;
 	if (live * 2 >= frames && (force_check || mono - reg->last_compact_check_ns >= REGISTRY_COMPACT_CHECK_NS)) {
 		reg->last_compact_check_ns = mono;
 		for (uint32_t i = 0; i < reg->index.all.count; i++)

@@ -624,6 +624,48 @@ static void test_list_pagination(void **state)
 		}
 		free(recs);
 	}
+	/* Through the non-active records: every 7th revoked, every 11th
+	 * suspended, and every 22nd of those active again. */
+	for (int i = 0; i < 250; i++) {
+		char jti[32];
+
+		snprintf(jti, sizeof(jti), "p-%03d", i);
+		if (i % 7 == 0)
+			assert_int_equal(set_wait(reg, jti, NULL, REGISTRY_REVOKED, NULL, NULL), 0);
+		else if (i % 11 == 0)
+			assert_int_equal(set_wait(reg, jti, NULL, REGISTRY_SUSPENDED, NULL, NULL), 0);
+		if (i % 7 != 0 && i % 22 == 0)
+			assert_int_equal(set_wait(reg, jti, NULL, REGISTRY_ACTIVE, NULL, NULL), 0);
+	}
+	q.org_scope = NULL;
+	q.subject = NULL;
+	for (size_t p = 0; p < sizeof(pages) / sizeof(pages[0]); p++) {
+		size_t want = 0;
+
+		q.revocations = 1;
+		n = list_all(reg, &q, pages[p], &recs);
+		for (int i = 0; i < 250; i++) {
+			char jti[32];
+
+			if (!(i % 7 == 0 || (i % 11 == 0 && i % 22 != 0)))
+				continue;
+			snprintf(jti, sizeof(jti), "p-%03d", i);
+			assert_true(want < n);
+			assert_string_equal(recs[want].jti, jti);
+			assert_int_equal(recs[want].status, i % 7 == 0 ? REGISTRY_REVOKED : REGISTRY_SUSPENDED);
+			want++;
+		}
+		assert_int_equal(n, want);
+		free(recs);
+		q.revocations = 0;
+		q.status = REGISTRY_REVOKED;
+		n = list_all(reg, &q, pages[p], &recs);
+		assert_int_equal(n, 36);   /* multiples of 7 below 250 */
+		for (size_t i = 0; i < n; i++)
+			assert_int_equal(atoi(recs[i].jti + 2), (int)(7 * i));
+		free(recs);
+		q.status = -1;
+	}
 	registry_close(reg);
 }
 
@@ -974,6 +1016,12 @@ static void test_compaction(void **state)
 	/* Appends continue after it, above every seq. */
 	add_ok(reg, "after", "acme", "alice", REGISTRY_TYPE_ACCESS, NOW + HOUR);
 	assert_int_equal(set_wait(reg, "r-01", NULL, REGISTRY_REVOKED, "late", NULL), 0);
+	/* "gone" was only a dropped record's reason: given back, then reused. */
+	assert_int_equal(set_wait(reg, "r-10", NULL, REGISTRY_SUSPENDED, "gone", NULL), 0);
+	assert_int_equal(registry_get(reg, "r-10", NULL, &got), 0);
+	assert_string_equal(got.reason, "gone");
+	assert_int_equal(registry_get(reg, "r-03", NULL, &got), 0);
+	assert_string_equal(got.reason, "stolen");
 	assert_int_equal(registry_get(reg, "after", NULL, &got), 0);
 	assert_true(got.seq > kept[nk - 1].seq);
 	nb = snapshot(reg, &after);
