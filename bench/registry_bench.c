@@ -951,6 +951,20 @@ static const char *bench_fs_name(long type)
 	}
 }
 
+/* The 1-minute load average: on a shared machine, the figures' context. */
+static double bench_loadavg(void)
+{
+	double load = -1.0;
+	FILE *f = fopen("/proc/loadavg", "re");
+
+	if (f) {
+		if (fscanf(f, "%lf", &load) != 1)
+			load = -1.0;
+		fclose(f);
+	}
+	return load;
+}
+
 static void bench_header(const char *dir)
 {
 	struct statfs sfs;
@@ -969,8 +983,9 @@ static void bench_header(const char *dir)
 		type = (long)sfs.f_type;
 	if (uname(&un) < 0)
 		snprintf(un.release, sizeof(un.release), "unknown");
-	printf("# registry_bench: nproc=%ld cpu=\"%s\" kernel=%s fs=%s (0x%lx) dir=%s\n",
-	       sysconf(_SC_NPROCESSORS_ONLN), cpu, un.release, bench_fs_name(type), (unsigned long)type, dir);
+	printf("# registry_bench: nproc=%ld cpu=\"%s\" kernel=%s fs=%s (0x%lx) loadavg=%.2f dir=%s\n",
+	       sysconf(_SC_NPROCESSORS_ONLN), cpu, un.release, bench_fs_name(type), (unsigned long)type, bench_loadavg(),
+	       dir);
 	if ((unsigned long)type == 0x01021994UL)
 		printf("# warning: tmpfs makes fsync free, the group-commit figures mean nothing here\n");
 	fflush(stdout);
@@ -1063,7 +1078,8 @@ int main(int argc, char **argv)
 	r = bench_startup(work, &o, now);
 	if (r == 0)
 		r = bench_group_commit(work, &o, now);
-	printf("# total %.1f s%s\n", bench_seconds(bench_now_ns() - t0), r == 0 ? "" : ", FAILED (see stderr)");
+	printf("# total %.1f s, loadavg=%.2f%s\n", bench_seconds(bench_now_ns() - t0), bench_loadavg(),
+	       r == 0 ? "" : ", FAILED (see stderr)");
 	nftw(work, bench_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	return r == 0 ? 0 : 1;
 }
