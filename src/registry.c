@@ -449,7 +449,7 @@ static struct registry_group *registry_map_lookup(const struct registry_map *m, 
 static struct registry_group *registry_map_find(const struct registry_map *m, const struct registry_hashkey *key,
 						const char *s)
 {
-	if (m->slots == NULL || s[0] == '\0')
+	if (m->slots == NULL)
 		return NULL;
 	return registry_map_lookup(m, s, (uint32_t)registry_hash(key, s, strlen(s)));
 }

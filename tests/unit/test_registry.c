@@ -698,6 +698,7 @@ static void test_list_filters(void **state)
 	add_ok(reg, "rev-gone", "acme", "alice", REGISTRY_TYPE_ACCESS, NOW - LEEWAY - 1);
 	add_ok(reg, "del", "acme", "alice", REGISTRY_TYPE_ACCESS, NOW + HOUR);
 	add_ok(reg, "other", "beta", "alice", REGISTRY_TYPE_ACCESS, NOW + HOUR);
+	add_ok(reg, "nosub", "beta", "", REGISTRY_TYPE_ACCESS, NOW + HOUR);
 	assert_int_equal(set_wait(reg, "susp", NULL, REGISTRY_SUSPENDED, NULL, NULL), 0);
 	assert_int_equal(set_wait(reg, "susp-exp", NULL, REGISTRY_SUSPENDED, NULL, NULL), 0);
 	assert_int_equal(set_wait(reg, "rev", NULL, REGISTRY_REVOKED, NULL, NULL), 0);
@@ -724,6 +725,10 @@ static void test_list_filters(void **state)
 	list_has(reg, &q, (const char *const[]){ "susp", "susp-exp" }, 2);
 	q.subject = "nobody";
 	list_has(reg, &q, NULL, 0);
+	q.org_scope = NULL;
+	q.subject = "";
+	list_has(reg, &q, (const char *const[]){ "nosub" }, 1);
+	q.org_scope = "acme";
 	q.subject = NULL;
 	q.type = REGISTRY_TYPE_ID;
 	list_has(reg, &q, (const char *const[]){ "rev" }, 1);
@@ -1183,6 +1188,45 @@ static void test_concurrent_writers(void **state)
 	registry_close(reg);
 }
 
+/* Writers go on while the main thread compacts again and again: frames
+ * queued when a compaction starts are in its file, their waiters answered
+ * after its rename; nothing acknowledged is lost either way. */
+static void test_compaction_concurrent(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct writer_arg args[4];
+	pthread_t threads[4];
+	struct registry_stats stats;
+	int compactions = 0;
+
+	for (int t = 0; t < 4; t++) {
+		args[t] = (struct writer_arg){ .reg = reg, .id = t };
+		assert_int_equal(pthread_create(&threads[t], NULL, writer, &args[t]), 0);
+	}
+	for (int k = 0; k < 20; k++) {
+		assert_int_equal(registry_compact(reg, NOW, NULL), 0);
+		compactions++;
+	}
+	for (int t = 0; t < 4; t++) {
+		assert_int_equal(pthread_join(threads[t], NULL), 0);
+		assert_int_equal(args[t].failures, 0);
+	}
+	assert_int_equal(compactions, 20);
+	registry_close(reg);
+
+	reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	registry_get_stats(reg, &stats);
+	assert_int_equal(stats.records, 4 * PER_THREAD);
+	for (int t = 0; t < 4; t++)
+		for (int i = 0; i < PER_THREAD; i++) {
+			char jti[32];
+
+			snprintf(jti, sizeof(jti), "w-%d-%d", t, i);
+			assert_int_equal(status_of(reg, jti), i % 3 == 0 ? REGISTRY_REVOKED : REGISTRY_ACTIVE);
+		}
+	registry_close(reg);
+}
+
 /* Changes whose done is only counted, answered by registry_close at the
  * latest: each exactly once. */
 static void run_changes_counted(enum registry_fsync policy)
@@ -1547,6 +1591,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_background_compaction, fixture_tmpdir_setup,
 						fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_writers, fixture_tmpdir_setup, fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_compaction_concurrent, fixture_tmpdir_setup,
+						fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_done_once_always, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_done_once_interval, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_interval_durable, fixture_tmpdir_setup, fixture_tmpdir_teardown),
