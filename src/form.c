@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hsmjwt/json.h"
 #include "hsmjwt/log.h"
 
 static int form_hex(unsigned char c)
@@ -49,25 +50,6 @@ static int form_decode(const char *in, size_t n, char *out, size_t *ret_len)
 	}
 	out[o] = '\0';
 	*ret_len = o;
-	return 0;
-}
-
-/* A JSON string of s[0..n): NULL is -EINVAL when s is not UTF-8, -ENOMEM
- * when memory ran out.  json_stringn answers NULL for both; the unchecked
- * variant fails only for memory, so asking it tells them apart. */
-static int form_string(const char *s, size_t n, json_t **ret_string)
-{
-	json_t *string;
-
-	string = json_stringn(s, n);
-	if (string == NULL) {
-		string = json_stringn_nocheck(s, n);
-		if (string == NULL)
-			return -ENOMEM;
-		json_decref(string);
-		return -EINVAL;
-	}
-	*ret_string = string;
 	return 0;
 }
 
@@ -128,9 +110,9 @@ int form_parse(const char *buf, size_t len, json_t **ret_object)
 		}
 		/* The name is checked as a JSON string: object keys take it
 		 * unchecked below. */
-		r = form_string(name, name_len, &name_str);
+		r = json_utf8_string(name, name_len, &name_str);
 		if (r == 0)
-			r = form_string(value, value_len, &value_str);
+			r = json_utf8_string(value, value_len, &value_str);
 		if (r < 0) {
 			reason = "not_utf8";
 			goto out;

@@ -132,3 +132,24 @@ int json_optional_string(const json_t *obj, const char *name, size_t max_len, co
 	*ret = value;
 	return 0;
 }
+
+/* json_stringn answers NULL both for bad UTF-8 and for memory, and json_pack's
+ * error codes do not tell them apart either (an allocation failing inside it
+ * can surface as "Unable to add key").  The unchecked variant fails only for
+ * memory, so asking it tells a bad input (logged and refused by the caller)
+ * from an exhausted process. */
+int json_utf8_string(const char *s, size_t n, json_t **ret_string)
+{
+	json_t *string;
+
+	string = json_stringn(s, n);
+	if (string == NULL) {
+		string = json_stringn_nocheck(s, n);
+		if (string == NULL)
+			return -ENOMEM;
+		json_decref(string);
+		return -EINVAL;
+	}
+	*ret_string = string;
+	return 0;
+}

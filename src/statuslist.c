@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include "hsmjwt/b64url.h"
+#include "hsmjwt/json.h"
 #include "hsmjwt/log.h"
 
 /* The largest list number: list n holds global indices from n * SIZE, and a
@@ -51,26 +52,6 @@ too_long:
 	return -ENAMETOOLONG;
 }
 
-/* A JSON string of s: -EINVAL when s is not UTF-8, -ENOMEM when memory ran
- * out.  json_string answers NULL for both, and json_pack's error codes do
- * not tell them apart either (an allocation failing inside it can surface
- * as "Unable to add key"); the unchecked variant fails only for memory. */
-static int statuslist_string(const char *s, json_t **ret_string)
-{
-	json_t *string;
-
-	string = json_string(s);
-	if (string == NULL) {
-		string = json_string_nocheck(s);
-		if (string == NULL)
-			return -ENOMEM;
-		json_decref(string);
-		return -EINVAL;
-	}
-	*ret_string = string;
-	return 0;
-}
-
 int statuslist_claim(const char *issuer, uint32_t global_idx, json_t **ret_claim)
 {
 	char uri[STATUSLIST_URI_MAX], quoted[128];
@@ -80,7 +61,7 @@ int statuslist_claim(const char *issuer, uint32_t global_idx, json_t **ret_claim
 	r = statuslist_uri(issuer, global_idx / STATUSLIST_SIZE, uri, sizeof(uri));
 	if (r < 0)
 		return r;
-	r = statuslist_string(uri, &uri_str);
+	r = json_utf8_string(uri, strlen(uri), &uri_str);
 	if (r < 0) {
 		if (r == -EINVAL)
 			log_error("\"status claim not built: issuer is not UTF-8\" issuer=%s",
@@ -148,9 +129,9 @@ int statuslist_claims(const char *uri, const char *lst, int64_t iat, json_t **re
 		log_error("\"status list iat out of range\" iat=%" PRId64, iat);
 		return -ERANGE;
 	}
-	r = statuslist_string(uri, &uri_str);
+	r = json_utf8_string(uri, strlen(uri), &uri_str);
 	if (r == 0)
-		r = statuslist_string(lst, &lst_str);
+		r = json_utf8_string(lst, strlen(lst), &lst_str);
 	if (r < 0) {
 		if (r == -EINVAL)
 			log_error("\"status list claims not built: not UTF-8\" uri=%s",

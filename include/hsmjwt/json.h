@@ -24,6 +24,12 @@ const char *json_plain_string(const json_t *value);
  * by obj); anything else is -EINVAL and *ret is untouched. */
 int json_optional_string(const json_t *obj, const char *name, size_t max_len, const char **ret);
 
+/* A new JSON string of s[0..n) (caller json_decref()s *ret_string), or
+ * -EINVAL when s[0..n) is not UTF-8, -ENOMEM when memory ran out; on failure
+ * *ret_string is untouched.  A NUL inside s[0..n) is kept (jansson strings
+ * carry their length): callers that read the value in C refuse it first. */
+int json_utf8_string(const char *s, size_t n, json_t **ret_string);
+
 /* Nesting depth of a value: scalars 0, [] or {} 1, [[1]] 2. */
 size_t json_depth(const json_t *value);
 

@@ -356,6 +356,53 @@ static void test_optional_string(void **state)
 	json_decref(obj);
 }
 
+static void *failing_malloc(size_t n)
+{
+	(void)n;
+	return NULL;
+}
+
+static void test_utf8_string(void **state)
+{
+	json_t *string = NULL;
+
+	assert_int_equal(json_utf8_string("\xc3\xa9t\xc3\xa9", 5, &string), 0);
+	assert_true(json_is_string(string));
+	assert_int_equal(json_string_length(string), 5);
+	assert_memory_equal(json_string_value(string), "\xc3\xa9t\xc3\xa9", 5);
+	json_decref(string);
+	/* Only n bytes are taken: the bad byte after them is not read. */
+	assert_int_equal(json_utf8_string("ab\xff", 2, &string), 0);
+	assert_string_equal(json_string_value(string), "ab");
+	json_decref(string);
+	/* A NUL inside is kept with the length, not cut off. */
+	assert_int_equal(json_utf8_string("a\0b", 3, &string), 0);
+	assert_int_equal(json_string_length(string), 3);
+	assert_null(json_plain_string(string));
+	json_decref(string);
+	assert_int_equal(json_utf8_string("", 0, &string), 0);
+	assert_string_equal(json_string_value(string), "");
+	json_decref(string);
+
+	/* Not UTF-8: a stray continuation byte, a truncated sequence, an
+	 * overlong encoding, a surrogate. */
+	string = SENTINEL;
+	assert_int_equal(json_utf8_string("\xff", 1, &string), -EINVAL);
+	assert_int_equal(json_utf8_string("ab\x80", 3, &string), -EINVAL);
+	assert_int_equal(json_utf8_string("\xc3\xa9", 1, &string), -EINVAL);
+	assert_int_equal(json_utf8_string("\xc0\xaf", 2, &string), -EINVAL);
+	assert_int_equal(json_utf8_string("\xed\xa0\x80", 3, &string), -EINVAL);
+	assert_ptr_equal(string, SENTINEL);
+
+	/* Out of memory is -ENOMEM, for valid and invalid input alike: a bad
+	 * input is not blamed for an exhausted process. */
+	json_set_alloc_funcs(failing_malloc, free);
+	assert_int_equal(json_utf8_string("ok", 2, &string), -ENOMEM);
+	assert_int_equal(json_utf8_string("\xff", 1, &string), -ENOMEM);
+	json_set_alloc_funcs(malloc, free);
+	assert_ptr_equal(string, SENTINEL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -372,6 +419,7 @@ int main(void)
 		cmocka_unit_test(test_hostile_nesting),
 		cmocka_unit_test(test_json_depth),
 		cmocka_unit_test(test_optional_string),
+		cmocka_unit_test(test_utf8_string),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
