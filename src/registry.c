@@ -1837,22 +1837,36 @@ out:
 
 /* ---- reads ---------------------------------------------------------------- */
 
+/* The strings of a record, copied out where a registry_record (a read) or a
+ * registry_entry (a compaction) wants them: both declare them with the
+ * codec's sizes, and [static N] has the compiler hold each caller to them. */
+static void registry_rec_strings(const struct registry_index *ix, const struct registry_rec *rec,
+				 char jti[static REGISTRY_JTI_MAX + 1], char org[static REGISTRY_ORG_MAX + 1],
+				 char subject[static REGISTRY_SUBJECT_MAX + 1], char name[static REGISTRY_NAME_MAX + 1],
+				 char description[static REGISTRY_DESCRIPTION_MAX + 1],
+				 char client_id[static REGISTRY_CLIENT_ID_MAX + 1], char kid[static REGISTRY_KID_MAX + 1],
+				 char parent[static REGISTRY_JTI_MAX + 1], char family[static REGISTRY_JTI_MAX + 1])
+{
+	snprintf(jti, REGISTRY_JTI_MAX + 1, "%s", registry_rec_jti(rec));
+	snprintf(org, REGISTRY_ORG_MAX + 1, "%s", registry_ix_string(ix, rec->org));
+	snprintf(subject, REGISTRY_SUBJECT_MAX + 1, "%s", registry_rec_subject(rec));
+	snprintf(name, REGISTRY_NAME_MAX + 1, "%s", registry_rec_name(rec));
+	snprintf(description, REGISTRY_DESCRIPTION_MAX + 1, "%s", registry_rec_description(rec));
+	snprintf(client_id, REGISTRY_CLIENT_ID_MAX + 1, "%s", registry_ix_string(ix, rec->client_id));
+	snprintf(kid, REGISTRY_KID_MAX + 1, "%s", registry_ix_string(ix, rec->kid));
+	snprintf(parent, REGISTRY_JTI_MAX + 1, "%s", registry_rec_parent(rec));
+	snprintf(family, REGISTRY_JTI_MAX + 1, "%s", registry_rec_family(rec));
+}
+
 static void registry_copy_out(const struct registry_index *ix, const struct registry_rec *rec,
 			      struct registry_record *out)
 {
 	memset(out, 0, sizeof(*out));
 	out->seq = rec->seq;
-	snprintf(out->jti, sizeof(out->jti), "%s", registry_rec_jti(rec));
 	out->type = (enum registry_type)rec->type;
 	out->status = (enum registry_status)rec->status;
-	snprintf(out->org, sizeof(out->org), "%s", registry_ix_string(ix, rec->org));
-	snprintf(out->subject, sizeof(out->subject), "%s", registry_rec_subject(rec));
-	snprintf(out->name, sizeof(out->name), "%s", registry_rec_name(rec));
-	snprintf(out->description, sizeof(out->description), "%s", registry_rec_description(rec));
-	snprintf(out->client_id, sizeof(out->client_id), "%s", registry_ix_string(ix, rec->client_id));
-	snprintf(out->kid, sizeof(out->kid), "%s", registry_ix_string(ix, rec->kid));
-	snprintf(out->parent, sizeof(out->parent), "%s", registry_rec_parent(rec));
-	snprintf(out->family, sizeof(out->family), "%s", registry_rec_family(rec));
+	registry_rec_strings(ix, rec, out->jti, out->org, out->subject, out->name, out->description,
+			     out->client_id, out->kid, out->parent, out->family);
 	out->iat = rec->iat;
 	out->exp = rec->exp;
 	out->status_at = rec->status_at;
@@ -2104,18 +2118,11 @@ static void registry_rec_entry(const struct registry_index *ix, const struct reg
 {
 	e->kind = REGISTRY_KIND_TOKEN;
 	e->seq = rec->seq;
-	snprintf(e->jti, sizeof(e->jti), "%s", registry_rec_jti(rec));
 	e->status = (enum registry_status)rec->status;
 	e->at = rec->iat;
 	e->type = (enum registry_type)rec->type;
-	snprintf(e->org, sizeof(e->org), "%s", registry_ix_string(ix, rec->org));
-	snprintf(e->subject, sizeof(e->subject), "%s", registry_rec_subject(rec));
-	snprintf(e->name, sizeof(e->name), "%s", registry_rec_name(rec));
-	snprintf(e->description, sizeof(e->description), "%s", registry_rec_description(rec));
-	snprintf(e->client_id, sizeof(e->client_id), "%s", registry_ix_string(ix, rec->client_id));
-	snprintf(e->kid, sizeof(e->kid), "%s", registry_ix_string(ix, rec->kid));
-	snprintf(e->parent, sizeof(e->parent), "%s", registry_rec_parent(rec));
-	snprintf(e->family, sizeof(e->family), "%s", registry_rec_family(rec));
+	registry_rec_strings(ix, rec, e->jti, e->org, e->subject, e->name, e->description, e->client_id,
+			     e->kid, e->parent, e->family);
 	e->exp = rec->exp;
 	e->status_idx = rec->status_idx;
 }
