@@ -51,6 +51,45 @@ def run_main(name, body):
     sys.exit(0 if ok else 1)
 
 
+def main_with_dirs(name, run):
+    """The command line of a test run as `NAME.py BUILD_DIR SOURCE_DIR' (what
+    CTest passes): run(build_dir, source_dir) with absolute paths, because the
+    daemon is started from another working directory."""
+    if len(sys.argv) != 3:
+        print(f"usage: {name}.py BUILD_DIR SOURCE_DIR", file=sys.stderr)
+        sys.exit(2)
+    run_main(name, lambda: run(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])))
+
+
+def run_daemon_test(c, work, daemon, body, log_checks=None):
+    """Runs body() against daemon and returns the verdict.  A RuntimeError
+    (the daemon would not start or answer) is one failed check, so the checks
+    made so far still print.  Whatever happens, the daemon is then stopped: a
+    non-zero exit on SIGTERM is what a sanitizer report looks like, so it is a
+    failure.  log_checks(log) then checks the daemon's whole log ("" when
+    there is none) for what must never be in it; and when anything failed,
+    the log's excerpt is printed, for the sanitizer report is in it.  Another
+    exception propagates after the stop, with the work directory kept."""
+    try:
+        body()
+    except RuntimeError as e:
+        c.check(False, "the daemon runs", str(e))
+    finally:
+        c.section("stop")
+        if daemon.proc is not None:
+            pid = daemon.proc.pid
+            c.equal(daemon.stop(), 0, f"hsmjwtd (pid {pid}) exits 0 on SIGTERM (sanitizers find nothing)")
+        log = daemon.log_text() if os.path.exists(daemon.log_path) else ""
+        if log_checks is not None:
+            log_checks(log)
+        if c.failed and log:
+            print("-- daemon log (sanitizer report or tail)")
+            print(daemon.log_excerpt())
+    ok = c.summary()
+    work.finish(ok)
+    return ok
+
+
 def b64url_decode(text):
     if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
         raise ValueError("not base64url")

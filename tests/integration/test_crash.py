@@ -22,7 +22,7 @@ import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import Checker, Daemon, Token, Workdir, require_tools, run_main  # noqa: E402
+from hsmjwt_harness import Checker, Daemon, Token, Workdir, main_with_dirs, require_tools, run_daemon_test  # noqa: E402
 
 ALGORITHMS = ["ES256"]
 ROUNDS = 3
@@ -195,8 +195,9 @@ def run(build_dir, source_dir):
     token = Token(source_dir, os.path.join(work.path, "state"), "hsmjwt-crash")
     daemon = Daemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"),
                     {"HSMJWT_FSYNC": "always", "HSMJWT_LOG_LEVEL": "warn"})
-    issued, revoked, cut = [], [], 0
-    try:
+
+    def body():
+        issued, revoked, cut = [], [], 0
         c.section("start")
         daemon.start()
         c.check(True, f"hsmjwtd is healthy on {daemon.issuer} (pid {daemon.proc.pid})")
@@ -221,23 +222,9 @@ def run(build_dir, source_dir):
         print(f"checked {len(revoked)} acknowledged revocations, {lost} lost")
         c.check(len(revoked) >= MIN_ACKED_TOTAL,
                 f"enough acknowledged revocations to mean something ({len(revoked)} >= {MIN_ACKED_TOTAL})")
-    except RuntimeError as e:
-        c.check(False, "the daemon runs", str(e))
-    finally:
-        c.section("stop")
-        if daemon.proc is not None:
-            pid = daemon.proc.pid
-            c.equal(daemon.stop(), 0, f"hsmjwtd (pid {pid}) exits 0 on SIGTERM")
-        if c.failed and os.path.exists(daemon.log_path):
-            print("-- daemon log (sanitizer report or tail)")
-            print(daemon.log_excerpt())
-    ok = c.summary()
-    work.finish(ok)
-    return ok
+
+    return run_daemon_test(c, work, daemon, body)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        print("usage: test_crash.py BUILD_DIR SOURCE_DIR", file=sys.stderr)
-        sys.exit(2)
-    run_main("test_crash", lambda: run(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])))
+    main_with_dirs("test_crash", run)

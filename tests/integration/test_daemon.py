@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, b64url_decode, b64url_encode,  # noqa: E402
-                            jwt_parts, require_tools, run_main)
+                            jwt_parts, main_with_dirs, require_tools, run_daemon_test)
 
 ALGORITHMS = ["ES256", "ES384", "RS256", "PS256", "EdDSA"]
 AUDIENCE = "api-integration"
@@ -296,7 +296,8 @@ def run(build_dir, source_dir):
     daemon = Daemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"),
                     {"HSMJWT_MAX_BODY": str(MAX_BODY)})
     secrets = []
-    try:
+
+    def body():
         c.section("start")
         daemon.start()
         c.check(True, f"hsmjwtd is healthy on {daemon.issuer} (pid {daemon.proc.pid})")
@@ -306,7 +307,7 @@ def run(build_dir, source_dir):
 
         admin = daemon.mint("admin")
         reader = daemon.mint("tokens:read")
-        secrets += [admin, reader]
+        secrets.extend([admin, reader])
         c.check(admin.count(".") == 2 and reader.count(".") == 2, "hsmjwtctl mint prints compact tokens")
         c.equal(jwt_parts(admin)[1].get("roles"), ["admin"], "the minted admin token carries roles [admin]")
 
@@ -316,7 +317,7 @@ def run(build_dir, source_dir):
         before = int(time.time())
         tokens = issue_tokens(c, daemon, admin)
         after = int(time.time())
-        secrets += tokens.values()
+        secrets.extend(tokens.values())
         c.equal(sorted(tokens), sorted(ALGORITHMS), "a token was issued for every algorithm")
         c.equal(len({jwt_parts(t)[1].get("jti") for t in tokens.values()}), len(tokens), "every jti is distinct")
         c.equal(len({jwt_parts(t)[0].get("kid") for t in tokens.values()}), len(tokens),
@@ -338,7 +339,7 @@ def run(build_dir, source_dir):
             verify_service(c, daemon, alg, t)
 
         check_error_paths(c, daemon, admin, reader, tokens)
-        secrets += [tamper_payload(t) for t in tokens.values()]
+        secrets.extend(tamper_payload(t) for t in tokens.values())
         send_garbage(c, daemon)
 
         c.section("no answer echoes a credential")
@@ -348,30 +349,16 @@ def run(build_dir, source_dir):
         signatures = [t.split(".")[2].encode() for t in secrets]
         leaks = [r.status for r in daemon.responses if r.status >= 400 and any(s in r.body for s in signatures)]
         c.check(not leaks, "no error response contains a token signature", f"statuses {leaks}")
-    except RuntimeError as e:
-        c.check(False, "the daemon runs", str(e))
-    finally:
-        c.section("stop")
-        if daemon.proc is not None:
-            pid = daemon.proc.pid
-            code = daemon.stop()
-            c.equal(code, 0, f"hsmjwtd (pid {pid}) exits 0 on SIGTERM (sanitizers find nothing)")
-        log = daemon.log_text() if os.path.exists(daemon.log_path) else ""
+
+    def log_checks(log):
         c.check('"request"' in log, "the daemon logged its requests", "no request line in the log")
         leaked = [i for i, s in enumerate(secrets) if s in log or s.split(".")[2] in log]
         c.check(not leaked, f"the log contains none of the {len(secrets)} tokens (nor their signatures)",
                 f"token #{leaked} found")
         c.check(token.pin not in log, "the log does not contain the PIN")
-        if c.failed and log:
-            print("-- daemon log (sanitizer report or tail)")
-            print(daemon.log_excerpt())
-    ok = c.summary()
-    work.finish(ok)
-    return ok
+
+    return run_daemon_test(c, work, daemon, body, log_checks)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        print("usage: test_daemon.py BUILD_DIR SOURCE_DIR", file=sys.stderr)
-        sys.exit(2)
-    run_main("test_daemon", lambda: run(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])))
+    main_with_dirs("test_daemon", run)

@@ -22,7 +22,7 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, b64url_decode, b64url_encode,  # noqa: E402
-                            jwt_parts, require_tools, run_main)
+                            jwt_parts, main_with_dirs, require_tools, run_daemon_test)
 
 ALGORITHMS = ["ES256"]
 TTL = 3600
@@ -1017,7 +1017,8 @@ def run(build_dir, source_dir):
     token = Token(source_dir, os.path.join(work.path, "state"), "hsmjwt-reg")
     daemon = Daemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"), {"HSMJWT_FSYNC": "always", "HSMJWT_LEEWAY": str(LEEWAY)})
     api = Api(c, daemon)
-    try:
+
+    def body():
         c.section("start")
         daemon.start()
         c.check(True, f"hsmjwtd is healthy on {daemon.issuer} (pid {daemon.proc.pid})")
@@ -1034,28 +1035,15 @@ def run(build_dir, source_dir):
         res = guarded(c, "status list comparison", compare_all_lists, c, api, jwt, root, "before the restart")
         if res is not None:
             guarded(c, "restart", restart, c, api, jwt, root, *res)
-    except RuntimeError as e:
-        c.check(False, "the daemon runs", str(e))
-    finally:
-        c.section("stop")
-        if daemon.proc is not None:
-            pid = daemon.proc.pid
-            c.equal(daemon.stop(), 0, f"hsmjwtd (pid {pid}) exits 0 on SIGTERM (sanitizers find nothing)")
-        log = daemon.log_text() if os.path.exists(daemon.log_path) else ""
+
+    def log_checks(log):
         leaked = [i for i, s in enumerate(api.secrets) if s.split(".")[2] in log]
         c.check(not leaked, f"the log contains none of the {len(api.secrets)} tokens' signatures",
                 f"token #{leaked[:5]} found")
         c.check(token.pin not in log, "the log does not contain the PIN")
-        if c.failed and log:
-            print("-- daemon log (sanitizer report or tail)")
-            print(daemon.log_excerpt())
-    ok = c.summary()
-    work.finish(ok)
-    return ok
+
+    return run_daemon_test(c, work, daemon, body, log_checks)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        print("usage: test_registry.py BUILD_DIR SOURCE_DIR", file=sys.stderr)
-        sys.exit(2)
-    run_main("test_registry", lambda: run(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])))
+    main_with_dirs("test_registry", run)
