@@ -49,4 +49,10 @@ const char *fixture_write_file(const char *name, const void *data, size_t len, m
  * text is returned (a static buffer, valid until the next call). */
 const char *fixture_capture_stderr(int (*fn)(void *), void *arg, int *ret);
 
+/* jansson's allocations fail once `budget` more of them have succeeded (0:
+ * the next one fails), until fixture_json_alloc_restore().  Call it again
+ * to start a new budget. */
+void fixture_json_fail_after(int budget);
+void fixture_json_alloc_restore(void);
+
 #endif

@@ -228,17 +228,6 @@ static void test_field_limit(void **state)
 	free(body);
 }
 
-/* jansson's allocations fail once `chaos_budget` of them have succeeded. */
-static int chaos_budget;
-
-static void *chaos_malloc(size_t n)
-{
-	if (chaos_budget <= 0)
-		return NULL;
-	chaos_budget--;
-	return malloc(n);
-}
-
 /* Every jansson allocation of a parse fails in turn: each failure is
  * -ENOMEM (a 500), never -EINVAL (a 400 blaming the client, which is what
  * a bare NULL from json_stringn would suggest), and leaks nothing (ASan). */
@@ -248,16 +237,15 @@ static void test_out_of_memory_is_not_a_bad_request(void **state)
 	json_t *got = SENTINEL;
 	int r = -ENOMEM, failures = 0;
 
-	json_set_alloc_funcs(chaos_malloc, free);
 	for (int budget = 0; r == -ENOMEM && budget < 1000; budget++) {
-		chaos_budget = budget;
+		fixture_json_fail_after(budget);
 		r = form_parse(body, sizeof(body) - 1, &got);
 		if (r == -ENOMEM) {
 			assert_ptr_equal(got, SENTINEL);
 			failures++;
 		}
 	}
-	json_set_alloc_funcs(malloc, free);
+	fixture_json_alloc_restore();
 	/* One object, three names, three values at least. */
 	assert_true(failures >= 7);
 	assert_int_equal(r, 0);

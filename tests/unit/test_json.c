@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "fixture.h"
 #include "hsmjwt/json.h"
 
 #define SENTINEL ((json_t *)(uintptr_t)0x1)
@@ -356,12 +357,6 @@ static void test_optional_string(void **state)
 	json_decref(obj);
 }
 
-static void *failing_malloc(size_t n)
-{
-	(void)n;
-	return NULL;
-}
-
 static void test_utf8_string(void **state)
 {
 	json_t *string = NULL;
@@ -396,10 +391,10 @@ static void test_utf8_string(void **state)
 
 	/* Out of memory is -ENOMEM, for valid and invalid input alike: a bad
 	 * input is not blamed for an exhausted process. */
-	json_set_alloc_funcs(failing_malloc, free);
+	fixture_json_fail_after(0);
 	assert_int_equal(json_utf8_string("ok", 2, &string), -ENOMEM);
 	assert_int_equal(json_utf8_string("\xff", 1, &string), -ENOMEM);
-	json_set_alloc_funcs(malloc, free);
+	fixture_json_alloc_restore();
 	assert_ptr_equal(string, SENTINEL);
 }
 

@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 #include <zlib.h>
 
+#include "fixture.h"
 #include "hsmjwt/statuslist.h"
 
 #define SENTINEL_STR ((char *)(uintptr_t)0x1)
@@ -78,6 +79,22 @@ static unsigned entry_at(const uint8_t *packed, unsigned bits, size_t i)
 	return packed[i * bits / 8] >> (i * bits % 8) & ((1u << bits) - 1);
 }
 
+/* lst reads back, through the oracle alone, to bytes[0..n), whose first
+ * count bits-wide entries are entries[]. */
+static void assert_lst_holds(const char *lst, const uint8_t *bytes, size_t n, unsigned bits,
+			     const unsigned *entries, size_t count)
+{
+	uint8_t *decoded;
+	size_t len;
+
+	decoded = lst_oracle_decode(lst, 64, &len);
+	assert_int_equal(len, n);
+	assert_memory_equal(decoded, bytes, n);
+	for (size_t i = 0; i < count; i++)
+		assert_int_equal(entry_at(decoded, bits, i), entries[i]);
+	free(decoded);
+}
+
 static char *encode_ok(const uint8_t *bits, size_t len)
 {
 	char *lst = NULL;
@@ -102,8 +119,6 @@ static const char example1_lst[] = "eNrbuRgAAhcBXQ";
 static void test_hand_computed_layout(void **state)
 {
 	uint8_t packed[3] = { 0 };
-	uint8_t *decoded;
-	size_t len;
 	char *lst;
 
 	/* The layout the header states, written out bit by bit, gives the
@@ -114,34 +129,17 @@ static void test_hand_computed_layout(void **state)
 	/* ...and an encoded list reads back, through zlib alone, to those
 	 * bytes and entries. */
 	lst = encode_ok(example2_bytes, sizeof(example2_bytes));
-	decoded = lst_oracle_decode(lst, 64, &len);
-	assert_int_equal(len, 3);
-	assert_memory_equal(decoded, example2_bytes, 3);
-	for (size_t i = 0; i < 12; i++)
-		assert_int_equal(entry_at(decoded, 2, i), example2_entries[i]);
-	free(decoded);
+	assert_lst_holds(lst, example2_bytes, 3, 2, example2_entries, 12);
 	free(lst);
 }
 
 static void test_draft_examples_byte_identical(void **state)
 {
-	uint8_t *decoded;
-	size_t len;
 	char *lst;
 
 	/* The draft's lst values decode to the draft's entries... */
-	decoded = lst_oracle_decode(example2_lst, 64, &len);
-	assert_int_equal(len, sizeof(example2_bytes));
-	assert_memory_equal(decoded, example2_bytes, len);
-	for (size_t i = 0; i < 12; i++)
-		assert_int_equal(entry_at(decoded, 2, i), example2_entries[i]);
-	free(decoded);
-	decoded = lst_oracle_decode(example1_lst, 64, &len);
-	assert_int_equal(len, sizeof(example1_bytes));
-	assert_memory_equal(decoded, example1_bytes, len);
-	for (size_t i = 0; i < 16; i++)
-		assert_int_equal(entry_at(decoded, 1, i), example1_entries[i]);
-	free(decoded);
+	assert_lst_holds(example2_lst, example2_bytes, sizeof(example2_bytes), 2, example2_entries, 12);
+	assert_lst_holds(example1_lst, example1_bytes, sizeof(example1_bytes), 1, example1_entries, 16);
 
 	/* ...and at the best level, our encoding of those bytes is the draft's
 	 * text exactly. */
@@ -333,17 +331,6 @@ static void test_claims(void **state)
 	assert_ptr_equal(claims, SENTINEL_JSON);
 }
 
-/* jansson's allocations fail once `chaos_budget` of them have succeeded. */
-static int chaos_budget;
-
-static void *chaos_malloc(size_t n)
-{
-	if (chaos_budget <= 0)
-		return NULL;
-	chaos_budget--;
-	return malloc(n);
-}
-
 /* Out of memory while building a claim is -ENOMEM (a 500), not the -EINVAL
  * of a bad input, at every allocation jansson makes; nothing leaks (ASan). */
 static void test_claims_out_of_memory(void **state)
@@ -351,9 +338,8 @@ static void test_claims_out_of_memory(void **state)
 	json_t *claim = SENTINEL_JSON, *claims = SENTINEL_JSON;
 	int r = -ENOMEM, failures = 0;
 
-	json_set_alloc_funcs(chaos_malloc, free);
 	for (int budget = 0; r == -ENOMEM && budget < 1000; budget++) {
-		chaos_budget = budget;
+		fixture_json_fail_after(budget);
 		r = statuslist_claim("https://issuer.example", 70000, &claim);
 		if (r == -ENOMEM) {
 			assert_ptr_equal(claim, SENTINEL_JSON);
@@ -366,14 +352,14 @@ static void test_claims_out_of_memory(void **state)
 	r = -ENOMEM;
 	failures = 0;
 	for (int budget = 0; r == -ENOMEM && budget < 1000; budget++) {
-		chaos_budget = budget;
+		fixture_json_fail_after(budget);
 		r = statuslist_claims("https://issuer.example/statuslists/1", example2_lst, 1700000000, &claims);
 		if (r == -ENOMEM) {
 			assert_ptr_equal(claims, SENTINEL_JSON);
 			failures++;
 		}
 	}
-	json_set_alloc_funcs(malloc, free);
+	fixture_json_alloc_restore();
 	assert_int_equal(r, 0);
 	assert_true(failures >= 8);
 	json_decref(claims);
