@@ -479,31 +479,37 @@ static int api_in_scope(const struct auth_caller *caller, const json_t *claims)
 	return caller->org[0] == '\0' || (org != NULL && strcmp(org, caller->org) == 0);
 }
 
+/* A jti as this service makes them (issue_new_jti): 22 base64url characters. */
 static int api_jti_plausible(const char *jti)
 {
-	size_t n = strlen(jti);
-
-	return n > 0 && n <= REGISTRY_JTI_MAX &&
-	       strspn(jti, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == n;
+	return strlen(jti) == ISSUE_JTI_LEN &&
+	       strspn(jti, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") == ISSUE_JTI_LEN;
 }
 
 /* Queues the revocation of jti for caller: the registered record within the
- * caller's scope, else a revocation of an unregistered jti (of org, until
- * exp).  1: queued (done will run), 0: nothing to do, or a negative error. */
+ * caller's scope, else (when unregistered is set) a revocation of a jti the
+ * registry never saw, of org, kept until exp.  1: queued (done will run),
+ * 0: nothing to do, or a negative error. */
 static int api_queue_revocation(struct api_ctx *ctx, const struct auth_caller *caller, const char *jti,
-				const char *org, int64_t exp, const char *reason, struct api_pending *pending)
+				int unregistered, const char *org, int64_t exp, const char *reason,
+				struct api_pending *pending)
 {
 	int64_t now = api_now();
 	int r;
 
 	r = registry_set_status(ctx->registry, jti, api_scope(caller), REGISTRY_REVOKED, now, reason,
 				api_pending_done, pending, NULL);
-	if (r == -ENOENT)
+	/* Deleted already (revoked, and final): still answered only once that
+	 * deletion is durable, which re-setting the same status waits for. */
+	if (r == -EPERM)
+		r = registry_set_status(ctx->registry, jti, api_scope(caller), REGISTRY_DELETED, now, NULL,
+					api_pending_done, pending, NULL);
+	if (r == -ENOENT && unregistered)
 		r = registry_revoke_unregistered(ctx->registry, jti, org, exp, now, reason, api_pending_done,
 						 pending);
-	/* Known in another org (-EEXIST), or already deleted (-EPERM): RFC
-	 * 7009 §2.2 answers 200 all the same, and changes nothing. */
-	if (r == -EEXIST || r == -EPERM || r == -EINVAL)
+	/* Unknown in the caller's scope: RFC 7009 §2.2 answers 200 all the
+	 * same, and nothing changes. */
+	if (r == -ENOENT || r == -EEXIST || r == -EINVAL)
 		return 0;
 	return r < 0 ? r : 1;
 }
@@ -538,13 +544,21 @@ void api_revoke(struct api_ctx *ctx, struct evhttp_request *req, struct api_outc
 		    json_plain_string(json_object_get(claims, "jti")) != NULL) {
 			const char *org = json_plain_string(json_object_get(claims, "org"));
 			jti = json_plain_string(json_object_get(claims, "jti"));
-			r = api_queue_revocation(ctx, &caller, jti, org ? org : "",
+			/* A genuine token of the caller's org: recorded as revoked
+			 * even if the registry never saw it (minted offline). */
+			r = api_queue_revocation(ctx, &caller, jti, 1, org ? org : "",
 						 json_integer_value(json_object_get(claims, "exp")) + ctx->cfg->leeway,
 						 reason, pending);
 		}
-	} else if (api_jti_plausible(jti)) {
-		/* Only a jti: whatever token carries it lives at most max_ttl. */
-		r = api_queue_revocation(ctx, &caller, jti, caller.org,
+	} else {
+		/* Only a jti.  A confined caller revokes its org's records
+		 * only: a revocation it could record for a jti unknown in its
+		 * scope would tell it (by the record appearing or not) whether
+		 * another org holds that jti, and would let it fill the
+		 * registry with guesses.  An unconfined admin may revoke an
+		 * offline-minted jti; whatever token carries it lives at most
+		 * max_ttl. */
+		r = api_queue_revocation(ctx, &caller, jti, caller.org[0] == '\0' && api_jti_plausible(jti), "",
 					 api_now() + ctx->cfg->max_ttl + ctx->cfg->leeway, reason, pending);
 	}
 	if (r > 0) {

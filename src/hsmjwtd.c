@@ -142,9 +142,11 @@ int main(int argc, char **argv)
 	sd_notify(0, "STOPPING=1");
 	status = 0;
 out:
-	/* In-flight replies wait for the registry, which flushes last. */
-	http_stop(server);
+	/* In-flight replies wait for the registry, which flushes before the
+	 * workers' loops, where its callbacks land, are freed. */
+	http_quiesce(server);
 	registry_close(registry);
+	http_stop(server);
 	keys_free(keys);
 	hsm_close(hsm);
 	config_free(&cfg);

@@ -58,6 +58,7 @@ struct http_worker {
 	struct http_listener listeners[CONFIG_MAX_LISTEN];
 	size_t listener_count;
 	unsigned drain_waited_ms;
+	int joined;                   /* its loop has ended (http_quiesce) */
 };
 
 /* The worker whose loop runs on this thread: a listener's error callback
@@ -614,7 +615,7 @@ static void http_drain(evutil_socket_t fd, short what, void *arg)
 		event_base_loopexit(worker->base, NULL);
 }
 
-void http_stop(struct http_server *server)
+void http_quiesce(struct http_server *server)
 {
 	static const struct timeval now = { 0, 0 };
 
@@ -622,7 +623,7 @@ void http_stop(struct http_server *server)
 		return;
 	for (unsigned i = 0; i < server->worker_count; i++) {
 		struct http_worker *w = &server->workers[i];
-		if (w->base == NULL)
+		if (w->base == NULL || w->joined)
 			continue;
 		/* A worker that never ran has no loop to drain on. */
 		if (!w->started || event_base_once(w->base, -1, EV_TIMEOUT, http_drain, w, &now) < 0)
@@ -630,8 +631,19 @@ void http_stop(struct http_server *server)
 	}
 	for (unsigned i = 0; i < server->worker_count; i++) {
 		struct http_worker *w = &server->workers[i];
-		if (w->started)
+		if (w->started && !w->joined)
 			pthread_join(w->thread, NULL);
+		w->joined = 1;
+	}
+}
+
+void http_stop(struct http_server *server)
+{
+	if (server == NULL)
+		return;
+	http_quiesce(server);
+	for (unsigned i = 0; i < server->worker_count; i++) {
+		struct http_worker *w = &server->workers[i];
 		for (size_t j = 0; j < w->listener_count; j++)
 			event_free(w->listeners[j].retry);
 		if (w->http)

@@ -38,8 +38,13 @@ struct http_server;
 int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct registry *registry,
 	       struct http_server **ret_server);
 /* Stops accepting, waits (at most 10 s) for replies held back for the
- * registry, lets each worker finish its loop, joins and frees.  The registry
- * must still be open. */
+ * registry, lets each worker finish its loop and joins them; the loops and
+ * their contexts stay allocated, so a registry callback still in flight
+ * (a disk stuck past the 10 s) lands on a live event base and is dropped
+ * with it.  Shut down in this order: http_quiesce, registry_close,
+ * http_stop. */
+void http_quiesce(struct http_server *server);
+/* http_quiesce if not done yet, then frees everything. */
 void http_stop(struct http_server *server);
 
 /* Sends code with body (may be NULL; not freed).  For HEAD only the headers

@@ -627,6 +627,53 @@ def roles(c, api, root):
 
 
 # ---------------------------------------------------------------------------
+# Revocation by jti alone
+
+
+def revoke_by_jti(c, api, root):
+    """A confined caller revokes by jti only what its org has registered: a
+    revocation it recorded for any other jti would show (by appearing or not)
+    whether another org holds that jti, and would take the jti's one place in
+    the registry, so that the owner's later revocation changed nothing."""
+    c.section("revocation by jti alone: confined callers, offline tokens")
+    admin_a = api.mint("admin", org="org-ja", sub="admin-ja")
+    admin_b = api.mint("admin", org="org-jb", sub="admin-jb")
+    minted_b = api.mint_entry("tokens:read", "org-jb", "offline-jb")
+    registered_b = api.issue(admin_b, "jb-user", what="org-jb's registered token")
+    unknown = random_jti()
+    for what, jti in (("org-jb's offline-minted jti", minted_b.jti), ("org-jb's registered jti", registered_b.jti
+                      if registered_b else random_jti()), ("a random jti", unknown)):
+        r = api.call("POST", "/token/revoke", admin_a, {"jti": jti})
+        c.equal((r.status, r.json()), (200, {}), f"org-ja revokes {what} by jti: 200 {{}}")
+        r = api.call("GET", f"/tokens/{jti}", admin_a)
+        c.equal(r.status, 404, f"org-ja then finds no record for {what}")
+    r = api.call("GET", f"/tokens/{minted_b.jti}", root)
+    c.equal(r.status, 404, "no record was made for org-jb's offline jti (root finds none)")
+    r = api.call("GET", f"/tokens/{unknown}", root)
+    c.equal(r.status, 404, "no record was made for the random jti either")
+    c.equal(api.verify(minted_b.token), (True, "unregistered"), "org-jb's offline token is still valid")
+    if registered_b:
+        c.equal(api.verify(registered_b.token), (True, "active"), "org-jb's registered token is still active")
+
+    # The owner's own org, confined, by jti alone: an offline token is not in
+    # its registry, so that takes the token itself.
+    r = api.call("POST", "/token/revoke", admin_b, {"jti": minted_b.jti})
+    c.equal((r.status, r.json()), (200, {}), "org-jb revokes its offline jti by jti: 200 {}")
+    c.equal(api.verify(minted_b.token), (True, "unregistered"), "... which needs the token: still valid")
+    r = api.call("POST", "/token/revoke", admin_b, {"token": minted_b.token})
+    c.equal((r.status, r.json()), (200, {}), "org-jb revokes its offline token by token: 200 {}")
+    minted_b.status = "revoked"
+    c.equal(api.verify(minted_b.token), (False, "revoked"), "org-jb's offline token is now revoked")
+    r = api.call("GET", "/tokens", minted_b.token)
+    c.equal(r.status, 401, "the revoked offline token no longer authenticates")
+    if registered_b:
+        r = api.call("POST", "/token/revoke", admin_b, {"jti": registered_b.jti})
+        c.equal((r.status, r.json()), (200, {}), "org-jb revokes its registered token by jti: 200 {}")
+        registered_b.status = "revoked"
+        c.equal(api.verify(registered_b.token), (False, "revoked"), "org-jb's registered token is now revoked")
+
+
+# ---------------------------------------------------------------------------
 # Status transitions
 
 
@@ -1028,6 +1075,7 @@ def run(build_dir, source_dir):
         guarded(c, "org isolation", isolation, c, api, root)
         guarded(c, "roles", roles, c, api, root)
         guarded(c, "transitions", transitions, c, api, root)
+        guarded(c, "revocation by jti", revoke_by_jti, c, api, root)
         guarded(c, "pagination", pagination, c, api)
         guarded(c, "forms", forms, c, api)
         guarded(c, "status lists", status_lists, c, api, jwt, root)
