@@ -97,9 +97,10 @@ const char *api_scope(const struct auth_caller *caller)
 
 void api_registry_failed(struct api_outcome *out, struct evhttp_request *req, int r)
 {
-	if (r == -EIO || r == -ENOSPC)
+	if (r == -EIO || r == -ENOSPC || r == -EAGAIN)
 		api_error(out, req, 503, "registry_unavailable",
-			  r == -EIO ? "the registry cannot record changes" : "the registry is full");
+			  r == -EIO ? "the registry cannot record changes" :
+			  r == -EAGAIN ? "the registry's disk is behind; retry" : "the registry is full");
 	else
 		api_error(out, req, 500, "server_error", "the registry could not record the change");
 }

@@ -779,7 +779,6 @@ struct registry {
 	pthread_rwlock_t lock;         /* the index, next_seq, the status lists */
 	pthread_mutex_t qmutex;        /* queue, stopping */
 	pthread_cond_t qwork;          /* to the flusher: work, or stop */
-	pthread_cond_t qspace;         /* to writers: the queue shrank */
 	int locks;                     /* how many of the above exist, for a partial teardown */
 
 	struct registry_queue queue;
@@ -994,7 +993,6 @@ static void registry_queue_take(struct registry *reg, struct registry_queue *bat
 	tmp = reg->queue;
 	reg->queue = *batch;
 	*batch = tmp;
-	pthread_cond_broadcast(&reg->qspace);
 	pthread_mutex_unlock(&reg->qmutex);
 }
 
@@ -1271,8 +1269,7 @@ static void registry_free(struct registry *reg)
 	free(reg->lists);
 	free(reg->generations);
 	registry_queue_release(&reg->queue);
-	if (reg->locks >= 6) {
-		pthread_cond_destroy(&reg->qspace);
+	if (reg->locks >= 5) {
 		pthread_cond_destroy(&reg->qwork);
 		pthread_mutex_destroy(&reg->qmutex);
 		pthread_rwlock_destroy(&reg->lock);
@@ -1298,14 +1295,14 @@ static int registry_init_locks(struct registry *reg)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	if (pthread_mutex_init(&reg->io, NULL) != 0 || pthread_mutex_init(&reg->gate, NULL) != 0 ||
 	    pthread_rwlock_init(&reg->lock, &rwa) != 0 || pthread_mutex_init(&reg->qmutex, NULL) != 0 ||
-	    pthread_cond_init(&reg->qwork, &ca) != 0 || pthread_cond_init(&reg->qspace, &ca) != 0) {
+	    pthread_cond_init(&reg->qwork, &ca) != 0) {
 		pthread_rwlockattr_destroy(&rwa);
 		pthread_condattr_destroy(&ca);
 		return -ENOMEM;
 	}
 	pthread_rwlockattr_destroy(&rwa);
 	pthread_condattr_destroy(&ca);
-	reg->locks = 6;
+	reg->locks = 5;
 	return 0;
 }
 
@@ -1395,7 +1392,6 @@ void registry_close(struct registry *reg)
 		pthread_mutex_lock(&reg->qmutex);
 		reg->stopping = 1;
 		pthread_cond_broadcast(&reg->qwork);
-		pthread_cond_broadcast(&reg->qspace);
 		pthread_mutex_unlock(&reg->qmutex);
 		pthread_join(reg->flusher, NULL);
 	}
@@ -1422,14 +1418,21 @@ int registry_reserve_index(struct registry *reg, uint32_t *ret_idx)
 
 /* ---- changes -------------------------------------------------------------- */
 
-/* Waits while the queue is over its limit, then takes the gate and the
- * write lock: -EIO (nothing held) once the registry has failed. */
+/* Takes the gate and the write lock: -EIO (nothing held) once the registry
+ * has failed, -EAGAIN while the queue is over its limit.  Refusing rather
+ * than waiting: the caller is an event loop that serves verifications and
+ * health checks too, and a disk that far behind may never catch up. */
 static int registry_write_begin(struct registry *reg)
 {
+	size_t queued;
+
 	pthread_mutex_lock(&reg->qmutex);
-	while (reg->queue.len > REGISTRY_QUEUE_MAX && !atomic_load(&reg->failed) && !reg->stopping)
-		pthread_cond_wait(&reg->qspace, &reg->qmutex);
+	queued = reg->queue.len;
 	pthread_mutex_unlock(&reg->qmutex);
+	if (queued > REGISTRY_QUEUE_MAX) {
+		log_limited(LOG_LEVEL_WARN, "\"registry queue full: refusing a change\" queued_bytes=%zu", queued);
+		return -EAGAIN;
+	}
 	pthread_mutex_lock(&reg->gate);
 	pthread_rwlock_wrlock(&reg->lock);
 	if (atomic_load(&reg->failed)) {

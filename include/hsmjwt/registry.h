@@ -12,7 +12,9 @@
  * flusher thread, exactly once per accepted change; the caller hops back to
  * its own thread.  A write or fsync failure fails that batch and every later
  * change (-EIO): the file can no longer be trusted to hold what was
- * acknowledged, and the daemon reports the registry as failed.
+ * acknowledged, and the daemon reports the registry as failed.  While more
+ * than 64 MiB wait for the disk, changes are refused with -EAGAIN instead
+ * of blocking the caller's thread. 
  *
  * Reads (lookups, lists, status-list slices) take the read lock and copy
  * out; nothing returned points into the index.
