@@ -39,7 +39,8 @@ void api_pending_done(void *arg, int result);
 void api_pending_reply(struct api_pending *pending, struct api_outcome *out, int code, json_t *body);
 void api_pending_free(struct api_pending *pending);
 
-/* Registry endpoints (api_registry.c).  segment: the route's captured,
+/* Registry endpoints (api_registry.c; api_revoke, api_introspect and
+ * api_registry_verdict in api_oauth.c).  segment: the route's captured,
  * percent-decoded path segment, or NULL. */
 void api_token(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_tokens_create(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
