@@ -1,0 +1,245 @@
+/* The registry's durability path: the queue of encoded frames that changes
+ * append to, the flusher thread that writes them to registry.log and
+ * fdatasyncs per the policy before it answers their waiters, and the file
+ * helpers the load and the compaction use too.  Separate from registry.c
+ * because it is the one place a change waits for the disk. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hsmjwt/log.h"
+#include "registry_internal.h"
+
+/* A flushed batch buffer larger than this is given back, not kept. */
+#define REGISTRY_QUEUE_KEEP ((size_t)4 << 20)
+
+int64_t registry_mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int registry_write_all(int fd, const uint8_t *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int registry_fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
+/* The first write or fsync failure, logged once: from now on nothing is
+ * acknowledged. */
+void registry_fail(struct registry *reg, const char *what, int err)
+{
+	if (atomic_exchange(&reg->failed, 1) == 0) {
+		char q[PATH_MAX + 8];
+
+		log_error("\"registry %s failed: no further changes are accepted\" path=%s error=\"%s\"", what,
+			  log_quote(q, sizeof(q), reg->path), strerror(err));
+	}
+}
+
+/* ---- the queue ---------------------------------------------------------- */
+
+/* Under qmutex: room for bytes more and one more waiter. */
+int registry_queue_reserve(struct registry_queue *q, size_t bytes)
+{
+	if (q->cap - q->len < bytes) {
+		size_t cap = q->cap ? q->cap : 65536;
+		uint8_t *buf;
+
+		while (cap - q->len < bytes)
+			cap *= 2;
+		buf = realloc(q->buf, cap);
+		if (buf == NULL)
+			return -ENOMEM;
+		q->buf = buf;
+		q->cap = cap;
+	}
+	if (q->nwaiters == q->wcap) {
+		size_t wcap = q->wcap ? q->wcap * 2 : 64;
+		struct registry_waiter *w = realloc(q->waiters, wcap * sizeof(*w));
+
+		if (w == NULL)
+			return -ENOMEM;
+		q->waiters = w;
+		q->wcap = wcap;
+	}
+	return 0;
+}
+
+/* Under qmutex, with room reserved. */
+int registry_queue_entry(struct registry_queue *q, const struct registry_entry *e)
+{
+	size_t len;
+	int r = registry_encode(e, q->buf + q->len, q->cap - q->len, &len);
+
+	if (r < 0)
+		return r;
+	q->len += len;
+	q->frames++;
+	return 0;
+}
+
+void registry_queue_waiter(struct registry_queue *q, registry_done_fn done, void *arg)
+{
+	if (done)
+		q->waiters[q->nwaiters++] = (struct registry_waiter){ done, arg };
+}
+
+void registry_queue_release(struct registry_queue *q)
+{
+	free(q->buf);
+	free(q->waiters);
+	memset(q, 0, sizeof(*q));
+}
+
+void registry_queue_answer(struct registry_queue *q, int result)
+{
+	for (size_t i = 0; i < q->nwaiters; i++)
+		q->waiters[i].done(q->waiters[i].arg, result);
+	q->nwaiters = 0;
+	q->len = 0;
+	q->frames = 0;
+	if (q->cap > REGISTRY_QUEUE_KEEP) {
+		free(q->buf);
+		q->buf = NULL;
+		q->cap = 0;
+	}
+}
+
+/* Under io: takes everything queued into batch (empty on entry). */
+void registry_queue_take(struct registry *reg, struct registry_queue *batch)
+{
+	struct registry_queue tmp;
+
+	pthread_mutex_lock(&reg->qmutex);
+	tmp = reg->queue;
+	reg->queue = *batch;
+	*batch = tmp;
+	pthread_mutex_unlock(&reg->qmutex);
+}
+
+static int registry_sync(struct registry *reg)
+{
+	if (fdatasync(reg->fd) < 0) {
+		registry_fail(reg, "fdatasync", errno);
+		return -EIO;
+	}
+	reg->dirty = 0;
+	reg->last_sync_ns = registry_mono_ns();
+	return 0;
+}
+
+/* Under io: appends a taken batch to the file and makes it durable per the
+ * policy; the result for its waiters. */
+int registry_write_batch(struct registry *reg, const struct registry_queue *batch)
+{
+	int r;
+
+	if (atomic_load(&reg->failed))
+		return -EIO;
+	if (batch->len == 0)
+		return 0;   /* only no-ops: what they rely on was acknowledged before them */
+	r = registry_write_all(reg->fd, batch->buf, batch->len);
+	if (r < 0) {
+		registry_fail(reg, "write", -r);
+		return -EIO;
+	}
+	atomic_fetch_add(&reg->frames, batch->frames);
+	atomic_fetch_add(&reg->file_bytes, batch->len);
+	if (reg->fsync == REGISTRY_FSYNC_ALWAYS)
+		return registry_sync(reg);
+	reg->dirty = 1;
+	if (registry_mono_ns() - reg->last_sync_ns >= (int64_t)REGISTRY_INTERVAL_MS * 1000000)
+		return registry_sync(reg);
+	return 0;
+}
+
+static void registry_flush_once(struct registry *reg, struct registry_queue *batch)
+{
+	int r;
+
+	pthread_mutex_lock(&reg->io);
+	registry_queue_take(reg, batch);
+	r = registry_write_batch(reg, batch);
+	pthread_mutex_unlock(&reg->io);
+	registry_queue_answer(batch, r);
+}
+
+static void registry_sync_if_due(struct registry *reg, int force)
+{
+	pthread_mutex_lock(&reg->io);
+	if (reg->dirty && !atomic_load(&reg->failed) &&
+	    (force || registry_mono_ns() - reg->last_sync_ns >= (int64_t)REGISTRY_INTERVAL_MS * 1000000))
+		registry_sync(reg);
+	pthread_mutex_unlock(&reg->io);
+}
+
+void *registry_flusher(void *arg)
+{
+	struct registry *reg = arg;
+	struct registry_queue batch = { 0 };
+
+	pthread_mutex_lock(&reg->qmutex);
+	for (;;) {
+		if (reg->queue.len == 0 && reg->queue.nwaiters == 0) {
+			struct timespec ts;
+			int64_t deadline;
+
+			if (reg->stopping)
+				break;
+			/* Wakes for the interval fdatasync and the compaction check. */
+			deadline = reg->dirty ? reg->last_sync_ns + (int64_t)REGISTRY_INTERVAL_MS * 1000000
+					      : registry_mono_ns() + REGISTRY_COMPACT_CHECK_NS;
+			ts.tv_sec = deadline / 1000000000;
+			ts.tv_nsec = deadline % 1000000000;
+			if (pthread_cond_timedwait(&reg->qwork, &reg->qmutex, &ts) == ETIMEDOUT) {
+				pthread_mutex_unlock(&reg->qmutex);
+				registry_sync_if_due(reg, 0);
+				registry_maybe_compact(reg, time(NULL), atomic_load(&reg->compact_min), 0, NULL);
+				pthread_mutex_lock(&reg->qmutex);
+			}
+			continue;
+		}
+		pthread_mutex_unlock(&reg->qmutex);
+		registry_flush_once(reg, &batch);
+		registry_maybe_compact(reg, time(NULL), atomic_load(&reg->compact_min), 0, NULL);
+		pthread_mutex_lock(&reg->qmutex);
+	}
+	pthread_mutex_unlock(&reg->qmutex);
+	registry_sync_if_due(reg, 1);
+	registry_queue_release(&batch);
+	return NULL;
+}
