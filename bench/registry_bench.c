@@ -121,6 +121,21 @@ static int bench_path(char *buf, size_t size, const char *dir, const char *name)
 	return 0;
 }
 
+/* dir/name, created (0700) for one phase. */
+static int bench_subdir(char *buf, size_t n, const char *dir, const char *name)
+{
+	int r = bench_path(buf, n, dir, name);
+
+	if (r < 0)
+		return r;
+	if (mkdir(buf, 0700) < 0) {
+		r = -errno;
+		fprintf(stderr, "registry_bench: cannot create %s: %s\n", buf, strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
 static double bench_seconds(int64_t ns)
 {
 	return (double)ns / 1e9;
@@ -592,14 +607,9 @@ static int bench_startup(const char *dir, const struct bench_options *o, int64_t
 	int64_t t0;
 	int r;
 
-	r = bench_path(sub, sizeof(sub), dir, "startup");
+	r = bench_subdir(sub, sizeof(sub), dir, "startup");
 	if (r < 0)
 		return r;
-	if (mkdir(sub, 0700) < 0) {
-		r = -errno;
-		fprintf(stderr, "registry_bench: cannot create %s: %s\n", sub, strerror(-r));
-		return r;
-	}
 	t0 = bench_now_ns();
 	r = bench_write_registry(sub, BENCH_SALT_STARTUP, o->records, now, 1, &file);
 	if (r < 0)
@@ -855,14 +865,9 @@ static int bench_group_commit(const char *dir, const struct bench_options *o, in
 	char sub[PATH_MAX];
 	int r;
 
-	r = bench_path(sub, sizeof(sub), dir, "revoke");
+	r = bench_subdir(sub, sizeof(sub), dir, "revoke");
 	if (r < 0)
 		return r;
-	if (mkdir(sub, 0700) < 0) {
-		r = -errno;
-		fprintf(stderr, "registry_bench: cannot create %s: %s\n", sub, strerror(-r));
-		return r;
-	}
 	tokens = calloc(total ? total : 1, sizeof(*tokens));
 	e = calloc(1, sizeof(*e));
 	if (!tokens || !e) {

@@ -218,6 +218,25 @@ static void registry_write_end(struct registry *reg)
 	pthread_mutex_unlock(&reg->gate);
 }
 
+/* registry_write_begin for a new record: -EEXIST (nothing held) when the
+ * jti is known, -ENOSPC when the index is full. */
+static int registry_write_begin_new(struct registry *reg, const char *jti)
+{
+	int r = registry_write_begin(reg);
+
+	if (r < 0)
+		return r;
+	if (registry_index_get(&reg->index, jti) != NULL)
+		r = -EEXIST;
+	else if (reg->index.all.count >= REGISTRY_MAX_RECORDS) {
+		log_error("\"registry full\" records=%u", (unsigned)reg->index.all.count);
+		r = -ENOSPC;
+	}
+	if (r < 0)
+		registry_write_end(reg);
+	return r;
+}
+
 static int registry_in_scope(const struct registry_index *ix, const struct registry_rec *rec, const char *org_scope)
 {
 	return org_scope == NULL || strcmp(registry_ix_string(ix, rec->org), org_scope) == 0;
@@ -283,18 +302,9 @@ int registry_add(struct registry *reg, const struct registry_record *rec, regist
 	e.exp = rec->exp;
 	e.status_idx = rec->status_idx;
 
-	r = registry_write_begin(reg);
+	r = registry_write_begin_new(reg, rec->jti);
 	if (r < 0)
 		return r;
-	if (registry_index_get(&reg->index, rec->jti) != NULL) {
-		r = -EEXIST;
-		goto out;
-	}
-	if (reg->index.all.count >= REGISTRY_MAX_RECORDS) {
-		log_error("\"registry full\" records=%u", (unsigned)reg->index.all.count);
-		r = -ENOSPC;
-		goto out;
-	}
 	e.seq = reg->next_seq;
 	r = registry_encode(&e, frame, sizeof(frame), &len);
 	if (r < 0) {
@@ -499,18 +509,9 @@ int registry_revoke_unregistered(struct registry *reg, const char *jti, const ch
 	if (reg == NULL || !registry_string_ok(jti, REGISTRY_JTI_MAX, 1) ||
 	    !registry_string_ok(org, REGISTRY_ORG_MAX, 0) || !registry_string_ok(reason, REGISTRY_REASON_MAX, 0))
 		return -EINVAL;
-	r = registry_write_begin(reg);
+	r = registry_write_begin_new(reg, jti);
 	if (r < 0)
 		return r;
-	if (registry_index_get(&reg->index, jti) != NULL) {
-		r = -EEXIST;
-		goto out;
-	}
-	if (reg->index.all.count >= REGISTRY_MAX_RECORDS) {
-		log_error("\"registry full\" records=%u", (unsigned)reg->index.all.count);
-		r = -ENOSPC;
-		goto out;
-	}
 	memset(&e, 0, sizeof(e));
 	e.kind = REGISTRY_KIND_TOKEN;
 	e.seq = reg->next_seq;
