@@ -66,8 +66,9 @@ static json_t *api_record_json(const struct api_ctx *ctx, const struct registry_
 	return obj;
 }
 
-/* The record as it is now, or a 500 answer (it was just changed and is
- * gone only if compaction dropped it in between). */
+/* The record as it is now within scope, or NULL when there is none (or no
+ * memory): the caller answers 404, or after a change an empty object — a
+ * record just changed is gone only if compaction dropped it meanwhile. */
 static json_t *api_current_record(struct api_ctx *ctx, const char *jti, const char *scope)
 {
 	struct registry_record rec;
