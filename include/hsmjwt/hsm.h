@@ -10,7 +10,24 @@
  *   CKA_LABEL "hsmjwt:<ALG>:<kid>"  — the JWS algorithm the key serves and its
  *                                     RFC 7638 thumbprint
  *   CKA_ID    the 32 raw bytes of that thumbprint
- * so that other PKCS#11 clients (libp11, pkcs11-tool) can find them too. */
+ * so that other PKCS#11 clients (libp11, pkcs11-tool) can find them too.
+ * HS256: one CKO_SECRET_KEY (CKK_GENERIC_SECRET, 32 bytes, CKA_SIGN and
+ * CKA_VERIFY, sensitive, never extractable) under the same label scheme; its
+ * kid is 32 random bytes in base64url (a name only: there is no public key
+ * to take a thumbprint of, and a hash of the secret is not published); no
+ * public half, and verification runs in the token too (hsm_verify).
+ *
+ * Lifecycle records (keystate.h) sit next to each key as CKO_DATA objects:
+ * CKA_APPLICATION "hsmjwt", CKA_LABEL the key's label, CKA_VALUE the record,
+ * opaque to this module.  Records are created and destroyed, never modified.
+ *
+ * Faults (SPEC §8): an operation whose Cryptoki call fails with a
+ * device-class code (hsm_error_from_rv: HSM_E_DEVICE) marks the whole token
+ * failed; from then on every operation fails at once with HSM_E_DEVICE
+ * without calling into the module, until hsm_recover has re-initialised the
+ * module and logged in again.  Each recovery starts a new generation:
+ * sessions reopen themselves on their next use, and key handles found in an
+ * older generation are refused (HSM_E_STALE) until the keys are reloaded. */
 #ifndef HSMJWT_HSM_H
 #define HSMJWT_HSM_H
 
@@ -35,6 +52,18 @@ enum hsm_error {
 	HSM_E_LOGIN    = -2003, /* PIN wrong, locked, or missing */
 	HSM_E_DEVICE   = -2004, /* session or device failed: retry after recovery */
 	HSM_E_FAILED   = -2005, /* the operation failed for another reason */
+	HSM_E_STALE    = -2006, /* a key handle from before a recovery: reload the keys */
+};
+
+/* A lifecycle record's value is at most this long; a key keeps at most
+ * HSM_MAX_META of them in memory (a transition briefly makes two). */
+#define HSM_META_MAX 256
+#define HSM_MAX_META 4
+
+struct hsm_meta {
+	CK_OBJECT_HANDLE handle;
+	size_t len;
+	uint8_t value[HSM_META_MAX];
 };
 
 struct hsm;
@@ -43,13 +72,17 @@ struct hsm_session;
 struct hsm_key {
 	enum jws_alg alg;
 	char kid[JWK_THUMBPRINT_LEN + 1];
-	CK_OBJECT_HANDLE private_handle;
-	CK_OBJECT_HANDLE public_handle;
-	EVP_PKEY *public_key;             /* owned */
+	CK_OBJECT_HANDLE private_handle;  /* the private key, or HS256's secret key */
+	CK_OBJECT_HANDLE public_handle;   /* CK_INVALID_HANDLE for HS256 */
+	EVP_PKEY *public_key;             /* owned; NULL for HS256 */
+	unsigned generation;              /* hsm_generation() the handles belong to */
+	struct hsm_meta meta[HSM_MAX_META];
+	size_t meta_count;                /* records held in meta[] */
+	size_t meta_found;                /* records in the token (may exceed HSM_MAX_META) */
 };
 
 /* True for the algorithms whose keys hsm generates, holds and signs with
- * (ES256 ES384 RS256 PS256 EdDSA): the one list every caller asks. */
+ * (ES256 ES384 RS256 PS256 EdDSA HS256): the one list every caller asks. */
 int hsm_alg_supported(enum jws_alg alg);
 
 /* Loads module_path, finds the token named by token_spec (a label, or an RFC
@@ -72,8 +105,9 @@ int hsm_describe(struct hsm *hsm, char **ret_text);
 int hsm_session_open(struct hsm *hsm, struct hsm_session **ret_session);
 void hsm_session_close(struct hsm_session *session);
 /* A cheap round trip to the token (C_GetSessionInfo): 0 while the session
- * works, HSM_E_DEVICE when it does not.  Logs only when the answer changes
- * (works → fails, fails → works), however often it is called. */
+ * works, HSM_E_DEVICE when it does not (which marks the token failed).
+ * Logs only when the answer changes (works → fails, fails → works), however
+ * often it is called. */
 int hsm_session_check(struct hsm_session *session);
 
 /* Every hsmjwt key pair in the token (private key with an hsmjwt label and its
@@ -88,18 +122,71 @@ int hsm_session_check(struct hsm_session *session);
 int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count);
 void hsm_keys_free(struct hsm_key *keys, size_t count);
 
-/* Generates a key pair for alg inside the token (rsa_bits for RS256/PS256),
- * labels it, and returns it.  Needs a read-write session, which it opens. */
+/* Generates a key pair (HS256: a secret key) for alg inside the token
+ * (rsa_bits for RS256/PS256), labels it, and returns it.  When meta is not
+ * NULL, the lifecycle record meta[0..meta_len) is created before the key
+ * gets its label, so that no process ever finds the key without its record.
+ * Needs a read-write session, which it opens. */
+/* (issue 4, being changed to:) int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits,
+ *     const uint8_t *meta, size_t meta_len, struct hsm_key *ret_key); */
 int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struct hsm_key *ret_key);
 
-/* Destroys both halves of a key pair (for failed generation and, later, the
- * key lifecycle). */
+/* Destroys a key: the private (or secret) key first, so that it can no
+ * longer sign even if what follows fails, then the public half, then every
+ * lifecycle record in the token under its label. */
 int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key);
+
+/* Adds a lifecycle record value[0..len) (len <= HSM_META_MAX) to key. */
+int hsm_meta_add(struct hsm *hsm, const struct hsm_key *key, const uint8_t *value, size_t len);
+/* Removes key->meta[index] from the token. */
+int hsm_meta_remove(struct hsm *hsm, const struct hsm_key *key, size_t index);
 
 /* Signs data with the key for its algorithm inside the token; sig receives
  * the JOSE form (r||s for ECDSA), *sig_len is its capacity on entry. */
 int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	     const uint8_t *data, size_t data_len, uint8_t *sig, size_t *sig_len);
+
+/* HS256 verification inside the token (C_Verify with CKM_SHA256_HMAC, whose
+ * comparison is the module's): 0 when sig is the MAC of data, -EBADMSG
+ * when it is not (CKR_SIGNATURE_INVALID, CKR_SIGNATURE_LEN_RANGE), -EINVAL
+ * for a key that is not HS256, or an hsm_error. */
+int hsm_verify(struct hsm_session *session, const struct hsm_key *key,
+	       const uint8_t *data, size_t data_len, const uint8_t *sig, size_t sig_len);
+
+/* ---- faults and recovery ---------------------------------------------- */
+
+/* 1 while operations may call into the module, 0 once it has failed and
+ * until hsm_recover succeeds.  Lock-free: /health asks it on every call. */
+int hsm_available(const struct hsm *hsm);
+/* The current generation (incremented by every successful recovery). */
+unsigned hsm_generation(const struct hsm *hsm);
+/* Why the token was marked failed: a CKR name, "hung", or "" when it has
+ * not.  A static string. */
+const char *hsm_failure(const struct hsm *hsm);
+
+/* Where hsm_recover gets the PIN to log in again: read returns a fresh copy
+ * (0, or -ENOENT when no source is set), release wipes and frees it.  Without
+ * a source, a token that needs a login cannot be recovered (HSM_E_LOGIN).
+ * The PIN handed to hsm_open is never kept. */
+typedef int (*hsm_pin_read_fn)(void *ctx, char **ret_pin, size_t *ret_len);
+typedef void (*hsm_pin_release_fn)(void *ctx, char *pin, size_t len);
+void hsm_set_pin_source(struct hsm *hsm, hsm_pin_read_fn read, hsm_pin_release_fn release, void *ctx);
+
+/* Marks the token failed ("hung") when an operation has been inside the
+ * module for longer than hang_ms, so that other threads answer at once
+ * instead of queueing behind it (the thread in the call stays there until
+ * the module returns).  1 when the token is failed (now or already), 0
+ * otherwise.  Called periodically from one thread. */
+int hsm_watchdog(struct hsm *hsm, unsigned hang_ms);
+
+/* Brings a failed token back: waits up to wait_ms for operations still in
+ * the module (-EBUSY if one stays: a hung call), then closes every session,
+ * finalises and initialises the module (when this hsm initialised it),
+ * finds the token again, opens the login session and logs in (PIN from the
+ * source above), and marks the token available under a new generation.
+ * Logged at each step that fails.  0, or a negative error: the caller tries
+ * again later, with backoff.  Called from one thread. */
+int hsm_recover(struct hsm *hsm, unsigned wait_ms);
 
 /* Name of a Cryptoki return value for log lines ("CKR_PIN_INCORRECT"). */
 const char *hsm_ckr_name(CK_RV rv);
