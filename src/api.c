@@ -17,7 +17,6 @@
 
 #include "api_internal.h"
 
-#define API_JWKS_MAX_AGE 600
 /* Longest audience, issuer or token_type a verify request may compare. */
 #define API_MAX_CLAIM_STRING 1024
 
@@ -68,7 +67,13 @@ int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role
 	char err[128];
 	int found = 0;
 
-	if (auth_bearer(authorization, ctx->keys, ctx->cfg, api_now(), ret_caller, err, sizeof(err)) < 0) {
+	int r = auth_bearer(authorization, &ctx->view, ctx->cfg, api_now(), ret_caller, err, sizeof(err));
+
+	if (r == -EAGAIN) {
+		api_error(out, req, 503, "hsm_unavailable", "the caller's token verifies in the token, which cannot be reached");
+		return r;
+	}
+	if (r < 0) {
 		out->status = 401;
 		http_reply_unauthorized(req, api_bearer_sent(authorization), err);
 		return -EACCES;
@@ -114,6 +119,8 @@ struct api_pending {
 	int code;
 	json_t *body;
 	int result;
+	const char *error;            /* static: answer with this error instead of body */
+	const char *description;
 };
 
 int api_pending_new(struct api_ctx *ctx, struct evhttp_request *req, struct api_pending **ret_pending)
@@ -143,7 +150,11 @@ static void api_pending_send(evutil_socket_t fd, short what, void *arg)
 {
 	struct api_pending *p = arg;
 
-	if (p->result < 0) {
+	if (p->error != NULL) {
+		p->outcome.status = p->code;
+		http_log_request(p->req, &p->outcome);
+		http_reply_error(p->req, p->code, p->error, p->description);
+	} else if (p->result < 0) {
 		/* Not durable: the change must not be acknowledged, nor an
 		 * issued token handed out. */
 		p->outcome.status = 503;
@@ -175,6 +186,21 @@ void api_pending_reply(struct api_pending *p, struct api_outcome *out, int code,
 	p->body = body;
 	out->deferred = 1;
 	p->outcome = *out;
+}
+
+void api_pending_defer(struct api_pending *p, struct api_outcome *out)
+{
+	out->deferred = 1;
+	p->outcome = *out;
+}
+
+void api_pending_answer(struct api_pending *p, int code, json_t *body, const char *error, const char *description)
+{
+	p->code = code;
+	p->body = body;
+	p->error = error;
+	p->description = description;
+	api_pending_done(p, 0);
 }
 
 /* token_type of /token/verify → the header typ of SPEC §5.1. */
@@ -216,8 +242,13 @@ static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct a
 		}
 	}
 	token = json_string_value(json_object_get(body, "token"));
-	r = jwt_verify(token, json_string_length(json_object_get(body, "token")), keys_lookup,
-		       (void *)ctx->keys, &expect, &header, &claims);
+	r = jwt_verify(token, json_string_length(json_object_get(body, "token")), keys_lookup, &ctx->view, &expect,
+		       &header, &claims);
+	if (r == JWS_E_UNAVAILABLE) {
+		/* An HS256 token while the token is down: no verdict either way. */
+		api_error(out, req, 503, "hsm_unavailable", "this token's key verifies in the token, which cannot be reached");
+		goto out;
+	}
 	if (r == 0) {
 		snprintf(out->jti, sizeof(out->jti), "%s", json_plain_string(json_object_get(claims, "jti")) ?
 			 json_plain_string(json_object_get(claims, "jti")) : "");
@@ -272,11 +303,16 @@ static void api_jwks(struct api_ctx *ctx, struct evhttp_request *req, struct api
 	const char *match = evhttp_find_header(evhttp_request_get_input_headers(req), "If-None-Match");
 	char cache[64];
 	struct evbuffer *body;
-	int64_t max_age = ctx->cfg->publish_ahead < API_JWKS_MAX_AGE ? ctx->cfg->publish_ahead : API_JWKS_MAX_AGE;
+	int64_t max_age = keys_jwks_max_age(ctx->keys, api_now());
 
-	/* Never cached past publish_ahead: a key published after this copy was
-	 * fetched must be seen by the client before it signs (SPEC §4.2). */
-	snprintf(cache, sizeof(cache), "public, max-age=%lld", (long long)max_age);
+	/* Never cached past publish_ahead (less the time a replica may take to
+	 * see a new key) nor past the next activation: a key published after
+	 * this copy was fetched must reach the client before it signs (SPEC
+	 * §4.2, keystate.h). */
+	if (max_age > 0)
+		snprintf(cache, sizeof(cache), "public, max-age=%lld", (long long)max_age);
+	else
+		snprintf(cache, sizeof(cache), "no-cache");
 	evhttp_add_header(headers, "Cache-Control", cache);
 	evhttp_add_header(headers, "ETag", ctx->keys->etag);
 	if (match != NULL && api_none_match(match, ctx->keys->etag)) {
@@ -300,7 +336,9 @@ static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct a
 		       const char *segment)
 {
 	struct registry_stats stats;
-	int hsm_ok = hsm_session_check(ctx->session) == 0, can_issue;
+	/* The token's state as the last operation and the watchdog left it: a
+	 * call into the module here could hang with it. */
+	int hsm_ok = hsm_available(ctx->hsm), can_issue;
 
 	registry_get_stats(ctx->registry, &stats);
 	/* Every issued token is registered: without the registry nothing can
@@ -347,6 +385,8 @@ static const struct {
 	{ "/tokens/*", EVHTTP_REQ_DELETE, api_tokens_delete },
 	{ "/users/*/tokens", EVHTTP_REQ_DELETE, api_user_tokens_delete },
 	{ "/statuslists/*", EVHTTP_REQ_GET, api_statuslist },
+	{ "/admin/keys", EVHTTP_REQ_GET, api_admin_keys },
+	{ "/admin/rotate-keys", EVHTTP_REQ_POST, api_admin_rotate },
 };
 
 /* Whether path (path_len bytes, no query) matches pattern; *ret_segment
@@ -397,7 +437,7 @@ static char *api_decode_segment(const char *segment, size_t len)
 	return decoded;
 }
 
-void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+static void api_route(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
 {
 	const char *uri = evhttp_request_get_uri(req);
 	enum evhttp_cmd_type method = evhttp_request_get_command(req);
@@ -436,4 +476,18 @@ void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_ou
 		return;
 	}
 	api_error(out, req, 404, "not_found", "no such endpoint");
+}
+
+void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	/* One set for the whole request, however the keyring changes it
+	 * meanwhile: a token is verified and signed against one view. */
+	struct keys *keys = keyring_acquire(ctx->keyring);
+
+	ctx->keys = keys;
+	ctx->view = (struct keys_view){ keys, ctx->session };
+	api_route(ctx, req, out);
+	ctx->keys = NULL;
+	ctx->view.keys = NULL;
+	keys_release(keys);
 }

@@ -38,6 +38,13 @@ int api_pending_new(struct api_ctx *ctx, struct evhttp_request *req, struct api_
 void api_pending_done(void *arg, int result);
 void api_pending_reply(struct api_pending *pending, struct api_outcome *out, int code, json_t *body);
 void api_pending_free(struct api_pending *pending);
+/* For an answer another thread composes (the keyring's rotations): mark
+ * the request deferred, then that thread calls api_pending_answer exactly
+ * once — with body (stolen), or with error and description (static strings)
+ * for an error reply. */
+void api_pending_defer(struct api_pending *pending, struct api_outcome *out);
+void api_pending_answer(struct api_pending *pending, int code, json_t *body, const char *error,
+			const char *description);
 
 /* Registry endpoints (api_registry.c; api_revoke, api_introspect and
  * api_registry_verdict in api_oauth.c).  segment: the route's captured,
@@ -57,6 +64,10 @@ void api_revocations(struct api_ctx *ctx, struct evhttp_request *req, struct api
 void api_revoke(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_introspect(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_statuslist(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+/* Key administration (api_keys.c). */
+void api_admin_keys(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_admin_rotate(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		      const char *segment);
 /* What verification adds from the registry: 0 (status "active" or
  * "unregistered" in *ret_status) or a jws_error code (JWS_E_REVOKED...). */
 int api_registry_verdict(struct api_ctx *ctx, const json_t *claims, const char **ret_status);

@@ -21,7 +21,7 @@ static json_t *api_own_token_claims(struct api_ctx *ctx, const char *token, size
 	struct jwt_expect expect = { .now = api_now(), .leeway = ctx->cfg->leeway, .issuer = ctx->cfg->issuer };
 	json_t *header = NULL, *claims = NULL;
 
-	if (jwt_verify(token, len, keys_lookup, (void *)ctx->keys, &expect, &header, &claims) < 0)
+	if (jwt_verify(token, len, keys_lookup, &ctx->view, &expect, &header, &claims) < 0)
 		claims = NULL;
 	json_decref(header);
 	return claims;

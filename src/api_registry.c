@@ -87,7 +87,7 @@ static void api_issue_failed(struct api_outcome *out, struct evhttp_request *req
 		api_error(out, req, 400, "invalid_request", err);
 	else if (r == -EACCES)
 		api_error(out, req, 403, "insufficient_scope", err);
-	else if (r == HSM_E_DEVICE)
+	else if (r == HSM_E_DEVICE || r == HSM_E_STALE)
 		api_error(out, req, 503, "hsm_unavailable", "the token cannot sign right now");
 	else if (r == -ENOSPC)
 		api_error(out, req, 503, "registry_unavailable", "the registry has no status-list index left");
@@ -527,7 +527,7 @@ void api_statuslist(struct api_ctx *ctx, struct evhttp_request *req, struct api_
 	else if (statuslist_cache_get(ctx->statuslists, list, generation, api_now(), &jwt) == 0 ||
 		 (r = api_sign_statuslist(ctx, list, bits, generation, &jwt)) == 0)
 		api_send_statuslist(out, req, jwt);
-	else if (r == HSM_E_DEVICE)
+	else if (r == HSM_E_DEVICE || r == HSM_E_STALE)
 		api_error(out, req, 503, "hsm_unavailable", "the token cannot sign right now");
 	else
 		api_error(out, req, 500, "server_error", "the status list could not be signed");

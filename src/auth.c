@@ -87,7 +87,7 @@ static int64_t auth_exp_seconds(const json_t *exp)
 	return (int64_t)d;
 }
 
-int auth_bearer(const char *authorization, const struct keys *keys, const struct config *cfg,
+int auth_bearer(const char *authorization, const struct keys_view *view, const struct config *cfg,
 		int64_t now, struct auth_caller *ret_caller, char *err, size_t errlen)
 {
 	struct jwt_expect expect = {
@@ -112,10 +112,10 @@ int auth_bearer(const char *authorization, const struct keys *keys, const struct
 	while (*token == ' ')
 		token++;
 	/* A token without "roles" authenticates but may call nothing (403). */
-	r = jwt_verify(token, strlen(token), keys_lookup, (void *)keys, &expect, &header, &claims);
+	r = jwt_verify(token, strlen(token), keys_lookup, (void *)view, &expect, &header, &claims);
 	if (r < 0) {
 		snprintf(err, errlen, "bearer token rejected: %s", jws_error_reason(r));
-		r = -EACCES;
+		r = r == JWS_E_UNAVAILABLE ? -EAGAIN : -EACCES;
 		goto out;
 	}
 	memset(&caller, 0, sizeof(caller));

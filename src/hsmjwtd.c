@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -13,6 +14,7 @@
 #include "hsmjwt/config.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/http.h"
+#include "hsmjwt/keyring.h"
 #include "hsmjwt/keys.h"
 #include "hsmjwt/log.h"
 #include "hsmjwt/registry.h"
@@ -76,6 +78,7 @@ int main(int argc, char **argv)
 	struct config cfg;
 	struct hsm *hsm = NULL;
 	struct keys *keys = NULL;
+	struct keyring *keyring = NULL;
 	struct http_server *server = NULL;
 	struct registry *registry = NULL;
 	const char *config_path = NULL;
@@ -122,19 +125,26 @@ int main(int argc, char **argv)
 			  &registry);
 	if (r < 0)
 		goto out;
-	r = service_open_token(&cfg, &hsm);
+	r = service_open_token(&cfg, 1, &hsm);
 	if (r < 0)
 		goto out;
-	/* A configured algorithm without a key gets one, so a fresh token
-	 * serves at once. */
-	r = keys_load(hsm, cfg.algorithms, cfg.algorithm_count, cfg.rsa_bits, 1, &keys);
+	/* The lifecycle first: a configured algorithm without a key gets one,
+	 * so a fresh token serves at once; due activations, retirements and
+	 * destructions are written before the first request. */
+	r = keys_sync(hsm, &cfg, (int64_t)time(NULL), KEYS_SYNC_GENERATE | KEYS_SYNC_ROTATE | KEYS_SYNC_DESTROY, NULL);
+	if (r == 0)
+		r = keys_load(hsm, &cfg, (int64_t)time(NULL), &keys);
 	if (r < 0) {
 		/* The hsm module logged the Cryptoki failure; this is the decision. */
 		log_error("\"not starting: the token's keys cannot be loaded\" error=%d", r);
 		goto out;
 	}
 	log_info("\"keys loaded\" count=%zu", keys->count);
-	r = http_start(&cfg, hsm, keys, registry, &server);
+	r = keyring_start(&cfg, hsm, keys, &keyring);
+	keys = NULL; /* the keyring's now, even on failure */
+	if (r < 0)
+		goto out;
+	r = http_start(&cfg, hsm, keyring, registry, &server);
 	if (r < 0)
 		goto out;
 	sd_notify(0, "READY=1\nSTATUS=serving");
@@ -145,9 +155,12 @@ out:
 	/* In-flight replies wait for the registry, which flushes before the
 	 * workers' loops, where its callbacks land, are freed. */
 	http_quiesce(server);
+	/* After the workers, before their loops are freed: a rotation still
+	 * running answers onto a loop that exists. */
+	keyring_stop(keyring);
 	registry_close(registry);
 	http_stop(server);
-	keys_free(keys);
+	keys_release(keys);
 	hsm_close(hsm);
 	config_free(&cfg);
 	if (lock_fd >= 0)

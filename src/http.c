@@ -539,7 +539,7 @@ static void *http_worker_main(void *arg)
 	return NULL;
 }
 
-static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct keys *keys,
+static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct keyring *keyring,
 			    struct registry *registry)
 {
 	const struct config *cfg = worker->server->cfg;
@@ -581,7 +581,8 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 		evconnlistener_set_error_cb(listener->lev, http_accept_error);
 	}
 	worker->api.cfg = cfg;
-	worker->api.keys = keys;
+	worker->api.hsm = hsm;
+	worker->api.keyring = keyring;
 	worker->api.registry = registry;
 	worker->api.statuslists = worker->server->statuslists;
 	worker->api.base = worker->base;
@@ -673,7 +674,7 @@ static void http_init_once(void)
 	http_once_result = evthread_use_pthreads();
 }
 
-int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct registry *registry,
+int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
 	       struct http_server **ret_server)
 {
 	struct http_server *server;
@@ -714,7 +715,7 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, str
 		struct http_worker *w = &server->workers[i];
 		w->server = server;
 		w->index = i;
-		r = http_worker_init(w, hsm, keys, registry);
+		r = http_worker_init(w, hsm, keyring, registry);
 		if (r < 0)
 			goto fail;
 	}

@@ -155,6 +155,8 @@ int jwk_key_allows_alg(const struct jwk_key *key, enum jws_alg alg)
 		return 0;
 	if (key->alg != JWS_ALG_INVALID && key->alg != alg)
 		return 0;
+	if (key->verify_external != NULL)
+		return key->alg == alg;
 	return jwk_material_fits(key->pkey, key->pkey ? 0 : key->secret_len, alg);
 }
 
@@ -460,6 +462,23 @@ int jwk_key_from_json(const json_t *jwk, struct jwk_key **ret_key)
 fail:
 	jwk_key_free(key);
 	return r;
+}
+
+int jwk_key_external(const char *kid, enum jws_alg alg, jwk_external_verify_fn verify, struct jwk_key **ret_key)
+{
+	struct jwk_key *key;
+
+	if (kid == NULL || strlen(kid) > JWK_KID_MAX || !jwk_alg_is_hmac(alg) || verify == NULL)
+		return -EINVAL;
+	key = calloc(1, sizeof(*key));
+	if (key == NULL)
+		return -ENOMEM;
+	snprintf(key->kid, sizeof(key->kid), "%s", kid);
+	key->alg = alg;
+	key->verify_allowed = 1;
+	key->verify_external = verify;
+	*ret_key = key;
+	return 0;
 }
 
 int jwk_key_from_pkey(EVP_PKEY *pkey, enum jws_alg alg, struct jwk_key **ret_key)

@@ -36,6 +36,7 @@ const char *jws_error_reason(int err)
 	case JWS_E_WRONG_TYPE: return "wrong_type";
 	case JWS_E_REVOKED: return "revoked";
 	case JWS_E_SUSPENDED: return "suspended";
+	case JWS_E_UNAVAILABLE: return "unavailable";
 	default: return "internal_error";
 	}
 }
@@ -339,6 +340,9 @@ int jws_verify_signature(enum jws_alg alg, const struct jwk_key *key,
 		return JWS_E_UNSUPPORTED_ALG;
 	if (sig == NULL || sig_len == 0 || sig_len > JWS_MAX_SIG || (data == NULL && data_len > 0))
 		return JWS_E_BAD_SIGNATURE;
+	/* Its secret is in a token this call has no way to reach. */
+	if (key->verify_external != NULL)
+		return JWS_E_UNAVAILABLE;
 	if (key->pkey == NULL)
 		return jws_verify_hmac(alg, key, data, data_len, sig, sig_len);
 	return jws_verify_pkey(alg, key->pkey, data, data_len, sig, sig_len);
@@ -359,8 +363,13 @@ int jws_verify(const char *token, size_t len, jws_key_lookup_fn lookup, void *lo
 		r = JWS_E_UNKNOWN_KID;
 		goto fail;
 	}
-	r = jws_verify_signature(parsed->alg, key, (const uint8_t *)token, parsed->signing_input_len,
-				 parsed->signature, parsed->signature_len);
+	if (key->verify_external != NULL && jwk_key_allows_alg(key, parsed->alg) && parsed->signature_len > 0 &&
+	    parsed->signature_len <= JWS_MAX_SIG)
+		r = key->verify_external(lookup_ctx, key, (const uint8_t *)token, parsed->signing_input_len,
+					 parsed->signature, parsed->signature_len);
+	else
+		r = jws_verify_signature(parsed->alg, key, (const uint8_t *)token, parsed->signing_input_len,
+					 parsed->signature, parsed->signature_len);
 	if (r < 0)
 		goto fail;
 	*ret_parsed = parsed;

@@ -1,3 +1,6 @@
+/* The key set: every hsmjwt key in the token with its lifecycle state, the
+ * signer of each algorithm, the JWKS document.  Operations that change the
+ * token: keys_lifecycle.c. */
 #include "hsmjwt/keys.h"
 
 #include <errno.h>
@@ -8,12 +11,23 @@
 #include <openssl/evp.h>
 
 #include "hsmjwt/b64url.h"
+#include "hsmjwt/jws.h"
 #include "hsmjwt/log.h"
 
-void keys_free(struct keys *keys)
+#include "keys_internal.h"
+
+void keys_policy(const struct config *cfg, struct keystate_policy *ret_policy)
 {
-	if (keys == NULL)
-		return;
+	ret_policy->publish_ahead = cfg->publish_ahead;
+	ret_policy->rotation_period = cfg->rotation_period;
+	ret_policy->max_ttl = cfg->max_ttl;
+	ret_policy->leeway = cfg->leeway;
+	ret_policy->algorithms = cfg->algorithms;
+	ret_policy->algorithm_count = cfg->algorithm_count;
+}
+
+static void keys_free(struct keys *keys)
+{
 	for (size_t i = 0; i < keys->count; i++) {
 		EVP_PKEY_free(keys->entries[i].hsm.public_key);
 		jwk_key_free(keys->entries[i].verify);
@@ -21,6 +35,18 @@ void keys_free(struct keys *keys)
 	free(keys->entries);
 	free(keys->jwks);
 	free(keys);
+}
+
+struct keys *keys_ref(struct keys *keys)
+{
+	atomic_fetch_add(&keys->refs, 1);
+	return keys;
+}
+
+void keys_release(struct keys *keys)
+{
+	if (keys != NULL && atomic_fetch_sub(&keys->refs, 1) == 1)
+		keys_free(keys);
 }
 
 static int keys_build_jwks(struct keys *keys)
@@ -34,6 +60,8 @@ static int keys_build_jwks(struct keys *keys)
 		goto out;
 	for (size_t i = 0; i < keys->count; i++) {
 		json_t *jwk = NULL;
+		if (!keys->entries[i].published)
+			continue;
 		r = jwk_public_to_json(keys->entries[i].hsm.public_key, keys->entries[i].hsm.kid,
 				       keys->entries[i].hsm.alg, &jwk);
 		if (r < 0)
@@ -50,7 +78,8 @@ static int keys_build_jwks(struct keys *keys)
 	}
 	keys->jwks_len = strlen(keys->jwks);
 	/* A content hash: every replica serving the same key set serves the
-	 * same ETag, so a client's If-None-Match works across a load balancer. */
+	 * same ETag, so a client's If-None-Match works across a load balancer
+	 * (which is also why the keys are ordered by kid, not by discovery). */
 	if (!EVP_Digest(keys->jwks, keys->jwks_len, digest, NULL, EVP_sha256(), NULL)) {
 		r = -EIO;
 		goto out;
@@ -64,36 +93,93 @@ out:
 	return r;
 }
 
-/* Adds key to keys, taking its public key, or returns jwk_key_from_pkey's
- * refusal.  entries has room: keys_load sizes it once, so that signer
- * pointers into it stay valid. */
-static int keys_add(struct keys *keys, struct hsm_key *key)
+const struct keys_entry *keys_find(const struct keys *keys, const char *kid)
 {
-	struct keys_entry *e = &keys->entries[keys->count];
-	const struct keys_entry **slot;
-	int r;
-
-	r = jwk_key_from_pkey(key->public_key, key->alg, &e->verify);
-	if (r < 0)
-		return r;
-	e->hsm = *key;
-	key->public_key = NULL; /* ownership moved */
-	keys->count++;
-	slot = &keys->signer[e->hsm.alg];
-	if (*slot == NULL || strcmp(e->hsm.kid, (*slot)->hsm.kid) < 0)
-		*slot = e;
-	return 0;
+	if (kid == NULL)
+		return NULL;
+	for (size_t i = 0; i < keys->count; i++)
+		if (strcmp(keys->entries[i].hsm.kid, kid) == 0)
+			return &keys->entries[i];
+	return NULL;
 }
 
-int keys_load(struct hsm *hsm, const enum jws_alg *algs, size_t n_algs, unsigned rsa_bits,
-	      int generate_missing, struct keys **ret_keys)
+/* jwk_external_verify_fn of HS256 keys: the MAC is checked by the token,
+ * through the calling thread's session. */
+static int keys_verify_in_token(void *ctx, const struct jwk_key *key, const uint8_t *data, size_t data_len,
+				const uint8_t *sig, size_t sig_len)
+{
+	const struct keys_view *view = ctx;
+	const struct keys_entry *entry;
+	int r;
+
+	if (view == NULL || view->session == NULL)
+		return JWS_E_UNAVAILABLE;
+	entry = keys_find(view->keys, key->kid);
+	if (entry == NULL)
+		return JWS_E_UNKNOWN_KID;
+	r = hsm_verify(view->session, &entry->hsm, data, data_len, sig, sig_len);
+	if (r == 0)
+		return 0;
+	if (r == -EBADMSG)
+		return JWS_E_BAD_SIGNATURE;
+	return r == -ENOMEM ? -ENOMEM : JWS_E_UNAVAILABLE;
+}
+
+/* The verification key of a key from the token, or the verifier's refusal
+ * (logged). */
+static int keys_verify_key(const struct hsm_key *key, struct jwk_key **ret_verify)
+{
+	int r;
+
+	if (key->alg == JWS_ALG_HS256)
+		return jwk_key_external(key->kid, key->alg, keys_verify_in_token, ret_verify);
+	r = jwk_key_from_pkey(key->public_key, key->alg, ret_verify);
+	if (r < 0 && r != -ENOMEM)
+		log_warn("\"the verifier refuses this key; skipped\" kid=%s alg=%s bits=%d", key->kid,
+			 jws_alg_name(key->alg), EVP_PKEY_get_bits(key->public_key));
+	return r;
+}
+
+/* The key's lifecycle records merged into one: *ret_count records parsed.
+ * A record that does not parse, or names another algorithm than the key's
+ * label, is left out with a warning (keys_sync replaces it). */
+static void keys_read_records(const struct hsm_key *key, struct keystate_key *ret)
+{
+	for (size_t m = 0; m < key->meta_count; m++) {
+		struct keystate_record rec;
+		if (keystate_parse((const char *)key->meta[m].value, key->meta[m].len, &rec) < 0 ||
+		    rec.alg != key->alg) {
+			log_warn("\"unreadable key lifecycle record ignored\" kid=%s", key->kid);
+			continue;
+		}
+		if (ret->has_record)
+			keystate_merge(&ret->stored, &rec, &ret->stored);
+		else
+			ret->stored = rec;
+		ret->has_record = 1;
+	}
+	/* Records beyond those read count too: a WRITE then prunes them. */
+	ret->record_count = (unsigned)key->meta_found;
+}
+
+static int keys_entry_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct keys_entry *)a)->hsm.kid, ((const struct keys_entry *)b)->hsm.kid);
+}
+
+int keys_load_plan(struct hsm *hsm, const struct config *cfg, int64_t now, struct keys **ret_keys,
+		   struct keystate_key **ret_planned, struct keystate_plan *ret_plan)
 {
 	struct hsm_session *session = NULL;
-	struct hsm_key *found = NULL, generated;
+	struct hsm_key *found = NULL;
+	struct keystate_key *planned = NULL;
+	struct keystate_policy policy;
+	struct keystate_plan plan;
 	struct keys *keys = NULL;
 	size_t n = 0;
 	int r;
 
+	keys_policy(cfg, &policy);
 	r = hsm_session_open(hsm, &session);
 	if (r < 0)
 		return r;
@@ -102,60 +188,90 @@ int keys_load(struct hsm *hsm, const enum jws_alg *algs, size_t n_algs, unsigned
 		goto out;
 	r = -ENOMEM;
 	keys = calloc(1, sizeof(*keys));
-	if (keys == NULL)
+	planned = calloc(n ? n : 1, sizeof(*planned));
+	if (keys == NULL || planned == NULL)
 		goto out;
-	keys->entries = calloc(n + n_algs > 0 ? n + n_algs : 1, sizeof(*keys->entries));
+	atomic_init(&keys->refs, 1);
+	keys->entries = calloc(n ? n : 1, sizeof(*keys->entries));
 	if (keys->entries == NULL)
 		goto out;
+	keys->generation = n > 0 ? found[0].generation : hsm_generation(hsm);
 	/* One key the verifier refuses (an RSA key under 2048 bits, say) must
-	 * not keep the service from starting with the others. */
+	 * not keep the service from starting with the others; it is not
+	 * planned either, so it never signs. */
 	for (size_t i = 0; i < n; i++) {
-		r = keys_add(keys, &found[i]);
+		struct keys_entry *e = &keys->entries[keys->count];
+
+		r = keys_verify_key(&found[i], &e->verify);
 		if (r == -ENOMEM)
 			goto out;
 		if (r < 0)
-			log_warn("\"the verifier refuses this key; skipped\" kid=%s alg=%s bits=%d",
-				 found[i].kid, jws_alg_name(found[i].alg), EVP_PKEY_get_bits(found[i].public_key));
-	}
-	/* Only usable keys count as present, so a refused key is replaced. */
-	for (size_t a = 0; generate_missing && a < n_algs; a++) {
-		if (keys_signer(keys, algs[a]) != NULL)
 			continue;
-		r = hsm_generate_key(hsm, algs[a], rsa_bits, &generated);
-		if (r < 0)
-			goto out;
-		r = keys_add(keys, &generated);
-		if (r < 0) {
-			/* Kept, it would be skipped and generated anew on every start. */
-			log_error("\"the verifier refuses the generated key; destroyed\" kid=%s alg=%s bits=%d",
-				  generated.kid, jws_alg_name(generated.alg), EVP_PKEY_get_bits(generated.public_key));
-			hsm_destroy_key(hsm, &generated);
-			EVP_PKEY_free(generated.public_key);
-			goto out;
-		}
+		e->hsm = found[i];
+		found[i].public_key = NULL; /* ownership moved */
+		e->published = e->hsm.alg != JWS_ALG_HS256;
+		keys->count++;
 	}
+	/* Sorted by kid before planning, so that planned[i] is entries[i] and
+	 * the same set gives the same document everywhere. */
+	qsort(keys->entries, keys->count, sizeof(*keys->entries), keys_entry_cmp);
+	for (size_t i = 0; i < keys->count; i++) {
+		snprintf(planned[i].kid, sizeof(planned[i].kid), "%s", keys->entries[i].hsm.kid);
+		planned[i].alg = keys->entries[i].hsm.alg;
+		keys_read_records(&keys->entries[i].hsm, &planned[i]);
+	}
+	r = keystate_plan(planned, keys->count, now, &policy, &plan);
+	if (r < 0) {
+		log_error("\"cannot plan the key lifecycle\" error=%d", r);
+		goto out;
+	}
+	keys->loaded_at = now;
+	keys->next_change = plan.next_change;
+	keys->next_activation = INT64_MAX;
+	for (size_t i = 0; i < keys->count; i++) {
+		keys->entries[i].state = planned[i].effective;
+		if (planned[i].effective.state == KEYSTATE_NEXT && planned[i].effective.activate_at < keys->next_activation)
+			keys->next_activation = planned[i].effective.activate_at;
+	}
+	keys->jwks_max_age_cap = policy.publish_ahead - KEYSTATE_REPLICA_LAG;
+	if (keys->jwks_max_age_cap > KEYSTATE_JWKS_MAX_AGE)
+		keys->jwks_max_age_cap = KEYSTATE_JWKS_MAX_AGE;
+	if (keys->jwks_max_age_cap < 0)
+		keys->jwks_max_age_cap = 0;
+	for (int a = 0; a < JWS_ALG_COUNT; a++)
+		if (plan.signer[a] >= 0)
+			keys->signer[a] = &keys->entries[plan.signer[a]];
 	r = keys_build_jwks(keys);
 	if (r < 0)
 		goto out;
 	*ret_keys = keys;
 	keys = NULL;
+	if (ret_planned != NULL) {
+		*ret_planned = planned;
+		planned = NULL;
+	}
+	if (ret_plan != NULL)
+		*ret_plan = plan;
 out:
-	keys_free(keys);
+	if (keys != NULL)
+		keys_free(keys);
+	free(planned);
 	hsm_keys_free(found, n);
 	hsm_session_close(session);
 	return r;
 }
 
+int keys_load(struct hsm *hsm, const struct config *cfg, int64_t now, struct keys **ret_keys)
+{
+	return keys_load_plan(hsm, cfg, now, ret_keys, NULL, NULL);
+}
+
 const struct jwk_key *keys_lookup(void *ctx, const char *kid)
 {
-	const struct keys *keys = ctx;
+	const struct keys_view *view = ctx;
+	const struct keys_entry *entry = keys_find(view->keys, kid);
 
-	if (kid == NULL)
-		return NULL;
-	for (size_t i = 0; i < keys->count; i++)
-		if (strcmp(keys->entries[i].hsm.kid, kid) == 0)
-			return keys->entries[i].verify;
-	return NULL;
+	return entry ? entry->verify : NULL;
 }
 
 const struct keys_entry *keys_signer(const struct keys *keys, enum jws_alg alg)
@@ -163,4 +279,37 @@ const struct keys_entry *keys_signer(const struct keys *keys, enum jws_alg alg)
 	if ((int)alg <= 0 || alg >= JWS_ALG_COUNT)
 		return NULL;
 	return keys->signer[alg];
+}
+
+int64_t keys_jwks_max_age(const struct keys *keys, int64_t now)
+{
+	int64_t age = keys->jwks_max_age_cap;
+
+	if (keys->next_activation != INT64_MAX && keys->next_activation - now < age)
+		age = keys->next_activation - now;
+	return age > 0 ? age : 0;
+}
+
+int keys_entry_to_json(const struct keys *keys, const struct keys_entry *entry, const struct config *cfg,
+		       json_t **ret_json)
+{
+	const struct keystate_record *st = &entry->state;
+	struct keystate_policy policy;
+	json_t *j;
+
+	keys_policy(cfg, &policy);
+	j = json_pack("{s:s, s:s, s:s, s:b, s:b, s:I, s:I}", "kid", entry->hsm.kid, "alg",
+		      jws_alg_name(entry->hsm.alg), "state", keystate_name(st->state), "signing",
+		      keys_signer(keys, entry->hsm.alg) == entry, "published", entry->published, "created",
+		      (json_int_t)st->created, "activate_at", (json_int_t)st->activate_at);
+	if (j == NULL)
+		return -ENOMEM;
+	if (st->state == KEYSTATE_RETIRED &&
+	    (json_object_set_new(j, "retired_at", json_integer(st->retired_at)) < 0 ||
+	     json_object_set_new(j, "destroy_after", json_integer(keystate_destroy_after(st, &policy))) < 0)) {
+		json_decref(j);
+		return -ENOMEM;
+	}
+	*ret_json = j;
+	return 0;
 }

@@ -45,7 +45,17 @@ int service_load_config(struct config *cfg, const char *path)
 	return 0;
 }
 
-int service_open_token(struct config *cfg, struct hsm **ret_hsm)
+static int service_pin_read(void *ctx, char **ret_pin, size_t *ret_len)
+{
+	return pin_read(ctx, ret_pin, ret_len);
+}
+
+static void service_pin_release(void *ctx, char *pin, size_t len)
+{
+	pin_free(pin, len);
+}
+
+int service_open_token(struct config *cfg, int recoverable, struct hsm **ret_hsm)
 {
 	char *pin = NULL;
 	size_t pin_len = 0;
@@ -56,7 +66,10 @@ int service_open_token(struct config *cfg, struct hsm **ret_hsm)
 	if (r == 0 || r == -ENOENT)
 		r = hsm_open(cfg->pkcs11_module, cfg->token, pin, pin_len, ret_hsm);
 	pin_free(pin, pin_len);
-	pin_forget(cfg);
+	if (r == 0 && recoverable)
+		hsm_set_pin_source(*ret_hsm, service_pin_read, service_pin_release, cfg);
+	else
+		pin_forget(cfg);
 	return r;
 }
 

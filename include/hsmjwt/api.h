@@ -16,6 +16,7 @@
 #include "hsmjwt/config.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/issue.h"
+#include "hsmjwt/keyring.h"
 #include "hsmjwt/keys.h"
 #include "hsmjwt/registry.h"
 #include "hsmjwt/statuslist.h"
@@ -23,7 +24,12 @@
 /* What one worker thread serves with. */
 struct api_ctx {
 	const struct config *cfg;
+	struct hsm *hsm;
+	struct keyring *keyring;
+	/* The key set of the request being served: api_dispatch holds a
+	 * reference for as long as the handler runs. */
 	const struct keys *keys;
+	struct keys_view view;                  /* keys and session, for verification */
 	struct hsm_session *session;
 	struct registry *registry;
 	struct statuslist_cache *statuslists;   /* shared by the workers */

@@ -38,9 +38,11 @@ int auth_role_from_name(const char *name, unsigned *ret_role);
  * non-string or an unknown name (naming it in err). */
 int auth_roles_from_json(const json_t *roles, unsigned *ret_roles, char *err, size_t errlen);
 
-/* Checks an "Authorization" header value.  0 and *ret_caller, or -EACCES
- * (no usable credential: 401) with the reason in err — never the token. */
-int auth_bearer(const char *authorization, const struct keys *keys, const struct config *cfg,
+/* Checks an "Authorization" header value against the keys of view.  0 and
+ * *ret_caller, -EACCES (no usable credential: 401) with the reason in err —
+ * never the token — or -EAGAIN when its key verifies in a token that cannot
+ * be asked now (HS256 while the token is down: 503). */
+int auth_bearer(const char *authorization, const struct keys_view *view, const struct config *cfg,
 		int64_t now, struct auth_caller *ret_caller, char *err, size_t errlen);
 
 /* True when the caller holds role (admin holds them all). */

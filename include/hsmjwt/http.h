@@ -23,6 +23,7 @@
 
 #include "hsmjwt/config.h"
 #include "hsmjwt/hsm.h"
+#include "hsmjwt/keyring.h"
 #include "hsmjwt/keys.h"
 #include "hsmjwt/registry.h"
 
@@ -33,9 +34,10 @@ struct api_outcome;
 
 struct http_server;
 
-/* Binds every listen address once per worker and starts the workers.
- * cfg, hsm, keys and registry must outlive the server. */
-int http_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct registry *registry,
+/* Binds every listen address once per worker and starts the workers, which
+ * take the key set from keyring for each request.  cfg, hsm, keyring and
+ * registry must outlive the server. */
+int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
 	       struct http_server **ret_server);
 /* Stops accepting, waits (at most 10 s) for replies held back for the
  * registry, lets each worker finish its loop and joins them; the loops and

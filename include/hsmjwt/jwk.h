@@ -29,6 +29,15 @@ const char *jws_alg_name(enum jws_alg alg);
 #define JWK_KID_MAX 128
 #define JWK_THUMBPRINT_LEN 43
 
+struct jwk_key;
+
+/* Verifies sig over data for a key whose secret never leaves a token (this
+ * service's HS256 keys): ctx is the lookup context jws_verify was given.
+ * 0, JWS_E_BAD_SIGNATURE, or JWS_E_UNAVAILABLE when the token cannot be
+ * asked now. */
+typedef int (*jwk_external_verify_fn)(void *ctx, const struct jwk_key *key, const uint8_t *data, size_t data_len,
+				      const uint8_t *sig, size_t sig_len);
+
 struct jwk_key {
 	char kid[JWK_KID_MAX + 1];   /* "" when the JWK has none */
 	enum jws_alg alg;            /* JWS_ALG_INVALID when the JWK names none */
@@ -36,6 +45,7 @@ struct jwk_key {
 	uint8_t *secret;             /* kty "oct" only; wiped on free */
 	size_t secret_len;
 	unsigned verify_allowed : 1; /* false when "use" is not "sig" or "key_ops" lacks "verify" */
+	jwk_external_verify_fn verify_external;  /* NULL but for keys made by jwk_key_external */
 };
 
 /* Parses one JWK object.  Private members (d, p, q, ...) are ignored; the key
@@ -45,6 +55,9 @@ int jwk_key_from_json(const json_t *jwk, struct jwk_key **ret_key);
 /* Wraps a public EVP_PKEY (one reference is taken, the caller keeps its own)
  * with a fixed alg; the kid is the RFC 7638 thumbprint. */
 int jwk_key_from_pkey(EVP_PKEY *pkey, enum jws_alg alg, struct jwk_key **ret_key);
+/* A key with no material in this process: kid, an HMAC alg, and the
+ * function that verifies inside the token. */
+int jwk_key_external(const char *kid, enum jws_alg alg, jwk_external_verify_fn verify, struct jwk_key **ret_key);
 void jwk_key_free(struct jwk_key *key);
 
 /* RFC 8725 §3.1: a key verifies exactly one family.  True when the key may

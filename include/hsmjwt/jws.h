@@ -32,6 +32,7 @@ enum jws_error {
 	JWS_E_WRONG_TYPE     = -1009,
 	JWS_E_REVOKED        = -1010,
 	JWS_E_SUSPENDED      = -1011,
+	JWS_E_UNAVAILABLE    = -1012, /* the key verifies in a token that cannot be asked now */
 };
 
 /* "malformed", "unsupported_alg", ... ; "internal_error" for anything else. */

@@ -12,8 +12,11 @@ int service_load_config(struct config *cfg, const char *path);
 
 /* Reads the PIN per cfg (none is fine when the token needs no login),
  * opens the token, wipes the PIN, the development pin key in cfg included.
+ * recoverable (the daemon): the token may need a new login after a fault
+ * (SPEC §8), so the PIN source is kept — a file or credential is read again
+ * then, and only the development pin key stays in cfg until config_free.
  * 0 and *ret_hsm, or a negative error. */
-int service_open_token(struct config *cfg, struct hsm **ret_hsm);
+int service_open_token(struct config *cfg, int recoverable, struct hsm **ret_hsm);
 
 /* Creates state_dir (0700) if needed and takes its exclusive lock (SPEC §7:
  * one daemon per state_dir); the lock lives as long as *ret_fd is open.
