@@ -32,7 +32,7 @@ struct ctl {
 
 static int ctl_open(struct ctl *ctl)
 {
-	if (service_open_token(&ctl->cfg, &ctl->hsm) < 0) {
+	if (service_open_token(&ctl->cfg, 0, &ctl->hsm) < 0) {
 		fprintf(stderr, "hsmjwtctl: cannot open token `%s' (see the log line above)\n", ctl->cfg.token);
 		return -1;
 	}
