@@ -14,13 +14,16 @@
 
 #include "keys_internal.h"
 
-/* Stores rec as key's record, then drops the records it supersedes.  A
- * failure to drop one leaves two, which merge to the new one and are pruned
- * by the next sync. */
+/* Stores rec as key's record, then drops the records it supersedes.  When
+ * one of them already says exactly rec (a prune), it is kept instead of a
+ * new one written: two processes pruning at once then keep the same record
+ * (hsm_find_keys orders them alike) rather than trading fresh copies.  A
+ * failure to drop one leaves two, which merge to rec and are pruned by the
+ * next sync. */
 static int keys_write_record(struct hsm *hsm, const struct hsm_key *key, const struct keystate_record *rec)
 {
 	char text[KEYSTATE_RECORD_MAX + 1];
-	size_t len;
+	size_t len, keep = key->meta_count;
 	int r;
 
 	r = keystate_format(rec, text, sizeof(text), &len);
@@ -28,11 +31,16 @@ static int keys_write_record(struct hsm *hsm, const struct hsm_key *key, const s
 		log_error("\"cannot format a key lifecycle record\" kid=%s error=%d", key->kid, r);
 		return r;
 	}
-	r = hsm_meta_add(hsm, key, (const uint8_t *)text, len);
-	if (r < 0)
-		return r;
+	for (size_t m = 0; m < key->meta_count && keep == key->meta_count; m++)
+		if (key->meta[m].len == len && memcmp(key->meta[m].value, text, len) == 0)
+			keep = m;
+	if (keep == key->meta_count) {
+		r = hsm_meta_add(hsm, key, (const uint8_t *)text, len);
+		if (r < 0)
+			return r;
+	}
 	for (size_t m = 0; m < key->meta_count; m++)
-		if (hsm_meta_remove(hsm, key, m) < 0)
+		if (m != keep && hsm_meta_remove(hsm, key, m) < 0)
 			log_warn("\"cannot remove a superseded lifecycle record; the next sync retries\" kid=%s", key->kid);
 	return 0;
 }

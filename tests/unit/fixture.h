@@ -55,4 +55,14 @@ const char *fixture_capture_stderr(int (*fn)(void *), void *arg, int *ret);
 void fixture_json_fail_after(int budget);
 void fixture_json_alloc_restore(void);
 
+/* A configuration for key tests: defaults, then algs[0..n), rsa_bits 2048,
+ * and short lifecycle times (publish_ahead 60, rotation_period 0, max_ttl
+ * 600, leeway 30).  config_free it. */
+struct config;
+struct keys;
+int fixture_config(struct config *cfg, const enum jws_alg *algs, size_t n);
+/* keys_sync (generating what is missing when generate) then keys_load at
+ * the current time: the daemon's start. */
+int fixture_keys(struct hsm *hsm, const struct config *cfg, int generate, struct keys **ret_keys);
+
 #endif

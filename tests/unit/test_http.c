@@ -38,6 +38,7 @@
 #include "hsmjwt/json.h"
 #include "hsmjwt/jws.h"
 #include "hsmjwt/jwt.h"
+#include "hsmjwt/keyring.h"
 #include "hsmjwt/keys.h"
 #include "hsmjwt/log.h"
 
@@ -56,6 +57,8 @@ static struct fixture_token tok;
 static struct hsm *hsm;
 static struct hsm_session *session;   /* the test's own, for minting caller tokens */
 static struct keys *keys;
+static struct keyring *keyring;
+static struct keys_view view;
 static struct config cfg;
 static struct http_server *server;
 static uint16_t port;
@@ -615,7 +618,7 @@ static int verify_access_token(const char *token, json_t **ret_header, json_t **
 {
 	struct jwt_expect expect = { .now = (int64_t)time(NULL), .leeway = cfg.leeway, .issuer = cfg.issuer,
 				     .audience = cfg.default_audience, .typ = "at+jwt", .token_type = "access" };
-	return jwt_verify(token, strlen(token), keys_lookup, keys, &expect, ret_header, ret_claims);
+	return jwt_verify(token, strlen(token), keys_lookup, &view, &expect, ret_header, ret_claims);
 }
 
 /* POST /token as admin with body: 200 and the access token (malloc'd). */
@@ -732,7 +735,8 @@ static void test_jwks(void **state)
 	max_age = strtol(value + 16, &end, 10);
 	assert_int_equal(*end, '\0');
 	assert_true(max_age <= cfg.publish_ahead);
-	assert_int_equal(max_age, PUBLISH_AHEAD);
+	/* publish_ahead less the time a replica may take to see a new key. */
+	assert_int_equal(max_age, PUBLISH_AHEAD - KEYSTATE_REPLICA_LAG);
 	assert_header(&r, "ETag", keys->etag);
 	assert_int_equal(r.body_len, keys->jwks_len);
 	assert_memory_equal(r.body, keys->jwks, keys->jwks_len);
@@ -760,7 +764,7 @@ static void test_jwks_conditional(void **state)
 		assert_int_equal(r.body_len, 0);
 		/* A 304 carries the validators and caching headers a 200 would. */
 		assert_header(&r, "ETag", keys->etag);
-		assert_header(&r, "Cache-Control", "public, max-age=120");
+		assert_header(&r, "Cache-Control", "public, max-age=115");
 		resp_free(&r);
 	}
 
@@ -1751,7 +1755,7 @@ static void test_start_fails_on_taken_port(void **state)
 		assert_true(fd >= 0);
 		taken.listen[0].port = p;
 		capture_start(&c);
-		r = http_start(&taken, hsm, keys, registry, &other);
+		r = http_start(&taken, hsm, keyring, registry, &other);
 		log = capture_text(&c);
 		capture_stop(&c);
 		close(fd);
@@ -1791,7 +1795,7 @@ static void test_start_fails_on_claimed_address(void **state)
 			      (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)), 0);
 	taken.listen[0].port = p;
 	capture_start(&c);
-	r = http_start(&taken, hsm, keys, registry, &other);
+	r = http_start(&taken, hsm, keyring, registry, &other);
 	log = capture_text(&c);
 	capture_stop(&c);
 	close(holder);
@@ -1801,7 +1805,7 @@ static void test_start_fails_on_claimed_address(void **state)
 	assert_non_null(strstr(log, "msg=\"cannot listen: another hsmjwtd is listening there\""));
 	free(log);
 	/* Once the name is free the same address serves. */
-	assert_int_equal(http_start(&taken, hsm, keys, registry, &other), 0);
+	assert_int_equal(http_start(&taken, hsm, keyring, registry, &other), 0);
 	http_stop(other);
 	test_health(state);
 }
@@ -1810,7 +1814,6 @@ static void test_start_fails_on_claimed_address(void **state)
 
 static int group_setup(void **state)
 {
-	const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_RS256 };
 	json_t *roles;
 	int r = -1;
 
@@ -1820,7 +1823,7 @@ static int group_setup(void **state)
 	    registry_open(fixture_tmpdir, REGISTRY_FSYNC_ALWAYS, 30, &registry) != 0 ||
 	    config_init_defaults(&cfg) != 0 ||
 	    hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm) != 0 ||
-	    keys_load(hsm, algs, 2, 2048, 1, &keys) != 0 || hsm_session_open(hsm, &session) != 0)
+	    hsm_session_open(hsm, &session) != 0)
 		return -1;
 	cfg.algorithms[0] = JWS_ALG_ES256;
 	cfg.algorithms[1] = JWS_ALG_RS256;
@@ -1829,6 +1832,9 @@ static int group_setup(void **state)
 	cfg.workers = 2;
 	cfg.max_body = MAX_BODY;
 	cfg.publish_ahead = PUBLISH_AHEAD;
+	if (fixture_keys(hsm, &cfg, 1, &keys) != 0 || keyring_start(&cfg, hsm, keys_ref(keys), &keyring) != 0)
+		return -1;
+	view = (struct keys_view){ keys, session };
 	snprintf(cfg.listen[0].host, sizeof(cfg.listen[0].host), "127.0.0.1");
 	cfg.listen_count = 1;
 	/* A free port may be taken between probing and binding: try again. */
@@ -1838,7 +1844,7 @@ static int group_setup(void **state)
 			return -1;
 		close(fd);
 		cfg.listen[0].port = port;
-		r = http_start(&cfg, hsm, keys, registry, &server);
+		r = http_start(&cfg, hsm, keyring, registry, &server);
 	}
 	if (r != 0)
 		return -1;
@@ -1854,13 +1860,14 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	http_stop(server);
+	keyring_stop(keyring);
 	registry_close(registry);
 	fixture_tmpdir_teardown(state);
 	for (size_t i = 0; i < secret_count; i++)
 		free(secrets[i]);
 	free(admin_token);
 	hsm_session_close(session);
-	keys_free(keys);
+	keys_release(keys);
 	hsm_close(hsm);
 	config_free(&cfg);
 	return 0;

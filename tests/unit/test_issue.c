@@ -23,6 +23,7 @@ static struct fixture_token tok;
 static struct hsm *hsm;
 static struct hsm_session *session;
 static struct keys *keys;
+static struct keys_view view;
 static struct config cfg;
 static struct issue_ctx ictx;
 /* Callers whose own tokens outlive every test (2100-01-01). */
@@ -193,7 +194,7 @@ static void test_issued_token_verifies(void **state)
 	assert_non_null(token);
 	assert_string_equal(json_string_value(json_object_get(response, "token_type")), "Bearer");
 	assert_int_equal(json_integer_value(json_object_get(response, "expires_in")), cfg.access_ttl);
-	assert_int_equal(jwt_verify(token, strlen(token), keys_lookup, keys, &expect, &header, &claims), 0);
+	assert_int_equal(jwt_verify(token, strlen(token), keys_lookup, &view, &expect, &header, &claims), 0);
 	assert_string_equal(json_string_value(json_object_get(header, "alg")), "RS256");
 	assert_string_equal(json_string_value(json_object_get(header, "kid")),
 			    keys_signer(keys, JWS_ALG_RS256)->hsm.kid);
@@ -216,7 +217,7 @@ static int bearer(const char *token, int64_t now, struct auth_caller *caller)
 {
 	char header[20000], err[160];
 	snprintf(header, sizeof(header), "Bearer %s", token);
-	return auth_bearer(header, keys, &cfg, now, caller, err, sizeof(err));
+	return auth_bearer(header, &view, &cfg, now, caller, err, sizeof(err));
 }
 
 static void test_auth_accepts_minted_tokens(void **state)
@@ -254,8 +255,8 @@ static void test_auth_refuses(void **state)
 	/* Not yet valid. */
 	assert_int_equal(bearer(token, ictx.now - cfg.leeway - 5, &caller), -EACCES);
 	/* Other schemes and no header. */
-	assert_int_equal(auth_bearer(NULL, keys, &cfg, ictx.now, &caller, err, sizeof(err)), -EACCES);
-	assert_int_equal(auth_bearer("Basic YWxhZGRpbjpvcGVu", keys, &cfg, ictx.now, &caller, err, sizeof(err)),
+	assert_int_equal(auth_bearer(NULL, &view, &cfg, ictx.now, &caller, err, sizeof(err)), -EACCES);
+	assert_int_equal(auth_bearer("Basic YWxhZGRpbjpvcGVu", &view, &cfg, ictx.now, &caller, err, sizeof(err)),
 			 -EACCES);
 	/* A tampered signature. */
 	token[strlen(token) - 2] = token[strlen(token) - 2] == 'A' ? 'B' : 'A';
@@ -436,7 +437,7 @@ static void test_named_token_record(void **state)
 	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, ISSUE_NAMED, &response, &rec, err,
 					    sizeof(err)), 0);
 	token = json_string_value(json_object_get(response, "access_token"));
-	assert_int_equal(jwt_verify(token, strlen(token), keys_lookup, keys, &expect, &header, &claims), 0);
+	assert_int_equal(jwt_verify(token, strlen(token), keys_lookup, &view, &expect, &header, &claims), 0);
 	assert_string_equal(rec.jti, json_string_value(json_object_get(claims, "jti")));
 	assert_string_equal(rec.subject, "ci-bot");
 	assert_string_equal(rec.org, "acme");
@@ -484,14 +485,18 @@ int main(void)
 		cmocka_unit_test(test_auth_clamps_a_huge_exp),
 	};
 	const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_RS256 };
+	struct config key_cfg;
 	int r = fixture_token_create(&tok);
 
 	if (r != 0)
 		return r == 77 ? 77 : 1;
-	if (config_init_defaults(&cfg) != 0 ||
+	/* Keys for ES256 and RS256 only (key_cfg); cfg adds PS256 below. */
+	if (config_init_defaults(&cfg) != 0 || fixture_config(&key_cfg, algs, 2) != 0 ||
 	    hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm) != 0 ||
-	    keys_load(hsm, algs, 2, 2048, 1, &keys) != 0 || hsm_session_open(hsm, &session) != 0)
+	    fixture_keys(hsm, &key_cfg, 1, &keys) != 0 || hsm_session_open(hsm, &session) != 0)
 		return 1;
+	config_free(&key_cfg);
+	view = (struct keys_view){ keys, session };
 	/* Defaults sign ES256 first; PS256 is configured but has no key here. */
 	cfg.algorithms[0] = JWS_ALG_ES256;
 	cfg.algorithms[1] = JWS_ALG_RS256;
@@ -500,7 +505,7 @@ int main(void)
 	ictx = (struct issue_ctx){ &cfg, keys, session, (int64_t)time(NULL), NULL };
 	r = cmocka_run_group_tests(tests, NULL, NULL);
 	hsm_session_close(session);
-	keys_free(keys);
+	keys_release(keys);
 	hsm_close(hsm);
 	config_free(&cfg);
 	fixture_token_destroy(&tok);
