@@ -121,7 +121,7 @@ int keys_load(struct hsm *hsm, const enum jws_alg *algs, size_t n_algs, unsigned
 	for (size_t a = 0; generate_missing && a < n_algs; a++) {
 		if (keys_signer(keys, algs[a]) != NULL)
 			continue;
-		r = hsm_generate_key(hsm, algs[a], rsa_bits, &generated);
+		r = hsm_generate_key(hsm, algs[a], rsa_bits, NULL, 0, &generated);
 		if (r < 0)
 			goto out;
 		r = keys_add(keys, &generated);

@@ -95,8 +95,8 @@ static void test_signer_is_smallest_kid(void **state)
 	struct keys *keys = NULL;
 	const char *smallest;
 
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES384, 2048, &extra[0]), 0);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES384, 2048, &extra[1]), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES384, 2048, NULL, 0, &extra[0]), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES384, 2048, NULL, 0, &extra[1]), 0);
 	smallest = strcmp(extra[0].kid, extra[1].kid) < 0 ? extra[0].kid : extra[1].kid;
 	assert_int_equal(keys_load(hsm, algs, 1, 2048, 1, &keys), 0);
 	assert_string_equal(keys_signer(keys, JWS_ALG_ES384)->hsm.kid, smallest);
@@ -133,7 +133,7 @@ static void test_skips_a_key_the_verifier_refuses(void **state)
 	char want[128];
 	int r;
 
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_PS256, 1024, &weak), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_PS256, 1024, NULL, 0, &weak), 0);
 	log = fixture_capture_stderr(load_generating, &args, &r);
 	assert_int_equal(r, 0);
 	snprintf(want, sizeof(want), "kid=%s alg=PS256 bits=1024", weak.kid);
