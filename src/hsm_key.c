@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
+#include <openssl/rand.h>
 
 #include "hsm_internal.h"
 #include "hsmjwt/b64url.h"
@@ -22,6 +23,8 @@
 #define HSM_LABEL_QUOTED (2 * HSM_LABEL_MAX + 3)
 /* Handles asked of C_FindObjects at a time. */
 #define HSM_FIND_BATCH 64
+/* HS256's secret: RFC 7518 §3.2 wants a key of at least the hash's size. */
+#define HSM_HS256_KEY_LEN 32
 /* CKA_APPLICATION of every lifecycle record: with the key's label, what
  * tells hsmjwt's data objects from other applications' on a shared token. */
 #define HSM_RECORD_APPLICATION "hsmjwt"
@@ -317,9 +320,10 @@ int hsm_ec_params_match(enum jws_alg alg, const uint8_t *params, size_t len)
 	return 0;
 }
 
-/* The private key must have been made in the token and never have left it
- * (a key once extractable or imported may exist elsewhere, so a signature
- * would prove nothing), must sign, and must be of the type and curve its
+/* The private key (HS256: the secret key) must have been made in the token
+ * and never have left it (a key once extractable or imported may exist
+ * elsewhere, so a signature would prove nothing), must sign, and must be of
+ * the type and curve (HS256: at least 32 bytes, where the token says) its
  * label names (the public half is checked by reading it for that alg).
  * pub is the key's public half: some modules give the curve only there.
  * label is already log_quote()d; generated says the key was just made, so
@@ -371,6 +375,12 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 	case JWS_ALG_EDDSA:
 		want_type = CKK_EC_EDWARDS;
 		break;
+	case JWS_ALG_HS256:
+		want_type = CKK_GENERIC_SECRET;
+		/* Tokens that type HMAC keys by their hash. */
+		if (type == CKK_SHA256_HMAC)
+			type = CKK_GENERIC_SECRET;
+		break;
 	default: /* hsm_alg_supported said no already */
 		return -EPERM;
 	}
@@ -393,6 +403,23 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 	}
 	if (want_type == CKK_RSA)
 		return 0;
+	if (want_type == CKK_GENERIC_SECRET) {
+		CK_ULONG value_len = 0;
+		CK_ATTRIBUTE len_attr = { CKA_VALUE_LEN, &value_len, sizeof(value_len) };
+
+		rv = hsm->f->C_GetAttributeValue(s, priv, &len_attr, 1);
+		r = hsm_key_verdict(hsm, rv);
+		if (r < 0 && r != -ENOENT) {
+			log_error("\"cannot read key attributes\" label=%s rv=%s", label, hsm_ckr_name(rv));
+			return r;
+		}
+		if (r == 0 && len_attr.ulValueLen == sizeof(value_len) && value_len < HSM_HS256_KEY_LEN) {
+			log_write(level, "\"key too short for HS256; %s\" label=%s attribute=CKA_VALUE_LEN value=%lu", outcome,
+				  label, (unsigned long)value_len);
+			return -EPERM;
+		}
+		return 0;
+	}
 	r = hsm_get_attribute(hsm, s, priv, CKA_EC_PARAMS, &params, &params_len);
 	/* PKCS#11 requires CKA_EC_PARAMS on the public object only. */
 	if ((r == -ENOENT || r == -EMSGSIZE) && pub != CK_INVALID_HANDLE)
@@ -656,6 +683,11 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 		r = -EINVAL;
 		goto out;
 	}
+	if (key->alg == JWS_ALG_HS256) {
+		log_warn("\"key type does not match the label's algorithm; skipped\" label=%s attribute=CKA_CLASS", quoted);
+		r = -EPERM;
+		goto out;
+	}
 	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
 	if (r < 0 && r != -ENOENT && r != -EMSGSIZE)
 		goto out;
@@ -705,6 +737,42 @@ out:
 	return r;
 }
 
+/* Fills key from a secret key object: an HS256 key has no public half and
+ * its kid is only a name (no thumbprint to check it against).  The same
+ * verdicts as hsm_load_key. */
+static int hsm_load_secret_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, struct hsm_key *key)
+{
+	char quoted[HSM_LABEL_QUOTED];
+	uint8_t *label = NULL;
+	size_t label_len;
+	int r;
+
+	r = hsm_get_attribute(hsm, s, obj, CKA_LABEL, &label, &label_len);
+	if (r == -ENOENT || r == -EMSGSIZE)
+		r = -EINVAL;
+	if (r < 0)
+		goto out;
+	if (hsm_parse_label((const char *)label, &key->alg, key->kid) < 0) {
+		r = -EINVAL;
+		goto out;
+	}
+	log_quote(quoted, sizeof(quoted), (const char *)label);
+	if (key->alg != JWS_ALG_HS256) {
+		log_warn("\"key type does not match the label's algorithm; skipped\" label=%s attribute=CKA_CLASS", quoted);
+		r = -EPERM;
+		goto out;
+	}
+	r = hsm_check_private_key(hsm, s, obj, CK_INVALID_HANDLE, key->alg, quoted, 0);
+	if (r < 0)
+		goto out;
+	key->private_handle = obj;
+	key->public_handle = CK_INVALID_HANDLE;
+	key->public_key = NULL;
+out:
+	free(label);
+	return r;
+}
+
 void hsm_keys_free(struct hsm_key *keys, size_t count)
 {
 	for (size_t i = 0; keys && i < count; i++)
@@ -718,8 +786,8 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
 	CK_BBOOL yes = CK_TRUE;
 	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
-	CK_OBJECT_HANDLE *found = NULL;
-	CK_ULONG n = 0;
+	CK_OBJECT_HANDLE *found = NULL, *secrets = NULL;
+	CK_ULONG n = 0, n_secrets = 0;
 	struct hsm_public *pubs = NULL;
 	size_t n_pubs = 0;
 	struct hsm_record_ref *records = NULL;
@@ -743,6 +811,21 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 		r = -E2BIG;
 		goto out;
 	}
+	secrets = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*secrets));
+	if (secrets == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	cls = CKO_SECRET_KEY;
+	r = hsm_find_objects(hsm, session->handle, tmpl, 2, secrets, HSM_MAX_KEY_OBJECTS, &n_secrets, &more);
+	if (r < 0)
+		goto out;
+	if (more) {
+		log_error("\"more secret keys in the token than hsmjwt examines\" token=%s limit=%d",
+			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
+		r = -E2BIG;
+		goto out;
+	}
 	r = hsm_index_public_keys(hsm, session->handle, &pubs, &n_pubs);
 	if (r < 0)
 		goto out;
@@ -754,11 +837,15 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 		r = -ENOMEM;
 		goto out;
 	}
-	for (CK_ULONG i = 0; i < n; i++) {
+	/* Key pairs, then secret keys. */
+	for (CK_ULONG i = 0; i < n + n_secrets; i++) {
 		struct hsm_key key;
 
 		memset(&key, 0, sizeof(key));
-		r = hsm_load_key(hsm, session->handle, found[i], pubs, n_pubs, &key);
+		if (i < n)
+			r = hsm_load_key(hsm, session->handle, found[i], pubs, n_pubs, &key);
+		else
+			r = hsm_load_secret_key(hsm, session->handle, secrets[i - n], &key);
 		if (r == -EINVAL || r == -EPERM || r == -ENOENT)
 			continue;
 		if (r < 0)
@@ -791,6 +878,7 @@ out:
 	hsm_keys_free(keys, count);
 	free(records);
 	hsm_public_free(pubs, n_pubs);
+	free(secrets);
 	free(found);
 	return r;
 }
@@ -851,6 +939,38 @@ static CK_RV hsm_generate_pair(struct hsm *hsm, CK_SESSION_HANDLE s, enum jws_al
 	}
 	return hsm->f->C_GenerateKeyPair(s, &mech, pub_tmpl, pub_n, priv_tmpl,
 					 sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub, priv);
+}
+
+/* HS256's key: a generic secret that only signs and verifies (an HMAC key
+ * that could also encrypt, wrap or derive would lend itself to other uses
+ * of the same secret). */
+static CK_RV hsm_generate_secret(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *ret_key)
+{
+	static const char pending[] = HSM_LABEL_PREFIX "pending";
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE type = CKK_GENERIC_SECRET;
+	CK_ULONG len = HSM_HS256_KEY_LEN;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_KEY_TYPE, &type, sizeof(type) },
+		{ CKA_VALUE_LEN, &len, sizeof(len) },
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_SENSITIVE, &yes, sizeof(yes) },
+		{ CKA_EXTRACTABLE, &no, sizeof(no) },
+		{ CKA_SIGN, &yes, sizeof(yes) },
+		{ CKA_VERIFY, &yes, sizeof(yes) },
+		{ CKA_ENCRYPT, &no, sizeof(no) },
+		{ CKA_DECRYPT, &no, sizeof(no) },
+		{ CKA_WRAP, &no, sizeof(no) },
+		{ CKA_UNWRAP, &no, sizeof(no) },
+		{ CKA_DERIVE, &no, sizeof(no) },
+		{ CKA_LABEL, (void *)pending, sizeof(pending) - 1 },
+	};
+
+	return hsm->f->C_GenerateKey(s, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), ret_key);
 }
 
 /* Creates the lifecycle record value[0..len) under label. */
@@ -1001,35 +1121,52 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const
 		if (r < 0)
 			return r;
 	}
+	/* An HS256 kid names the key and nothing more: random, as there is no
+	 * public key to take a thumbprint of, and a hash of the secret would
+	 * publish something computed from it. */
+	if (alg == JWS_ALG_HS256) {
+		if (RAND_bytes(id, sizeof(id)) != 1) {
+			log_error("\"no randomness for a kid\" alg=%s", jws_alg_name(alg));
+			return HSM_E_FAILED;
+		}
+		id_len = sizeof(id);
+		b64url_encode(id, id_len, key.kid);
+	}
 	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
 	if (r < 0)
 		return r;
-	rv = hsm_generate_pair(hsm, s, alg, rsa_bits, params, params_len, &pub, &priv);
-	if (alg == JWS_ALG_EDDSA && (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_CURVE_NOT_SUPPORTED ||
-				     rv == CKR_DOMAIN_PARAMS_INVALID || rv == CKR_TEMPLATE_INCONSISTENT))
-		rv = hsm_generate_pair(hsm, s, alg, rsa_bits, oid_ed25519, sizeof(oid_ed25519), &pub, &priv);
+	if (alg == JWS_ALG_HS256) {
+		rv = hsm_generate_secret(hsm, s, &priv);
+	} else {
+		rv = hsm_generate_pair(hsm, s, alg, rsa_bits, params, params_len, &pub, &priv);
+		if (alg == JWS_ALG_EDDSA && (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_CURVE_NOT_SUPPORTED ||
+					     rv == CKR_DOMAIN_PARAMS_INVALID || rv == CKR_TEMPLATE_INCONSISTENT))
+			rv = hsm_generate_pair(hsm, s, alg, rsa_bits, oid_ed25519, sizeof(oid_ed25519), &pub, &priv);
+	}
 	if (rv != CKR_OK) {
 		log_error("\"key generation failed\" alg=%s rv=%s", jws_alg_name(alg), hsm_ckr_name(rv));
 		r = hsm_key_error(hsm, rv);
 		goto out;
 	}
-	r = hsm_read_public_key(hsm, s, pub, alg, &key.public_key);
-	if (r == 0)
-		r = jwk_thumbprint(key.public_key, key.kid);
-	if (r < 0) {
-		log_error("\"cannot read the generated public key\" alg=%s", jws_alg_name(alg));
-		if (r == -ENOENT || r == -EMSGSIZE || r == -EBADMSG)
+	if (alg != JWS_ALG_HS256) {
+		r = hsm_read_public_key(hsm, s, pub, alg, &key.public_key);
+		if (r == 0)
+			r = jwk_thumbprint(key.public_key, key.kid);
+		if (r < 0) {
+			log_error("\"cannot read the generated public key\" alg=%s", jws_alg_name(alg));
+			if (r == -ENOENT || r == -EMSGSIZE || r == -EBADMSG)
+				r = HSM_E_FAILED;
+			goto out;
+		}
+		/* The kid is the thumbprint, so the name can only be given once
+		 * the key exists. */
+		if (b64url_decoded_max(JWK_THUMBPRINT_LEN) > sizeof(id) + 2 ||
+		    b64url_decode(key.kid, JWK_THUMBPRINT_LEN, id, &id_len) < 0) {
 			r = HSM_E_FAILED;
-		goto out;
+			goto out;
+		}
 	}
-	/* The kid is the thumbprint, so the name can only be given once the
-	 * key exists. */
 	hsm_key_label(alg, key.kid, label);
-	if (b64url_decoded_max(JWK_THUMBPRINT_LEN) > sizeof(id) + 2 ||
-	    b64url_decode(key.kid, JWK_THUMBPRINT_LEN, id, &id_len) < 0) {
-		r = HSM_E_FAILED;
-		goto out;
-	}
 	/* The record first: from the moment the key bears its name, another
 	 * process may find it, and must find its state with it. */
 	if (meta != NULL) {
@@ -1038,7 +1175,7 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const
 			goto out;
 	}
 	r = hsm_set_name(hsm, s, priv, label, id, id_len);
-	if (r == 0)
+	if (r == 0 && pub != CK_INVALID_HANDLE)
 		r = hsm_set_name(hsm, s, pub, label, id, id_len);
 	if (r < 0)
 		goto out;

@@ -18,6 +18,7 @@
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/params.h>
+#include <openssl/rand.h>
 #include <p11-kit/p11-kit.h>
 
 #include "fixture.h"
@@ -403,6 +404,12 @@ static void test_sign_with_too_small_buffer_fails(void **state)
 	assert_int_equal(hsm_session_open(hsm, &session), 0);
 	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES256, 2048, NULL, 0, &key), 0);
 	assert_true(hsm_sign(session, &key, (const uint8_t *)"x", 1, sig, &sig_len) < 0);
+	assert_int_equal(sig_len, sizeof(sig));
+	/* The session is not left with a signing operation in progress. */
+	uint8_t big[64];
+	sig_len = sizeof(big);
+	assert_int_equal(hsm_sign(session, &key, (const uint8_t *)"x", 1, big, &sig_len), 0);
+	assert_int_equal(sig_len, 64);
 	assert_int_equal(hsm_destroy_key(hsm, &key), 0);
 	EVP_PKEY_free(key.public_key);
 	hsm_session_close(session);
@@ -910,11 +917,13 @@ static void test_alg_supported(void **state)
 
 	for (int a = JWS_ALG_INVALID; a <= JWS_ALG_COUNT; a++) {
 		int want = a == JWS_ALG_ES256 || a == JWS_ALG_ES384 || a == JWS_ALG_RS256 ||
-			   a == JWS_ALG_PS256 || a == JWS_ALG_EDDSA;
+			   a == JWS_ALG_PS256 || a == JWS_ALG_EDDSA || a == JWS_ALG_HS256;
 		assert_int_equal(hsm_alg_supported((enum jws_alg)a), want);
 	}
 	assert_int_equal(hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm), 0);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS256, 2048, NULL, 0, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS256, 2048, NULL, 0, &key), 0);
+	assert_int_equal(hsm_destroy_key(hsm, &key), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS384, 2048, NULL, 0, &key), -EINVAL);
 	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES512, 2048, NULL, 0, &key), -EINVAL);
 	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_INVALID, 2048, NULL, 0, &key), -EINVAL);
 	hsm_close(hsm);
@@ -1180,6 +1189,167 @@ static void test_generation_makes_the_record_first_and_cleans_up(void **state)
 	own_close();
 }
 
+/* ---- HS256 ----------------------------------------------------------- */
+
+/* The attributes of obj, read through the raw client: each of types[] into
+ * bools[] (CK_BBOOL attributes only). */
+static void raw_read_bools(struct raw *raw, CK_OBJECT_HANDLE obj, const CK_ATTRIBUTE_TYPE *types, CK_BBOOL *bools,
+			   size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		CK_ATTRIBUTE a = { types[i], &bools[i], sizeof(bools[i]) };
+		assert_int_equal(raw->f->C_GetAttributeValue(raw->s, obj, &a, 1), CKR_OK);
+		assert_int_equal(a.ulValueLen, sizeof(CK_BBOOL));
+	}
+}
+
+/* An HS256 key lives in the token as a secret that signs and verifies and
+ * nothing else, never leaves it, and verification runs in the token. */
+static void test_hs256_key_in_the_token(void **state)
+{
+	static const CK_ATTRIBUTE_TYPE types[] = {
+		CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, CKA_TOKEN, CKA_PRIVATE,
+		CKA_SIGN, CKA_VERIFY, CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE,
+	};
+	static const CK_BBOOL want[] = { 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0 };
+	const uint8_t data[] = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0";
+	struct hsm_key key, ec, *found = NULL;
+	uint8_t sig[64], again[64], secret[64], id[64], raw_id[64];
+	size_t sig_len = sizeof(sig), again_len = sizeof(again), id_len = 0;
+	CK_BBOOL bools[sizeof(types) / sizeof(types[0])];
+	CK_KEY_TYPE type = 0;
+	CK_ULONG value_len = 0;
+	char label[128], kid[JWK_THUMBPRINT_LEN + 1];
+	enum jws_alg alg;
+	size_t n = 0;
+	int at;
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_HS256, 0, (const uint8_t *)"hs", 2, &key), 0);
+	assert_int_equal(key.alg, JWS_ALG_HS256);
+	assert_null(key.public_key);
+	assert_int_equal(key.public_handle, CK_INVALID_HANDLE);
+	assert_int_equal(key.meta_count, 1);
+	key_label(&key, label);
+	assert_int_equal(hsm_parse_label(label, &alg, kid), 0);
+	assert_int_equal(alg, JWS_ALG_HS256);
+	assert_int_equal(b64url_decode(key.kid, strlen(key.kid), id, &id_len), 0);
+	assert_int_equal(id_len, 32);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, 0, &ec), 0);
+
+	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
+	assert_int_equal(n, 2);
+	at = find_kid(found, n, key.kid);
+	assert_true(at >= 0);
+	assert_int_equal(found[at].alg, JWS_ALG_HS256);
+	assert_null(found[at].public_key);
+	assert_int_equal(found[at].public_handle, CK_INVALID_HANDLE);
+	assert_int_equal(found[at].private_handle, key.private_handle);
+	assert_int_equal(found[at].meta_count, 1);
+	assert_meta(&found[at].meta[0], "hs");
+
+	/* Sign in the token, verify in the token. */
+	assert_int_equal(hsm_sign(own.session, &found[at], data, sizeof(data) - 1, sig, &sig_len), 0);
+	assert_int_equal(sig_len, 32);
+	assert_int_equal(hsm_sign(own.session, &found[at], data, sizeof(data) - 1, again, &again_len), 0);
+	assert_memory_equal(sig, again, 32); /* a MAC: the same input, the same tag */
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 1, sig, sig_len), 0);
+	sig[7] ^= 0x10;
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 1, sig, sig_len), -EBADMSG);
+	sig[7] ^= 0x10;
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 2, sig, sig_len), -EBADMSG);
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 1, sig, 31), -EBADMSG);
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 1, sig, sig_len), 0);
+	/* hsm_verify is HS256's alone. */
+	assert_int_equal(hsm_verify(own.session, &found[1 - at], data, sizeof(data) - 1, sig, sig_len), -EINVAL);
+
+	/* What the token says of the key, asked by another client. */
+	raw_open(&own.raw);
+	raw_read_bools(&own.raw, key.private_handle, types, bools, sizeof(types) / sizeof(types[0]));
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		if (bools[i] != want[i])
+			fail_msg("attribute 0x%lx is %d", (unsigned long)types[i], bools[i]);
+	CK_ATTRIBUTE attrs[] = {
+		{ CKA_KEY_TYPE, &type, sizeof(type) }, { CKA_VALUE_LEN, &value_len, sizeof(value_len) },
+		{ CKA_ID, raw_id, sizeof(raw_id) },
+	};
+	assert_int_equal(own.raw.f->C_GetAttributeValue(own.raw.s, key.private_handle, attrs, 3), CKR_OK);
+	assert_int_equal(type, CKK_GENERIC_SECRET);
+	assert_int_equal(value_len, 32);
+	assert_int_equal(attrs[2].ulValueLen, 32);
+	assert_memory_equal(raw_id, id, 32);
+	/* The secret itself never comes out. */
+	CK_ATTRIBUTE value = { CKA_VALUE, secret, sizeof(secret) };
+	assert_int_equal(own.raw.f->C_GetAttributeValue(own.raw.s, key.private_handle, &value, 1),
+			 CKR_ATTRIBUTE_SENSITIVE);
+	assert_int_equal(value.ulValueLen, CK_UNAVAILABLE_INFORMATION);
+
+	assert_int_equal(hsm_destroy_key(own.hsm, &found[at]), 0);
+	assert_int_equal(raw_count_labelled(&own.raw, label), 0);
+	raw_close(&own.raw);
+	hsm_keys_free(found, n);
+	EVP_PKEY_free(ec.public_key);
+	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(found[0].kid, ec.kid);
+	hsm_keys_free(found, n);
+	own_close();
+}
+
+/* A secret key made by someone else under an HS256 label. */
+static CK_OBJECT_HANDLE raw_create_secret(struct raw *raw, CK_KEY_TYPE type, CK_ULONG len, CK_BBOOL extractable,
+					  const char *alg_name, char *ret_label)
+{
+	CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_BBOOL yes = CK_TRUE;
+	uint8_t id[32];
+	char kid[JWK_THUMBPRINT_LEN + 1];
+	CK_OBJECT_HANDLE h;
+
+	assert_int_equal(RAND_bytes(id, sizeof(id)), 1);
+	b64url_encode(id, sizeof(id), kid);
+	snprintf(ret_label, 128, HSM_LABEL_PREFIX "%s:%s", alg_name, kid);
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) }, { CKA_KEY_TYPE, &type, sizeof(type) },
+		{ CKA_VALUE_LEN, &len, sizeof(len) }, { CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) }, { CKA_SENSITIVE, &yes, sizeof(yes) },
+		{ CKA_EXTRACTABLE, &extractable, sizeof(extractable) }, { CKA_SIGN, &yes, sizeof(yes) },
+		{ CKA_VERIFY, &yes, sizeof(yes) }, { CKA_LABEL, ret_label, strlen(ret_label) },
+	};
+	assert_int_equal(raw->f->C_GenerateKey(raw->s, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h), CKR_OK);
+	return h;
+}
+
+/* Secret keys under hsmjwt labels are loaded only when they are HS256
+ * keys kept in the token: sensitive from birth, never extractable, 32
+ * bytes at least; a secret under a key pair's label is not one. */
+static void test_refuses_secret_keys_without_custody(void **state)
+{
+	char proper[128], extractable[128], short_key[128], wrong_alg[128];
+	const char *log;
+	int r;
+
+	raw_open(&own.raw);
+	raw_create_secret(&own.raw, CKK_GENERIC_SECRET, 32, CK_FALSE, "HS256", proper);
+	raw_create_secret(&own.raw, CKK_GENERIC_SECRET, 32, CK_TRUE, "HS256", extractable);
+	raw_create_secret(&own.raw, CKK_GENERIC_SECRET, 16, CK_FALSE, "HS256", short_key);
+	raw_create_secret(&own.raw, CKK_GENERIC_SECRET, 32, CK_FALSE, "ES256", wrong_alg);
+	raw_close(&own.raw);
+
+	own_open();
+	log = fixture_capture_stderr(own_find_keys_kept, NULL, &r);
+	assert_int_equal(r, 0);
+	assert_int_equal(checked_count, 1);
+	assert_int_equal(checked_keys[0].alg, JWS_ALG_HS256);
+	assert_string_equal(checked_keys[0].kid, proper + strlen(HSM_LABEL_PREFIX "HS256:"));
+	hsm_keys_free(checked_keys, checked_count);
+	assert_logged(log, extractable, "attribute=CKA_EXTRACTABLE value=true");
+	assert_logged(log, short_key, "attribute=CKA_VALUE_LEN value=16");
+	assert_logged(log, wrong_alg, "attribute=CKA_CLASS");
+	own_close();
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 4)
@@ -1216,6 +1386,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_session_check_logs_changes_only, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_records_follow_their_key, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_hs256_key_in_the_token, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_refuses_secret_keys_without_custody, own_token_setup,
+						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_generation_makes_the_record_first_and_cleans_up, own_token_setup,
 						own_token_teardown),
 	};
