@@ -240,14 +240,18 @@ static int keystate_kid_cmp(const struct keystate_key *a, const struct keystate_
 }
 
 /* The order in which an algorithm's active keys took over: by activate_at,
- * and among equals the smaller kid last, so that it is the one signing.
- * The index makes the order total should a kid appear twice. */
+ * among equals by created (an immediate rotation in the same second as the
+ * signer's own activation makes a newer key, which must win), then the
+ * smaller kid last, so that it is the one signing.  The index makes the
+ * order total should a kid appear twice. */
 static int keystate_took_over_before(const struct keystate_key *keys, size_t a, size_t b)
 {
 	int c;
 
 	if (keys[a].effective.activate_at != keys[b].effective.activate_at)
 		return keys[a].effective.activate_at < keys[b].effective.activate_at;
+	if (keys[a].effective.created != keys[b].effective.created)
+		return keys[a].effective.created < keys[b].effective.created;
 	c = keystate_kid_cmp(&keys[a], &keys[b]);
 	if (c != 0)
 		return c > 0;

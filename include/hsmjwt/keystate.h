@@ -14,8 +14,8 @@
  * written the outcome yet:
  *   - a next key whose activate_at has come is active;
  *   - per algorithm the active key with the latest activate_at signs
- *     (ties: the smaller kid); every other active key is retired at the
- *     activate_at of the key that followed it;
+ *     (ties: the later created, then the smaller kid); every other active
+ *     key is retired at the activate_at of the key that followed it;
  *   - a retired key may be destroyed once retired_at + max_ttl + leeway has
  *     passed: every token it signed has expired by then, since no lifetime
  *     exceeds max_ttl (hsmjwtctl mint included).

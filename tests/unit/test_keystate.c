@@ -544,8 +544,20 @@ static void test_plan_two_actives_tie(void **state)
 	struct keystate_plan plan;
 
 	(void)state;
+	/* Same activation second: the newer key (an immediate rotation made in
+	 * the second its predecessor activated) signs, whatever the kids. */
 	key_set(&keys[0], "kb", JWS_ALG_ES256, KEYSTATE_ACTIVE, T0 - 50, T0 - 40, 0);
 	key_set(&keys[1], "ka", JWS_ALG_ES256, KEYSTATE_ACTIVE, T0 - 60, T0 - 40, 0);
+	plan_ok(keys, 2, T0, &base_policy, &plan);
+	assert_int_equal(plan.signer[JWS_ALG_ES256], 0);
+	assert_int_equal(keys[0].signer, 1);
+	assert_int_equal(keys[1].signer, 0);
+	assert_rec(&keys[1].effective, KEYSTATE_RETIRED, JWS_ALG_ES256, T0 - 60, T0 - 40, T0 - 40);
+	assert_int_equal(keys[0].actions, 0);
+
+	/* Same activation and creation: the smaller kid signs. */
+	key_set(&keys[0], "kb", JWS_ALG_ES256, KEYSTATE_ACTIVE, T0 - 50, T0 - 40, 0);
+	key_set(&keys[1], "ka", JWS_ALG_ES256, KEYSTATE_ACTIVE, T0 - 50, T0 - 40, 0);
 	plan_ok(keys, 2, T0, &base_policy, &plan);
 	assert_int_equal(plan.signer[JWS_ALG_ES256], 1);
 	assert_int_equal(keys[1].signer, 1);
