@@ -32,6 +32,7 @@ const char *hsm_ckr_name(CK_RV rv)
 		{ CKR_DEVICE_MEMORY, "CKR_DEVICE_MEMORY" },
 		{ CKR_DEVICE_REMOVED, "CKR_DEVICE_REMOVED" },
 		{ CKR_KEY_HANDLE_INVALID, "CKR_KEY_HANDLE_INVALID" },
+		{ CKR_KEY_SIZE_RANGE, "CKR_KEY_SIZE_RANGE" },
 		{ CKR_KEY_TYPE_INCONSISTENT, "CKR_KEY_TYPE_INCONSISTENT" },
 		{ CKR_KEY_UNEXTRACTABLE, "CKR_KEY_UNEXTRACTABLE" },
 		{ CKR_MECHANISM_INVALID, "CKR_MECHANISM_INVALID" },
@@ -45,6 +46,9 @@ const char *hsm_ckr_name(CK_RV rv)
 		{ CKR_SESSION_COUNT, "CKR_SESSION_COUNT" },
 		{ CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID" },
 		{ CKR_SESSION_READ_ONLY, "CKR_SESSION_READ_ONLY" },
+		{ CKR_SIGNATURE_INVALID, "CKR_SIGNATURE_INVALID" },
+		{ CKR_SIGNATURE_LEN_RANGE, "CKR_SIGNATURE_LEN_RANGE" },
+		{ CKR_ATTRIBUTE_READ_ONLY, "CKR_ATTRIBUTE_READ_ONLY" },
 		{ CKR_TEMPLATE_INCOMPLETE, "CKR_TEMPLATE_INCOMPLETE" },
 		{ CKR_TEMPLATE_INCONSISTENT, "CKR_TEMPLATE_INCONSISTENT" },
 		{ CKR_TOKEN_NOT_PRESENT, "CKR_TOKEN_NOT_PRESENT" },
@@ -73,6 +77,7 @@ int hsm_alg_supported(enum jws_alg alg)
 	case JWS_ALG_RS256:
 	case JWS_ALG_PS256:
 	case JWS_ALG_EDDSA:
+	case JWS_ALG_HS256:
 		return 1;
 	default:
 		return 0;
@@ -97,6 +102,11 @@ int hsm_error_from_rv(CK_RV rv)
 	default:
 		return HSM_E_FAILED;
 	}
+}
+
+int hsm_fail_rv(struct hsm *hsm, CK_RV rv)
+{
+	return hsm_error_from_rv(rv);
 }
 
 /* Cryptoki pads labels with spaces to 32 bytes. */
@@ -320,6 +330,7 @@ int hsm_describe(struct hsm *hsm, char **ret_text)
 		{ CKM_EC_EDWARDS_KEY_PAIR_GEN, "CKM_EC_EDWARDS_KEY_PAIR_GEN" },
 		{ CKM_RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN" },
 		{ CKM_SHA256_HMAC, "CKM_SHA256_HMAC" },
+		{ CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN" },
 	};
 	for (size_t w = 0; w < sizeof(wanted) / sizeof(wanted[0]); w++) {
 		int present = 0;
@@ -393,6 +404,22 @@ int hsm_session_check(struct hsm_session *session)
 	return 0;
 }
 
+/* The length of key's signatures; 0 when unknown. */
+static size_t hsm_sig_size(const struct hsm_key *key)
+{
+	switch (key->alg) {
+	case JWS_ALG_ES256:
+	case JWS_ALG_EDDSA:
+		return 64;
+	case JWS_ALG_ES384:
+		return 96;
+	case JWS_ALG_HS256:
+		return 32;
+	default:
+		return key->public_key ? (size_t)EVP_PKEY_get_size(key->public_key) : 0;
+	}
+}
+
 int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	     const uint8_t *data, size_t data_len, uint8_t *sig, size_t *sig_len)
 {
@@ -428,16 +455,49 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	case JWS_ALG_EDDSA:
 		mech.mechanism = CKM_EDDSA;
 		break;
+	case JWS_ALG_HS256:
+		mech.mechanism = CKM_SHA256_HMAC;
+		break;
 	default:
 		return -EINVAL;
+	}
+	/* A C_Sign refused for a short buffer leaves the operation active
+	 * (SoftHSM, as PKCS#11 says): every later C_SignInit on this session
+	 * would fail with CKR_OPERATION_ACTIVE. */
+	if (*sig_len < hsm_sig_size(key)) {
+		log_error("\"signature buffer too small\" kid=%s alg=%s size=%zu need=%zu", key->kid,
+			  jws_alg_name(key->alg), *sig_len, hsm_sig_size(key));
+		return -ENOSPC;
 	}
 	rv = hsm->f->C_SignInit(session->handle, &mech, key->private_handle);
 	if (rv == CKR_OK)
 		rv = hsm->f->C_Sign(session->handle, (CK_BYTE *)input, input_len, sig, &out_len);
 	if (rv != CKR_OK) {
 		log_error("\"sign failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
-		return hsm_error_from_rv(rv);
+		return hsm_fail_rv(hsm, rv);
 	}
 	*sig_len = out_len;
+	return 0;
+}
+
+int hsm_verify(struct hsm_session *session, const struct hsm_key *key,
+	       const uint8_t *data, size_t data_len, const uint8_t *sig, size_t sig_len)
+{
+	struct hsm *hsm = session->hsm;
+	CK_MECHANISM mech = { CKM_SHA256_HMAC, NULL, 0 };
+	CK_RV rv;
+
+	if (key->alg != JWS_ALG_HS256)
+		return -EINVAL;
+	rv = hsm->f->C_VerifyInit(session->handle, &mech, key->private_handle);
+	if (rv == CKR_OK)
+		rv = hsm->f->C_Verify(session->handle, (CK_BYTE *)data, data_len, (CK_BYTE *)sig, sig_len);
+	/* A bad MAC is the token's verdict on the input, not a failure. */
+	if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)
+		return -EBADMSG;
+	if (rv != CKR_OK) {
+		log_error("\"verify failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
+		return hsm_fail_rv(hsm, rv);
+	}
 	return 0;
 }

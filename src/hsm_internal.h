@@ -31,6 +31,10 @@ struct hsm_session {
  * device is gone (the caller should recover), HSM_E_FAILED otherwise. */
 int hsm_error_from_rv(CK_RV rv);
 
+/* hsm_error_from_rv for a call made during an operation: HSM_E_DEVICE also
+ * marks the token failed, with rv's name as the reason. */
+int hsm_fail_rv(struct hsm *hsm, CK_RV rv);
+
 /* A session on hsm's token (CKF_SERIAL_SESSION | extra), logged on failure. */
 int hsm_open_raw_session(struct hsm *hsm, CK_FLAGS extra, CK_SESSION_HANDLE *ret_handle);
 

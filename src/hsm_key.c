@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
+#include <openssl/rand.h>
 
 #include "hsm_internal.h"
 #include "hsmjwt/b64url.h"
@@ -22,6 +23,11 @@
 #define HSM_LABEL_QUOTED (2 * HSM_LABEL_MAX + 3)
 /* Handles asked of C_FindObjects at a time. */
 #define HSM_FIND_BATCH 64
+/* HS256's secret: RFC 7518 §3.2 wants a key of at least the hash's size. */
+#define HSM_HS256_KEY_LEN 32
+/* CKA_APPLICATION of every lifecycle record: with the key's label, what
+ * tells hsmjwt's data objects from other applications' on a shared token. */
+#define HSM_RECORD_APPLICATION "hsmjwt"
 
 /* DER of the curve parameters that CKA_EC_PARAMS takes. */
 static const uint8_t oid_p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
@@ -50,10 +56,22 @@ int hsm_key_rv_verdict(CK_RV rv)
 }
 
 /* A failed Cryptoki call other than an attribute read: out of memory in
- * the library is -ENOMEM, as it is for hsmjwt's own allocations. */
-static int hsm_key_error(CK_RV rv)
+ * the library is -ENOMEM, as it is for hsmjwt's own allocations; a failed
+ * device marks the token failed. */
+static int hsm_key_error(struct hsm *hsm, CK_RV rv)
 {
-	return rv == CKR_HOST_MEMORY ? -ENOMEM : hsm_error_from_rv(rv);
+	return rv == CKR_HOST_MEMORY ? -ENOMEM : hsm_fail_rv(hsm, rv);
+}
+
+/* hsm_key_rv_verdict for an attribute read during an operation: a failed
+ * device marks the token failed. */
+static int hsm_key_verdict(struct hsm *hsm, CK_RV rv)
+{
+	int r = hsm_key_rv_verdict(rv);
+
+	if (r == HSM_E_DEVICE)
+		hsm_fail_rv(hsm, rv);
+	return r;
 }
 
 /* Reads one variable-length attribute into a malloc'd buffer.  -ENOENT when
@@ -69,7 +87,7 @@ static int hsm_get_attribute(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HAN
 	int r;
 
 	rv = hsm->f->C_GetAttributeValue(s, obj, &attr, 1);
-	r = hsm_key_rv_verdict(rv);
+	r = hsm_key_verdict(hsm, rv);
 	if (r == 0 && attr.ulValueLen == (CK_ULONG)-1)
 		r = -ENOENT;
 	else if (r == 0 && attr.ulValueLen > 65536)
@@ -87,7 +105,7 @@ static int hsm_get_attribute(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HAN
 		log_debug("\"cannot read attribute\" type=0x%lx rv=%s", (unsigned long)type, hsm_ckr_name(rv));
 		free(value);
 		/* It was there a moment ago: whatever failed now is the token's. */
-		r = hsm_key_rv_verdict(rv);
+		r = hsm_key_verdict(hsm, rv);
 		return r == -ENOENT ? HSM_E_FAILED : r;
 	}
 	value[attr.ulValueLen] = '\0';
@@ -262,7 +280,7 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 	rv = hsm->f->C_FindObjectsInit(s, tmpl, n);
 	if (rv != CKR_OK) {
 		log_error("\"C_FindObjectsInit failed\" rv=%s", hsm_ckr_name(rv));
-		return hsm_key_error(rv);
+		return hsm_key_error(hsm, rv);
 	}
 	do {
 		CK_ULONG want = max - count < HSM_FIND_BATCH ? max - count : HSM_FIND_BATCH;
@@ -278,7 +296,7 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 	hsm->f->C_FindObjectsFinal(s);
 	if (rv != CKR_OK) {
 		log_error("\"C_FindObjects failed\" rv=%s", hsm_ckr_name(rv));
-		return hsm_key_error(rv);
+		return hsm_key_error(hsm, rv);
 	}
 	*ret_count = count;
 	if (ret_more != NULL)
@@ -302,9 +320,10 @@ int hsm_ec_params_match(enum jws_alg alg, const uint8_t *params, size_t len)
 	return 0;
 }
 
-/* The private key must have been made in the token and never have left it
- * (a key once extractable or imported may exist elsewhere, so a signature
- * would prove nothing), must sign, and must be of the type and curve its
+/* The private key (HS256: the secret key) must have been made in the token
+ * and never have left it (a key once extractable or imported may exist
+ * elsewhere, so a signature would prove nothing), must sign, and must be of
+ * the type and curve (HS256: at least 32 bytes, where the token says) its
  * label names (the public half is checked by reading it for that alg).
  * pub is the key's public half: some modules give the curve only there.
  * label is already log_quote()d; generated says the key was just made, so
@@ -342,7 +361,7 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 		/* Says nothing about the key: skipping a good one would make
 		 * keys_load generate another signer. */
 		log_error("\"cannot read key attributes\" label=%s rv=%s", label, hsm_ckr_name(rv));
-		return hsm_key_error(rv);
+		return hsm_key_error(hsm, rv);
 	}
 	switch (alg) {
 	case JWS_ALG_RS256:
@@ -355,6 +374,12 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 		break;
 	case JWS_ALG_EDDSA:
 		want_type = CKK_EC_EDWARDS;
+		break;
+	case JWS_ALG_HS256:
+		want_type = CKK_GENERIC_SECRET;
+		/* Tokens that type HMAC keys by their hash. */
+		if (type == CKK_SHA256_HMAC)
+			type = CKK_GENERIC_SECRET;
 		break;
 	default: /* hsm_alg_supported said no already */
 		return -EPERM;
@@ -378,6 +403,23 @@ static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT
 	}
 	if (want_type == CKK_RSA)
 		return 0;
+	if (want_type == CKK_GENERIC_SECRET) {
+		CK_ULONG value_len = 0;
+		CK_ATTRIBUTE len_attr = { CKA_VALUE_LEN, &value_len, sizeof(value_len) };
+
+		rv = hsm->f->C_GetAttributeValue(s, priv, &len_attr, 1);
+		r = hsm_key_verdict(hsm, rv);
+		if (r < 0 && r != -ENOENT) {
+			log_error("\"cannot read key attributes\" label=%s rv=%s", label, hsm_ckr_name(rv));
+			return r;
+		}
+		if (r == 0 && len_attr.ulValueLen == sizeof(value_len) && value_len < HSM_HS256_KEY_LEN) {
+			log_write(level, "\"key too short for HS256; %s\" label=%s attribute=CKA_VALUE_LEN value=%lu", outcome,
+				  label, (unsigned long)value_len);
+			return -EPERM;
+		}
+		return 0;
+	}
 	r = hsm_get_attribute(hsm, s, priv, CKA_EC_PARAMS, &params, &params_len);
 	/* PKCS#11 requires CKA_EC_PARAMS on the public object only. */
 	if ((r == -ENOENT || r == -EMSGSIZE) && pub != CK_INVALID_HANDLE)
@@ -461,6 +503,157 @@ out:
 	return r;
 }
 
+/* "hsmjwt:<ALG>:<kid>" of key into label (HSM_LABEL_MAX bytes): the name
+ * its objects and its lifecycle records share. */
+static void hsm_key_label(enum jws_alg alg, const char *kid, char *label)
+{
+	snprintf(label, HSM_LABEL_MAX, HSM_LABEL_PREFIX "%s:%s", jws_alg_name(alg), kid);
+}
+
+/* A lifecycle record is one data object; a list of them is one search. */
+struct hsm_record_ref {
+	CK_OBJECT_HANDLE handle;
+	char label[HSM_LABEL_MAX];
+};
+
+static int hsm_record_cmp(const void *a, const void *b)
+{
+	const struct hsm_record_ref *x = a, *y = b;
+	int c = strcmp(x->label, y->label);
+
+	if (c != 0)
+		return c;
+	return x->handle < y->handle ? -1 : x->handle > y->handle;
+}
+
+/* Every lifecycle record in the token with its label, sorted by label and
+ * then handle (the order keys list their records in), read once per
+ * hsm_find_keys for the reason hsm_index_public_keys is.  Records whose
+ * label hsmjwt could not have written are left out. */
+static int hsm_index_records(struct hsm *hsm, CK_SESSION_HANDLE s, struct hsm_record_ref **ret_refs,
+			     size_t *ret_count)
+{
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_APPLICATION, (void *)HSM_RECORD_APPLICATION, sizeof(HSM_RECORD_APPLICATION) - 1 },
+	};
+	CK_OBJECT_HANDLE *handles;
+	struct hsm_record_ref *refs = NULL;
+	CK_ULONG n = 0;
+	size_t kept = 0;
+	int more = 0, r;
+
+	handles = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*handles));
+	if (handles == NULL)
+		return -ENOMEM;
+	r = hsm_find_objects(hsm, s, tmpl, 3, handles, HSM_MAX_KEY_OBJECTS, &n, &more);
+	if (r < 0)
+		goto out;
+	if (more) {
+		log_error("\"more lifecycle records in the token than hsmjwt examines\" token=%s limit=%d",
+			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
+		r = -E2BIG;
+		goto out;
+	}
+	refs = calloc(n ? n : 1, sizeof(*refs));
+	if (refs == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (CK_ULONG i = 0; i < n; i++) {
+		CK_ATTRIBUTE label = { CKA_LABEL, refs[kept].label, HSM_LABEL_MAX - 1 };
+		CK_RV rv = hsm->f->C_GetAttributeValue(s, handles[i], &label, 1);
+
+		/* Longer than any label of hsmjwt's, or none at all. */
+		if (rv == CKR_BUFFER_TOO_SMALL)
+			continue;
+		r = hsm_key_verdict(hsm, rv);
+		if (r == -ENOENT)
+			continue;
+		if (r < 0) {
+			log_error("\"cannot read a lifecycle record's label\" rv=%s", hsm_ckr_name(rv));
+			goto out;
+		}
+		if (label.ulValueLen >= HSM_LABEL_MAX)
+			continue;
+		refs[kept].label[label.ulValueLen] = '\0';
+		refs[kept].handle = handles[i];
+		kept++;
+	}
+	qsort(refs, kept, sizeof(*refs), hsm_record_cmp);
+	*ret_refs = refs;
+	*ret_count = kept;
+	refs = NULL;
+	r = 0;
+out:
+	free(refs);
+	free(handles);
+	return r;
+}
+
+/* Gives key the records of refs under its label: the first HSM_MAX_META
+ * in key->meta, all of them counted in key->meta_found. */
+static int hsm_attach_records(struct hsm *hsm, CK_SESSION_HANDLE s, const struct hsm_record_ref *refs,
+			      size_t n, struct hsm_key *key)
+{
+	char label[HSM_LABEL_MAX], quoted[HSM_LABEL_QUOTED];
+	size_t lo = 0, hi = n;
+
+	hsm_key_label(key->alg, key->kid, label);
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (strcmp(refs[mid].label, label) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = lo; i < n && strcmp(refs[i].label, label) == 0; i++) {
+		struct hsm_meta *m;
+		CK_ATTRIBUTE value;
+		CK_RV rv;
+		int r;
+
+		key->meta_found++;
+		if (key->meta_count == HSM_MAX_META)
+			continue;
+		m = &key->meta[key->meta_count];
+		value = (CK_ATTRIBUTE){ CKA_VALUE, m->value, sizeof(m->value) };
+		rv = hsm->f->C_GetAttributeValue(s, refs[i].handle, &value, 1);
+		if (rv == CKR_BUFFER_TOO_SMALL) {
+			/* Not a record hsmjwt wrote: the keys module decides what
+			 * a key whose records it cannot see is. */
+			value.pValue = NULL;
+			if (hsm->f->C_GetAttributeValue(s, refs[i].handle, &value, 1) != CKR_OK)
+				value.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+			log_warn("\"lifecycle record over the size limit; skipped\" label=%s len=%ld limit=%d",
+				 log_quote(quoted, sizeof(quoted), label), (long)value.ulValueLen, HSM_META_MAX);
+			memset(m, 0, sizeof(*m));
+			continue;
+		}
+		r = hsm_key_verdict(hsm, rv);
+		if (r == 0 && value.ulValueLen > HSM_META_MAX)
+			r = -ENOENT; /* a module that wrote past the buffer it was given */
+		if (r == -ENOENT) {
+			log_warn("\"lifecycle record without a readable value; skipped\" label=%s",
+				 log_quote(quoted, sizeof(quoted), label));
+			memset(m, 0, sizeof(*m));
+			continue;
+		}
+		if (r < 0) {
+			log_error("\"cannot read a lifecycle record\" label=%s rv=%s",
+				  log_quote(quoted, sizeof(quoted), label), hsm_ckr_name(rv));
+			return r;
+		}
+		m->handle = refs[i].handle;
+		m->len = value.ulValueLen;
+		key->meta_count++;
+	}
+	return 0;
+}
+
 /* Fills key from its private object: label, public half (among pubs),
  * public key.  0; a verdict that skips the key: -EINVAL (not hsmjwt's, or
  * its public half or label does not hold), -EPERM (custody), -ENOENT (no
@@ -488,6 +681,11 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 	if (!hsm_alg_supported(key->alg)) {
 		log_warn("\"key for an algorithm hsmjwt does not hold keys for; skipped\" label=%s", quoted);
 		r = -EINVAL;
+		goto out;
+	}
+	if (key->alg == JWS_ALG_HS256) {
+		log_warn("\"key type does not match the label's algorithm; skipped\" label=%s attribute=CKA_CLASS", quoted);
+		r = -EPERM;
 		goto out;
 	}
 	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
@@ -539,6 +737,42 @@ out:
 	return r;
 }
 
+/* Fills key from a secret key object: an HS256 key has no public half and
+ * its kid is only a name (no thumbprint to check it against).  The same
+ * verdicts as hsm_load_key. */
+static int hsm_load_secret_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, struct hsm_key *key)
+{
+	char quoted[HSM_LABEL_QUOTED];
+	uint8_t *label = NULL;
+	size_t label_len;
+	int r;
+
+	r = hsm_get_attribute(hsm, s, obj, CKA_LABEL, &label, &label_len);
+	if (r == -ENOENT || r == -EMSGSIZE)
+		r = -EINVAL;
+	if (r < 0)
+		goto out;
+	if (hsm_parse_label((const char *)label, &key->alg, key->kid) < 0) {
+		r = -EINVAL;
+		goto out;
+	}
+	log_quote(quoted, sizeof(quoted), (const char *)label);
+	if (key->alg != JWS_ALG_HS256) {
+		log_warn("\"key type does not match the label's algorithm; skipped\" label=%s attribute=CKA_CLASS", quoted);
+		r = -EPERM;
+		goto out;
+	}
+	r = hsm_check_private_key(hsm, s, obj, CK_INVALID_HANDLE, key->alg, quoted, 0);
+	if (r < 0)
+		goto out;
+	key->private_handle = obj;
+	key->public_handle = CK_INVALID_HANDLE;
+	key->public_key = NULL;
+out:
+	free(label);
+	return r;
+}
+
 void hsm_keys_free(struct hsm_key *keys, size_t count)
 {
 	for (size_t i = 0; keys && i < count; i++)
@@ -552,10 +786,12 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
 	CK_BBOOL yes = CK_TRUE;
 	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
-	CK_OBJECT_HANDLE *found = NULL;
-	CK_ULONG n = 0;
+	CK_OBJECT_HANDLE *found = NULL, *secrets = NULL;
+	CK_ULONG n = 0, n_secrets = 0;
 	struct hsm_public *pubs = NULL;
 	size_t n_pubs = 0;
+	struct hsm_record_ref *records = NULL;
+	size_t n_records = 0;
 	struct hsm_key *keys = NULL;
 	size_t count = 0, over = 0;
 	int more = 0, r;
@@ -575,7 +811,25 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 		r = -E2BIG;
 		goto out;
 	}
+	secrets = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*secrets));
+	if (secrets == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	cls = CKO_SECRET_KEY;
+	r = hsm_find_objects(hsm, session->handle, tmpl, 2, secrets, HSM_MAX_KEY_OBJECTS, &n_secrets, &more);
+	if (r < 0)
+		goto out;
+	if (more) {
+		log_error("\"more secret keys in the token than hsmjwt examines\" token=%s limit=%d",
+			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
+		r = -E2BIG;
+		goto out;
+	}
 	r = hsm_index_public_keys(hsm, session->handle, &pubs, &n_pubs);
+	if (r < 0)
+		goto out;
+	r = hsm_index_records(hsm, session->handle, &records, &n_records);
 	if (r < 0)
 		goto out;
 	keys = calloc(HSM_MAX_KEYS, sizeof(*keys));
@@ -583,11 +837,15 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 		r = -ENOMEM;
 		goto out;
 	}
-	for (CK_ULONG i = 0; i < n; i++) {
+	/* Key pairs, then secret keys. */
+	for (CK_ULONG i = 0; i < n + n_secrets; i++) {
 		struct hsm_key key;
 
 		memset(&key, 0, sizeof(key));
-		r = hsm_load_key(hsm, session->handle, found[i], pubs, n_pubs, &key);
+		if (i < n)
+			r = hsm_load_key(hsm, session->handle, found[i], pubs, n_pubs, &key);
+		else
+			r = hsm_load_secret_key(hsm, session->handle, secrets[i - n], &key);
 		if (r == -EINVAL || r == -EPERM || r == -ENOENT)
 			continue;
 		if (r < 0)
@@ -606,6 +864,11 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 		r = -E2BIG;
 		goto out;
 	}
+	for (size_t k = 0; k < count; k++) {
+		r = hsm_attach_records(hsm, session->handle, records, n_records, &keys[k]);
+		if (r < 0)
+			goto out;
+	}
 	*ret_keys = keys;
 	*ret_count = count;
 	keys = NULL;
@@ -613,7 +876,9 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 	r = 0;
 out:
 	hsm_keys_free(keys, count);
+	free(records);
 	hsm_public_free(pubs, n_pubs);
+	free(secrets);
 	free(found);
 	return r;
 }
@@ -630,7 +895,7 @@ static int hsm_set_name(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o
 	if (rv != CKR_OK) {
 		log_error("\"cannot label key\" label=%s rv=%s", log_quote(quoted, sizeof(quoted), label),
 			  hsm_ckr_name(rv));
-		return hsm_key_error(rv);
+		return hsm_key_error(hsm, rv);
 	}
 	return 0;
 }
@@ -676,10 +941,157 @@ static CK_RV hsm_generate_pair(struct hsm *hsm, CK_SESSION_HANDLE s, enum jws_al
 					 sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub, priv);
 }
 
-int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struct hsm_key *ret_key)
+/* HS256's key: a generic secret that only signs and verifies (an HMAC key
+ * that could also encrypt, wrap or derive would lend itself to other uses
+ * of the same secret). */
+static CK_RV hsm_generate_secret(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *ret_key)
+{
+	static const char pending[] = HSM_LABEL_PREFIX "pending";
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE type = CKK_GENERIC_SECRET;
+	CK_ULONG len = HSM_HS256_KEY_LEN;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_KEY_TYPE, &type, sizeof(type) },
+		{ CKA_VALUE_LEN, &len, sizeof(len) },
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_SENSITIVE, &yes, sizeof(yes) },
+		{ CKA_EXTRACTABLE, &no, sizeof(no) },
+		{ CKA_SIGN, &yes, sizeof(yes) },
+		{ CKA_VERIFY, &yes, sizeof(yes) },
+		{ CKA_ENCRYPT, &no, sizeof(no) },
+		{ CKA_DECRYPT, &no, sizeof(no) },
+		{ CKA_WRAP, &no, sizeof(no) },
+		{ CKA_UNWRAP, &no, sizeof(no) },
+		{ CKA_DERIVE, &no, sizeof(no) },
+		{ CKA_LABEL, (void *)pending, sizeof(pending) - 1 },
+	};
+
+	return hsm->f->C_GenerateKey(s, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), ret_key);
+}
+
+/* Creates the lifecycle record value[0..len) under label. */
+static int hsm_record_create(struct hsm *hsm, CK_SESSION_HANDLE s, const char *label, const uint8_t *value,
+			     size_t len, CK_OBJECT_HANDLE *ret_handle)
+{
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_BBOOL yes = CK_TRUE;
+	uint8_t none = 0;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		/* Only a logged-in user may read, write or forge a key's state. */
+		{ CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_APPLICATION, (void *)HSM_RECORD_APPLICATION, sizeof(HSM_RECORD_APPLICATION) - 1 },
+		{ CKA_LABEL, (void *)label, strlen(label) },
+		{ CKA_VALUE, len > 0 ? (void *)value : &none, len },
+	};
+	char quoted[HSM_LABEL_QUOTED];
+	CK_RV rv;
+
+	rv = hsm->f->C_CreateObject(s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), ret_handle);
+	if (rv != CKR_OK) {
+		log_error("\"cannot create lifecycle record\" label=%s rv=%s", log_quote(quoted, sizeof(quoted), label),
+			  hsm_ckr_name(rv));
+		return hsm_key_error(hsm, rv);
+	}
+	return 0;
+}
+
+/* Destroys obj; one that is gone already (another process destroyed it:
+ * replicas sharing a token carry out the same plan) counts as destroyed. */
+static int hsm_destroy_object(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, const char *what,
+			      const char *kid)
+{
+	CK_RV rv = hsm->f->C_DestroyObject(s, obj);
+
+	if (rv == CKR_OK)
+		return 0;
+	if (rv == CKR_OBJECT_HANDLE_INVALID) {
+		log_debug("\"object already gone\" object=%s kid=%s", what, kid);
+		return 0;
+	}
+	log_error("\"cannot destroy object\" object=%s kid=%s rv=%s", what, kid, hsm_ckr_name(rv));
+	return hsm_key_error(hsm, rv);
+}
+
+/* Destroys every lifecycle record under label, found afresh: records other
+ * processes added since this one last looked go too.  *ret_count: how many. */
+static int hsm_destroy_records(struct hsm *hsm, CK_SESSION_HANDLE s, const char *label, const char *kid,
+			       size_t *ret_count)
+{
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_APPLICATION, (void *)HSM_RECORD_APPLICATION, sizeof(HSM_RECORD_APPLICATION) - 1 },
+		{ CKA_LABEL, (void *)label, strlen(label) },
+	};
+	CK_OBJECT_HANDLE found[HSM_FIND_BATCH];
+	CK_ULONG n = HSM_FIND_BATCH;
+	size_t destroyed = 0;
+	int r;
+
+	/* Objects cannot be destroyed in the middle of a search: a batch at a
+	 * time, until a batch comes back short.  Bounded like every search. */
+	for (int round = 0; n == HSM_FIND_BATCH; round++) {
+		if (round > HSM_MAX_KEY_OBJECTS / HSM_FIND_BATCH) {
+			log_error("\"more lifecycle records for one key than hsmjwt examines\" kid=%s limit=%d", kid,
+				  HSM_MAX_KEY_OBJECTS);
+			return -E2BIG;
+		}
+		r = hsm_find_objects(hsm, s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), found, HSM_FIND_BATCH, &n, NULL);
+		if (r < 0)
+			return r;
+		for (CK_ULONG i = 0; i < n; i++) {
+			r = hsm_destroy_object(hsm, s, found[i], "lifecycle record", kid);
+			if (r < 0)
+				return r;
+			destroyed++;
+		}
+	}
+	*ret_count = destroyed;
+	return 0;
+}
+
+/* A size outside the token's range is the caller's mistake, and must not
+ * reach C_GenerateKeyPair: SoftHSM answers it with CKR_GENERAL_ERROR, which
+ * would mark the token failed.  A token that does not say lets it through. */
+static int hsm_rsa_bits_supported(struct hsm *hsm, unsigned rsa_bits)
+{
+	CK_MECHANISM_INFO info;
+	CK_RV rv = hsm->f->C_GetMechanismInfo(hsm->slot, CKM_RSA_PKCS_KEY_PAIR_GEN, &info);
+
+	if (rv != CKR_OK) {
+		log_debug("\"cannot read the token's RSA key sizes\" rv=%s", hsm_ckr_name(rv));
+		return hsm_fail_rv(hsm, rv) == HSM_E_DEVICE ? HSM_E_DEVICE : 0;
+	}
+	if (info.ulMaxKeySize > 0 && (rsa_bits < info.ulMinKeySize || rsa_bits > info.ulMaxKeySize)) {
+		log_error("\"RSA key size outside the token's range\" bits=%u min=%lu max=%lu", rsa_bits,
+			  (unsigned long)info.ulMinKeySize, (unsigned long)info.ulMaxKeySize);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int hsm_meta_valid(const uint8_t *meta, size_t len)
+{
+	if ((meta == NULL && len > 0) || len > HSM_META_MAX) {
+		log_error("\"lifecycle record refused\" len=%zu limit=%d", len, HSM_META_MAX);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const uint8_t *meta, size_t meta_len,
+		     struct hsm_key *ret_key)
 {
 	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
+	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE, record = CK_INVALID_HANDLE;
 	const uint8_t *params = NULL;
 	size_t params_len = 0;
 	struct hsm_key key;
@@ -695,43 +1107,75 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struc
 			  jws_alg_name(alg) ? jws_alg_name(alg) : "(invalid)");
 		return -EINVAL;
 	}
+	r = hsm_meta_valid(meta, meta_len);
+	if (r < 0)
+		return r;
 	switch (alg) {
 	case JWS_ALG_ES256: params = oid_p256; params_len = sizeof(oid_p256); break;
 	case JWS_ALG_ES384: params = oid_p384; params_len = sizeof(oid_p384); break;
 	case JWS_ALG_EDDSA: params = ed25519_printable; params_len = sizeof(ed25519_printable); break;
 	default: break; /* RSA: no curve */
 	}
+	if (alg == JWS_ALG_RS256 || alg == JWS_ALG_PS256) {
+		r = hsm_rsa_bits_supported(hsm, rsa_bits);
+		if (r < 0)
+			return r;
+	}
+	/* An HS256 kid names the key and nothing more: random, as there is no
+	 * public key to take a thumbprint of, and a hash of the secret would
+	 * publish something computed from it. */
+	if (alg == JWS_ALG_HS256) {
+		if (RAND_bytes(id, sizeof(id)) != 1) {
+			log_error("\"no randomness for a kid\" alg=%s", jws_alg_name(alg));
+			return HSM_E_FAILED;
+		}
+		id_len = sizeof(id);
+		b64url_encode(id, id_len, key.kid);
+	}
 	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
 	if (r < 0)
 		return r;
-	rv = hsm_generate_pair(hsm, s, alg, rsa_bits, params, params_len, &pub, &priv);
-	if (alg == JWS_ALG_EDDSA && (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_CURVE_NOT_SUPPORTED ||
-				     rv == CKR_DOMAIN_PARAMS_INVALID || rv == CKR_TEMPLATE_INCONSISTENT))
-		rv = hsm_generate_pair(hsm, s, alg, rsa_bits, oid_ed25519, sizeof(oid_ed25519), &pub, &priv);
+	if (alg == JWS_ALG_HS256) {
+		rv = hsm_generate_secret(hsm, s, &priv);
+	} else {
+		rv = hsm_generate_pair(hsm, s, alg, rsa_bits, params, params_len, &pub, &priv);
+		if (alg == JWS_ALG_EDDSA && (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_CURVE_NOT_SUPPORTED ||
+					     rv == CKR_DOMAIN_PARAMS_INVALID || rv == CKR_TEMPLATE_INCONSISTENT))
+			rv = hsm_generate_pair(hsm, s, alg, rsa_bits, oid_ed25519, sizeof(oid_ed25519), &pub, &priv);
+	}
 	if (rv != CKR_OK) {
 		log_error("\"key generation failed\" alg=%s rv=%s", jws_alg_name(alg), hsm_ckr_name(rv));
-		r = hsm_key_error(rv);
+		r = hsm_key_error(hsm, rv);
 		goto out;
 	}
-	r = hsm_read_public_key(hsm, s, pub, alg, &key.public_key);
-	if (r == 0)
-		r = jwk_thumbprint(key.public_key, key.kid);
-	if (r < 0) {
-		log_error("\"cannot read the generated public key\" alg=%s", jws_alg_name(alg));
-		if (r == -ENOENT || r == -EMSGSIZE || r == -EBADMSG)
+	if (alg != JWS_ALG_HS256) {
+		r = hsm_read_public_key(hsm, s, pub, alg, &key.public_key);
+		if (r == 0)
+			r = jwk_thumbprint(key.public_key, key.kid);
+		if (r < 0) {
+			log_error("\"cannot read the generated public key\" alg=%s", jws_alg_name(alg));
+			if (r == -ENOENT || r == -EMSGSIZE || r == -EBADMSG)
+				r = HSM_E_FAILED;
+			goto out;
+		}
+		/* The kid is the thumbprint, so the name can only be given once
+		 * the key exists. */
+		if (b64url_decoded_max(JWK_THUMBPRINT_LEN) > sizeof(id) + 2 ||
+		    b64url_decode(key.kid, JWK_THUMBPRINT_LEN, id, &id_len) < 0) {
 			r = HSM_E_FAILED;
-		goto out;
+			goto out;
+		}
 	}
-	/* The kid is the thumbprint, so the name can only be given once the
-	 * key exists. */
-	snprintf(label, sizeof(label), HSM_LABEL_PREFIX "%s:%s", jws_alg_name(alg), key.kid);
-	if (b64url_decoded_max(JWK_THUMBPRINT_LEN) > sizeof(id) + 2 ||
-	    b64url_decode(key.kid, JWK_THUMBPRINT_LEN, id, &id_len) < 0) {
-		r = HSM_E_FAILED;
-		goto out;
+	hsm_key_label(alg, key.kid, label);
+	/* The record first: from the moment the key bears its name, another
+	 * process may find it, and must find its state with it. */
+	if (meta != NULL) {
+		r = hsm_record_create(hsm, s, label, meta, meta_len, &record);
+		if (r < 0)
+			goto out;
 	}
 	r = hsm_set_name(hsm, s, priv, label, id, id_len);
-	if (r == 0)
+	if (r == 0 && pub != CK_INVALID_HANDLE)
 		r = hsm_set_name(hsm, s, pub, label, id, id_len);
 	if (r < 0)
 		goto out;
@@ -744,16 +1188,25 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struc
 	key.alg = alg;
 	key.private_handle = priv;
 	key.public_handle = pub;
+	if (meta != NULL) {
+		key.meta[0].handle = record;
+		key.meta[0].len = meta_len;
+		memcpy(key.meta[0].value, meta, meta_len);
+		key.meta_count = key.meta_found = 1;
+	}
 	log_info("\"key generated in token\" alg=%s kid=%s", jws_alg_name(alg), key.kid);
 	*ret_key = key;
 	key.public_key = NULL;
 out:
 	if (r < 0) {
-		/* Never leave a half-made key behind for the next start to trip on. */
+		/* Never leave a half-made key (or the record of a key that is
+		 * not there) behind for the next start to trip on. */
 		if (priv != CK_INVALID_HANDLE)
 			hsm->f->C_DestroyObject(s, priv);
 		if (pub != CK_INVALID_HANDLE)
 			hsm->f->C_DestroyObject(s, pub);
+		if (record != CK_INVALID_HANDLE)
+			hsm->f->C_DestroyObject(s, record);
 	}
 	EVP_PKEY_free(key.public_key);
 	hsm->f->C_CloseSession(s);
@@ -763,19 +1216,60 @@ out:
 int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key)
 {
 	CK_SESSION_HANDLE s;
-	CK_RV rv, rv2;
+	char label[HSM_LABEL_MAX];
+	size_t records = 0;
 	int r;
 
+	hsm_key_label(key->alg, key->kid, label);
 	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
 	if (r < 0)
 		return r;
-	rv = hsm->f->C_DestroyObject(s, key->private_handle);
-	rv2 = hsm->f->C_DestroyObject(s, key->public_handle);
+	/* The signing half first: whatever fails after it, the key no longer
+	 * signs; and while it still may, its records stay with it. */
+	r = hsm_destroy_object(hsm, s, key->private_handle, "private key", key->kid);
+	if (r == 0 && key->public_handle != CK_INVALID_HANDLE)
+		r = hsm_destroy_object(hsm, s, key->public_handle, "public key", key->kid);
+	if (r == 0)
+		r = hsm_destroy_records(hsm, s, label, key->kid, &records);
 	hsm->f->C_CloseSession(s);
-	if (rv != CKR_OK || rv2 != CKR_OK) {
-		log_error("\"cannot destroy key\" kid=%s rv=%s", key->kid, hsm_ckr_name(rv != CKR_OK ? rv : rv2));
-		return hsm_key_error(rv != CKR_OK ? rv : rv2);
-	}
-	log_info("\"key destroyed\" kid=%s", key->kid);
+	if (r < 0)
+		return r;
+	log_info("\"key destroyed\" kid=%s records=%zu", key->kid, records);
 	return 0;
+}
+
+int hsm_meta_add(struct hsm *hsm, const struct hsm_key *key, const uint8_t *value, size_t len)
+{
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_HANDLE record;
+	char label[HSM_LABEL_MAX];
+	int r;
+
+	r = hsm_meta_valid(value, len);
+	if (r < 0)
+		return r;
+	hsm_key_label(key->alg, key->kid, label);
+	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
+	if (r < 0)
+		return r;
+	r = hsm_record_create(hsm, s, label, value, len, &record);
+	hsm->f->C_CloseSession(s);
+	return r;
+}
+
+int hsm_meta_remove(struct hsm *hsm, const struct hsm_key *key, size_t index)
+{
+	CK_SESSION_HANDLE s;
+	int r;
+
+	if (index >= key->meta_count) {
+		log_error("\"no such lifecycle record\" kid=%s index=%zu count=%zu", key->kid, index, key->meta_count);
+		return -EINVAL;
+	}
+	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
+	if (r < 0)
+		return r;
+	r = hsm_destroy_object(hsm, s, key->meta[index].handle, "lifecycle record", key->kid);
+	hsm->f->C_CloseSession(s);
+	return r;
 }

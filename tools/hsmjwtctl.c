@@ -168,7 +168,7 @@ static int cmd_keys_generate(struct ctl *ctl, int argc, char **argv)
 		keys_free(keys);
 		return 1;
 	}
-	if (hsm_generate_key(ctl->hsm, alg, ctl->cfg.rsa_bits, &key) < 0) {
+	if (hsm_generate_key(ctl->hsm, alg, ctl->cfg.rsa_bits, NULL, 0, &key) < 0) {
 		fprintf(stderr, "hsmjwtctl: key generation failed\n");
 		keys_free(keys);
 		return 1;

@@ -127,9 +127,8 @@ void hsm_keys_free(struct hsm_key *keys, size_t count);
  * NULL, the lifecycle record meta[0..meta_len) is created before the key
  * gets its label, so that no process ever finds the key without its record.
  * Needs a read-write session, which it opens. */
-/* (issue 4, being changed to:) int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits,
- *     const uint8_t *meta, size_t meta_len, struct hsm_key *ret_key); */
-int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, struct hsm_key *ret_key);
+int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits,
+		     const uint8_t *meta, size_t meta_len, struct hsm_key *ret_key);
 
 /* Destroys a key: the private (or secret) key first, so that it can no
  * longer sign even if what follows fails, then the public half, then every

@@ -14,8 +14,8 @@
  * written the outcome yet:
  *   - a next key whose activate_at has come is active;
  *   - per algorithm the active key with the latest activate_at signs
- *     (ties: the smaller kid); every other active key is retired at the
- *     activate_at of the key that followed it;
+ *     (ties: the later created, then the smaller kid); every other active
+ *     key is retired at the activate_at of the key that followed it;
  *   - a retired key may be destroyed once retired_at + max_ttl + leeway has
  *     passed: every token it signed has expired by then, since no lifetime
  *     exceeds max_ttl (hsmjwtctl mint included).
@@ -99,7 +99,8 @@ struct keystate_policy {
 /* Actions keystate_plan asks for, per key. */
 enum keystate_action {
 	KEYSTATE_WRITE   = 1u << 0,   /* store `effective` as a new record, then drop the others */
-	KEYSTATE_DESTROY = 1u << 1,   /* destroy the key (retired past its window, or a surplus next key) */
+	KEYSTATE_DESTROY = 1u << 1,   /* destroy the key (retired past its window, or a surplus next key);
+				       * never with WRITE: its records go with it */
 };
 
 /* One key as keystate_plan sees it.  The caller fills the inputs. */
@@ -156,7 +157,9 @@ struct keystate_plan {
  * Keys of algorithms no longer configured keep their states and signer
  * (tokens they signed still verify) but are not rotated.  0, or -EINVAL
  * for a key whose alg is invalid or whose stored record names another
- * algorithm (the caller skips such a key with a warning). */
+ * algorithm (the caller skips such a key with a warning); also -EINVAL, with
+ * nothing written, for a stored record keystate_format would refuse, now
+ * outside 0..2^62, or a negative duration or invalid alg in policy. */
 int keystate_plan(struct keystate_key *keys, size_t n, int64_t now, const struct keystate_policy *policy,
 		  struct keystate_plan *ret_plan);
 
@@ -172,7 +175,8 @@ int keystate_plan(struct keystate_key *keys, size_t n, int64_t now, const struct
 int keystate_rotate(const struct keystate_key *keys, size_t n, enum jws_alg alg, int immediate, int64_t now,
 		    const struct keystate_policy *policy, int *ret_index, struct keystate_record *ret_new);
 
-/* Retiring keys[index] (keys[0..n) planned at now) by hand: a next key is retired now (it never signed);
+/* Retiring keys[index] (keys[0..n) planned at now) by hand: a next key is retired now (it never signed:
+ * activate_at = retired_at = now);
  * the signing key is refused with -EBUSY (its algorithm would have no signer:
  * rotate with immediate instead); an already retired key gives -EALREADY.
  * *ret_new is the record to write. */
@@ -183,7 +187,7 @@ int keystate_retire(const struct keystate_key *keys, size_t n, size_t index, int
  * signed), a retired key once retired_at + max_ttl + leeway has passed.
  * Otherwise -EBUSY and *ret_safe_at the moment it becomes safe (INT64_MAX
  * for the signing key, which never does until it is retired); force skips
- * the check.  0 when it may go. */
+ * the check.  0 when it may go (*ret_safe_at untouched). */
 int keystate_check_destroy(const struct keystate_key *keys, size_t n, size_t index, int64_t now,
 			   const struct keystate_policy *policy, int force, int64_t *ret_safe_at);
 

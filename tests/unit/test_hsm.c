@@ -18,6 +18,7 @@
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/params.h>
+#include <openssl/rand.h>
 #include <p11-kit/p11-kit.h>
 
 #include "fixture.h"
@@ -263,10 +264,13 @@ static int own_token_setup(void **state)
 	return 0;
 }
 
+static void wrap_remove(struct hsm *hsm);
+
 static int own_token_teardown(void **state)
 {
 	char conf[512];
 
+	wrap_remove(own.hsm);
 	hsm_session_close(own.session);
 	hsm_close(own.hsm);
 	if (own.raw.f != NULL)
@@ -350,7 +354,7 @@ static void test_generate_find_sign_destroy(void **state)
 	hsm_keys_free(found, n);
 
 	for (size_t i = 0; i < 5; i++) {
-		assert_int_equal(hsm_generate_key(hsm, algs[i], 2048, &generated[i]), 0);
+		assert_int_equal(hsm_generate_key(hsm, algs[i], 2048, NULL, 0, &generated[i]), 0);
 		assert_int_equal(generated[i].alg, algs[i]);
 		assert_int_equal(strlen(generated[i].kid), JWK_THUMBPRINT_LEN);
 	}
@@ -398,8 +402,14 @@ static void test_sign_with_too_small_buffer_fails(void **state)
 
 	assert_int_equal(hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm), 0);
 	assert_int_equal(hsm_session_open(hsm, &session), 0);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES256, 2048, &key), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES256, 2048, NULL, 0, &key), 0);
 	assert_true(hsm_sign(session, &key, (const uint8_t *)"x", 1, sig, &sig_len) < 0);
+	assert_int_equal(sig_len, sizeof(sig));
+	/* The session is not left with a signing operation in progress. */
+	uint8_t big[64];
+	sig_len = sizeof(big);
+	assert_int_equal(hsm_sign(session, &key, (const uint8_t *)"x", 1, big, &sig_len), 0);
+	assert_int_equal(sig_len, 64);
 	assert_int_equal(hsm_destroy_key(hsm, &key), 0);
 	EVP_PKEY_free(key.public_key);
 	hsm_session_close(session);
@@ -464,7 +474,7 @@ static int child_main(const char *what, int count, const char *pin_file)
 		if (hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm) < 0)
 			return 4;
 		for (int i = 0; i < count; i++) {
-			if (hsm_generate_key(hsm, JWS_ALG_ES256, 2048, &key) < 0)
+			if (hsm_generate_key(hsm, JWS_ALG_ES256, 2048, NULL, 0, &key) < 0)
 				return 5;
 			EVP_PKEY_free(key.public_key);
 		}
@@ -520,7 +530,7 @@ static void test_finds_keys_among_many_foreign_keys(void **state)
 	assert_int_equal(n, 0);
 	hsm_keys_free(found, n);
 	for (int i = 0; i < OURS; i++)
-		assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, &generated[i]), 0);
+		assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, 0, &generated[i]), 0);
 	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
 	assert_int_equal(n, OURS);
 	for (int i = 0; i < OURS; i++) {
@@ -611,7 +621,7 @@ static void test_refuses_keys_without_token_custody(void **state)
 	raw_close(&own.raw);
 
 	own_open();
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, &proper), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, 0, &proper), 0);
 	log = fixture_capture_stderr(own_find_keys_kept, NULL, &r);
 	assert_int_equal(r, 0);
 	assert_int_equal(checked_count, 1);
@@ -730,7 +740,7 @@ static void test_ec_params_match(void **state)
 static int generate_kept(void *arg)
 {
 	struct hsm_key *key = arg;
-	return hsm_generate_key(own.hsm, key->alg, 2048, key);
+	return hsm_generate_key(own.hsm, key->alg, 2048, NULL, 0, key);
 }
 
 /* hsm_generate_key runs the custody check hsm_find_keys runs, so what it
@@ -825,7 +835,7 @@ static void test_out_of_memory_is_not_a_bad_label(void **state)
 	int r;
 
 	own_open();
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, &key), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, 0, &key), 0);
 	EVP_PKEY_free(key.public_key);
 	json_get_alloc_funcs(&saved_malloc, &saved_free);
 	json_set_alloc_funcs(fail_malloc, saved_free);
@@ -907,14 +917,437 @@ static void test_alg_supported(void **state)
 
 	for (int a = JWS_ALG_INVALID; a <= JWS_ALG_COUNT; a++) {
 		int want = a == JWS_ALG_ES256 || a == JWS_ALG_ES384 || a == JWS_ALG_RS256 ||
-			   a == JWS_ALG_PS256 || a == JWS_ALG_EDDSA;
+			   a == JWS_ALG_PS256 || a == JWS_ALG_EDDSA || a == JWS_ALG_HS256;
 		assert_int_equal(hsm_alg_supported((enum jws_alg)a), want);
 	}
 	assert_int_equal(hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm), 0);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS256, 2048, &key), -EINVAL);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES512, 2048, &key), -EINVAL);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_INVALID, 2048, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS256, 2048, NULL, 0, &key), 0);
+	assert_int_equal(hsm_destroy_key(hsm, &key), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS384, 2048, NULL, 0, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES512, 2048, NULL, 0, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_INVALID, 2048, NULL, 0, &key), -EINVAL);
 	hsm_close(hsm);
+}
+
+/* ---- lifecycle records -------------------------------------------------- */
+
+/* The data objects under label (NULL: any) whose CKA_APPLICATION is app,
+ * counted through the raw client. */
+static int raw_count_data(struct raw *raw, const char *app, const char *label)
+{
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_APPLICATION, (void *)app, strlen(app) },
+		{ CKA_LABEL, (void *)label, label ? strlen(label) : 0 },
+	};
+	CK_OBJECT_HANDLE h[64];
+	CK_ULONG n = 0;
+
+	assert_int_equal(raw->f->C_FindObjectsInit(raw->s, tmpl, label ? 3 : 2), CKR_OK);
+	assert_int_equal(raw->f->C_FindObjects(raw->s, h, 64, &n), CKR_OK);
+	assert_int_equal(raw->f->C_FindObjectsFinal(raw->s), CKR_OK);
+	return (int)n;
+}
+
+/* The objects labelled label, of any class. */
+static int raw_count_labelled(struct raw *raw, const char *label)
+{
+	CK_ATTRIBUTE tmpl[] = { { CKA_LABEL, (void *)label, strlen(label) } };
+	CK_OBJECT_HANDLE h[64];
+	CK_ULONG n = 0;
+
+	assert_int_equal(raw->f->C_FindObjectsInit(raw->s, tmpl, 1), CKR_OK);
+	assert_int_equal(raw->f->C_FindObjects(raw->s, h, 64, &n), CKR_OK);
+	assert_int_equal(raw->f->C_FindObjectsFinal(raw->s), CKR_OK);
+	return (int)n;
+}
+
+static void raw_create_data(struct raw *raw, const char *app, const char *label, const void *value, size_t len)
+{
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) }, { CKA_PRIVATE, &yes, sizeof(yes) },
+		{ CKA_APPLICATION, (void *)app, strlen(app) }, { CKA_LABEL, (void *)label, strlen(label) },
+		{ CKA_VALUE, (void *)value, len },
+	};
+	CK_OBJECT_HANDLE h;
+
+	assert_int_equal(raw->f->C_CreateObject(raw->s, tmpl, 6, &h), CKR_OK);
+}
+
+static void key_label(const struct hsm_key *key, char *label)
+{
+	snprintf(label, 128, HSM_LABEL_PREFIX "%s:%s", jws_alg_name(key->alg), key->kid);
+}
+
+static void assert_meta(const struct hsm_meta *m, const char *value)
+{
+	assert_int_equal(m->len, strlen(value));
+	assert_memory_equal(m->value, value, m->len);
+	assert_int_not_equal(m->handle, CK_INVALID_HANDLE);
+}
+
+/* The only key in the token, found afresh into *ret (freed by the caller). */
+static void find_one(struct hsm_key **ret)
+{
+	size_t n = 0;
+
+	*ret = NULL;
+	assert_int_equal(hsm_find_keys(own.session, ret, &n), 0);
+	assert_int_equal(n, 1);
+}
+
+/* A record made with the key comes back with it; records added and removed
+ * follow; one too long to be hsmjwt's is counted but not kept; another
+ * application's data object under the same label is neither counted nor
+ * destroyed; destroying the key destroys every record of it. */
+static void test_records_follow_their_key(void **state)
+{
+	char big[HSM_META_MAX + 1], label[128];
+	struct hsm_key key, *found = NULL;
+	const char *log;
+	int r;
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, (const uint8_t *)"rec-1", 5, &key), 0);
+	assert_int_equal(key.meta_count, 1);
+	assert_int_equal(key.meta_found, 1);
+	assert_meta(&key.meta[0], "rec-1");
+	EVP_PKEY_free(key.public_key);
+	key_label(&key, label);
+
+	find_one(&found);
+	assert_string_equal(found[0].kid, key.kid);
+	assert_int_equal(found[0].meta_count, 1);
+	assert_int_equal(found[0].meta_found, 1);
+	assert_meta(&found[0].meta[0], "rec-1");
+	assert_int_equal(found[0].meta[0].handle, key.meta[0].handle);
+
+	assert_int_equal(hsm_meta_add(own.hsm, &found[0], (const uint8_t *)"rec-two", 7), 0);
+	hsm_keys_free(found, 1);
+	find_one(&found);
+	assert_int_equal(found[0].meta_count, 2);
+	assert_int_equal(found[0].meta_found, 2);
+	/* In the order of their handles, whatever order the token lists them. */
+	assert_true(found[0].meta[0].handle < found[0].meta[1].handle);
+	assert_meta(&found[0].meta[0], "rec-1");
+	assert_meta(&found[0].meta[1], "rec-two");
+
+	assert_int_equal(hsm_meta_remove(own.hsm, &found[0], 0), 0);
+	assert_int_equal(hsm_meta_remove(own.hsm, &found[0], 2), -EINVAL);
+	hsm_keys_free(found, 1);
+	find_one(&found);
+	assert_int_equal(found[0].meta_count, 1);
+	assert_int_equal(found[0].meta_found, 1);
+	assert_meta(&found[0].meta[0], "rec-two");
+	hsm_keys_free(found, 1);
+
+	/* Written past the API: too long to be a record of hsmjwt's. */
+	raw_open(&own.raw);
+	memset(big, 'x', sizeof(big));
+	raw_create_data(&own.raw, "hsmjwt", label, big, sizeof(big));
+	raw_create_data(&own.raw, "other-app", label, "theirs", 6);
+	log = fixture_capture_stderr(own_find_keys_kept, NULL, &r);
+	assert_int_equal(r, 0);
+	assert_int_equal(checked_count, 1);
+	assert_int_equal(checked_keys[0].meta_count, 1);
+	assert_int_equal(checked_keys[0].meta_found, 2);
+	assert_meta(&checked_keys[0].meta[0], "rec-two");
+	assert_int_equal(count_lines_with(log, "lifecycle record over the size limit; skipped"), 1);
+	assert_non_null(strstr(log, "len=257 limit=256"));
+
+	/* An oversized value is refused on the way in too. */
+	assert_int_equal(hsm_meta_add(own.hsm, &checked_keys[0], (const uint8_t *)big, sizeof(big)), -EINVAL);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", label), 2);
+
+	assert_int_equal(hsm_destroy_key(own.hsm, &checked_keys[0]), 0);
+	hsm_keys_free(checked_keys, checked_count);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", label), 0);
+	assert_int_equal(raw_count_data(&own.raw, "other-app", label), 1);
+	assert_int_equal(raw_count_labelled(&own.raw, label), 1);
+	assert_int_equal(hsm_find_keys(own.session, &found, &checked_count), 0);
+	assert_int_equal(checked_count, 0);
+	hsm_keys_free(found, 0);
+	raw_close(&own.raw);
+	own_close();
+}
+
+/* A second function list in front of the module's, for what the module
+ * will not do on request: fail a call, count calls, look at the token at
+ * the moment of a call. */
+static CK_FUNCTION_LIST wrapped;
+static CK_FUNCTION_LIST *real_f;
+static struct {
+	int fail_set_label;      /* C_SetAttributeValue answers CKR_FUNCTION_FAILED */
+	int records_at_naming;   /* hsmjwt records under the label being set, at that moment */
+	int namings;
+	int sign_calls;          /* C_SignInit + C_Sign */
+} wrap;
+
+static CK_RV wrap_set_attribute_value(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
+{
+	for (CK_ULONG i = 0; i < n; i++) {
+		CK_OBJECT_CLASS cls = CKO_DATA;
+		CK_OBJECT_HANDLE h[8];
+		CK_ULONG got = 0;
+		if (tmpl[i].type != CKA_LABEL)
+			continue;
+		CK_ATTRIBUTE find[] = {
+			{ CKA_CLASS, &cls, sizeof(cls) }, { CKA_APPLICATION, "hsmjwt", 6 },
+			{ CKA_LABEL, tmpl[i].pValue, tmpl[i].ulValueLen },
+		};
+		if (real_f->C_FindObjectsInit(s, find, 3) != CKR_OK || real_f->C_FindObjects(s, h, 8, &got) != CKR_OK)
+			return CKR_GENERAL_ERROR;
+		real_f->C_FindObjectsFinal(s);
+		wrap.records_at_naming = (int)got;
+		wrap.namings++;
+		if (wrap.fail_set_label)
+			return CKR_FUNCTION_FAILED;
+	}
+	return real_f->C_SetAttributeValue(s, obj, tmpl, n);
+}
+
+static CK_RV wrap_sign_init(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
+{
+	wrap.sign_calls++;
+	return real_f->C_SignInit(s, mech, key);
+}
+
+static CK_RV wrap_sign(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len)
+{
+	wrap.sign_calls++;
+	return real_f->C_Sign(s, data, len, sig, sig_len);
+}
+
+static void wrap_install(struct hsm *hsm)
+{
+	memset(&wrap, 0, sizeof(wrap));
+	wrap.records_at_naming = -1;
+	real_f = hsm->f;
+	wrapped = *real_f;
+	wrapped.C_SetAttributeValue = wrap_set_attribute_value;
+	wrapped.C_SignInit = wrap_sign_init;
+	wrapped.C_Sign = wrap_sign;
+	hsm->f = &wrapped;
+}
+
+/* hsm_close releases the module by its own function list. */
+static void wrap_remove(struct hsm *hsm)
+{
+	if (hsm != NULL && hsm->f == &wrapped)
+		hsm->f = real_f;
+}
+
+/* The record exists before the key gets its name; a generation that fails
+ * after the record was made (naming refused) or before (a key size the
+ * token refuses) leaves no record, no key and no pending object behind. */
+static void test_generation_makes_the_record_first_and_cleans_up(void **state)
+{
+	struct hsm_key key;
+	char label[128];
+
+	own_open();
+	raw_open(&own.raw);
+	wrap_install(own.hsm);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, (const uint8_t *)"r", 1, &key), 0);
+	/* Both halves were named, each with the record already there. */
+	assert_int_equal(wrap.namings, 2);
+	assert_int_equal(wrap.records_at_naming, 1);
+	key_label(&key, label);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", label), 1);
+	EVP_PKEY_free(key.public_key);
+
+	/* Without a record, none is made. */
+	wrap.namings = 0;
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, 0, &key), 0);
+	assert_int_equal(wrap.namings, 2);
+	assert_int_equal(wrap.records_at_naming, 0);
+	EVP_PKEY_free(key.public_key);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", NULL), 1);
+
+	wrap.fail_set_label = 1;
+	wrap.namings = 0;
+	memset(&key, 0x5a, sizeof(key));
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, (const uint8_t *)"r", 1, &key), HSM_E_FAILED);
+	assert_int_equal(wrap.namings, 1);
+	assert_int_equal(wrap.records_at_naming, 1);
+	assert_int_equal(key.alg, 0x5a5a5a5a); /* untouched */
+	wrap_remove(own.hsm);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", NULL), 1);
+	assert_int_equal(raw_count_labelled(&own.raw, HSM_LABEL_PREFIX "pending"), 0);
+
+	/* SoftHSM answers an RSA size outside its range with CKR_GENERAL_ERROR,
+	 * a device failure: the range is checked before. */
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_RS256, 128, (const uint8_t *)"r", 1, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_PS256, 100000, (const uint8_t *)"r", 1, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES512, 2048, (const uint8_t *)"r", 1, &key), -EINVAL);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", NULL), 1);
+	assert_int_equal(raw_count_labelled(&own.raw, HSM_LABEL_PREFIX "pending"), 0);
+	raw_close(&own.raw);
+	own_close();
+}
+
+/* ---- HS256 ----------------------------------------------------------- */
+
+/* The attributes of obj, read through the raw client: each of types[] into
+ * bools[] (CK_BBOOL attributes only). */
+static void raw_read_bools(struct raw *raw, CK_OBJECT_HANDLE obj, const CK_ATTRIBUTE_TYPE *types, CK_BBOOL *bools,
+			   size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		CK_ATTRIBUTE a = { types[i], &bools[i], sizeof(bools[i]) };
+		assert_int_equal(raw->f->C_GetAttributeValue(raw->s, obj, &a, 1), CKR_OK);
+		assert_int_equal(a.ulValueLen, sizeof(CK_BBOOL));
+	}
+}
+
+/* An HS256 key lives in the token as a secret that signs and verifies and
+ * nothing else, never leaves it, and verification runs in the token. */
+static void test_hs256_key_in_the_token(void **state)
+{
+	static const CK_ATTRIBUTE_TYPE types[] = {
+		CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, CKA_TOKEN, CKA_PRIVATE,
+		CKA_SIGN, CKA_VERIFY, CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE,
+	};
+	static const CK_BBOOL want[] = { 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0 };
+	const uint8_t data[] = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0";
+	struct hsm_key key, ec, *found = NULL;
+	uint8_t sig[64], again[64], secret[64], id[64], raw_id[64];
+	size_t sig_len = sizeof(sig), again_len = sizeof(again), id_len = 0;
+	CK_BBOOL bools[sizeof(types) / sizeof(types[0])];
+	CK_KEY_TYPE type = 0;
+	CK_ULONG value_len = 0;
+	char label[128], kid[JWK_THUMBPRINT_LEN + 1];
+	enum jws_alg alg;
+	size_t n = 0;
+	int at;
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_HS256, 0, (const uint8_t *)"hs", 2, &key), 0);
+	assert_int_equal(key.alg, JWS_ALG_HS256);
+	assert_null(key.public_key);
+	assert_int_equal(key.public_handle, CK_INVALID_HANDLE);
+	assert_int_equal(key.meta_count, 1);
+	key_label(&key, label);
+	assert_int_equal(hsm_parse_label(label, &alg, kid), 0);
+	assert_int_equal(alg, JWS_ALG_HS256);
+	assert_int_equal(b64url_decode(key.kid, strlen(key.kid), id, &id_len), 0);
+	assert_int_equal(id_len, 32);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, 0, &ec), 0);
+
+	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
+	assert_int_equal(n, 2);
+	at = find_kid(found, n, key.kid);
+	assert_true(at >= 0);
+	assert_int_equal(found[at].alg, JWS_ALG_HS256);
+	assert_null(found[at].public_key);
+	assert_int_equal(found[at].public_handle, CK_INVALID_HANDLE);
+	assert_int_equal(found[at].private_handle, key.private_handle);
+	assert_int_equal(found[at].meta_count, 1);
+	assert_meta(&found[at].meta[0], "hs");
+
+	/* Sign in the token, verify in the token. */
+	assert_int_equal(hsm_sign(own.session, &found[at], data, sizeof(data) - 1, sig, &sig_len), 0);
+	assert_int_equal(sig_len, 32);
+	assert_int_equal(hsm_sign(own.session, &found[at], data, sizeof(data) - 1, again, &again_len), 0);
+	assert_memory_equal(sig, again, 32); /* a MAC: the same input, the same tag */
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 1, sig, sig_len), 0);
+	sig[7] ^= 0x10;
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 1, sig, sig_len), -EBADMSG);
+	sig[7] ^= 0x10;
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 2, sig, sig_len), -EBADMSG);
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 1, sig, 31), -EBADMSG);
+	assert_int_equal(hsm_verify(own.session, &found[at], data, sizeof(data) - 1, sig, sig_len), 0);
+	/* hsm_verify is HS256's alone. */
+	assert_int_equal(hsm_verify(own.session, &found[1 - at], data, sizeof(data) - 1, sig, sig_len), -EINVAL);
+
+	/* What the token says of the key, asked by another client. */
+	raw_open(&own.raw);
+	raw_read_bools(&own.raw, key.private_handle, types, bools, sizeof(types) / sizeof(types[0]));
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		if (bools[i] != want[i])
+			fail_msg("attribute 0x%lx is %d", (unsigned long)types[i], bools[i]);
+	CK_ATTRIBUTE attrs[] = {
+		{ CKA_KEY_TYPE, &type, sizeof(type) }, { CKA_VALUE_LEN, &value_len, sizeof(value_len) },
+		{ CKA_ID, raw_id, sizeof(raw_id) },
+	};
+	assert_int_equal(own.raw.f->C_GetAttributeValue(own.raw.s, key.private_handle, attrs, 3), CKR_OK);
+	assert_int_equal(type, CKK_GENERIC_SECRET);
+	assert_int_equal(value_len, 32);
+	assert_int_equal(attrs[2].ulValueLen, 32);
+	assert_memory_equal(raw_id, id, 32);
+	/* The secret itself never comes out. */
+	CK_ATTRIBUTE value = { CKA_VALUE, secret, sizeof(secret) };
+	assert_int_equal(own.raw.f->C_GetAttributeValue(own.raw.s, key.private_handle, &value, 1),
+			 CKR_ATTRIBUTE_SENSITIVE);
+	assert_int_equal(value.ulValueLen, CK_UNAVAILABLE_INFORMATION);
+
+	assert_int_equal(hsm_destroy_key(own.hsm, &found[at]), 0);
+	assert_int_equal(raw_count_labelled(&own.raw, label), 0);
+	raw_close(&own.raw);
+	hsm_keys_free(found, n);
+	EVP_PKEY_free(ec.public_key);
+	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(found[0].kid, ec.kid);
+	hsm_keys_free(found, n);
+	own_close();
+}
+
+/* A secret key made by someone else under an HS256 label. */
+static CK_OBJECT_HANDLE raw_create_secret(struct raw *raw, CK_KEY_TYPE type, CK_ULONG len, CK_BBOOL extractable,
+					  const char *alg_name, char *ret_label)
+{
+	CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_BBOOL yes = CK_TRUE;
+	uint8_t id[32];
+	char kid[JWK_THUMBPRINT_LEN + 1];
+	CK_OBJECT_HANDLE h;
+
+	assert_int_equal(RAND_bytes(id, sizeof(id)), 1);
+	b64url_encode(id, sizeof(id), kid);
+	snprintf(ret_label, 128, HSM_LABEL_PREFIX "%s:%s", alg_name, kid);
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) }, { CKA_KEY_TYPE, &type, sizeof(type) },
+		{ CKA_VALUE_LEN, &len, sizeof(len) }, { CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) }, { CKA_SENSITIVE, &yes, sizeof(yes) },
+		{ CKA_EXTRACTABLE, &extractable, sizeof(extractable) }, { CKA_SIGN, &yes, sizeof(yes) },
+		{ CKA_VERIFY, &yes, sizeof(yes) }, { CKA_LABEL, ret_label, strlen(ret_label) },
+	};
+	assert_int_equal(raw->f->C_GenerateKey(raw->s, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h), CKR_OK);
+	return h;
+}
+
+/* Secret keys under hsmjwt labels are loaded only when they are HS256
+ * keys kept in the token: sensitive from birth, never extractable, 32
+ * bytes at least; a secret under a key pair's label is not one. */
+static void test_refuses_secret_keys_without_custody(void **state)
+{
+	char proper[128], extractable[128], short_key[128], wrong_alg[128];
+	const char *log;
+	int r;
+
+	raw_open(&own.raw);
+	raw_create_secret(&own.raw, CKK_GENERIC_SECRET, 32, CK_FALSE, "HS256", proper);
+	raw_create_secret(&own.raw, CKK_GENERIC_SECRET, 32, CK_TRUE, "HS256", extractable);
+	raw_create_secret(&own.raw, CKK_GENERIC_SECRET, 16, CK_FALSE, "HS256", short_key);
+	raw_create_secret(&own.raw, CKK_GENERIC_SECRET, 32, CK_FALSE, "ES256", wrong_alg);
+	raw_close(&own.raw);
+
+	own_open();
+	log = fixture_capture_stderr(own_find_keys_kept, NULL, &r);
+	assert_int_equal(r, 0);
+	assert_int_equal(checked_count, 1);
+	assert_int_equal(checked_keys[0].alg, JWS_ALG_HS256);
+	assert_string_equal(checked_keys[0].kid, proper + strlen(HSM_LABEL_PREFIX "HS256:"));
+	hsm_keys_free(checked_keys, checked_count);
+	assert_logged(log, extractable, "attribute=CKA_EXTRACTABLE value=true");
+	assert_logged(log, short_key, "attribute=CKA_VALUE_LEN value=16");
+	assert_logged(log, wrong_alg, "attribute=CKA_CLASS");
+	own_close();
 }
 
 int main(int argc, char **argv)
@@ -951,6 +1384,12 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_out_of_memory_is_not_a_bad_label, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_session_check_logs_changes_only, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_records_follow_their_key, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_hs256_key_in_the_token, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_refuses_secret_keys_without_custody, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_generation_makes_the_record_first_and_cleans_up, own_token_setup,
 						own_token_teardown),
 	};
 	int r = fixture_token_create(&tok);
