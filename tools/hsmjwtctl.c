@@ -23,15 +23,12 @@
 #include "hsmjwt/registry.h"
 #include "hsmjwt/service.h"
 
-struct ctl {
-	struct config cfg;
-	int cfg_loaded;
-	const char *config_path;          /* --config, NULL when none */
-	struct hsm *hsm;
-};
+#include "hsmjwtctl.h"
 
-static int ctl_open(struct ctl *ctl)
+int ctl_open(struct ctl *ctl)
 {
+	if (ctl->hsm != NULL)
+		return 0;
 	if (service_open_token(&ctl->cfg, 0, &ctl->hsm) < 0) {
 		fprintf(stderr, "hsmjwtctl: cannot open token `%s' (see the log line above)\n", ctl->cfg.token);
 		return -1;
@@ -39,14 +36,13 @@ static int ctl_open(struct ctl *ctl)
 	return 0;
 }
 
-static int ctl_load_keys(struct ctl *ctl, int generate_missing, struct keys **ret_keys)
+int ctl_load_keys(struct ctl *ctl, int64_t now, struct keys **ret_keys)
 {
 	int r;
 
 	if (ctl_open(ctl) < 0)
 		return -1;
-	r = keys_load(ctl->hsm, ctl->cfg.algorithms, ctl->cfg.algorithm_count, ctl->cfg.rsa_bits,
-		      generate_missing, ret_keys);
+	r = keys_load(ctl->hsm, &ctl->cfg, now, ret_keys);
 	if (r < 0) {
 		fprintf(stderr, "hsmjwtctl: cannot read keys from the token (error %d)\n", r);
 		return -1;
@@ -62,11 +58,9 @@ static int ctl_is_one_of(const char *const *names, const char *arg)
 	return 0;
 }
 
-/* Arguments are "--option value" pairs (names in known) and valueless
- * flags (names in flags, may be NULL), each given at most once.  The walk
- * below is the one every lookup repeats, so that a value that looks like
- * an option ("--sub --org") is never read as one. */
-static int ctl_check_options(int argc, char **argv, const char *const *known, const char *const *flags)
+/* The walk below is the one every lookup repeats, so that a value that
+ * looks like an option ("--sub --org") is never read as one. */
+int ctl_check_options(int argc, char **argv, const char *const *known, const char *const *flags)
 {
 	for (int i = 0; i < argc; i += ctl_is_one_of(flags, argv[i]) ? 1 : 2) {
 		if (!ctl_is_one_of(flags, argv[i]) && (!ctl_is_one_of(known, argv[i]) || i + 1 >= argc)) {
@@ -82,8 +76,7 @@ static int ctl_check_options(int argc, char **argv, const char *const *known, co
 	return 0;
 }
 
-/* The value of option name, NULL when absent; argv passed ctl_check_options. */
-static const char *ctl_option(int argc, char **argv, const char *const *flags, const char *name)
+const char *ctl_option(int argc, char **argv, const char *const *flags, const char *name)
 {
 	for (int i = 0; i < argc; i += ctl_is_one_of(flags, argv[i]) ? 1 : 2)
 		if (!ctl_is_one_of(flags, argv[i]) && i + 1 < argc && strcmp(argv[i], name) == 0)
@@ -91,7 +84,7 @@ static const char *ctl_option(int argc, char **argv, const char *const *flags, c
 	return NULL;
 }
 
-static int ctl_flag(int argc, char **argv, const char *const *flags, const char *name)
+int ctl_flag(int argc, char **argv, const char *const *flags, const char *name)
 {
 	for (int i = 0; i < argc; i += ctl_is_one_of(flags, argv[i]) ? 1 : 2)
 		if (ctl_is_one_of(flags, argv[i]) && strcmp(argv[i], name) == 0)
@@ -99,117 +92,25 @@ static int ctl_flag(int argc, char **argv, const char *const *flags, const char 
 	return 0;
 }
 
-static int cmd_keys_list(struct ctl *ctl, int argc, char **argv)
+const char *ctl_time(int64_t t, char buf[CTL_TIME_MAX])
 {
-	struct keys *keys = NULL;
+	time_t tt = (time_t)t;
+	struct tm tm;
 
-	if (argc != 0) {
-		fprintf(stderr, "hsmjwtctl: keys list takes no arguments\n");
-		return 2;
-	}
-	if (ctl_load_keys(ctl, 0, &keys) < 0)
-		return 1;
-	printf("%-44s %-6s %s\n", "KID", "ALG", "ROLE");
-	for (size_t i = 0; i < keys->count; i++) {
-		const struct keys_entry *e = &keys->entries[i];
-		printf("%-44s %-6s %s\n", e->hsm.kid, jws_alg_name(e->hsm.alg),
-		       keys_signer(keys, e->hsm.alg) == e ? "signing" : "verifying");
-	}
-	keys_free(keys);
-	return 0;
+	if (t == 0)
+		snprintf(buf, CTL_TIME_MAX, "-");
+	else if (t == INT64_MAX)
+		snprintf(buf, CTL_TIME_MAX, "never");
+	else if (gmtime_r(&tt, &tm) == NULL || strftime(buf, CTL_TIME_MAX, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		snprintf(buf, CTL_TIME_MAX, "@%" PRId64, t);
+	return buf;
 }
 
-/* "RS256|PS256|..." as hsm_alg_supported answers, for usage and errors. */
-static const char *ctl_key_algs(void)
-{
-	static char list[128];
-	size_t len = 0;
-
-	list[0] = '\0';
-	for (int a = JWS_ALG_INVALID + 1; a < JWS_ALG_COUNT && len < sizeof(list); a++)
-		if (hsm_alg_supported((enum jws_alg)a) && jws_alg_name((enum jws_alg)a) != NULL)
-			len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s", len ? "|" : "",
-						jws_alg_name((enum jws_alg)a));
-	return list;
-}
-
-static int cmd_keys_generate(struct ctl *ctl, int argc, char **argv)
-{
-	static const char *const known[] = { "--alg", NULL };
-	static const char *const flags[] = { "--force", NULL };
-	const char *name = NULL;
-	const struct keys_entry *signer;
-	struct keys *keys = NULL;
-	struct hsm_key key;
-	enum jws_alg alg;
-	int force;
-
-	if (ctl_check_options(argc, argv, known, flags) < 0 ||
-	    (name = ctl_option(argc, argv, flags, "--alg")) == NULL) {
-		fprintf(stderr, "usage: hsmjwtctl keys generate --alg %s [--force]\n", ctl_key_algs());
-		return 2;
-	}
-	force = ctl_flag(argc, argv, flags, "--force");
-	if (jws_alg_from_name(name, &alg) < 0 || !hsm_alg_supported(alg)) {
-		fprintf(stderr, "hsmjwtctl: cannot generate keys for algorithm `%s' (%s)\n", name, ctl_key_algs());
-		return 2;
-	}
-	if (ctl_load_keys(ctl, 0, &keys) < 0)
-		return 1;
-	/* Until the key lifecycle (issue 4) the smallest kid of an algorithm
-	 * signs: a second key may sign from the daemon's next start on, before
-	 * any relying party has fetched it. */
-	signer = keys_signer(keys, alg);
-	if (signer != NULL && !force) {
-		fprintf(stderr, "hsmjwtctl: the token already has a key for %s (kid %s); a second one could start "
-				"signing on the daemon's next start before relying parties have it.  Rotation with "
-				"pre-publication arrives with the key lifecycle (issue 4); --force generates anyway\n",
-			jws_alg_name(alg), signer->hsm.kid);
-		keys_free(keys);
-		return 1;
-	}
-	if (hsm_generate_key(ctl->hsm, alg, ctl->cfg.rsa_bits, NULL, 0, &key) < 0) {
-		fprintf(stderr, "hsmjwtctl: key generation failed\n");
-		keys_free(keys);
-		return 1;
-	}
-	if (signer != NULL && strcmp(key.kid, signer->hsm.kid) < 0)
-		fprintf(stderr, "hsmjwtctl: warning: the new %s key signs from the daemon's next start on, before "
-				"relying parties have it in their JWKS\n", jws_alg_name(alg));
-	else if (signer != NULL)
-		fprintf(stderr, "hsmjwtctl: warning: the new %s key starts signing on the first daemon start after "
-				"kid %s is gone, whether or not relying parties have it by then\n",
-			jws_alg_name(alg), signer->hsm.kid);
-	printf("%s\n", key.kid);
-	EVP_PKEY_free(key.public_key);
-	keys_free(keys);
-	return 0;
-}
-
-static int ctl_print_json(json_t *value)
+int ctl_print_json(json_t *value)
 {
 	int r = json_dumpf(value, stdout, JSON_INDENT(2));
 	printf("\n");
 	return r < 0 ? 1 : 0;
-}
-
-static int cmd_jwks(struct ctl *ctl, int argc, char **argv)
-{
-	struct keys *keys = NULL;
-	json_t *doc;
-	int r;
-
-	if (argc != 0) {
-		fprintf(stderr, "hsmjwtctl: jwks takes no arguments\n");
-		return 2;
-	}
-	if (ctl_load_keys(ctl, 0, &keys) < 0)
-		return 1;
-	doc = json_loads(keys->jwks, 0, NULL);
-	r = doc ? ctl_print_json(doc) : 1;
-	json_decref(doc);
-	keys_free(keys);
-	return r;
 }
 
 /* "admin,tokens:read" → ["admin", "tokens:read"], every name checked. */
@@ -284,6 +185,8 @@ static int cmd_mint(struct ctl *ctl, int argc, char **argv)
 	json_t *roles = NULL;
 	char *token = NULL, *end = NULL;
 	long long ttl = 3600;
+	int64_t now = (int64_t)time(NULL);
+	enum jws_alg alg = ctl->cfg.algorithms[0];
 	int status = 1;
 
 	if (ctl_check_options(argc, argv, known, NULL) < 0 || roles_arg == NULL) {
@@ -304,10 +207,19 @@ static int cmd_mint(struct ctl *ctl, int argc, char **argv)
 	}
 	if (ctl_parse_roles(roles_arg, &roles) < 0)
 		return 2;
-	if (ctl_load_keys(ctl, 1, &keys) < 0 || hsm_session_open(ctl->hsm, &session) < 0)
+	if (ctl_load_keys(ctl, now, &keys) < 0)
+		goto out;
+	/* A key made here would sign before any relying party could have
+	 * fetched it: bootstrapping is keys generate's, or the daemon's. */
+	if (keys_signer(keys, alg) == NULL) {
+		fprintf(stderr, "hsmjwtctl: no signing key for %s: run hsmjwtctl keys generate --alg %s or start the "
+				"daemon once\n", jws_alg_name(alg), jws_alg_name(alg));
+		goto out;
+	}
+	if (hsm_session_open(ctl->hsm, &session) < 0)
 		goto out;
 	/* Offline: the daemon's registry (which may be running) never hears of it. */
-	struct issue_ctx ictx = { &ctl->cfg, keys, session, (int64_t)time(NULL), NULL };
+	struct issue_ctx ictx = { &ctl->cfg, keys, session, now, NULL };
 	if (issue_mint(&ictx, sub ? sub : "admin", org, roles, ttl, &token) < 0) {
 		fprintf(stderr, "hsmjwtctl: signing failed\n");
 		goto out;
@@ -320,7 +232,7 @@ out:
 		free(token);
 	}
 	hsm_session_close(session);
-	keys_free(keys);
+	keys_release(keys);
 	json_decref(roles);
 	return status;
 }
@@ -354,19 +266,16 @@ static int cmd_status(struct ctl *ctl, int argc, char **argv)
 		fprintf(stderr, "hsmjwtctl: status takes no arguments\n");
 		return 2;
 	}
-	if (ctl_load_keys(ctl, 0, &keys) < 0)
+	if (ctl_load_keys(ctl, (int64_t)time(NULL), &keys) < 0)
 		return 1;
 	if (hsm_describe(ctl->hsm, &text) < 0) {
-		keys_free(keys);
+		keys_release(keys);
 		return 1;
 	}
-	printf("%skeys:         %zu\n", text, keys->count);
-	for (size_t a = 0; a < ctl->cfg.algorithm_count; a++) {
-		const struct keys_entry *e = keys_signer(keys, ctl->cfg.algorithms[a]);
-		printf("  %-6s %s\n", jws_alg_name(ctl->cfg.algorithms[a]), e ? e->hsm.kid : "(no key yet)");
-	}
+	printf("%s", text);
+	ctl_keys_status(ctl, keys);
 	free(text);
-	keys_free(keys);
+	keys_release(keys);
 	return 0;
 }
 
@@ -655,8 +564,11 @@ static const struct {
 	int (*run)(struct ctl *, int, char **);
 	const char *help;
 } commands[] = {
-	{ "keys", "list", cmd_keys_list, "keys list" },
-	{ "keys", "generate", cmd_keys_generate, "keys generate --alg ALG [--force]" },
+	{ "keys", "list", cmd_keys_list, "keys list [--json]" },
+	{ "keys", "generate", cmd_keys_generate, "keys generate --alg ALG" },
+	{ "keys", "rotate", cmd_keys_rotate, "keys rotate [--alg ALG] [--immediate]" },
+	{ "keys", "retire", cmd_keys_retire, "keys retire KID" },
+	{ "keys", "destroy", cmd_keys_destroy, "keys destroy KID [--force]" },
 	{ "jwks", NULL, cmd_jwks, "jwks" },
 	{ "mint", NULL, cmd_mint, "mint --roles R1,R2 [--org ORG] [--ttl SECONDS] [--sub SUBJECT]" },
 	{ "decode", NULL, cmd_decode, "decode TOKEN" },
@@ -670,6 +582,11 @@ static void usage(FILE *out)
 	fprintf(out, "usage: hsmjwtctl [--config FILE] COMMAND\n");
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		fprintf(out, "  %s\n", commands[i].help);
+	fprintf(out, "ALG is one of %s.\n"
+		     "keys generate only bootstraps an ALG without a signing key (it has no --force any more);\n"
+		     "further keys come from keys rotate, published publish_ahead before they sign, or at once\n"
+		     "with --immediate.  keys destroy refuses while tokens the key signed may be live.\n",
+		ctl_key_algs());
 	fprintf(out, "The configuration is the daemon's: --config and HSMJWT_<KEY> variables.\n");
 }
 
