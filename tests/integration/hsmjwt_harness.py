@@ -192,11 +192,15 @@ class Token:
 
 
 class Daemon:
-    """build/hsmjwtd on its own token and a free loopback port."""
+    """build/hsmjwtd on its own token and a free loopback port.
 
-    def __init__(self, build_dir, token, algorithms, log_path, extra_env=None):
+    state_dir: the daemon's own state_dir (registry, lock) when several
+    daemons share one token as replicas; the token's directory by default."""
+
+    def __init__(self, build_dir, token, algorithms, log_path, extra_env=None, state_dir=None):
         self.build_dir = build_dir
         self.token = token
+        self.state_dir = state_dir or token.state_dir
         self.algorithms = algorithms
         self.log_path = log_path
         self.extra_env = extra_env or {}
@@ -214,7 +218,7 @@ class Daemon:
             "SOFTHSM2_CONF": self.token.conf,
             "HSMJWT_LISTEN": f"127.0.0.1:{self.port}",
             "HSMJWT_ISSUER": self.issuer,
-            "HSMJWT_STATE_DIR": self.token.state_dir,
+            "HSMJWT_STATE_DIR": self.state_dir,
             "HSMJWT_PIN_FILE": self.token.pin_file,
             "HSMJWT_TOKEN": self.token.label,
             "HSMJWT_ALGORITHMS": " ".join(self.algorithms),
