@@ -168,6 +168,15 @@ int hsm_fail_rv(struct hsm *hsm, CK_RV rv)
 	return r;
 }
 
+int hsm_fail_key_rv(struct hsm *hsm, CK_RV rv)
+{
+	if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID) {
+		hsm_mark_failed(hsm, hsm_ckr_name(rv));
+		return HSM_E_DEVICE;
+	}
+	return hsm_fail_rv(hsm, rv);
+}
+
 static void hsm_call_track(struct hsm *hsm, struct hsm_call *call)
 {
 	atomic_store_explicit(&call->started, 0, memory_order_relaxed);
@@ -705,7 +714,7 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	hsm_session_end(session);
 	if (rv != CKR_OK) {
 		log_error("\"sign failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
-		return hsm_fail_rv(hsm, rv);
+		return hsm_fail_key_rv(hsm, rv);
 	}
 	*sig_len = out_len;
 	return 0;
@@ -733,7 +742,7 @@ int hsm_verify(struct hsm_session *session, const struct hsm_key *key,
 		return -EBADMSG;
 	if (rv != CKR_OK) {
 		log_error("\"verify failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
-		return hsm_fail_rv(hsm, rv);
+		return hsm_fail_key_rv(hsm, rv);
 	}
 	return 0;
 }

@@ -69,6 +69,12 @@ int hsm_error_from_rv(CK_RV rv);
 /* hsm_error_from_rv for a call made during an operation: HSM_E_DEVICE also
  * marks the token failed, with rv's name as the reason. */
 int hsm_fail_rv(struct hsm *hsm, CK_RV rv);
+/* hsm_fail_rv for a call that used a key handle of the current generation:
+ * CKR_OBJECT_HANDLE_INVALID or CKR_KEY_HANDLE_INVALID then mean the token
+ * lost the object under us (SoftHSM after its directory vanished or a
+ * logout; another process destroying the key), which recovery and a key
+ * reload repair: also device-class. */
+int hsm_fail_key_rv(struct hsm *hsm, CK_RV rv);
 /* Marks the token failed for reason (a static string); 1 when this call
  * did (and logged it), 0 when it was already. */
 int hsm_mark_failed(struct hsm *hsm, const char *reason);
