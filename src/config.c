@@ -563,12 +563,8 @@ static int config_set_algorithms(struct config *cfg, const struct config_key *ke
 				alg = JWS_ALG_INVALID;
 		}
 		if (alg == JWS_ALG_INVALID || !hsm_alg_supported(alg)) {
-			if (alg == JWS_ALG_HS256)
-				config_errf(err, errlen, "%s: `HS256' is not supported by this build yet "
-					    "(the in-token HMAC key is not implemented)", key->name);
-			else
-				config_errf(err, errlen, "%s: `%s' is not one of ES256 ES384 RS256 PS256 EdDSA",
-					    key->name, config_show(shown, sizeof(shown), p, n));
+			config_errf(err, errlen, "%s: `%s' is not one of ES256 ES384 RS256 PS256 EdDSA HS256", key->name,
+				    config_show(shown, sizeof(shown), p, n));
 			return -EINVAL;
 		}
 		for (size_t i = 0; i < count; i++) {

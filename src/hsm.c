@@ -1,12 +1,13 @@
 /* The hsm module: the PKCS#11 library, the token, the login, one session per
- * thread, and signing.  Key objects (find, check, generate, destroy):
- * hsm_key.c. */
+ * thread, signing, and the fault state (failure, watchdog, recovery).  Key
+ * objects (find, check, generate, destroy, records): hsm_key.c. */
 #include "hsmjwt/hsm.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <p11-kit/p11-kit.h>
@@ -104,9 +105,164 @@ int hsm_error_from_rv(CK_RV rv)
 	}
 }
 
+/* How long hsm_close waits for calls still inside the module. */
+#define HSM_CLOSE_WAIT_MS 2000
+
+int64_t hsm_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 1;
+}
+
+static struct timespec hsm_deadline(unsigned wait_ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += wait_ms / 1000;
+	ts.tv_nsec += (long)(wait_ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	return ts;
+}
+
+int hsm_available(const struct hsm *hsm)
+{
+	return atomic_load_explicit(&hsm->available, memory_order_acquire);
+}
+
+unsigned hsm_generation(const struct hsm *hsm)
+{
+	return atomic_load_explicit(&hsm->generation, memory_order_acquire);
+}
+
+const char *hsm_failure(const struct hsm *hsm)
+{
+	return atomic_load_explicit(&hsm->failure, memory_order_acquire);
+}
+
+int hsm_mark_failed(struct hsm *hsm, const char *reason)
+{
+	int expected = 1;
+
+	/* One line per failure episode: every thread that meets the dead token
+	 * afterwards is answered at once, without a log line or a call. */
+	if (!atomic_compare_exchange_strong(&hsm->available, &expected, 0))
+		return 0;
+	atomic_store_explicit(&hsm->failure, reason, memory_order_release);
+	log_warn("\"token failed; operations refused until it is recovered\" token=%s reason=%s generation=%u",
+		 hsm->token_label, reason, hsm_generation(hsm));
+	return 1;
+}
+
 int hsm_fail_rv(struct hsm *hsm, CK_RV rv)
 {
-	return hsm_error_from_rv(rv);
+	int r = hsm_error_from_rv(rv);
+
+	if (r == HSM_E_DEVICE)
+		hsm_mark_failed(hsm, hsm_ckr_name(rv));
+	return r;
+}
+
+int hsm_fail_key_rv(struct hsm *hsm, CK_RV rv)
+{
+	if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID) {
+		hsm_mark_failed(hsm, hsm_ckr_name(rv));
+		return HSM_E_DEVICE;
+	}
+	return hsm_fail_rv(hsm, rv);
+}
+
+static void hsm_call_track(struct hsm *hsm, struct hsm_call *call)
+{
+	atomic_store_explicit(&call->started, 0, memory_order_relaxed);
+	pthread_mutex_lock(&hsm->calls_lock);
+	call->next = hsm->calls.next;
+	call->prev = &hsm->calls;
+	hsm->calls.next->prev = call;
+	hsm->calls.next = call;
+	pthread_mutex_unlock(&hsm->calls_lock);
+}
+
+static void hsm_call_untrack(struct hsm *hsm, struct hsm_call *call)
+{
+	pthread_mutex_lock(&hsm->calls_lock);
+	call->prev->next = call->next;
+	call->next->prev = call->prev;
+	call->next = call->prev = call;
+	pthread_mutex_unlock(&hsm->calls_lock);
+}
+
+/* Takes the read lock for an operation: not while the token is failed, and
+ * not for a key handle of another generation (generations change under the
+ * write lock only, so the comparison holds until hsm_op_unlock). */
+static int hsm_op_lock(struct hsm *hsm, const struct hsm_key *key)
+{
+	if (!atomic_load_explicit(&hsm->available, memory_order_acquire))
+		return HSM_E_DEVICE;
+	pthread_rwlock_rdlock(&hsm->lock);
+	if (key != NULL && key->generation != atomic_load_explicit(&hsm->generation, memory_order_relaxed)) {
+		pthread_rwlock_unlock(&hsm->lock);
+		return HSM_E_STALE;
+	}
+	return 0;
+}
+
+int hsm_session_begin(struct hsm_session *session, const struct hsm_key *key)
+{
+	struct hsm *hsm = session->hsm;
+	unsigned generation;
+	CK_SESSION_HANDLE handle;
+	CK_RV rv;
+	int r;
+
+	r = hsm_op_lock(hsm, key);
+	if (r < 0)
+		return r;
+	atomic_store_explicit(&session->call.started, hsm_now_ms(), memory_order_relaxed);
+	generation = atomic_load_explicit(&hsm->generation, memory_order_relaxed);
+	if (session->generation == generation && session->handle != CK_INVALID_HANDLE)
+		return 0;
+	/* A handle of an older generation is never closed: handles are
+	 * numbered afresh after C_Initialize, and that number may now be
+	 * another thread's session. */
+	session->handle = CK_INVALID_HANDLE;
+	rv = hsm->f->C_OpenSession(hsm->slot, CKF_SERIAL_SESSION, NULL, NULL, &handle);
+	if (rv != CKR_OK) {
+		log_error("\"C_OpenSession failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));
+		hsm_session_end(session);
+		return hsm_fail_rv(hsm, rv);
+	}
+	session->handle = handle;
+	session->generation = generation;
+	return 0;
+}
+
+void hsm_session_end(struct hsm_session *session)
+{
+	atomic_store_explicit(&session->call.started, 0, memory_order_relaxed);
+	pthread_rwlock_unlock(&session->hsm->lock);
+}
+
+int hsm_raw_begin(struct hsm *hsm, struct hsm_call *call, const struct hsm_key *key)
+{
+	int r = hsm_op_lock(hsm, key);
+
+	if (r < 0)
+		return r;
+	hsm_call_track(hsm, call);
+	atomic_store_explicit(&call->started, hsm_now_ms(), memory_order_relaxed);
+	return 0;
+}
+
+void hsm_raw_end(struct hsm *hsm, struct hsm_call *call)
+{
+	hsm_call_untrack(hsm, call);
+	pthread_rwlock_unlock(&hsm->lock);
 }
 
 /* Cryptoki pads labels with spaces to 32 bytes. */
@@ -132,7 +288,8 @@ static int hsm_token_matches(P11KitUri *uri, const char *label, CK_SLOT_ID slot,
 	return p11_kit_uri_match_token_info(uri, info);
 }
 
-static int hsm_find_slot(struct hsm *hsm, const char *token_spec)
+/* The slot of the token token_spec names, and its label (33 bytes). */
+static int hsm_find_slot(struct hsm *hsm, const char *token_spec, CK_SLOT_ID *ret_slot, char *ret_label)
 {
 	P11KitUri *uri = NULL;
 	CK_SLOT_ID *slots = NULL;
@@ -171,8 +328,8 @@ static int hsm_find_slot(struct hsm *hsm, const char *token_spec)
 		if (!(info.flags & CKF_TOKEN_INITIALIZED))
 			continue;
 		if (hsm_token_matches(uri, token_spec, slots[i], &info)) {
-			hsm->slot = slots[i];
-			hsm_trim_padded(hsm->token_label, info.label, sizeof(info.label));
+			*ret_slot = slots[i];
+			hsm_trim_padded(ret_label, info.label, sizeof(info.label));
 			r = 0;
 			goto out;
 		}
@@ -212,10 +369,20 @@ static int hsm_login(struct hsm *hsm, const char *pin, size_t pin_len)
 	return 0;
 }
 
+static CK_RV hsm_initialize(struct hsm *hsm)
+{
+	CK_C_INITIALIZE_ARGS init_args;
+
+	memset(&init_args, 0, sizeof(init_args));
+	/* Workers sign from several threads at once. */
+	init_args.flags = CKF_OS_LOCKING_OK;
+	return hsm->f->C_Initialize(&init_args);
+}
+
 int hsm_open(const char *module_path, const char *token_spec, const char *pin, size_t pin_len,
 	     struct hsm **ret_hsm)
 {
-	CK_C_INITIALIZE_ARGS init_args;
+	pthread_rwlockattr_t attr;
 	struct hsm *hsm;
 	CK_RV rv;
 	int r;
@@ -224,30 +391,42 @@ int hsm_open(const char *module_path, const char *token_spec, const char *pin, s
 	if (hsm == NULL)
 		return -ENOMEM;
 	hsm->login_session = CK_INVALID_HANDLE;
+	atomic_init(&hsm->available, 1);
+	atomic_init(&hsm->failure, "");
+	atomic_init(&hsm->generation, 1);
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&hsm->lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
+	pthread_mutex_init(&hsm->calls_lock, NULL);
+	hsm->calls.next = hsm->calls.prev = &hsm->calls;
+	hsm->token_spec = strdup(token_spec);
+	if (hsm->token_spec == NULL) {
+		r = -ENOMEM;
+		goto fail;
+	}
 	/* Unmanaged: we want the module's own return codes and our own
 	 * C_Initialize arguments, not p11-kit's proxying. */
 	hsm->f = p11_kit_module_load(module_path, P11_KIT_MODULE_UNMANAGED | P11_KIT_MODULE_CRITICAL);
 	if (hsm->f == NULL) {
 		log_error("\"cannot load PKCS#11 module\" module=%s error=\"%s\"", module_path,
 			  p11_kit_message() ? p11_kit_message() : "unknown");
-		free(hsm);
-		return HSM_E_MODULE;
+		r = HSM_E_MODULE;
+		goto fail;
 	}
-	memset(&init_args, 0, sizeof(init_args));
-	/* Workers sign from several threads at once. */
-	init_args.flags = CKF_OS_LOCKING_OK;
-	rv = hsm->f->C_Initialize(&init_args);
+	rv = hsm_initialize(hsm);
 	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		log_error("\"C_Initialize failed\" module=%s rv=%s", module_path, hsm_ckr_name(rv));
 		p11_kit_module_release(hsm->f);
-		free(hsm);
-		return HSM_E_MODULE;
+		hsm->f = NULL;
+		r = HSM_E_MODULE;
+		goto fail;
 	}
 	hsm->initialized = rv == CKR_OK;
 	if (!hsm->initialized)
 		log_debug("\"module already initialised in this process; it stays so after close\" module=%s",
 			  module_path);
-	r = hsm_find_slot(hsm, token_spec);
+	r = hsm_find_slot(hsm, token_spec, &hsm->slot, hsm->token_label);
 	if (r < 0)
 		goto fail;
 	rv = hsm->f->C_OpenSession(hsm->slot, CKF_SERIAL_SESSION, NULL, NULL, &hsm->login_session);
@@ -269,16 +448,35 @@ fail:
 
 void hsm_close(struct hsm *hsm)
 {
+	struct timespec deadline;
+
 	if (hsm == NULL)
 		return;
-	if (hsm->login_session != CK_INVALID_HANDLE) {
-		if (hsm->login_owned)
-			hsm->f->C_Logout(hsm->login_session);
-		hsm->f->C_CloseSession(hsm->login_session);
+	if (hsm->f != NULL) {
+		deadline = hsm_deadline(HSM_CLOSE_WAIT_MS);
+		if (pthread_rwlock_clockwrlock(&hsm->lock, CLOCK_MONOTONIC, &deadline) != 0) {
+			/* Unloading the module, or freeing the lock, under a thread
+			 * that is still inside it would crash that thread when the
+			 * module returns: both are left to the process's exit. */
+			log_error("\"a call is still inside the PKCS#11 module; it stays loaded\" token=%s",
+				  hsm->token_label);
+			return;
+		}
+		/* A failed token may hang on any call; C_Finalize closes the
+		 * sessions anyway. */
+		if (hsm->login_session != CK_INVALID_HANDLE && hsm_available(hsm)) {
+			if (hsm->login_owned)
+				hsm->f->C_Logout(hsm->login_session);
+			hsm->f->C_CloseSession(hsm->login_session);
+		}
+		if (hsm->initialized)
+			hsm->f->C_Finalize(NULL);
+		pthread_rwlock_unlock(&hsm->lock);
+		p11_kit_module_release(hsm->f);
 	}
-	if (hsm->initialized)
-		hsm->f->C_Finalize(NULL);
-	p11_kit_module_release(hsm->f);
+	pthread_rwlock_destroy(&hsm->lock);
+	pthread_mutex_destroy(&hsm->calls_lock);
+	free(hsm->token_spec);
 	free(hsm);
 }
 
@@ -291,18 +489,24 @@ int hsm_describe(struct hsm *hsm, char **ret_text)
 	char manufacturer[33], model[17], serial[17], library[33];
 	char *text = NULL;
 	size_t size = 0;
+	struct hsm_call call;
 	FILE *out;
 	CK_RV rv;
+	int r;
 
+	r = hsm_raw_begin(hsm, &call, NULL);
+	if (r < 0)
+		return r;
 	rv = hsm->f->C_GetTokenInfo(hsm->slot, &token);
 	if (rv == CKR_OK)
 		rv = hsm->f->C_GetInfo(&module);
+	if (rv == CKR_OK && hsm->f->C_GetMechanismList(hsm->slot, mechs, &mech_count) != CKR_OK)
+		mech_count = 0;
+	hsm_raw_end(hsm, &call);
 	if (rv != CKR_OK) {
 		log_error("\"cannot read token information\" rv=%s", hsm_ckr_name(rv));
-		return hsm_error_from_rv(rv);
+		return hsm_fail_rv(hsm, rv);
 	}
-	if (hsm->f->C_GetMechanismList(hsm->slot, mechs, &mech_count) != CKR_OK)
-		mech_count = 0;
 	hsm_trim_padded(manufacturer, token.manufacturerID, sizeof(token.manufacturerID));
 	hsm_trim_padded(model, token.model, sizeof(token.model));
 	hsm_trim_padded(serial, token.serialNumber, sizeof(token.serialNumber));
@@ -322,6 +526,7 @@ int hsm_describe(struct hsm *hsm, char **ret_text)
 		fprintf(out, "sessions:     %lu open, %lu read-write\n",
 			(unsigned long)token.ulSessionCount, (unsigned long)token.ulRwSessionCount);
 	fprintf(out, "logged in:    %s\n", hsm->logged_in ? "yes" : "no (token needs no login)");
+	fprintf(out, "generation:   %u\n", hsm_generation(hsm));
 	fprintf(out, "mechanisms:   %lu", (unsigned long)mech_count);
 	static const struct { CK_MECHANISM_TYPE m; const char *name; } wanted[] = {
 		{ CKM_ECDSA, "CKM_ECDSA" }, { CKM_SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS" },
@@ -352,7 +557,7 @@ int hsm_open_raw_session(struct hsm *hsm, CK_FLAGS extra, CK_SESSION_HANDLE *ret
 	CK_RV rv = hsm->f->C_OpenSession(hsm->slot, CKF_SERIAL_SESSION | extra, NULL, NULL, ret_handle);
 	if (rv != CKR_OK) {
 		log_error("\"C_OpenSession failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));
-		return hsm_error_from_rv(rv);
+		return hsm_fail_rv(hsm, rv);
 	}
 	return 0;
 }
@@ -362,44 +567,74 @@ int hsm_session_open(struct hsm *hsm, struct hsm_session **ret_session)
 	struct hsm_session *s;
 	int r;
 
+	if (!hsm_available(hsm))
+		return HSM_E_DEVICE;
 	s = calloc(1, sizeof(*s));
 	if (s == NULL)
 		return -ENOMEM;
 	s->hsm = hsm;
-	r = hsm_open_raw_session(hsm, 0, &s->handle);
+	s->handle = CK_INVALID_HANDLE;
+	hsm_call_track(hsm, &s->call);
+	/* generation 0 is nobody's: the session opens here. */
+	r = hsm_session_begin(s, NULL);
 	if (r < 0) {
+		hsm_call_untrack(hsm, &s->call);
 		free(s);
 		return r;
 	}
+	hsm_session_end(s);
 	*ret_session = s;
 	return 0;
 }
 
 void hsm_session_close(struct hsm_session *session)
 {
+	struct hsm *hsm;
+
 	if (session == NULL)
 		return;
-	session->hsm->f->C_CloseSession(session->handle);
+	hsm = session->hsm;
+	hsm_call_untrack(hsm, &session->call);
+	/* Only a handle of the current generation is this session's to close,
+	 * and not on a failed token, which may hang: recovery closes them all. */
+	if (session->handle != CK_INVALID_HANDLE && hsm_op_lock(hsm, NULL) == 0) {
+		if (session->generation == atomic_load_explicit(&hsm->generation, memory_order_relaxed))
+			hsm->f->C_CloseSession(session->handle);
+		pthread_rwlock_unlock(&hsm->lock);
+	}
 	free(session);
 }
 
 int hsm_session_check(struct hsm_session *session)
 {
+	struct hsm *hsm = session->hsm;
+	const char *reason;
 	CK_SESSION_INFO info;
-	CK_RV rv = session->hsm->f->C_GetSessionInfo(session->handle, &info);
+	CK_RV rv;
+	int r;
 
+	r = hsm_session_begin(session, NULL);
+	reason = hsm_failure(hsm);
+	if (r == 0) {
+		rv = hsm->f->C_GetSessionInfo(session->handle, &info);
+		hsm_session_end(session);
+		if (rv != CKR_OK) {
+			r = hsm_fail_rv(hsm, rv);
+			reason = hsm_ckr_name(rv);
+		}
+	}
 	/* /health asks on every request, without authentication: a log line
 	 * per call while the token is down would be a flood anyone can cause.
-	 * Log the changes of state only. */
-	if (rv != CKR_OK) {
+	 * Log the changes of state only, and below the one warning that
+	 * marking the token failed gives. */
+	if (r < 0) {
 		if (!session->failing)
-			log_warn("\"token session check failed\" token=%s rv=%s", session->hsm->token_label,
-				 hsm_ckr_name(rv));
+			log_info("\"token session check failed\" token=%s reason=%s", hsm->token_label, reason);
 		session->failing = 1;
-		return hsm_error_from_rv(rv);
+		return r;
 	}
 	if (session->failing)
-		log_info("\"token session check works again\" token=%s", session->hsm->token_label);
+		log_info("\"token session check works again\" token=%s", hsm->token_label);
 	session->failing = 0;
 	return 0;
 }
@@ -432,6 +667,7 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	CK_ULONG input_len = data_len;
 	CK_ULONG out_len = *sig_len;
 	CK_RV rv;
+	int r;
 
 	switch (key->alg) {
 	case JWS_ALG_ES256:
@@ -469,12 +705,16 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 			  jws_alg_name(key->alg), *sig_len, hsm_sig_size(key));
 		return -ENOSPC;
 	}
+	r = hsm_session_begin(session, key);
+	if (r < 0)
+		return r;
 	rv = hsm->f->C_SignInit(session->handle, &mech, key->private_handle);
 	if (rv == CKR_OK)
 		rv = hsm->f->C_Sign(session->handle, (CK_BYTE *)input, input_len, sig, &out_len);
+	hsm_session_end(session);
 	if (rv != CKR_OK) {
 		log_error("\"sign failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
-		return hsm_fail_rv(hsm, rv);
+		return hsm_fail_key_rv(hsm, rv);
 	}
 	*sig_len = out_len;
 	return 0;
@@ -486,18 +726,146 @@ int hsm_verify(struct hsm_session *session, const struct hsm_key *key,
 	struct hsm *hsm = session->hsm;
 	CK_MECHANISM mech = { CKM_SHA256_HMAC, NULL, 0 };
 	CK_RV rv;
+	int r;
 
 	if (key->alg != JWS_ALG_HS256)
 		return -EINVAL;
+	r = hsm_session_begin(session, key);
+	if (r < 0)
+		return r;
 	rv = hsm->f->C_VerifyInit(session->handle, &mech, key->private_handle);
 	if (rv == CKR_OK)
 		rv = hsm->f->C_Verify(session->handle, (CK_BYTE *)data, data_len, (CK_BYTE *)sig, sig_len);
+	hsm_session_end(session);
 	/* A bad MAC is the token's verdict on the input, not a failure. */
 	if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)
 		return -EBADMSG;
 	if (rv != CKR_OK) {
 		log_error("\"verify failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
-		return hsm_fail_rv(hsm, rv);
+		return hsm_fail_key_rv(hsm, rv);
 	}
 	return 0;
+}
+
+void hsm_set_pin_source(struct hsm *hsm, hsm_pin_read_fn read, hsm_pin_release_fn release, void *ctx)
+{
+	hsm->pin_read = read;
+	hsm->pin_release = release;
+	hsm->pin_ctx = ctx;
+}
+
+int hsm_watchdog(struct hsm *hsm, unsigned hang_ms)
+{
+	int64_t now = hsm_now_ms(), longest = 0;
+
+	if (!hsm_available(hsm))
+		return 1;
+	pthread_mutex_lock(&hsm->calls_lock);
+	for (struct hsm_call *c = hsm->calls.next; c != &hsm->calls; c = c->next) {
+		int64_t started = atomic_load_explicit(&c->started, memory_order_relaxed);
+		if (started != 0 && now - started > longest)
+			longest = now - started;
+	}
+	pthread_mutex_unlock(&hsm->calls_lock);
+	/* The warning is hsm_mark_failed's; this says how long. */
+	if (longest > (int64_t)hang_ms && hsm_mark_failed(hsm, "hung"))
+		log_info("\"a call has been inside the module too long\" token=%s ms=%lld limit_ms=%u", hsm->token_label,
+			 (long long)longest, hang_ms);
+	return !hsm_available(hsm);
+}
+
+/* Logs in again after recovery, with a PIN from the source, wiped at once. */
+static int hsm_recover_login(struct hsm *hsm)
+{
+	CK_TOKEN_INFO info;
+	char *pin = NULL;
+	size_t pin_len = 0;
+	CK_RV rv;
+	int r;
+
+	rv = hsm->f->C_GetTokenInfo(hsm->slot, &info);
+	if (rv != CKR_OK) {
+		log_error("\"token recovery: C_GetTokenInfo failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));
+		return hsm_error_from_rv(rv);
+	}
+	if (!(info.flags & CKF_LOGIN_REQUIRED))
+		return 0;
+	if (hsm->pin_read == NULL) {
+		log_error("\"token recovery: the token needs a login and no PIN source is set\" token=%s",
+			  hsm->token_label);
+		return HSM_E_LOGIN;
+	}
+	r = hsm->pin_read(hsm->pin_ctx, &pin, &pin_len);
+	if (r < 0) {
+		log_error("\"token recovery: cannot read the PIN\" token=%s error=%d", hsm->token_label, r);
+		return r == -ENOENT ? HSM_E_LOGIN : r;
+	}
+	r = hsm_login(hsm, pin, pin_len);
+	if (hsm->pin_release != NULL)
+		hsm->pin_release(hsm->pin_ctx, pin, pin_len);
+	return r;
+}
+
+int hsm_recover(struct hsm *hsm, unsigned wait_ms)
+{
+	struct timespec deadline;
+	char label[33];
+	unsigned generation;
+	CK_RV rv;
+	int r;
+
+	if (hsm_available(hsm))
+		return 0;
+	deadline = hsm_deadline(wait_ms);
+	r = pthread_rwlock_clockwrlock(&hsm->lock, CLOCK_MONOTONIC, &deadline);
+	if (r == ETIMEDOUT) {
+		log_warn("\"token recovery waits: a call is still inside the module\" token=%s wait_ms=%u",
+			 hsm->token_label, wait_ms);
+		return -EBUSY;
+	}
+	if (r != 0)
+		return -r;
+	if (hsm_available(hsm)) {
+		r = 0;
+		goto out;
+	}
+	/* Every session of this process on the token goes, the login with
+	 * them; the sessions reopen themselves in the new generation. */
+	hsm->f->C_CloseAllSessions(hsm->slot);
+	hsm->login_session = CK_INVALID_HANDLE;
+	hsm->logged_in = 0;
+	hsm->login_owned = 0;
+	if (hsm->initialized) {
+		hsm->f->C_Finalize(NULL);
+		rv = hsm_initialize(hsm);
+		if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+			log_error("\"token recovery: C_Initialize failed\" token=%s rv=%s", hsm->token_label,
+				  hsm_ckr_name(rv));
+			r = HSM_E_MODULE;
+			goto out;
+		}
+	}
+	r = hsm_find_slot(hsm, hsm->token_spec, &hsm->slot, label);
+	if (r < 0)
+		goto out;
+	rv = hsm->f->C_OpenSession(hsm->slot, CKF_SERIAL_SESSION, NULL, NULL, &hsm->login_session);
+	if (rv != CKR_OK) {
+		log_error("\"token recovery: C_OpenSession failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));
+		hsm->login_session = CK_INVALID_HANDLE;
+		r = hsm_error_from_rv(rv);
+		goto out;
+	}
+	r = hsm_recover_login(hsm);
+	if (r < 0) {
+		hsm->f->C_CloseSession(hsm->login_session);
+		hsm->login_session = CK_INVALID_HANDLE;
+		goto out;
+	}
+	generation = atomic_fetch_add(&hsm->generation, 1) + 1;
+	atomic_store_explicit(&hsm->failure, "", memory_order_release);
+	atomic_store_explicit(&hsm->available, 1, memory_order_release);
+	log_info("\"token recovered\" token=%s generation=%u", hsm->token_label, generation);
+out:
+	pthread_rwlock_unlock(&hsm->lock);
+	return r;
 }

@@ -780,9 +780,10 @@ void hsm_keys_free(struct hsm_key *keys, size_t count)
 	free(keys);
 }
 
-int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count)
+static int hsm_find_keys_locked(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count)
 {
 	struct hsm *hsm = session->hsm;
+	unsigned generation = hsm_generation(hsm);
 	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
 	CK_BBOOL yes = CK_TRUE;
 	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
@@ -794,6 +795,8 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 	size_t n_records = 0;
 	struct hsm_key *keys = NULL;
 	size_t count = 0, over = 0;
+	CK_TOKEN_INFO token_info;
+	CK_RV rv;
 	int more = 0, r;
 
 	/* Handles first, keys after: a session runs one search at a time. */
@@ -865,9 +868,24 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 		goto out;
 	}
 	for (size_t k = 0; k < count; k++) {
+		keys[k].generation = generation;
 		r = hsm_attach_records(hsm, session->handle, records, n_records, &keys[k]);
 		if (r < 0)
 			goto out;
+	}
+	/* An empty answer is not proof that the keys are gone: SoftHSM, its
+	 * token directory moved away, answers C_FindObjects with no objects
+	 * and C_GetSessionInfo with CKR_OK; only C_GetTokenInfo fails.  Taken
+	 * at its word, that answer would empty the JWKS and make every
+	 * algorithm "need" a new key. */
+	rv = hsm->f->C_GetTokenInfo(hsm->slot, &token_info);
+	if (rv != CKR_OK) {
+		log_error("\"the token stopped answering during key discovery\" token=%s rv=%s", hsm->token_label,
+			  hsm_ckr_name(rv));
+		/* Whatever code it gives, the answers above cannot be trusted. */
+		hsm_mark_failed(hsm, hsm_ckr_name(rv));
+		r = HSM_E_DEVICE;
+		goto out;
 	}
 	*ret_keys = keys;
 	*ret_count = count;
@@ -880,6 +898,17 @@ out:
 	hsm_public_free(pubs, n_pubs);
 	free(secrets);
 	free(found);
+	return r;
+}
+
+int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count)
+{
+	int r = hsm_session_begin(session, NULL);
+
+	if (r < 0)
+		return r;
+	r = hsm_find_keys_locked(session, ret_keys, ret_count);
+	hsm_session_end(session);
 	return r;
 }
 
@@ -1087,8 +1116,8 @@ static int hsm_meta_valid(const uint8_t *meta, size_t len)
 	return 0;
 }
 
-int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const uint8_t *meta, size_t meta_len,
-		     struct hsm_key *ret_key)
+static int hsm_generate_key_locked(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const uint8_t *meta,
+				   size_t meta_len, struct hsm_key *ret_key)
 {
 	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
 	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE, record = CK_INVALID_HANDLE;
@@ -1188,6 +1217,7 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const
 	key.alg = alg;
 	key.private_handle = priv;
 	key.public_handle = pub;
+	key.generation = hsm_generation(hsm);
 	if (meta != NULL) {
 		key.meta[0].handle = record;
 		key.meta[0].len = meta_len;
@@ -1213,7 +1243,20 @@ out:
 	return r;
 }
 
-int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key)
+int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const uint8_t *meta, size_t meta_len,
+		     struct hsm_key *ret_key)
+{
+	struct hsm_call call;
+	int r = hsm_raw_begin(hsm, &call, NULL);
+
+	if (r < 0)
+		return r;
+	r = hsm_generate_key_locked(hsm, alg, rsa_bits, meta, meta_len, ret_key);
+	hsm_raw_end(hsm, &call);
+	return r;
+}
+
+static int hsm_destroy_key_locked(struct hsm *hsm, const struct hsm_key *key)
 {
 	CK_SESSION_HANDLE s;
 	char label[HSM_LABEL_MAX];
@@ -1238,16 +1281,25 @@ int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key)
 	return 0;
 }
 
-int hsm_meta_add(struct hsm *hsm, const struct hsm_key *key, const uint8_t *value, size_t len)
+int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key)
+{
+	struct hsm_call call;
+	int r = hsm_raw_begin(hsm, &call, key);
+
+	if (r < 0)
+		return r;
+	r = hsm_destroy_key_locked(hsm, key);
+	hsm_raw_end(hsm, &call);
+	return r;
+}
+
+static int hsm_meta_add_locked(struct hsm *hsm, const struct hsm_key *key, const uint8_t *value, size_t len)
 {
 	CK_SESSION_HANDLE s;
 	CK_OBJECT_HANDLE record;
 	char label[HSM_LABEL_MAX];
 	int r;
 
-	r = hsm_meta_valid(value, len);
-	if (r < 0)
-		return r;
 	hsm_key_label(key->alg, key->kid, label);
 	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
 	if (r < 0)
@@ -1257,19 +1309,46 @@ int hsm_meta_add(struct hsm *hsm, const struct hsm_key *key, const uint8_t *valu
 	return r;
 }
 
-int hsm_meta_remove(struct hsm *hsm, const struct hsm_key *key, size_t index)
+int hsm_meta_add(struct hsm *hsm, const struct hsm_key *key, const uint8_t *value, size_t len)
+{
+	struct hsm_call call;
+	int r = hsm_meta_valid(value, len);
+
+	if (r == 0)
+		r = hsm_raw_begin(hsm, &call, key);
+	if (r < 0)
+		return r;
+	r = hsm_meta_add_locked(hsm, key, value, len);
+	hsm_raw_end(hsm, &call);
+	return r;
+}
+
+static int hsm_meta_remove_locked(struct hsm *hsm, const struct hsm_key *key, size_t index)
 {
 	CK_SESSION_HANDLE s;
+	int r;
+
+	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
+	if (r < 0)
+		return r;
+	r = hsm_destroy_object(hsm, s, key->meta[index].handle, "lifecycle record", key->kid);
+	hsm->f->C_CloseSession(s);
+	return r;
+}
+
+int hsm_meta_remove(struct hsm *hsm, const struct hsm_key *key, size_t index)
+{
+	struct hsm_call call;
 	int r;
 
 	if (index >= key->meta_count) {
 		log_error("\"no such lifecycle record\" kid=%s index=%zu count=%zu", key->kid, index, key->meta_count);
 		return -EINVAL;
 	}
-	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
+	r = hsm_raw_begin(hsm, &call, key);
 	if (r < 0)
 		return r;
-	r = hsm_destroy_object(hsm, s, key->meta[index].handle, "lifecycle record", key->kid);
-	hsm->f->C_CloseSession(s);
+	r = hsm_meta_remove_locked(hsm, key, index);
+	hsm_raw_end(hsm, &call);
 	return r;
 }

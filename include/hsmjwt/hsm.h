@@ -111,14 +111,15 @@ void hsm_session_close(struct hsm_session *session);
 int hsm_session_check(struct hsm_session *session);
 
 /* Every hsmjwt key pair in the token (private key with an hsmjwt label and its
- * public half).  A private key that was not generated in the token as
+ * public half), then every HS256 secret key, each with its lifecycle records
+ * (in handle order).  A private key that was not generated in the token as
  * sensitive and unextractable (CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE),
  * cannot sign, or whose type or curve is not its label's algorithm is
  * skipped with a warning naming its label and the attribute.
  * *ret_keys is an array of *ret_count keys (hsm_keys_free).
  * -E2BIG (logged) when the token holds more than HSM_MAX_KEY_OBJECTS
- * private or public keys, or more than HSM_MAX_KEYS hsmjwt keys: never a
- * partial set. */
+ * private, public or secret keys or lifecycle records, or more than
+ * HSM_MAX_KEYS hsmjwt keys: never a partial set. */
 int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count);
 void hsm_keys_free(struct hsm_key *keys, size_t count);
 
@@ -126,22 +127,27 @@ void hsm_keys_free(struct hsm_key *keys, size_t count);
  * (rsa_bits for RS256/PS256), labels it, and returns it.  When meta is not
  * NULL, the lifecycle record meta[0..meta_len) is created before the key
  * gets its label, so that no process ever finds the key without its record.
- * Needs a read-write session, which it opens. */
+ * -EINVAL for an RSA size outside the token's range (checked first: SoftHSM
+ * answers one with CKR_GENERAL_ERROR, a device failure) or meta_len over
+ * HSM_META_MAX.  Needs a read-write session, which it opens. */
 int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits,
 		     const uint8_t *meta, size_t meta_len, struct hsm_key *ret_key);
 
 /* Destroys a key: the private (or secret) key first, so that it can no
  * longer sign even if what follows fails, then the public half, then every
- * lifecycle record in the token under its label. */
+ * lifecycle record in the token under its label.  An object already gone
+ * (another process destroyed it) counts as destroyed. */
 int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key);
 
 /* Adds a lifecycle record value[0..len) (len <= HSM_META_MAX) to key. */
 int hsm_meta_add(struct hsm *hsm, const struct hsm_key *key, const uint8_t *value, size_t len);
-/* Removes key->meta[index] from the token. */
+/* Removes key->meta[index] from the token (0 if it is gone already). */
 int hsm_meta_remove(struct hsm *hsm, const struct hsm_key *key, size_t index);
 
 /* Signs data with the key for its algorithm inside the token; sig receives
- * the JOSE form (r||s for ECDSA), *sig_len is its capacity on entry. */
+ * the JOSE form (r||s for ECDSA), *sig_len is its capacity on entry: below
+ * the key's signature size, -ENOSPC without a call (a C_Sign refused for
+ * its buffer would leave the session's operation active). */
 int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	     const uint8_t *data, size_t data_len, uint8_t *sig, size_t *sig_len);
 

@@ -35,7 +35,7 @@ def config_checks(c, build_dir, work):
         ({"HSMJWT_RSA_BITS": "1000"}, "rsa_bits"),
         ({"HSMJWT_BOGUS": "1"}, "HSMJWT_BOGUS"),
         ({"HSMJWT_ACCESS_TTL": "99999999", "HSMJWT_MAX_TTL": "3600"}, "access_ttl"),
-        ({"HSMJWT_ALGORITHMS": "ES256 HS256"}, "algorithms"),
+        ({"HSMJWT_ALGORITHMS": "ES256 ES512"}, "algorithms"),   # a JWS alg hsmjwt holds no keys for
         ({"HSMJWT_RATE_LIMIT": "5"}, "rate_limit"),
         ({"HSMJWT_ADMIN_LISTEN": "127.0.0.1:9999"}, "admin_listen"),
     ]

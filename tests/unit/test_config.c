@@ -318,8 +318,8 @@ static const struct bad_case bad_values[] = {
 	{ "pkcs11_module", "\"\"", "empty" },
 	{ "token", "\"\"", "empty" },
 	{ "state_dir", "\"\"", "empty" },
-	{ "algorithms", "HS256", "not supported by this build yet" },
-	{ "algorithms", "ES256 HS256", "not supported by this build yet" },
+	{ "algorithms", "ES512", "is not one of ES256 ES384 RS256 PS256 EdDSA HS256" },
+	{ "algorithms", "ES256 none", "is not one of ES256 ES384 RS256 PS256 EdDSA HS256" },
 	{ "algorithms", "ES256 ES256", "`ES256' is listed twice" },
 	{ "algorithms", "RS256,ES384,RS256", "`RS256' is listed twice" },
 	{ "algorithms", "RS384", "`RS384'" },
@@ -520,10 +520,14 @@ static void test_algorithms(void **state)
 	assert_int_equal(cfg.algorithms[1], JWS_ALG_RS256);
 	init(&before);
 	assert_int_equal(config_set(&before, "algorithms", "EdDSA RS256", err, ERRLEN), 0);
-	/* HS256 is in the SPEC but not in this build: refused, never ignored. */
-	assert_int_equal(config_set(&cfg, "algorithms", "ES256 HS256", err, ERRLEN), -EINVAL);
-	assert_non_null(strstr(err, "algorithms: `HS256' is not supported by this build yet"));
+	/* A JWS algorithm hsmjwt keeps no keys for: refused, never ignored. */
+	assert_int_equal(config_set(&cfg, "algorithms", "ES256 ES512", err, ERRLEN), -EINVAL);
+	assert_non_null(strstr(err, "algorithms: `ES512' is not one of ES256 ES384 RS256 PS256 EdDSA HS256"));
 	assert_config_equal(&cfg, &before);
+	/* HS256: the HMAC key lives in the token (issue 4). */
+	assert_int_equal(config_set(&cfg, "algorithms", "HS256 ES256", err, ERRLEN), 0);
+	assert_int_equal(cfg.algorithms[0], JWS_ALG_HS256);
+	assert_int_equal(config_set(&cfg, "algorithms", "EdDSA RS256", err, ERRLEN), 0);
 	assert_int_equal(config_set(&cfg, "algorithms", "PS256 ES384 PS256", err, ERRLEN), -EINVAL);
 	assert_non_null(strstr(err, "algorithms: `PS256' is listed twice"));
 	assert_config_equal(&cfg, &before);

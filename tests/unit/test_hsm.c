@@ -5,6 +5,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -859,25 +861,39 @@ static int check_session_5_times(void *arg)
 	return worked;
 }
 
-/* SoftHSM numbers session handles from 1 after each C_Initialize: once the
- * module is initialised anew, a few new sessions make hsm's handle valid
- * again, which is the token coming back as far as the check can tell.
- * Then 5 checks. */
-static int reinitialise_then_check_5_times(void *arg)
-{
-	CK_SESSION_HANDLE s;
+/* The PIN source hsm_recover logs in with: ctx is the token's fixture. */
+static int pin_reads, pin_releases;
 
-	if (own.raw.f->C_Initialize(NULL) != CKR_OK)
-		return -1;
-	own.raw.initialized = 1;
-	for (int i = 0; i < 4 && hsm_session_check(own.session) != 0; i++)
-		if (own.raw.f->C_OpenSession(own.raw.slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK)
-			return -1;
-	return check_session_5_times(NULL);
+static int test_pin_read(void *ctx, char **ret_pin, size_t *ret_len)
+{
+	const struct fixture_token *t = ctx;
+	char *pin = strdup(t->pin);
+
+	if (pin == NULL)
+		return -ENOMEM;
+	pin_reads++;
+	*ret_pin = pin;
+	*ret_len = t->pin_len;
+	return 0;
 }
 
-/* /health checks the session on every request: a token that stays down
- * gives one warning, not one per call, and its return one line. */
+static void test_pin_release(void *ctx, char *pin, size_t len)
+{
+	OPENSSL_cleanse(pin, len);
+	free(pin);
+	pin_releases++;
+}
+
+static int recover_then_check_5_times(void *arg)
+{
+	int r = hsm_recover(own.hsm, 1000);
+	return r < 0 ? r : check_session_5_times(NULL);
+}
+
+/* /health checks the session on every request: a token that goes down
+ * gives one warning (the token marked failed) and one line from the check,
+ * however often it is asked, and no call reaches the module until it is
+ * recovered; its return one line. */
 static void test_session_check_logs_changes_only(void **state)
 {
 	const char *log;
@@ -890,21 +906,29 @@ static void test_session_check_logs_changes_only(void **state)
 	assert_int_equal(worked, 5);
 	assert_null(strstr(log, "token session check"));
 
-	/* The module goes away under hsm. */
+	/* The module goes away under hsm (and the raw client's session with it). */
 	assert_int_equal(own.raw.f->C_Finalize(NULL), CKR_OK);
+	own.raw.s = CK_INVALID_HANDLE;
 	log = fixture_capture_stderr(check_session_5_times, NULL, &worked);
 	assert_int_equal(worked, 0);
 	assert_int_equal(count_lines_with(log, "token session check failed"), 1);
+	assert_int_equal(count_lines_with(log, "token failed"), 1);
+	assert_int_equal(count_lines_with(log, "level=warn"), 1);
+	assert_non_null(strstr(log, "reason=CKR_CRYPTOKI_NOT_INITIALIZED"));
+	assert_false(hsm_available(own.hsm));
+	assert_string_equal(hsm_failure(own.hsm), "CKR_CRYPTOKI_NOT_INITIALIZED");
 	log = fixture_capture_stderr(check_session_5_times, NULL, &worked);
 	assert_int_equal(worked, 0);
-	assert_null(strstr(log, "token session check"));
+	assert_string_equal(log, "");
 
-	log = fixture_capture_stderr(reinitialise_then_check_5_times, NULL, &worked);
+	/* hsm initialised the module, so recovery initialises it again. */
+	hsm_set_pin_source(own.hsm, test_pin_read, test_pin_release, &tok);
+	log = fixture_capture_stderr(recover_then_check_5_times, NULL, &worked);
 	assert_int_equal(worked, 5);
+	assert_int_equal(count_lines_with(log, "token recovered"), 1);
 	assert_int_equal(count_lines_with(log, "token session check works again"), 1);
 	assert_null(strstr(log, "token session check failed"));
-	/* The module is the raw client's now (hsm believes it is its own too,
-	 * and finds it finalised: harmless). */
+	assert_true(hsm_available(own.hsm));
 	raw_close(&own.raw);
 	own_close();
 }
@@ -1084,10 +1108,14 @@ static struct {
 	int records_at_naming;   /* hsmjwt records under the label being set, at that moment */
 	int namings;
 	int sign_calls;          /* C_SignInit + C_Sign */
+	int calls;               /* every wrapped function */
+	int watchdog_in_keygen;  /* C_GenerateKeyPair runs hsm_watchdog(own.hsm, 0) from inside */
+	int watchdog_said;
 } wrap;
 
 static CK_RV wrap_set_attribute_value(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
 {
+	wrap.calls++;
 	for (CK_ULONG i = 0; i < n; i++) {
 		CK_OBJECT_CLASS cls = CKO_DATA;
 		CK_OBJECT_HANDLE h[8];
@@ -1111,14 +1139,60 @@ static CK_RV wrap_set_attribute_value(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 
 static CK_RV wrap_sign_init(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
 {
+	wrap.calls++;
 	wrap.sign_calls++;
 	return real_f->C_SignInit(s, mech, key);
 }
 
 static CK_RV wrap_sign(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len)
 {
+	wrap.calls++;
 	wrap.sign_calls++;
 	return real_f->C_Sign(s, data, len, sig, sig_len);
+}
+
+static CK_RV wrap_find_objects_init(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
+{
+	wrap.calls++;
+	return real_f->C_FindObjectsInit(s, tmpl, n);
+}
+
+static CK_RV wrap_open_session(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,
+			       CK_SESSION_HANDLE_PTR ret)
+{
+	wrap.calls++;
+	return real_f->C_OpenSession(slot, flags, app, notify, ret);
+}
+
+static CK_RV wrap_get_session_info(CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR info)
+{
+	wrap.calls++;
+	return real_f->C_GetSessionInfo(s, info);
+}
+
+static CK_RV wrap_get_token_info(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
+{
+	wrap.calls++;
+	return real_f->C_GetTokenInfo(slot, info);
+}
+
+static CK_RV wrap_create_object(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n, CK_OBJECT_HANDLE_PTR ret)
+{
+	wrap.calls++;
+	return real_f->C_CreateObject(s, tmpl, n, ret);
+}
+
+static CK_RV wrap_generate_key_pair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub, CK_ULONG n_pub,
+				    CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv, CK_OBJECT_HANDLE_PTR ret_pub,
+				    CK_OBJECT_HANDLE_PTR ret_priv)
+{
+	wrap.calls++;
+	if (wrap.watchdog_in_keygen) {
+		/* 20 ms inside the module is more than the 0 ms allowed. */
+		usleep(20 * 1000);
+		wrap.watchdog_said = hsm_watchdog(own.hsm, 0);
+	}
+	return real_f->C_GenerateKeyPair(s, mech, pub, n_pub, priv, n_priv, ret_pub, ret_priv);
 }
 
 static void wrap_install(struct hsm *hsm)
@@ -1130,6 +1204,12 @@ static void wrap_install(struct hsm *hsm)
 	wrapped.C_SetAttributeValue = wrap_set_attribute_value;
 	wrapped.C_SignInit = wrap_sign_init;
 	wrapped.C_Sign = wrap_sign;
+	wrapped.C_FindObjectsInit = wrap_find_objects_init;
+	wrapped.C_OpenSession = wrap_open_session;
+	wrapped.C_GetSessionInfo = wrap_get_session_info;
+	wrapped.C_GetTokenInfo = wrap_get_token_info;
+	wrapped.C_CreateObject = wrap_create_object;
+	wrapped.C_GenerateKeyPair = wrap_generate_key_pair;
 	hsm->f = &wrapped;
 }
 
@@ -1186,6 +1266,278 @@ static void test_generation_makes_the_record_first_and_cleans_up(void **state)
 	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", NULL), 1);
 	assert_int_equal(raw_count_labelled(&own.raw, HSM_LABEL_PREFIX "pending"), 0);
 	raw_close(&own.raw);
+	own_close();
+}
+
+/* ---- faults and recovery ------------------------------------------------ */
+
+struct sign_args {
+	const struct hsm_key *key;
+	int times;
+};
+
+/* Signs args->times times; the last result. */
+static int sign_times(void *arg)
+{
+	const struct sign_args *a = arg;
+	uint8_t sig[512];
+	int r = 0;
+
+	for (int i = 0; i < a->times; i++) {
+		size_t sig_len = sizeof(sig);
+		r = hsm_sign(own.session, a->key, (const uint8_t *)"payload", 7, sig, &sig_len);
+	}
+	return r;
+}
+
+/* Every operation that would call into the module, on a failed token;
+ * the number that answered HSM_E_DEVICE. */
+static int every_operation(void *arg)
+{
+	const struct hsm_key *key = arg;
+	struct hsm_key generated, *found = NULL;
+	struct hsm_session *session = NULL;
+	uint8_t sig[32] = { 0 };
+	char *text = NULL;
+	size_t n = 0;
+	int device = 0;
+
+	device += hsm_find_keys(own.session, &found, &n) == HSM_E_DEVICE;
+	device += hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, 0, &generated) == HSM_E_DEVICE;
+	device += hsm_destroy_key(own.hsm, key) == HSM_E_DEVICE;
+	device += hsm_meta_add(own.hsm, key, (const uint8_t *)"x", 1) == HSM_E_DEVICE;
+	device += hsm_meta_remove(own.hsm, key, 0) == HSM_E_DEVICE;
+	device += hsm_session_check(own.session) == HSM_E_DEVICE;
+	device += hsm_describe(own.hsm, &text) == HSM_E_DEVICE;
+	device += hsm_session_open(own.hsm, &session) == HSM_E_DEVICE;
+	device += hsm_verify(own.session, &(struct hsm_key){ .alg = JWS_ALG_HS256, .generation = 1 },
+			     (const uint8_t *)"x", 1, sig, sizeof(sig)) == HSM_E_DEVICE;
+	return device;
+}
+
+static int recover_now(void *arg)
+{
+	return hsm_recover(own.hsm, 1000);
+}
+
+/* The token drops every session of this process under hsm (what a reset
+ * device or a restarted network HSM does): the next signature fails and
+ * marks the token failed, with one warning naming what the module said;
+ * every operation after it fails at once without a call into the module;
+ * recovery without a PIN source cannot log in; with one it brings the token
+ * back in a new generation, where old key handles are refused until the
+ * keys are reloaded, and the same hsm_session signs again. */
+static void test_device_failure_and_recovery(void **state)
+{
+	struct hsm_key key, *found = NULL;
+	struct sign_args args = { NULL, 1 };
+	struct jwk_key *verify = NULL;
+	uint8_t sig[64];
+	size_t sig_len = sizeof(sig);
+	const char *log;
+	int r;
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, (const uint8_t *)"m", 1, &key), 0);
+	EVP_PKEY_free(key.public_key);
+	assert_int_equal(key.generation, 1);
+	find_one(&found);
+	assert_int_equal(found[0].generation, 1);
+	assert_int_equal(hsm_generation(own.hsm), 1);
+	assert_true(hsm_available(own.hsm));
+	assert_string_equal(hsm_failure(own.hsm), "");
+	wrap_install(own.hsm);
+	args.key = &found[0];
+	assert_int_equal(sign_times(&args), 0);
+	assert_int_equal(wrap.sign_calls, 2);
+
+	assert_int_equal(real_f->C_CloseAllSessions(own.hsm->slot), CKR_OK);
+	wrap.sign_calls = 0;
+	log = fixture_capture_stderr(sign_times, &args, &r);
+	assert_int_equal(r, HSM_E_DEVICE);
+	assert_int_equal(wrap.sign_calls, 1); /* C_SignInit, refused */
+	assert_false(hsm_available(own.hsm));
+	assert_string_equal(hsm_failure(own.hsm), "CKR_SESSION_HANDLE_INVALID");
+	assert_int_equal(count_lines_with(log, "token failed; operations refused until it is recovered"), 1);
+	assert_non_null(strstr(log, "reason=CKR_SESSION_HANDLE_INVALID generation=1"));
+
+	/* From now on nothing reaches the module, and nothing is logged. */
+	wrap.calls = 0;
+	args.times = 5;
+	log = fixture_capture_stderr(sign_times, &args, &r);
+	assert_int_equal(r, HSM_E_DEVICE);
+	assert_string_equal(log, "");
+	log = fixture_capture_stderr(every_operation, &found[0], &r);
+	assert_int_equal(r, 9);
+	assert_int_equal(wrap.calls, 0);
+	assert_null(strstr(log, "token failed"));
+	assert_string_equal(hsm_failure(own.hsm), "CKR_SESSION_HANDLE_INVALID");
+
+	/* No PIN source: the token needs a login, so it stays failed. */
+	log = fixture_capture_stderr(recover_now, NULL, &r);
+	assert_int_equal(r, HSM_E_LOGIN);
+	assert_non_null(strstr(log, "no PIN source is set"));
+	assert_false(hsm_available(own.hsm));
+	assert_int_equal(hsm_generation(own.hsm), 1);
+
+	pin_reads = pin_releases = 0;
+	hsm_set_pin_source(own.hsm, test_pin_read, test_pin_release, &tok);
+	log = fixture_capture_stderr(recover_now, NULL, &r);
+	assert_int_equal(r, 0);
+	assert_int_equal(pin_reads, 1);
+	assert_int_equal(pin_releases, 1);
+	assert_non_null(strstr(log, "msg=\"token recovered\" token=hsmjwt-unit generation=2"));
+	assert_true(hsm_available(own.hsm));
+	assert_int_equal(hsm_generation(own.hsm), 2);
+	assert_string_equal(hsm_failure(own.hsm), "");
+	/* Recovering a working token does nothing. */
+	assert_int_equal(hsm_recover(own.hsm, 0), 0);
+	assert_int_equal(hsm_generation(own.hsm), 2);
+	assert_int_equal(pin_reads, 1);
+
+	/* Handles from generation 1 are refused without a call. */
+	wrap.calls = 0;
+	assert_int_equal(hsm_sign(own.session, &found[0], (const uint8_t *)"x", 1, sig, &sig_len), HSM_E_STALE);
+	assert_int_equal(hsm_destroy_key(own.hsm, &found[0]), HSM_E_STALE);
+	assert_int_equal(hsm_meta_add(own.hsm, &found[0], (const uint8_t *)"x", 1), HSM_E_STALE);
+	assert_int_equal(hsm_meta_remove(own.hsm, &found[0], 0), HSM_E_STALE);
+	assert_int_equal(wrap.calls, 0);
+	assert_true(hsm_available(own.hsm)); /* a stale handle is not a failure */
+
+	/* Reloaded, the key signs again through the same session, reopened. */
+	hsm_keys_free(found, 1);
+	find_one(&found);
+	assert_int_equal(found[0].generation, 2);
+	assert_string_equal(found[0].kid, key.kid);
+	assert_int_equal(found[0].meta_count, 1);
+	assert_meta(&found[0].meta[0], "m");
+	assert_int_equal(own.session->generation, 2);
+	wrap.sign_calls = 0;
+	sig_len = sizeof(sig);
+	assert_int_equal(hsm_sign(own.session, &found[0], (const uint8_t *)"x", 1, sig, &sig_len), 0);
+	assert_int_equal(wrap.sign_calls, 2);
+	assert_int_equal(jwk_key_from_pkey(found[0].public_key, JWS_ALG_ES256, &verify), 0);
+	assert_int_equal(jws_verify_signature(JWS_ALG_ES256, verify, (const uint8_t *)"x", 1, sig, sig_len), 0);
+	jwk_key_free(verify);
+	assert_int_equal(hsm_session_check(own.session), 0);
+	hsm_keys_free(found, 1);
+	wrap_remove(own.hsm);
+	own_close();
+}
+
+/* A failed token still closes (no recovery first), and the module can be
+ * opened again afterwards. */
+static void test_close_a_failed_token(void **state)
+{
+	struct hsm_key key;
+	uint8_t sig[64];
+	size_t sig_len = sizeof(sig);
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, 0, &key), 0);
+	EVP_PKEY_free(key.public_key);
+	assert_int_equal(own.hsm->f->C_CloseAllSessions(own.hsm->slot), CKR_OK);
+	assert_int_equal(hsm_sign(own.session, &key, (const uint8_t *)"x", 1, sig, &sig_len), HSM_E_DEVICE);
+	assert_false(hsm_available(own.hsm));
+	own_close();
+	own_open();
+	assert_int_equal(hsm_session_check(own.session), 0);
+	own_close();
+}
+
+struct reader {
+	pthread_t thread;
+	pthread_mutex_t mutex;
+	pthread_cond_t cond;
+	int holding, release;
+};
+
+/* A thread inside the module, as far as hsm_recover can tell: it holds the
+ * read lock every operation holds for its calls, until told to let go. */
+static void *reader_main(void *arg)
+{
+	struct reader *rd = arg;
+
+	pthread_rwlock_rdlock(&own.hsm->lock);
+	pthread_mutex_lock(&rd->mutex);
+	rd->holding = 1;
+	pthread_cond_broadcast(&rd->cond);
+	while (!rd->release)
+		pthread_cond_wait(&rd->cond, &rd->mutex);
+	pthread_mutex_unlock(&rd->mutex);
+	pthread_rwlock_unlock(&own.hsm->lock);
+	return NULL;
+}
+
+static int watchdog_1000(void *arg)
+{
+	return hsm_watchdog(own.hsm, 1000);
+}
+
+/* A call inside the module longer than the limit marks the token failed
+ * ("hung", one warning); recovery waits for calls still inside and gives
+ * up with -EBUSY while one stays, and succeeds once it has returned.  A
+ * key generation in progress (on a session of its own) is watched too. */
+static void test_watchdog_and_busy_recovery(void **state)
+{
+	struct reader rd = { .holding = 0, .release = 0 };
+	struct hsm_key key;
+	const char *log;
+	int r;
+
+	own_open();
+	hsm_set_pin_source(own.hsm, test_pin_read, test_pin_release, &tok);
+	assert_int_equal(hsm_watchdog(own.hsm, 0), 0); /* nothing in flight */
+
+	/* The session's call began 10 s ago. */
+	atomic_store(&own.session->call.started, hsm_now_ms() - 10000);
+	assert_int_equal(hsm_watchdog(own.hsm, 60000), 0);
+	assert_true(hsm_available(own.hsm));
+	log = fixture_capture_stderr(watchdog_1000, NULL, &r);
+	assert_int_equal(r, 1);
+	assert_false(hsm_available(own.hsm));
+	assert_string_equal(hsm_failure(own.hsm), "hung");
+	assert_int_equal(count_lines_with(log, "token failed; operations refused until it is recovered"), 1);
+	assert_non_null(strstr(log, "reason=hung"));
+	log = fixture_capture_stderr(watchdog_1000, NULL, &r);
+	assert_int_equal(r, 1);
+	assert_string_equal(log, "");
+	atomic_store(&own.session->call.started, 0);
+
+	pthread_mutex_init(&rd.mutex, NULL);
+	pthread_cond_init(&rd.cond, NULL);
+	assert_int_equal(pthread_create(&rd.thread, NULL, reader_main, &rd), 0);
+	pthread_mutex_lock(&rd.mutex);
+	while (!rd.holding)
+		pthread_cond_wait(&rd.cond, &rd.mutex);
+	pthread_mutex_unlock(&rd.mutex);
+	log = fixture_capture_stderr(recover_now, NULL, &r);
+	assert_int_equal(r, -EBUSY);
+	assert_non_null(strstr(log, "a call is still inside the module"));
+	assert_false(hsm_available(own.hsm));
+	assert_int_equal(hsm_generation(own.hsm), 1);
+	pthread_mutex_lock(&rd.mutex);
+	rd.release = 1;
+	pthread_cond_broadcast(&rd.cond);
+	pthread_mutex_unlock(&rd.mutex);
+	assert_int_equal(pthread_join(rd.thread, NULL), 0);
+	pthread_cond_destroy(&rd.cond);
+	pthread_mutex_destroy(&rd.mutex);
+	assert_int_equal(hsm_recover(own.hsm, 1000), 0);
+	assert_true(hsm_available(own.hsm));
+	assert_int_equal(hsm_generation(own.hsm), 2);
+	assert_int_equal(hsm_session_check(own.session), 0);
+
+	/* A key generation inside the module is in the watchdog's view. */
+	wrap_install(own.hsm);
+	wrap.watchdog_in_keygen = 1;
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, 0, &key), 0);
+	EVP_PKEY_free(key.public_key);
+	assert_int_equal(wrap.watchdog_said, 1);
+	assert_string_equal(hsm_failure(own.hsm), "hung");
+	wrap_remove(own.hsm);
+	assert_int_equal(hsm_recover(own.hsm, 1000), 0);
+	assert_int_equal(hsm_generation(own.hsm), 3);
 	own_close();
 }
 
@@ -1391,6 +1743,9 @@ int main(int argc, char **argv)
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_generation_makes_the_record_first_and_cleans_up, own_token_setup,
 						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_device_failure_and_recovery, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_close_a_failed_token, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_watchdog_and_busy_recovery, own_token_setup, own_token_teardown),
 	};
 	int r = fixture_token_create(&tok);
 	if (r != 0)
