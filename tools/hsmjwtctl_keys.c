@@ -184,8 +184,8 @@ int cmd_keys_generate(struct ctl *ctl, int argc, char **argv)
 		fprintf(stderr, "hsmjwtctl: %s had a next key waiting: %s signs now instead of a new key\n",
 			jws_alg_name(alg), change.kid);
 	if (!ctl_keys_configured(ctl, alg))
-		fprintf(stderr, "hsmjwtctl: warning: %s is not one of the configured algorithms: the daemon publishes "
-				"the key but neither signs with it nor rotates it\n", jws_alg_name(alg));
+		fprintf(stderr, "hsmjwtctl: warning: %s is not one of the configured algorithms: the daemon keeps "
+				"the key for verification but neither signs with it nor rotates it\n", jws_alg_name(alg));
 	printf("%s\n", change.kid);
 	status = 0;
 out:
@@ -335,8 +335,9 @@ int cmd_keys_destroy(struct ctl *ctl, int argc, char **argv)
 	char at[CTL_TIME_MAX], retired[CTL_TIME_MAX];
 	const struct keys_entry *entry;
 	const char *kid = NULL, *alg;
+	struct keystate_policy policy;
 	struct keys *keys = NULL;
-	int64_t now, safe_at = 0;
+	int64_t now, safe_at = 0, live_until;
 	int status = 1, force = 0, signing, r;
 
 	if (ctl_keys_destroy_args(argc, argv, &kid, &force) < 0) {
@@ -353,6 +354,8 @@ int cmd_keys_destroy(struct ctl *ctl, int argc, char **argv)
 	}
 	alg = jws_alg_name(entry->hsm.alg);
 	signing = keys_signer(keys, entry->hsm.alg) == entry;
+	keys_policy(&ctl->cfg, &policy);
+	live_until = entry->state.state == KEYSTATE_RETIRED ? keystate_destroy_after(&entry->state, &policy) : 0;
 	r = keys_destroy(ctl->hsm, &ctl->cfg, kid, force, now, &safe_at);
 	if (r == -EBUSY && safe_at == INT64_MAX) {
 		fprintf(stderr, "hsmjwtctl: %s signs %s; rotate first (keys rotate --alg %s --immediate), then destroy "
@@ -378,6 +381,9 @@ int cmd_keys_destroy(struct ctl *ctl, int argc, char **argv)
 		fprintf(stderr, "hsmjwtctl: warning: %s signed %s: the tokens it signed no longer verify, and %s has no "
 				"signing key until hsmjwtctl keys generate --alg %s (a daemon that signs %s makes one "
 				"itself)\n", kid, alg, alg, alg, alg);
+	else if (live_until > now)
+		fprintf(stderr, "hsmjwtctl: warning: tokens %s signed may have been live until %s: they no longer "
+				"verify\n", kid, ctl_time(live_until, at));
 	printf("destroyed %s\n", kid);
 	status = 0;
 out:

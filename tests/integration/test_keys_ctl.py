@@ -247,6 +247,8 @@ def destroy_retired(c, ctl, k1):
     out = ctl.run("keys", "destroy", k1, "--force")
     c.equal(out.returncode, 0, "destroy --force exits 0")
     c.equal(out.stdout, f"destroyed {k1}\n", "it prints `destroyed KID'")
+    c.check(f"warning: tokens {k1} signed may have been live until {iso(e1.get('destroy_after', 0))}" in out.stderr,
+            "and warns that the tokens it signed stop verifying", out.stderr.strip())
     after = ctl.keys()
     c.check(k1 not in after, "the key is gone from keys list", sorted(after))
     c.equal(after, {k: v for k, v in keys.items() if k != k1}, "every other key is as it was")
