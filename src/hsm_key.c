@@ -304,6 +304,37 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
 	return 0;
 }
 
+/* Every object matching tmpl, in a new array of handles the caller frees.
+ * what names the objects for the refusal: dropping some silently would
+ * leave tokens signed by a dropped key unverifiable and make keys_load
+ * generate "missing" signers on every start. */
+static int hsm_find_all(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+			const char *what, CK_OBJECT_HANDLE **ret_handles, CK_ULONG *ret_count)
+{
+	CK_OBJECT_HANDLE *handles;
+	CK_ULONG count = 0;
+	int more = 0, r;
+
+	handles = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*handles));
+	if (handles == NULL)
+		return -ENOMEM;
+	r = hsm_find_objects(hsm, s, tmpl, n, handles, HSM_MAX_KEY_OBJECTS, &count, &more);
+	if (r < 0)
+		goto out;
+	if (more) {
+		log_error("\"more %s in the token than hsmjwt examines\" token=%s limit=%d", what,
+			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
+		r = -E2BIG;
+		goto out;
+	}
+	*ret_handles = handles;
+	*ret_count = count;
+	handles = NULL;
+out:
+	free(handles);
+	return r;
+}
+
 int hsm_ec_params_match(enum jws_alg alg, const uint8_t *params, size_t len)
 {
 	static const struct { enum jws_alg alg; const uint8_t *der; size_t len; } curves[] = {
@@ -463,23 +494,14 @@ static int hsm_index_public_keys(struct hsm *hsm, CK_SESSION_HANDLE s, struct hs
 	CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
 	CK_BBOOL yes = CK_TRUE;
 	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
-	CK_OBJECT_HANDLE *handles;
+	CK_OBJECT_HANDLE *handles = NULL;
 	struct hsm_public *pubs = NULL;
 	CK_ULONG n = 0;
-	int more = 0, r;
+	int r;
 
-	handles = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*handles));
-	if (handles == NULL)
-		return -ENOMEM;
-	r = hsm_find_objects(hsm, s, tmpl, 2, handles, HSM_MAX_KEY_OBJECTS, &n, &more);
+	r = hsm_find_all(hsm, s, tmpl, 2, "public keys", &handles, &n);
 	if (r < 0)
-		goto out;
-	if (more) {
-		log_error("\"more public keys in the token than hsmjwt examines\" token=%s limit=%d",
-			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
-		r = -E2BIG;
-		goto out;
-	}
+		return r;
 	pubs = calloc(n ? n : 1, sizeof(*pubs));
 	if (pubs == NULL) {
 		r = -ENOMEM;
@@ -540,24 +562,15 @@ static int hsm_index_records(struct hsm *hsm, CK_SESSION_HANDLE s, struct hsm_re
 		{ CKA_TOKEN, &yes, sizeof(yes) },
 		{ CKA_APPLICATION, (void *)HSM_RECORD_APPLICATION, sizeof(HSM_RECORD_APPLICATION) - 1 },
 	};
-	CK_OBJECT_HANDLE *handles;
+	CK_OBJECT_HANDLE *handles = NULL;
 	struct hsm_record_ref *refs = NULL;
 	CK_ULONG n = 0;
 	size_t kept = 0;
-	int more = 0, r;
+	int r;
 
-	handles = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*handles));
-	if (handles == NULL)
-		return -ENOMEM;
-	r = hsm_find_objects(hsm, s, tmpl, 3, handles, HSM_MAX_KEY_OBJECTS, &n, &more);
+	r = hsm_find_all(hsm, s, tmpl, 3, "lifecycle records", &handles, &n);
 	if (r < 0)
-		goto out;
-	if (more) {
-		log_error("\"more lifecycle records in the token than hsmjwt examines\" token=%s limit=%d",
-			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
-		r = -E2BIG;
-		goto out;
-	}
+		return r;
 	refs = calloc(n ? n : 1, sizeof(*refs));
 	if (refs == NULL) {
 		r = -ENOMEM;
@@ -797,38 +810,16 @@ static int hsm_find_keys_locked(struct hsm_session *session, struct hsm_key **re
 	size_t count = 0, over = 0;
 	CK_TOKEN_INFO token_info;
 	CK_RV rv;
-	int more = 0, r;
+	int r;
 
 	/* Handles first, keys after: a session runs one search at a time. */
-	found = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*found));
-	if (found == NULL)
-		return -ENOMEM;
-	r = hsm_find_objects(hsm, session->handle, tmpl, 2, found, HSM_MAX_KEY_OBJECTS, &n, &more);
+	r = hsm_find_all(hsm, session->handle, tmpl, 2, "private keys", &found, &n);
 	if (r < 0)
-		goto out;
-	/* Dropping keys silently would leave tokens signed by them unverifiable
-	 * and make keys_load generate "missing" signers on every start. */
-	if (more) {
-		log_error("\"more private keys in the token than hsmjwt examines\" token=%s limit=%d",
-			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
-		r = -E2BIG;
-		goto out;
-	}
-	secrets = calloc(HSM_MAX_KEY_OBJECTS, sizeof(*secrets));
-	if (secrets == NULL) {
-		r = -ENOMEM;
-		goto out;
-	}
+		return r;
 	cls = CKO_SECRET_KEY;
-	r = hsm_find_objects(hsm, session->handle, tmpl, 2, secrets, HSM_MAX_KEY_OBJECTS, &n_secrets, &more);
+	r = hsm_find_all(hsm, session->handle, tmpl, 2, "secret keys", &secrets, &n_secrets);
 	if (r < 0)
 		goto out;
-	if (more) {
-		log_error("\"more secret keys in the token than hsmjwt examines\" token=%s limit=%d",
-			  hsm->token_label, HSM_MAX_KEY_OBJECTS);
-		r = -E2BIG;
-		goto out;
-	}
 	r = hsm_index_public_keys(hsm, session->handle, &pubs, &n_pubs);
 	if (r < 0)
 		goto out;
