@@ -145,17 +145,36 @@ out:
 	return r;
 }
 
-/* The index of kid in keys, or -ENOENT (logged). */
-static int keys_index(const struct keys *keys, const char *kid)
+/* The token's keys with their plan, as keys_load_plan gives them, and the
+ * index of kid among them: what an operator's command on one key starts
+ * from.  -ENOENT (logged) when the token has no such key. */
+static int keys_load_kid(struct hsm *hsm, const struct config *cfg, const char *kid, int64_t now,
+			 struct keys **ret_keys, struct keystate_key **ret_planned, size_t *ret_index)
 {
-	const struct keys_entry *e = keys_find(keys, kid);
+	struct keys *keys = NULL;
+	struct keystate_key *planned = NULL;
+	const struct keys_entry *e;
+	int r;
 
+	r = keys_load_plan(hsm, cfg, now, &keys, &planned, NULL);
+	if (r < 0)
+		return r;
+	e = keys_find(keys, kid);
 	if (e == NULL) {
 		char shown[2 * JWK_KID_MAX + 3];
 		log_error("\"no such key in the token\" kid=%s", log_quote(shown, sizeof(shown), kid));
-		return -ENOENT;
+		r = -ENOENT;
+		goto out;
 	}
-	return (int)(e - keys->entries);
+	*ret_index = (size_t)(e - keys->entries);
+	*ret_keys = keys;
+	*ret_planned = planned;
+	keys = NULL;
+	planned = NULL;
+out:
+	free(planned);
+	keys_release(keys);
+	return r;
 }
 
 static void keys_fill_change(struct keys_change *ret, enum jws_alg alg, const char *kid,
@@ -224,15 +243,13 @@ int keys_retire(struct hsm *hsm, const struct config *cfg, const char *kid, int6
 	struct keys *keys = NULL;
 	struct keystate_key *planned = NULL;
 	struct keystate_record rec;
-	int index, r;
+	size_t index;
+	int r;
 
-	r = keys_load_plan(hsm, cfg, now, &keys, &planned, NULL);
+	r = keys_load_kid(hsm, cfg, kid, now, &keys, &planned, &index);
 	if (r < 0)
 		return r;
-	r = index = keys_index(keys, kid);
-	if (r < 0)
-		goto out;
-	r = keystate_retire(planned, keys->count, (size_t)index, now, &rec);
+	r = keystate_retire(planned, keys->count, index, now, &rec);
 	if (r < 0)
 		goto out;
 	r = keys_write_record(hsm, &keys->entries[index].hsm, &rec);
@@ -253,16 +270,14 @@ int keys_destroy(struct hsm *hsm, const struct config *cfg, const char *kid, int
 	struct keystate_key *planned = NULL;
 	struct keystate_policy policy;
 	int64_t safe_at = 0;
-	int index, r;
+	size_t index;
+	int r;
 
 	keys_policy(cfg, &policy);
-	r = keys_load_plan(hsm, cfg, now, &keys, &planned, NULL);
+	r = keys_load_kid(hsm, cfg, kid, now, &keys, &planned, &index);
 	if (r < 0)
 		return r;
-	r = index = keys_index(keys, kid);
-	if (r < 0)
-		goto out;
-	r = keystate_check_destroy(planned, keys->count, (size_t)index, now, &policy, force, &safe_at);
+	r = keystate_check_destroy(planned, keys->count, index, now, &policy, force, &safe_at);
 	if (r == -EBUSY) {
 		if (ret_safe_at != NULL)
 			*ret_safe_at = safe_at;
