@@ -57,6 +57,28 @@ static void ctl_keys_unknown(const char *kid)
 	fprintf(stderr, "hsmjwtctl: no key `%.*s' in the token (hsmjwtctl keys list shows them)\n", CTL_SHOWN_MAX, kid);
 }
 
+/* The token's keys and kid's entry among them, read before a command on
+ * one key so that its messages can name the key's algorithm and state:
+ * 0, or -1 after a message. */
+static int ctl_keys_find(struct ctl *ctl, const char *kid, int64_t now, struct keys **ret_keys,
+			 const struct keys_entry **ret_entry)
+{
+	struct keys *keys = NULL;
+	const struct keys_entry *entry;
+
+	if (ctl_load_keys(ctl, now, &keys) < 0)
+		return -1;
+	entry = keys_find(keys, kid);
+	if (entry == NULL) {
+		ctl_keys_unknown(kid);
+		keys_release(keys);
+		return -1;
+	}
+	*ret_keys = keys;
+	*ret_entry = entry;
+	return 0;
+}
+
 /* Every key as keys_entry_to_json shows it, in the set's order: one source
  * for the table and for --json, so the two never disagree. */
 static int ctl_keys_json(const struct ctl *ctl, const struct keys *keys, json_t **ret_list)
@@ -271,13 +293,8 @@ int cmd_keys_retire(struct ctl *ctl, int argc, char **argv)
 	}
 	kid = argv[0];
 	now = (int64_t)time(NULL);
-	if (ctl_load_keys(ctl, now, &keys) < 0)
+	if (ctl_keys_find(ctl, kid, now, &keys, &entry) < 0)
 		return 1;
-	entry = keys_find(keys, kid);
-	if (entry == NULL) {
-		ctl_keys_unknown(kid);
-		goto out;
-	}
 	alg = jws_alg_name(entry->hsm.alg);
 	r = keys_retire(ctl->hsm, &ctl->cfg, kid, now, &change);
 	switch (r) {
@@ -302,7 +319,6 @@ int cmd_keys_retire(struct ctl *ctl, int argc, char **argv)
 		fprintf(stderr, "hsmjwtctl: retiring %s failed (error %d, see the log line above)\n", kid, r);
 		break;
 	}
-out:
 	keys_release(keys);
 	return status;
 }
@@ -345,13 +361,8 @@ int cmd_keys_destroy(struct ctl *ctl, int argc, char **argv)
 		return 2;
 	}
 	now = (int64_t)time(NULL);
-	if (ctl_load_keys(ctl, now, &keys) < 0)
+	if (ctl_keys_find(ctl, kid, now, &keys, &entry) < 0)
 		return 1;
-	entry = keys_find(keys, kid);
-	if (entry == NULL) {
-		ctl_keys_unknown(kid);
-		goto out;
-	}
 	alg = jws_alg_name(entry->hsm.alg);
 	signing = keys_signer(keys, entry->hsm.alg) == entry;
 	keys_policy(&ctl->cfg, &policy);
