@@ -88,6 +88,19 @@ def timed(fn):
     return before, result, int(time.time())
 
 
+def rotate_one(c, ctl, args, pattern, prints):
+    """`keys rotate ARGS` for one algorithm whose key the sequence goes on
+    with: (floor of the clock before, the match of its output against
+    pattern, floor after); RuntimeError when it exits non-zero or prints
+    anything else, since there is then no key to follow."""
+    t0, out, t1 = timed(lambda: ctl.run("keys", "rotate", *args))
+    c.equal(out.returncode, 0, f"keys rotate {' '.join(args)} exits 0")
+    m = re.fullmatch(pattern, out.stdout)
+    if not c.check(out.returncode == 0 and m, f"it prints `{prints}'", repr(out.stdout)):
+        raise RuntimeError(f"keys rotate {' '.join(args)} made no key to follow")
+    return t0, m, t1
+
+
 def check_entry(c, keys, kid, what, **want):
     """keys[kid]'s members are exactly the ones of its state, with want's values."""
     e = keys.get(kid)
@@ -178,11 +191,8 @@ def bootstrap(c, ctl):
 def rotate(c, ctl, k1, r1):
     c.section("keys rotate: a next key, published ahead")
     before = ctl.keys()
-    t0, out, t1 = timed(lambda: ctl.run("keys", "rotate", "--alg", "ES256"))
-    c.equal(out.returncode, 0, "keys rotate --alg ES256 exits 0")
-    m = re.fullmatch(r"ES256 (\S+) next activates at (\S+)\n", out.stdout)
-    if not c.check(m, "it prints `ES256 KID next activates at TIME'", repr(out.stdout)):
-        raise RuntimeError("no next key to follow")
+    t0, m, t1 = rotate_one(c, ctl, ["--alg", "ES256"], r"ES256 (\S+) next activates at (\S+)\n",
+                           "ES256 KID next activates at TIME")
     k2 = m.group(1)
     keys = ctl.keys()
     e = check_entry(c, keys, k2, "rotated", alg="ES256", state="next", signing=False, published=True)
@@ -270,11 +280,9 @@ def retire(c, ctl, k2):
     c.check(f"{k2} signs ES256; rotate first" in out.stderr, "it says to rotate first", out.stderr.strip())
     c.equal(ctl.keys(), keys, "neither changed anything")
 
-    out = ctl.run("keys", "rotate", "--alg", "ES256")
-    m = re.fullmatch(r"ES256 (\S+) next activates at \S+\n", out.stdout)
-    if not c.check(out.returncode == 0 and m, "a new next key to retire", repr(out.stdout)):
-        raise RuntimeError("no next key to retire")
-    k3 = m.group(1)
+    # A new next key, to retire.
+    k3 = rotate_one(c, ctl, ["--alg", "ES256"], r"ES256 (\S+) next activates at \S+\n",
+                    "ES256 KID next activates at TIME")[1].group(1)
     k3_due = ctl.keys()[k3]["activate_at"]    # when it would have signed
     t0, out, t1 = timed(lambda: ctl.run("keys", "retire", k3))
     c.equal(out.returncode, 0, "retiring a next key exits 0")
@@ -312,11 +320,8 @@ def retire(c, ctl, k2):
 
 def immediate(c, ctl, k2):
     c.section("keys rotate --immediate: the new key signs at once")
-    t0, out, t1 = timed(lambda: ctl.run("keys", "rotate", "--alg", "ES256", "--immediate"))
-    c.equal(out.returncode, 0, "rotate --immediate exits 0")
-    m = re.fullmatch(r"ES256 (\S+) active now \(immediate\)\n", out.stdout)
-    if not c.check(m, "it prints `ES256 KID active now (immediate)'", repr(out.stdout)):
-        raise RuntimeError("no immediate key")
+    t0, m, t1 = rotate_one(c, ctl, ["--alg", "ES256", "--immediate"], r"ES256 (\S+) active now \(immediate\)\n",
+                           "ES256 KID active now (immediate)")
     k5 = m.group(1)
     keys = ctl.keys()
     e5 = check_entry(c, keys, k5, "immediate", alg="ES256", state="active", signing=True, published=True)
