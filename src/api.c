@@ -342,8 +342,13 @@ static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct a
 
 	registry_get_stats(ctx->registry, &stats);
 	/* Every issued token is registered: without the registry nothing can
-	 * be issued either. */
-	can_issue = hsm_ok && !stats.failed && keys_signer(ctx->keys, ctx->cfg->algorithms[0]) != NULL;
+	 * be issued either.  A set whose handles predate the last recovery
+	 * cannot sign until the keyring has reloaded it. */
+	can_issue = hsm_ok && !stats.failed && ctx->keys->generation == hsm_generation(ctx->hsm) &&
+		    keys_signer_at(ctx->keys, ctx->cfg->algorithms[0], api_now()) != NULL;
+	/* A load balancer may retry: say when (RFC 9110 §10.2.3). */
+	if (!can_issue)
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
 	api_json(out, req, can_issue ? 200 : 503,
 		 json_pack("{s:s, s:s, s:I, s:s}", "status", can_issue ? "ok" : "degraded",
 			   "hsm", hsm_ok ? "ok" : "unavailable", "keys", (json_int_t)ctx->keys->count,

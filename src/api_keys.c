@@ -14,12 +14,22 @@
 
 #include "api_internal.h"
 
+/* The keys serve every org: a caller confined to one (its token has an
+ * org claim) may not list or rotate them, whatever its roles say. */
+static int api_service_wide(struct evhttp_request *req, const struct auth_caller *caller, struct api_outcome *out)
+{
+	if (caller->org[0] == '\0')
+		return 0;
+	api_error(out, req, 403, "insufficient_scope", "key administration needs a caller token without an org");
+	return -EACCES;
+}
+
 void api_admin_keys(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment)
 {
 	struct auth_caller caller;
 	json_t *list, *body;
 
-	if (api_authorize(ctx, req, AUTH_ROLE_KEYS_ADMIN, &caller, out) < 0)
+	if (api_authorize(ctx, req, AUTH_ROLE_KEYS_ADMIN, &caller, out) < 0 || api_service_wide(req, &caller, out) < 0)
 		return;
 	list = json_array();
 	for (size_t i = 0; list != NULL && i < ctx->keys->count; i++) {
@@ -58,6 +68,9 @@ static void api_rotated(void *arg, int result, const struct keys_change *changes
 		return;
 	case HSM_E_DEVICE:
 	case HSM_E_STALE:
+	case HSM_E_LOGIN:
+	case HSM_E_MODULE:
+	case HSM_E_NO_TOKEN:
 		api_pending_answer(pending, 503, NULL, "hsm_unavailable", "the token cannot generate keys right now");
 		return;
 	case -ECANCELED:
@@ -98,7 +111,7 @@ void api_admin_rotate(struct api_ctx *ctx, struct evhttp_request *req, struct ap
 	json_t *value;
 	int r;
 
-	if (api_authorize(ctx, req, AUTH_ROLE_KEYS_ADMIN, &caller, out) < 0)
+	if (api_authorize(ctx, req, AUTH_ROLE_KEYS_ADMIN, &caller, out) < 0 || api_service_wide(req, &caller, out) < 0)
 		return;
 	/* No body at all asks for the default: every algorithm, pre-published. */
 	if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) == 0)

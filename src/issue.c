@@ -62,7 +62,7 @@ static int issue_sign_cb(void *ctx, const uint8_t *data, size_t data_len, uint8_
 int issue_sign(const struct issue_ctx *ctx, enum jws_alg alg, const char *typ, const json_t *claims,
 	       char **ret_token)
 {
-	const struct keys_entry *signer = keys_signer(ctx->keys, alg);
+	const struct keys_entry *signer = keys_signer_at(ctx->keys, alg, ctx->now);
 	struct sign_ctx sctx;
 	json_t *header;
 	int r;
@@ -217,7 +217,8 @@ static int issue_algorithm(const json_t *body, const struct issue_ctx *ctx, enum
 		alg = JWS_ALG_INVALID;
 	/* Only configured algorithms sign: a key left in the token from an
 	 * earlier configuration is for verification only. */
-	if (alg == JWS_ALG_INVALID || !issue_alg_configured(ctx->cfg, alg) || keys_signer(ctx->keys, alg) == NULL) {
+	if (alg == JWS_ALG_INVALID || !issue_alg_configured(ctx->cfg, alg) ||
+	    keys_signer_at(ctx->keys, alg, ctx->now) == NULL) {
 		snprintf(err, errlen, "alg is not one of this service's signing algorithms");
 		return -EINVAL;
 	}
@@ -455,7 +456,7 @@ int issue_access_token(const struct issue_ctx *ctx, const json_t *body, const st
 	if (r < 0)
 		return r;
 	claims = built.claims;
-	signer = keys_signer(ctx->keys, built.alg);
+	signer = keys_signer_at(ctx->keys, built.alg, ctx->now);
 	if (ret_record != NULL &&
 	    (r = issue_record(body, &built, signer ? signer->hsm.kid : "", flags, &rec, err, errlen)) < 0)
 		goto out;

@@ -109,21 +109,29 @@ static void keyring_log_set(const struct keys *keys)
 		 keys->generation);
 }
 
-/* Syncs the token with the lifecycle and loads the set, swapping it in when
- * it differs from the current one.  Failures are logged where they happen;
- * the current set stays. */
-static void keyring_refresh(struct keyring *keyring)
+/* Loads the set (after syncing the token with the lifecycle when sync is
+ * set) and swaps it in when it differs from the current one; when it does
+ * not, the current set is confirmed as of now.  A failed sync is logged
+ * where it happened and does not stop the load: the set must follow the
+ * token (other processes' changes, a recovery's new handles) even while
+ * this process cannot write to it. */
+static void keyring_refresh(struct keyring *keyring, int sync)
 {
 	struct keys *keys = NULL, *current;
-	int64_t now = keyring_wall();
+	int64_t now;
 	int same;
 
-	if (keys_sync(keyring->hsm, keyring->cfg, now, KEYS_SYNC_GENERATE | KEYS_SYNC_ROTATE | KEYS_SYNC_DESTROY,
-		      NULL) < 0 ||
-	    keys_load(keyring->hsm, keyring->cfg, now, &keys) < 0)
+	if (sync)
+		keys_sync(keyring->hsm, keyring->cfg, keyring_wall(), KEYS_SYNC_GENERATE | KEYS_SYNC_ROTATE | KEYS_SYNC_DESTROY,
+			  NULL);
+	/* Read after the sync: it may have taken seconds (an RSA key). */
+	now = keyring_wall();
+	if (keys_load(keyring->hsm, keyring->cfg, now, &keys) < 0)
 		return;
 	current = keyring_acquire(keyring);
 	same = keyring_same(current, keys);
+	if (same)
+		atomic_store(&current->confirmed_at, now);
 	keys_release(current);
 	if (same) {
 		keys_release(keys);
@@ -151,6 +159,11 @@ static void keyring_rotate_now(struct keyring *keyring, const struct keyring_req
 		if (r == 0 || r == -EEXIST) {
 			existing += r == -EEXIST;
 			n++;
+			/* Published before the next algorithm's key is made: an RSA
+			 * key takes seconds, which this key's publish_ahead must not
+			 * lose. */
+			if (r == 0)
+				keyring_refresh(keyring, 0);
 			continue;
 		}
 		result = r;
@@ -162,7 +175,7 @@ static void keyring_rotate_now(struct keyring *keyring, const struct keyring_req
 	else if (result == 0 && existing == (int)n)
 		result = -EEXIST;
 	/* Publish before answering: the caller may fetch the JWKS next. */
-	keyring_refresh(keyring);
+	keyring_refresh(keyring, 1);
 	req->done(req->arg, result, changes, n);
 }
 
@@ -196,17 +209,21 @@ static void keyring_turn(struct keyring *keyring, struct keyring_request *req)
 		keyring->next_poll_ms = keyring_now_ms() + KEYRING_POLL_MS;
 		return;
 	}
-	current = keyring_acquire(keyring);
-	/* The set goes out of date by itself at next_change (an activation, a
-	 * destruction falling due); it is also stale after a recovery. */
-	due = keyring->reload || now_ms >= keyring->next_poll_ms || keyring_wall() >= current->next_change ||
-	      current->generation != hsm_generation(keyring->hsm);
-	keys_release(current);
-	if (!due)
+	if (keyring->reload || now_ms >= keyring->next_poll_ms) {
+		keyring->reload = 0;
+		keyring_refresh(keyring, 1);
+		keyring->next_poll_ms = keyring_now_ms() + KEYRING_POLL_MS;
 		return;
-	keyring->reload = 0;
-	keyring_refresh(keyring);
-	keyring->next_poll_ms = keyring_now_ms() + KEYRING_POLL_MS;
+	}
+	/* Between polls, a set that went out of date by itself (an activation,
+	 * a destruction falling due: next_change) or whose handles a recovery
+	 * made stale is only reloaded: writing it down is the poll's, so that
+	 * a failing write is retried every KEYRING_POLL_MS, not every tick. */
+	current = keyring_acquire(keyring);
+	due = keyring_wall() >= current->next_change || current->generation != hsm_generation(keyring->hsm);
+	keys_release(current);
+	if (due)
+		keyring_refresh(keyring, 0);
 }
 
 static void keyring_deadline(struct timespec *ts, unsigned ms)

@@ -158,8 +158,18 @@ static void keys_read_records(const struct hsm_key *key, struct keystate_key *re
 			ret->stored = rec;
 		ret->has_record = 1;
 	}
-	/* Records beyond those read count too: a WRITE then prunes them. */
-	ret->record_count = (unsigned)key->meta_found;
+	/* Identical copies are harmless (two processes wrote the same
+	 * transition at once) and are never pruned: each process would keep
+	 * its own copy and delete the other's, leaving none.  Distinct texts
+	 * count, and so do records beyond those read: a WRITE prunes them. */
+	ret->record_count = (unsigned)(key->meta_found - key->meta_count);
+	for (size_t m = 0; m < key->meta_count; m++) {
+		size_t same = 0;
+		for (size_t k = 0; k < m && !same; k++)
+			same = key->meta[k].len == key->meta[m].len &&
+			       memcmp(key->meta[k].value, key->meta[m].value, key->meta[m].len) == 0;
+		ret->record_count += !same;
+	}
 }
 
 static int keys_entry_cmp(const void *a, const void *b)
@@ -233,14 +243,27 @@ int keys_load_plan(struct hsm *hsm, const struct config *cfg, int64_t now, struc
 		if (planned[i].effective.state == KEYSTATE_NEXT && planned[i].effective.activate_at < keys->next_activation)
 			keys->next_activation = planned[i].effective.activate_at;
 	}
-	keys->jwks_max_age_cap = policy.publish_ahead - KEYSTATE_REPLICA_LAG;
+	atomic_init(&keys->confirmed_at, now);
+	keys->jwks_max_age_cap = policy.publish_ahead;
 	if (keys->jwks_max_age_cap > KEYSTATE_JWKS_MAX_AGE)
 		keys->jwks_max_age_cap = KEYSTATE_JWKS_MAX_AGE;
 	if (keys->jwks_max_age_cap < 0)
 		keys->jwks_max_age_cap = 0;
-	for (int a = 0; a < JWS_ALG_COUNT; a++)
+	for (int a = 0; a < JWS_ALG_COUNT; a++) {
+		keys->successor_at[a] = INT64_MAX;
 		if (plan.signer[a] >= 0)
 			keys->signer[a] = &keys->entries[plan.signer[a]];
+	}
+	/* The next key that will take over: the earliest of its algorithm
+	 * (the plan destroys any others). */
+	for (size_t i = 0; i < keys->count; i++) {
+		enum jws_alg a = keys->entries[i].hsm.alg;
+		if (keys->entries[i].state.state == KEYSTATE_NEXT &&
+		    keys->entries[i].state.activate_at < keys->successor_at[a]) {
+			keys->successor[a] = &keys->entries[i];
+			keys->successor_at[a] = keys->entries[i].state.activate_at;
+		}
+	}
 	r = keys_build_jwks(keys);
 	if (r < 0)
 		goto out;
@@ -281,9 +304,18 @@ const struct keys_entry *keys_signer(const struct keys *keys, enum jws_alg alg)
 	return keys->signer[alg];
 }
 
+const struct keys_entry *keys_signer_at(const struct keys *keys, enum jws_alg alg, int64_t now)
+{
+	if ((int)alg <= 0 || alg >= JWS_ALG_COUNT)
+		return NULL;
+	if (keys->successor[alg] != NULL && now >= keys->successor_at[alg])
+		return keys->successor[alg];
+	return keys->signer[alg];
+}
+
 int64_t keys_jwks_max_age(const struct keys *keys, int64_t now)
 {
-	int64_t age = keys->jwks_max_age_cap;
+	int64_t age = keys->jwks_max_age_cap - (now - atomic_load(&keys->confirmed_at));
 
 	if (keys->next_activation != INT64_MAX && keys->next_activation - now < age)
 		age = keys->next_activation - now;

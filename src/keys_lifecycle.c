@@ -14,34 +14,37 @@
 
 #include "keys_internal.h"
 
-/* Stores rec as key's record, then drops the records it supersedes.  When
- * one of them already says exactly rec (a prune), it is kept instead of a
- * new one written: two processes pruning at once then keep the same record
- * (hsm_find_keys orders them alike) rather than trading fresh copies.  A
- * failure to drop one leaves two, which merge to rec and are pruned by the
- * next sync. */
+/* Stores rec as key's record, then drops the records it supersedes.
+ * Records that already say exactly rec are kept (none is written then):
+ * identical copies are harmless under merge, and two processes pruning at
+ * once must never delete each other's copy — handle order differs between
+ * processes, so "keep the first" would leave the key with no record at all.
+ * A failure to drop one leaves two, which merge to rec and are pruned by
+ * the next sync. */
 static int keys_write_record(struct hsm *hsm, const struct hsm_key *key, const struct keystate_record *rec)
 {
 	char text[KEYSTATE_RECORD_MAX + 1];
-	size_t len, keep = key->meta_count;
-	int r;
+	size_t len;
+	int r, present = 0;
 
 	r = keystate_format(rec, text, sizeof(text), &len);
 	if (r < 0) {
 		log_error("\"cannot format a key lifecycle record\" kid=%s error=%d", key->kid, r);
 		return r;
 	}
-	for (size_t m = 0; m < key->meta_count && keep == key->meta_count; m++)
-		if (key->meta[m].len == len && memcmp(key->meta[m].value, text, len) == 0)
-			keep = m;
-	if (keep == key->meta_count) {
+	for (size_t m = 0; m < key->meta_count; m++)
+		present |= key->meta[m].len == len && memcmp(key->meta[m].value, text, len) == 0;
+	if (!present) {
 		r = hsm_meta_add(hsm, key, (const uint8_t *)text, len);
 		if (r < 0)
 			return r;
 	}
-	for (size_t m = 0; m < key->meta_count; m++)
-		if (m != keep && hsm_meta_remove(hsm, key, m) < 0)
+	for (size_t m = 0; m < key->meta_count; m++) {
+		if (key->meta[m].len == len && memcmp(key->meta[m].value, text, len) == 0)
+			continue;
+		if (hsm_meta_remove(hsm, key, m) < 0)
 			log_warn("\"cannot remove a superseded lifecycle record; the next sync retries\" kid=%s", key->kid);
+	}
 	return 0;
 }
 

@@ -304,7 +304,10 @@ struct keystate_alg_view {
 };
 
 /* Records for keys made before lifecycle records: the key that signed was,
- * per algorithm, the first found — the smallest kid. */
+ * per algorithm, the first found — the smallest kid.  Once any key of the
+ * algorithm has a record, a key without one is never made a signer: it is
+ * a key whose records were lost (or never readable), and taking it for a
+ * pre-record signer would put a retired key back in service. */
 static void keystate_migrate(struct keystate_key *keys, size_t n, int64_t now)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -314,8 +317,8 @@ static void keystate_migrate(struct keystate_key *keys, size_t n, int64_t now)
 		if (keys[i].has_record)
 			continue;
 		for (size_t j = 0; j < n && first; j++)
-			if (j != i && !keys[j].has_record && keys[j].alg == keys[i].alg &&
-			    (keystate_kid_cmp(&keys[j], &keys[i]) < 0 ||
+			if (j != i && keys[j].alg == keys[i].alg &&
+			    (keys[j].has_record || keystate_kid_cmp(&keys[j], &keys[i]) < 0 ||
 			     (keystate_kid_cmp(&keys[j], &keys[i]) == 0 && j < i)))
 				first = 0;
 		e->state = first ? KEYSTATE_ACTIVE : KEYSTATE_RETIRED;
@@ -502,6 +505,12 @@ int keystate_rotate(const struct keystate_key *keys, size_t n, enum jws_alg alg,
 	if (immediate) {
 		rec.state = KEYSTATE_ACTIVE;
 		rec.activate_at = now;
+		/* Times are whole seconds: in the second its predecessor took over,
+		 * the new key could lose the tie (created, then kid).  It takes over
+		 * a second later instead — strictly after, so it always wins. */
+		for (size_t i = 0; i < n; i++)
+			if (keys[i].alg == alg && keys[i].signer && keys[i].effective.activate_at >= rec.activate_at)
+				rec.activate_at = keystate_add(keys[i].effective.activate_at, 1);
 	} else {
 		rec.state = KEYSTATE_NEXT;
 		rec.activate_at = keystate_add(keystate_add(now, policy->publish_ahead), KEYSTATE_PUBLISH_SLACK);

@@ -33,6 +33,11 @@ struct keys {
 	/* The key that signs each algorithm (keystate_plan's signer), NULL when
 	 * the set has none. */
 	const struct keys_entry *signer[JWS_ALG_COUNT];
+	/* The next key of each algorithm and when it takes over (INT64_MAX:
+	 * none), so that signing switches at that second in every process
+	 * whatever the keyring is busy with (keys_signer_at). */
+	const struct keys_entry *successor[JWS_ALG_COUNT];
+	int64_t successor_at[JWS_ALG_COUNT];
 	char *jwks;                  /* the JWKS document, compact JSON, keys ordered by kid */
 	size_t jwks_len;
 	char etag[40];               /* quoted strong ETag of jwks (a content hash) */
@@ -43,7 +48,12 @@ struct keys {
 	/* The next scheduled activation, INT64_MAX when none: a JWKS copy must
 	 * not be cached past it. */
 	int64_t next_activation;
-	int64_t jwks_max_age_cap;    /* min(KEYSTATE_JWKS_MAX_AGE, publish_ahead - KEYSTATE_REPLICA_LAG), >= 0 */
+	int64_t jwks_max_age_cap;    /* min(KEYSTATE_JWKS_MAX_AGE, publish_ahead), >= 0 */
+	/* When the token was last read and found to hold this set (the keyring
+	 * moves it on at every poll that finds nothing new).  A key made after
+	 * it activates publish_ahead after its making at the earliest, so a
+	 * copy served at t may be cached publish_ahead - (t - confirmed_at). */
+	_Atomic int64_t confirmed_at;
 	unsigned generation;         /* hsm_generation() of the handles */
 };
 
@@ -70,13 +80,20 @@ struct keys_view {
 /* jws_key_lookup_fn over a struct keys_view (ctx). */
 const struct jwk_key *keys_lookup(void *ctx, const char *kid);
 
-/* The key that signs alg, or NULL. */
+/* The key that signed alg when the set was loaded, or NULL. */
 const struct keys_entry *keys_signer(const struct keys *keys, enum jws_alg alg);
+/* The key that signs alg at now: the loaded signer, or its successor once
+ * the successor's activate_at has come — the switch must not wait for a
+ * reload (the keyring may be generating an RSA key for seconds), or the old
+ * key would sign past its retirement and outlive its destruction window. */
+const struct keys_entry *keys_signer_at(const struct keys *keys, enum jws_alg alg, int64_t now);
 /* The key with this kid, or NULL. */
 const struct keys_entry *keys_find(const struct keys *keys, const char *kid);
 
-/* Cache-Control max-age of the JWKS served at now: jwks_max_age_cap, and
- * never past next_activation; >= 0. */
+/* Cache-Control max-age of the JWKS served at now: jwks_max_age_cap less
+ * the time since confirmed_at, and never past next_activation; >= 0.  A
+ * replica that cannot read the token (failed, hung, busy) serves ever
+ * shorter lifetimes rather than a stale set for long. */
 int64_t keys_jwks_max_age(const struct keys *keys, int64_t now);
 
 /* One key as GET /admin/keys and `hsmjwtctl keys list` show it:

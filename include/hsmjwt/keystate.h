@@ -39,9 +39,11 @@ enum keystate_state {
 const char *keystate_name(enum keystate_state state);
 
 /* How long another process may take to notice a change in the token (SPEC
- * §6: within 5 s).  The JWKS max-age leaves this much of publish_ahead
- * unused, so that a relying party that fetched the key set from a replica
- * which had not yet seen a new key refetches before that key signs. */
+ * §6: within 5 s).  keystate_plan's jwks_max_age leaves this much of
+ * publish_ahead unused, so that a relying party that fetched the key set
+ * from a replica which had not yet seen a new key refetches before that key
+ * signs; the daemon does better, counting from when it last read the token
+ * (keys_jwks_max_age). */
 #define KEYSTATE_REPLICA_LAG 5
 /* Longest JWKS max-age whatever publish_ahead says, seconds. */
 #define KEYSTATE_JWKS_MAX_AGE 600
@@ -143,7 +145,9 @@ struct keystate_plan {
 /* Computes effective states, signers and actions for keys[0..n) at now:
  *   - a key without a record (made before lifecycle records) is recorded
  *     as it was used: per algorithm the smallest kid active since now, the
- *     others retired now (WRITE);
+ *     others retired now (WRITE) — but where any key of the algorithm has a
+ *     record, a key without one is retired now, never made the signer (its
+ *     records were lost; it may have been retired);
  *   - next keys whose activate_at has come become active; the active keys
  *     of an algorithm retire as described at the top (WRITE when effective
  *     differs from stored, or record_count > 1);
@@ -166,7 +170,10 @@ int keystate_plan(struct keystate_key *keys, size_t n, int64_t now, const struct
 /* What a manual rotation of alg does (keys[0..n) planned at now):
  *   - no next key: generate one, recorded as *ret_new — next with
  *     activate_at = now + publish_ahead + KEYSTATE_PUBLISH_SLACK, or
- *     (immediate) active since now;
+ *     (immediate) active since now, or since a second after the signer's
+ *     activate_at when that is not before now (whole seconds: the new key
+ *     must take over strictly after its predecessor, or the tie rule could
+ *     keep the old one);
  *   - a next key exists, immediate: promote it now — *ret_index is its index
  *     and *ret_new its new record;
  *   - a next key exists, not immediate: -EEXIST (a rotation is already

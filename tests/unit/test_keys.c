@@ -254,21 +254,36 @@ static void test_rotation_timeline(void **state)
 	assert_string_equal(again.kid, change.kid);
 
 	/* Published at once, not signing; the JWKS max-age is publish_ahead
-	 * less the replica lag (the activation is further away). */
+	 * (the set was read from the token just now; the activation is further
+	 * away), and shrinks as the set ages unconfirmed. */
 	keys = load_at(t0);
 	assert_non_null(strstr(keys->jwks, change.kid));
 	assert_int_equal(entry(keys, change.kid)->state.state, KEYSTATE_NEXT);
 	assert_string_equal(keys_signer(keys, JWS_ALG_EDDSA)->hsm.kid, old_kid);
-	assert_int_equal(keys_jwks_max_age(keys, t0), cfg.publish_ahead - KEYSTATE_REPLICA_LAG);
+	assert_int_equal(keys_jwks_max_age(keys, t0), cfg.publish_ahead);
+	assert_int_equal(keys_jwks_max_age(keys, t0 + 10), cfg.publish_ahead - 10);
+	/* Confirmed again (the keyring found the token unchanged): now the
+	 * activation is the nearer bound. */
+	atomic_store(&keys->confirmed_at, t0 + 10);
+	assert_int_equal(keys_jwks_max_age(keys, t0 + 10), due - (t0 + 10));
 	assert_int_equal(keys->next_activation, due);
 	assert_int_equal(keys->next_change, due);
 	/* Close to the activation, no copy is cached past it. */
+	atomic_store(&keys->confirmed_at, due - 3);
 	assert_int_equal(keys_jwks_max_age(keys, due - 3), 3);
 	assert_int_equal(keys_jwks_max_age(keys, due), 0);
+	/* Never negative, however stale. */
+	atomic_store(&keys->confirmed_at, t0);
+	assert_int_equal(keys_jwks_max_age(keys, t0 + 1000), 0);
 	keys_release(keys);
 
 	keys = load_at(due - 1);
 	assert_string_equal(keys_signer(keys, JWS_ALG_EDDSA)->hsm.kid, old_kid);
+	/* A set loaded before the activation switches at that second by itself
+	 * (keys_signer_at), whatever the keyring is busy with. */
+	assert_string_equal(keys_signer_at(keys, JWS_ALG_EDDSA, due - 1)->hsm.kid, old_kid);
+	assert_string_equal(keys_signer_at(keys, JWS_ALG_EDDSA, due)->hsm.kid, change.kid);
+	assert_int_equal(keys->successor_at[JWS_ALG_EDDSA], due);
 	keys_release(keys);
 	/* At activate_at, before anyone writes it: the new key signs. */
 	keys = load_at(due);
@@ -371,9 +386,17 @@ static void test_immediate_rotation_and_retire_rules(void **state)
 	 * the token says so without waiting for a sync. */
 	assert_int_equal(keys_rotate(hsm, &cfg, JWS_ALG_RS256, 1, t0, &now_change), 0);
 	assert_int_equal(now_change.record.state, KEYSTATE_ACTIVE);
-	assert_int_equal(now_change.record.activate_at, t0);
+	/* Now, or a second after the old key's activation when that was in
+	 * this very second (whole seconds; keystate_rotate). */
+	assert_true(now_change.record.activate_at == t0 || now_change.record.activate_at == t0 + 1);
+	t0 = now_change.record.activate_at;
 	keys = load_at(t0);
 	assert_string_equal(keys_signer(keys, JWS_ALG_RS256)->hsm.kid, now_change.kid);
+	keys_release(keys);
+	/* Written down by the rotation itself, or at the latest by the next
+	 * sync once its activation second has come. */
+	assert_int_equal(keys_sync(hsm, &cfg, t0, 0, NULL), 0);
+	keys = load_at(t0);
 	assert_int_equal(stored_record(entry(keys, old_kid)).state, KEYSTATE_RETIRED);
 	assert_int_equal(stored_record(entry(keys, old_kid)).retired_at, t0);
 	keys_release(keys);
@@ -429,6 +452,36 @@ static void test_superseded_records_are_pruned(void **state)
 	assert_int_equal(keys_sync(hsm, &cfg, t0, 0, NULL), 0);
 	keys = load_at(t0);
 	assert_int_equal(stored_record(keys_signer(keys, JWS_ALG_ES256)).state, KEYSTATE_ACTIVE);
+	keys_release(keys);
+}
+
+/* Two processes writing the same transition at once leave two identical
+ * records: harmless, and never pruned — each process would keep its own
+ * copy and delete the other's (handles differ per process), leaving none,
+ * and a key without records is no longer anybody's signer. */
+static void test_identical_records_are_kept(void **state)
+{
+	const enum jws_alg algs[] = { JWS_ALG_ES256 };
+	char text[KEYSTATE_RECORD_MAX + 1];
+	struct keystate_record rec;
+	const struct keys_entry *e;
+	struct keys *keys;
+	unsigned changed = 1;
+	size_t len;
+
+	use_algs(algs, 1);
+	assert_int_equal(fixture_keys(hsm, &cfg, 1, &keys), 0);
+	e = keys_signer(keys, JWS_ALG_ES256);
+	rec = stored_record(e);
+	assert_int_equal(keystate_format(&rec, text, sizeof(text), &len), 0);
+	assert_int_equal(hsm_meta_add(hsm, &e->hsm, (const uint8_t *)text, len), 0);
+	keys_release(keys);
+	assert_int_equal(keys_sync(hsm, &cfg, t0, 0, &changed), 0);
+	assert_int_equal(changed, 0);
+	keys = load_at(t0);
+	e = keys_signer(keys, JWS_ALG_ES256);
+	assert_int_equal(e->hsm.meta_found, 2);
+	assert_int_equal(e->state.state, KEYSTATE_ACTIVE);
 	keys_release(keys);
 }
 
@@ -567,6 +620,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_sync_rotates_and_destroys_on_time, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_immediate_rotation_and_retire_rules, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_superseded_records_are_pruned, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_identical_records_are_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_surplus_next_key_is_destroyed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_hs256_verifies_in_the_token, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_entry_json, setup, teardown),

@@ -748,22 +748,27 @@ static void test_plan_migration(void **state)
 	assert_int_equal(plan.next_change, T0 + 360);
 }
 
-/* A record-less key next to recorded ones: recorded as active since now,
- * then the ordinary rules — it took over last, so it signs. */
+/* A record-less key next to recorded ones lost its records (two processes
+ * pruning each other's copies, a crash, an unreadable record): it is
+ * retired now and never made the signer — it may have been retired. */
 static void test_plan_migration_mixed(void **state)
 {
-	struct keystate_key keys[2];
+	struct keystate_key keys[3];
 	struct keystate_plan plan;
 
 	(void)state;
 	key_set(&keys[0], "rec", JWS_ALG_ES256, KEYSTATE_ACTIVE, T0 - 100, T0 - 100, 0);
-	key_unrecorded(&keys[1], "old", JWS_ALG_ES256);
-	plan_ok(keys, 2, T0, &base_policy, &plan);
-	assert_int_equal(plan.signer[JWS_ALG_ES256], 1);
-	assert_rec(&keys[1].effective, KEYSTATE_ACTIVE, JWS_ALG_ES256, T0, T0, 0);
-	assert_rec(&keys[0].effective, KEYSTATE_RETIRED, JWS_ALG_ES256, T0 - 100, T0 - 100, T0);
-	assert_int_equal(keys[0].actions, KEYSTATE_WRITE);
+	/* "aaa" sorts first: the smallest kid would have been the old signer. */
+	key_unrecorded(&keys[1], "aaa", JWS_ALG_ES256);
+	key_unrecorded(&keys[2], "zzz", JWS_ALG_ES256);
+	plan_ok(keys, 3, T0, &base_policy, &plan);
+	assert_int_equal(plan.signer[JWS_ALG_ES256], 0);
+	assert_rec(&keys[0].effective, KEYSTATE_ACTIVE, JWS_ALG_ES256, T0 - 100, T0 - 100, 0);
+	assert_rec(&keys[1].effective, KEYSTATE_RETIRED, JWS_ALG_ES256, T0, T0, T0);
+	assert_rec(&keys[2].effective, KEYSTATE_RETIRED, JWS_ALG_ES256, T0, T0, T0);
+	assert_int_equal(keys[0].actions, 0);
 	assert_int_equal(keys[1].actions, KEYSTATE_WRITE);
+	assert_int_equal(keys[2].actions, KEYSTATE_WRITE);
 }
 
 /* An algorithm no longer configured keeps its signer, is not rotated, not
@@ -978,6 +983,21 @@ static void test_rotate_immediate_generates_active(void **state)
 	plan_ok(keys, 2, T0, &base_policy, &plan);
 	assert_int_equal(plan.signer[JWS_ALG_ES256], 1);
 	assert_rec(&keys[0].effective, KEYSTATE_RETIRED, JWS_ALG_ES256, T0 - 10, T0 - 10, T0);
+
+	/* In the very second the signer took over (same created too, and a
+	 * larger kid that would lose the tie): the new key activates a second
+	 * later and then wins. */
+	key_set(&keys[0], "s", JWS_ALG_ES256, KEYSTATE_ACTIVE, T0, T0, 0);
+	plan_ok(keys, 1, T0, &base_policy, &plan);
+	assert_int_equal(keystate_rotate(keys, 1, JWS_ALG_ES256, 1, T0, &base_policy, &index, &rec), 0);
+	assert_rec(&rec, KEYSTATE_ACTIVE, JWS_ALG_ES256, T0, T0 + 1, 0);
+	key_set(&keys[0], "s", JWS_ALG_ES256, KEYSTATE_ACTIVE, T0, T0, 0);
+	key_set(&keys[1], "t", JWS_ALG_ES256, rec.state, rec.created, rec.activate_at, rec.retired_at);
+	plan_ok(keys, 2, T0, &base_policy, &plan);
+	assert_int_equal(plan.signer[JWS_ALG_ES256], 1);
+	assert_rec(&keys[0].effective, KEYSTATE_RETIRED, JWS_ALG_ES256, T0, T0, T0 + 1);
+	plan_ok(keys, 2, T0 + 1, &base_policy, &plan);
+	assert_int_equal(plan.signer[JWS_ALG_ES256], 1);
 }
 
 static void test_rotate_with_next_key(void **state)
