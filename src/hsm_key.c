@@ -1107,8 +1107,8 @@ static int hsm_meta_valid(const uint8_t *meta, size_t len)
 	return 0;
 }
 
-static int hsm_generate_key_locked(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const uint8_t *meta,
-				   size_t meta_len, struct hsm_key *ret_key)
+static int hsm_generate_key_locked(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, hsm_meta_fn meta,
+				   void *meta_ctx, struct hsm_key *ret_key)
 {
 	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
 	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE, record = CK_INVALID_HANDLE;
@@ -1116,8 +1116,8 @@ static int hsm_generate_key_locked(struct hsm *hsm, enum jws_alg alg, unsigned r
 	size_t params_len = 0;
 	struct hsm_key key;
 	char label[HSM_LABEL_MAX], quoted[HSM_LABEL_QUOTED];
-	uint8_t id[32];
-	size_t id_len;
+	uint8_t id[32], meta_value[HSM_META_MAX];
+	size_t id_len, meta_len = 0;
 	CK_RV rv;
 	int r;
 
@@ -1127,9 +1127,6 @@ static int hsm_generate_key_locked(struct hsm *hsm, enum jws_alg alg, unsigned r
 			  jws_alg_name(alg) ? jws_alg_name(alg) : "(invalid)");
 		return -EINVAL;
 	}
-	r = hsm_meta_valid(meta, meta_len);
-	if (r < 0)
-		return r;
 	switch (alg) {
 	case JWS_ALG_ES256: params = oid_p256; params_len = sizeof(oid_p256); break;
 	case JWS_ALG_ES384: params = oid_p384; params_len = sizeof(oid_p384); break;
@@ -1188,9 +1185,19 @@ static int hsm_generate_key_locked(struct hsm *hsm, enum jws_alg alg, unsigned r
 	}
 	hsm_key_label(alg, key.kid, label);
 	/* The record first: from the moment the key bears its name, another
-	 * process may find it, and must find its state with it. */
+	 * process may find it, and must find its state with it.  Written only
+	 * now that the key exists: its times (a next key's activation) must
+	 * count from after a generation that may have taken seconds. */
 	if (meta != NULL) {
-		r = hsm_record_create(hsm, s, label, meta, meta_len, &record);
+		r = meta(meta_ctx, alg, meta_value, sizeof(meta_value), &meta_len);
+		if (r == 0 && meta_len > sizeof(meta_value)) {
+			log_error("\"lifecycle record refused\" alg=%s len=%zu limit=%d", jws_alg_name(alg), meta_len,
+				  HSM_META_MAX);
+			r = -EINVAL;
+		}
+		if (r < 0)
+			goto out;
+		r = hsm_record_create(hsm, s, label, meta_value, meta_len, &record);
 		if (r < 0)
 			goto out;
 	}
@@ -1212,7 +1219,7 @@ static int hsm_generate_key_locked(struct hsm *hsm, enum jws_alg alg, unsigned r
 	if (meta != NULL) {
 		key.meta[0].handle = record;
 		key.meta[0].len = meta_len;
-		memcpy(key.meta[0].value, meta, meta_len);
+		memcpy(key.meta[0].value, meta_value, meta_len);
 		key.meta_count = key.meta_found = 1;
 	}
 	log_info("\"key generated in token\" alg=%s kid=%s", jws_alg_name(alg), key.kid);
@@ -1234,7 +1241,7 @@ out:
 	return r;
 }
 
-int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const uint8_t *meta, size_t meta_len,
+int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, hsm_meta_fn meta, void *meta_ctx,
 		     struct hsm_key *ret_key)
 {
 	struct hsm_call call;
@@ -1242,7 +1249,7 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, const
 
 	if (r < 0)
 		return r;
-	r = hsm_generate_key_locked(hsm, alg, rsa_bits, meta, meta_len, ret_key);
+	r = hsm_generate_key_locked(hsm, alg, rsa_bits, meta, meta_ctx, ret_key);
 	hsm_raw_end(hsm, &call);
 	return r;
 }

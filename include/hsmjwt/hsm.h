@@ -123,15 +123,24 @@ int hsm_session_check(struct hsm_session *session);
 int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count);
 void hsm_keys_free(struct hsm_key *keys, size_t count);
 
+/* Writes the first lifecycle record of a key just generated for alg into
+ * buf (size bytes: HSM_META_MAX): 0 and *ret_len, or a negative error (the
+ * callback logs it), which fails the generation. */
+typedef int (*hsm_meta_fn)(void *ctx, enum jws_alg alg, uint8_t *buf, size_t size, size_t *ret_len);
+
 /* Generates a key pair (HS256: a secret key) for alg inside the token
  * (rsa_bits for RS256/PS256), labels it, and returns it.  When meta is not
- * NULL, the lifecycle record meta[0..meta_len) is created before the key
- * gets its label, so that no process ever finds the key without its record.
- * -EINVAL for an RSA size outside the token's range (checked first: SoftHSM
- * answers one with CKR_GENERAL_ERROR, a device failure) or meta_len over
- * HSM_META_MAX.  Needs a read-write session, which it opens. */
+ * NULL, it is called once the key exists (C_GenerateKeyPair or
+ * C_GenerateKey succeeded and the public key was read), so that times in
+ * the record count from after generation, which may take seconds (RSA
+ * 4096); the record is then created before the key gets its label, so that
+ * no process ever finds the key without its record.  An error from meta, or
+ * a *ret_len over size (-EINVAL), fails the generation and the key is
+ * destroyed.  -EINVAL for an RSA size outside the token's range (checked
+ * first: SoftHSM answers one with CKR_GENERAL_ERROR, a device failure).
+ * Needs a read-write session, which it opens. */
 int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits,
-		     const uint8_t *meta, size_t meta_len, struct hsm_key *ret_key);
+		     hsm_meta_fn meta, void *meta_ctx, struct hsm_key *ret_key);
 
 /* Destroys a key: the private (or secret) key first, so that it can no
  * longer sign even if what follows fails, then the public half, then every

@@ -32,6 +32,18 @@
 
 static struct fixture_token tok;
 
+/* hsm_meta_fn writing ctx, a string, as the new key's record. */
+static int fixed_meta(void *ctx, enum jws_alg alg, uint8_t *buf, size_t size, size_t *ret_len)
+{
+	size_t len = strlen(ctx);
+
+	if (len > size)
+		return -ENOSPC;
+	memcpy(buf, ctx, len);
+	*ret_len = len;
+	return 0;
+}
+
 /* A second Cryptoki client in this process, for what the hsm API does not
  * offer on purpose: foreign keys and keys hsmjwt must refuse.  It shares
  * the module (and its state) with struct hsm. */
@@ -356,7 +368,7 @@ static void test_generate_find_sign_destroy(void **state)
 	hsm_keys_free(found, n);
 
 	for (size_t i = 0; i < 5; i++) {
-		assert_int_equal(hsm_generate_key(hsm, algs[i], 2048, NULL, 0, &generated[i]), 0);
+		assert_int_equal(hsm_generate_key(hsm, algs[i], 2048, NULL, NULL, &generated[i]), 0);
 		assert_int_equal(generated[i].alg, algs[i]);
 		assert_int_equal(strlen(generated[i].kid), JWK_THUMBPRINT_LEN);
 	}
@@ -404,7 +416,7 @@ static void test_sign_with_too_small_buffer_fails(void **state)
 
 	assert_int_equal(hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm), 0);
 	assert_int_equal(hsm_session_open(hsm, &session), 0);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES256, 2048, NULL, 0, &key), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES256, 2048, NULL, NULL, &key), 0);
 	assert_true(hsm_sign(session, &key, (const uint8_t *)"x", 1, sig, &sig_len) < 0);
 	assert_int_equal(sig_len, sizeof(sig));
 	/* The session is not left with a signing operation in progress. */
@@ -476,7 +488,7 @@ static int child_main(const char *what, int count, const char *pin_file)
 		if (hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm) < 0)
 			return 4;
 		for (int i = 0; i < count; i++) {
-			if (hsm_generate_key(hsm, JWS_ALG_ES256, 2048, NULL, 0, &key) < 0)
+			if (hsm_generate_key(hsm, JWS_ALG_ES256, 2048, NULL, NULL, &key) < 0)
 				return 5;
 			EVP_PKEY_free(key.public_key);
 		}
@@ -532,7 +544,7 @@ static void test_finds_keys_among_many_foreign_keys(void **state)
 	assert_int_equal(n, 0);
 	hsm_keys_free(found, n);
 	for (int i = 0; i < OURS; i++)
-		assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, 0, &generated[i]), 0);
+		assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, NULL, &generated[i]), 0);
 	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
 	assert_int_equal(n, OURS);
 	for (int i = 0; i < OURS; i++) {
@@ -623,7 +635,7 @@ static void test_refuses_keys_without_token_custody(void **state)
 	raw_close(&own.raw);
 
 	own_open();
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, 0, &proper), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, NULL, &proper), 0);
 	log = fixture_capture_stderr(own_find_keys_kept, NULL, &r);
 	assert_int_equal(r, 0);
 	assert_int_equal(checked_count, 1);
@@ -742,7 +754,7 @@ static void test_ec_params_match(void **state)
 static int generate_kept(void *arg)
 {
 	struct hsm_key *key = arg;
-	return hsm_generate_key(own.hsm, key->alg, 2048, NULL, 0, key);
+	return hsm_generate_key(own.hsm, key->alg, 2048, NULL, NULL, key);
 }
 
 /* hsm_generate_key runs the custody check hsm_find_keys runs, so what it
@@ -837,7 +849,7 @@ static void test_out_of_memory_is_not_a_bad_label(void **state)
 	int r;
 
 	own_open();
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, 0, &key), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, NULL, &key), 0);
 	EVP_PKEY_free(key.public_key);
 	json_get_alloc_funcs(&saved_malloc, &saved_free);
 	json_set_alloc_funcs(fail_malloc, saved_free);
@@ -945,11 +957,11 @@ static void test_alg_supported(void **state)
 		assert_int_equal(hsm_alg_supported((enum jws_alg)a), want);
 	}
 	assert_int_equal(hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm), 0);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS256, 2048, NULL, 0, &key), 0);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS256, 2048, NULL, NULL, &key), 0);
 	assert_int_equal(hsm_destroy_key(hsm, &key), 0);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS384, 2048, NULL, 0, &key), -EINVAL);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES512, 2048, NULL, 0, &key), -EINVAL);
-	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_INVALID, 2048, NULL, 0, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_HS384, 2048, NULL, NULL, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_ES512, 2048, NULL, NULL, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(hsm, JWS_ALG_INVALID, 2048, NULL, NULL, &key), -EINVAL);
 	hsm_close(hsm);
 }
 
@@ -978,6 +990,19 @@ static int raw_count_data(struct raw *raw, const char *app, const char *label)
 static int raw_count_labelled(struct raw *raw, const char *label)
 {
 	CK_ATTRIBUTE tmpl[] = { { CKA_LABEL, (void *)label, strlen(label) } };
+	CK_OBJECT_HANDLE h[64];
+	CK_ULONG n = 0;
+
+	assert_int_equal(raw->f->C_FindObjectsInit(raw->s, tmpl, 1), CKR_OK);
+	assert_int_equal(raw->f->C_FindObjects(raw->s, h, 64, &n), CKR_OK);
+	assert_int_equal(raw->f->C_FindObjectsFinal(raw->s), CKR_OK);
+	return (int)n;
+}
+
+/* The token objects of class cls. */
+static int raw_count_class(struct raw *raw, CK_OBJECT_CLASS cls)
+{
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) } };
 	CK_OBJECT_HANDLE h[64];
 	CK_ULONG n = 0;
 
@@ -1035,7 +1060,7 @@ static void test_records_follow_their_key(void **state)
 	int r;
 
 	own_open();
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, (const uint8_t *)"rec-1", 5, &key), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, fixed_meta, "rec-1", &key), 0);
 	assert_int_equal(key.meta_count, 1);
 	assert_int_equal(key.meta_found, 1);
 	assert_meta(&key.meta[0], "rec-1");
@@ -1111,6 +1136,8 @@ static struct {
 	int calls;               /* every wrapped function */
 	int watchdog_in_keygen;  /* C_GenerateKeyPair runs hsm_watchdog(own.hsm, 0) from inside */
 	int watchdog_said;
+	int keygens;             /* C_GenerateKeyPair + C_GenerateKey that returned */
+	int keygen_ms;           /* each of them takes this much longer */
 } wrap;
 
 static CK_RV wrap_set_attribute_value(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
@@ -1186,13 +1213,30 @@ static CK_RV wrap_generate_key_pair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, 
 				    CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv, CK_OBJECT_HANDLE_PTR ret_pub,
 				    CK_OBJECT_HANDLE_PTR ret_priv)
 {
+	CK_RV rv;
+
 	wrap.calls++;
 	if (wrap.watchdog_in_keygen) {
 		/* 20 ms inside the module is more than the 0 ms allowed. */
 		usleep(20 * 1000);
 		wrap.watchdog_said = hsm_watchdog(own.hsm, 0);
 	}
-	return real_f->C_GenerateKeyPair(s, mech, pub, n_pub, priv, n_priv, ret_pub, ret_priv);
+	usleep(wrap.keygen_ms * 1000);
+	rv = real_f->C_GenerateKeyPair(s, mech, pub, n_pub, priv, n_priv, ret_pub, ret_priv);
+	wrap.keygens++;
+	return rv;
+}
+
+static CK_RV wrap_generate_key(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n,
+			       CK_OBJECT_HANDLE_PTR ret)
+{
+	CK_RV rv;
+
+	wrap.calls++;
+	usleep(wrap.keygen_ms * 1000);
+	rv = real_f->C_GenerateKey(s, mech, tmpl, n, ret);
+	wrap.keygens++;
+	return rv;
 }
 
 static void wrap_install(struct hsm *hsm)
@@ -1210,6 +1254,7 @@ static void wrap_install(struct hsm *hsm)
 	wrapped.C_GetTokenInfo = wrap_get_token_info;
 	wrapped.C_CreateObject = wrap_create_object;
 	wrapped.C_GenerateKeyPair = wrap_generate_key_pair;
+	wrapped.C_GenerateKey = wrap_generate_key;
 	hsm->f = &wrapped;
 }
 
@@ -1231,7 +1276,7 @@ static void test_generation_makes_the_record_first_and_cleans_up(void **state)
 	own_open();
 	raw_open(&own.raw);
 	wrap_install(own.hsm);
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, (const uint8_t *)"r", 1, &key), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, fixed_meta, "r", &key), 0);
 	/* Both halves were named, each with the record already there. */
 	assert_int_equal(wrap.namings, 2);
 	assert_int_equal(wrap.records_at_naming, 1);
@@ -1241,7 +1286,7 @@ static void test_generation_makes_the_record_first_and_cleans_up(void **state)
 
 	/* Without a record, none is made. */
 	wrap.namings = 0;
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, 0, &key), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, NULL, NULL, &key), 0);
 	assert_int_equal(wrap.namings, 2);
 	assert_int_equal(wrap.records_at_naming, 0);
 	EVP_PKEY_free(key.public_key);
@@ -1250,7 +1295,7 @@ static void test_generation_makes_the_record_first_and_cleans_up(void **state)
 	wrap.fail_set_label = 1;
 	wrap.namings = 0;
 	memset(&key, 0x5a, sizeof(key));
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, (const uint8_t *)"r", 1, &key), HSM_E_FAILED);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 2048, fixed_meta, "r", &key), HSM_E_FAILED);
 	assert_int_equal(wrap.namings, 1);
 	assert_int_equal(wrap.records_at_naming, 1);
 	assert_int_equal(key.alg, 0x5a5a5a5a); /* untouched */
@@ -1260,11 +1305,104 @@ static void test_generation_makes_the_record_first_and_cleans_up(void **state)
 
 	/* SoftHSM answers an RSA size outside its range with CKR_GENERAL_ERROR,
 	 * a device failure: the range is checked before. */
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_RS256, 128, (const uint8_t *)"r", 1, &key), -EINVAL);
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_PS256, 100000, (const uint8_t *)"r", 1, &key), -EINVAL);
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES512, 2048, (const uint8_t *)"r", 1, &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_RS256, 128, fixed_meta, "r", &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_PS256, 100000, fixed_meta, "r", &key), -EINVAL);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES512, 2048, fixed_meta, "r", &key), -EINVAL);
 	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", NULL), 1);
 	assert_int_equal(raw_count_labelled(&own.raw, HSM_LABEL_PREFIX "pending"), 0);
+	raw_close(&own.raw);
+	own_close();
+}
+
+/* What observing_meta saw when hsm_generate_key called it. */
+static struct {
+	int calls;
+	enum jws_alg alg;
+	size_t size;
+	int keygens, namings;    /* the wrapped module's counts at that moment */
+	int64_t at_ms;
+	int fail;                /* answer this error instead */
+	size_t len;              /* claim this length (0: the value's) */
+} seen;
+
+static int observing_meta(void *ctx, enum jws_alg alg, uint8_t *buf, size_t size, size_t *ret_len)
+{
+	seen.calls++;
+	seen.alg = alg;
+	seen.size = size;
+	seen.keygens = wrap.keygens;
+	seen.namings = wrap.namings;
+	seen.at_ms = hsm_now_ms();
+	if (seen.fail < 0)
+		return seen.fail;
+	fixed_meta(ctx, alg, buf, size, ret_len);
+	if (seen.len > 0)
+		*ret_len = seen.len;
+	return 0;
+}
+
+/* The record is written once the key exists: the callback runs after the
+ * token generated it (a generation that takes 1.1 s here, as RSA 4096 may
+ * in a real one) and before it is named, once, with room for HSM_META_MAX
+ * bytes; what it wrote is the record, in the token and in the key.  Its
+ * error, or a length past its buffer, fails the generation and leaves
+ * nothing behind. */
+static void test_record_is_written_after_generation(void **state)
+{
+	struct hsm_key key;
+	char label[128];
+	int64_t before;
+
+	own_open();
+	raw_open(&own.raw);
+	wrap_install(own.hsm);
+	for (int hs = 0; hs <= 1; hs++) {
+		enum jws_alg alg = hs ? JWS_ALG_HS256 : JWS_ALG_ES256;
+
+		memset(&seen, 0, sizeof(seen));
+		wrap.keygens = wrap.namings = 0;
+		wrap.keygen_ms = 1100;
+		before = hsm_now_ms();
+		assert_int_equal(hsm_generate_key(own.hsm, alg, 0, observing_meta, "stamped-after", &key), 0);
+		assert_int_equal(seen.calls, 1);
+		assert_int_equal(seen.alg, alg);
+		assert_int_equal(seen.size, HSM_META_MAX);
+		assert_int_equal(seen.keygens, 1);
+		assert_int_equal(seen.namings, 0);
+		assert_true(seen.at_ms - before >= 1100);
+		assert_int_equal(wrap.namings, hs ? 1 : 2);
+		assert_int_equal(wrap.records_at_naming, 1);
+		assert_int_equal(key.meta_count, 1);
+		assert_meta(&key.meta[0], "stamped-after");
+		key_label(&key, label);
+		assert_int_equal(raw_count_data(&own.raw, "hsmjwt", label), 1);
+		EVP_PKEY_free(key.public_key);
+	}
+	wrap.keygen_ms = 0;
+
+	/* The callback's error is the generation's; the key goes. */
+	memset(&seen, 0, sizeof(seen));
+	seen.fail = -EIO;
+	wrap.keygens = wrap.namings = 0;
+	memset(&key, 0x5a, sizeof(key));
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, observing_meta, "x", &key), -EIO);
+	assert_int_equal(seen.calls, 1);
+	assert_int_equal(wrap.keygens, 1);
+	assert_int_equal(wrap.namings, 0);
+	assert_int_equal(key.alg, 0x5a5a5a5a); /* untouched */
+	/* A length past the buffer is refused. */
+	memset(&seen, 0, sizeof(seen));
+	seen.len = HSM_META_MAX + 1;
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_HS256, 0, observing_meta, "x", &key), -EINVAL);
+	assert_int_equal(seen.calls, 1);
+	assert_int_equal(key.alg, 0x5a5a5a5a);
+	wrap_remove(own.hsm);
+	/* The two keys above and their records; nothing of the failed ones. */
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", NULL), 2);
+	assert_int_equal(raw_count_labelled(&own.raw, HSM_LABEL_PREFIX "pending"), 0);
+	assert_int_equal(raw_count_class(&own.raw, CKO_PRIVATE_KEY), 1);
+	assert_int_equal(raw_count_class(&own.raw, CKO_PUBLIC_KEY), 1);
+	assert_int_equal(raw_count_class(&own.raw, CKO_SECRET_KEY), 1);
 	raw_close(&own.raw);
 	own_close();
 }
@@ -1303,7 +1441,7 @@ static int every_operation(void *arg)
 	int device = 0;
 
 	device += hsm_find_keys(own.session, &found, &n) == HSM_E_DEVICE;
-	device += hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, 0, &generated) == HSM_E_DEVICE;
+	device += hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &generated) == HSM_E_DEVICE;
 	device += hsm_destroy_key(own.hsm, key) == HSM_E_DEVICE;
 	device += hsm_meta_add(own.hsm, key, (const uint8_t *)"x", 1) == HSM_E_DEVICE;
 	device += hsm_meta_remove(own.hsm, key, 0) == HSM_E_DEVICE;
@@ -1338,7 +1476,7 @@ static void test_device_failure_and_recovery(void **state)
 	int r;
 
 	own_open();
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, (const uint8_t *)"m", 1, &key), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, fixed_meta, "m", &key), 0);
 	EVP_PKEY_free(key.public_key);
 	assert_int_equal(key.generation, 1);
 	find_one(&found);
@@ -1434,7 +1572,7 @@ static void test_close_a_failed_token(void **state)
 	size_t sig_len = sizeof(sig);
 
 	own_open();
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, 0, &key), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &key), 0);
 	EVP_PKEY_free(key.public_key);
 	assert_int_equal(own.hsm->f->C_CloseAllSessions(own.hsm->slot), CKR_OK);
 	assert_int_equal(hsm_sign(own.session, &key, (const uint8_t *)"x", 1, sig, &sig_len), HSM_E_DEVICE);
@@ -1531,7 +1669,7 @@ static void test_watchdog_and_busy_recovery(void **state)
 	/* A key generation inside the module is in the watchdog's view. */
 	wrap_install(own.hsm);
 	wrap.watchdog_in_keygen = 1;
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, 0, &key), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &key), 0);
 	EVP_PKEY_free(key.public_key);
 	assert_int_equal(wrap.watchdog_said, 1);
 	assert_string_equal(hsm_failure(own.hsm), "hung");
@@ -1577,7 +1715,7 @@ static void test_hs256_key_in_the_token(void **state)
 	int at;
 
 	own_open();
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_HS256, 0, (const uint8_t *)"hs", 2, &key), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_HS256, 0, fixed_meta, "hs", &key), 0);
 	assert_int_equal(key.alg, JWS_ALG_HS256);
 	assert_null(key.public_key);
 	assert_int_equal(key.public_handle, CK_INVALID_HANDLE);
@@ -1587,7 +1725,7 @@ static void test_hs256_key_in_the_token(void **state)
 	assert_int_equal(alg, JWS_ALG_HS256);
 	assert_int_equal(b64url_decode(key.kid, strlen(key.kid), id, &id_len), 0);
 	assert_int_equal(id_len, 32);
-	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, 0, &ec), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &ec), 0);
 
 	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
 	assert_int_equal(n, 2);
@@ -1742,6 +1880,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_refuses_secret_keys_without_custody, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_generation_makes_the_record_first_and_cleans_up, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_record_is_written_after_generation, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_device_failure_and_recovery, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_close_a_failed_token, own_token_setup, own_token_teardown),
