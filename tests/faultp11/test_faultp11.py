@@ -23,8 +23,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
-from hsmjwt_harness import (Checker, Token, Workdir, clean_env, main_with_dirs,  # noqa: E402
-                            require_tools)
+from hsmjwt_harness import (Checker, Token, Workdir, clean_env, faultp11_command, faultp11_stat,  # noqa: E402
+                            main_with_dirs, require_tools)
 
 TOKEN_LABEL = "faultp11"
 KEY_LABEL = "faultp11-ec"
@@ -54,23 +54,10 @@ class Fault:
         })
 
     def command(self, text):
-        """Atomically, as the module's README asks."""
-        tmp = self.control + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, self.control)
+        faultp11_command(self.control, text)
 
     def stat(self, name):
-        """A line of the stats file ("command" as text, the rest as int)."""
-        try:
-            with open(self.stats) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return None
-        m = re.search(rf"^{name} (.*)$", text, re.M)
-        if not m:
-            return None
-        return m.group(1) if name == "command" else int(m.group(1))
+        return faultp11_stat(self.stats, name)
 
     def tool_args(self, *args, login=True):
         argv = ["pkcs11-tool", "--module", self.module, "--token-label", TOKEN_LABEL]

@@ -172,6 +172,30 @@ def clean_env():
     return env
 
 
+def faultp11_command(control, text):
+    """Makes text libfaultp11's control file (tests/faultp11/faultp11.c)
+    atomically, a temporary file then a rename, as the module asks: it may
+    read the file at any call, and must never see half a command."""
+    tmp = control + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, control)
+
+
+def faultp11_stat(stats, name):
+    """A line of libfaultp11's stats file: "command" as text, the rest as
+    int; None while the file or the line is missing."""
+    try:
+        with open(stats) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    m = re.search(rf"^{name} (.*)$", text, re.M)
+    if not m:
+        return None
+    return m.group(1) if name == "command" else int(m.group(1))
+
+
 class Token:
     """A fresh SoftHSM token made by the project's own hsm/softhsm-setup.sh."""
 

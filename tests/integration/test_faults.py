@@ -39,8 +39,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, jwt_parts, require_tools,  # noqa: E402
-                            run_main)
+from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, faultp11_command, faultp11_stat,  # noqa: E402
+                            jwt_parts, require_tools, run_main)
 
 ALGORITHMS = ["ES256", "HS256"]
 AUDIENCE = "api-faults"
@@ -84,22 +84,10 @@ class Faults:
     # ---- the fault module ----------------------------------------------
 
     def command(self, text):
-        """Atomically (a temporary file, then rename), as faultp11.c asks."""
-        tmp = self.control + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, self.control)
+        faultp11_command(self.control, text + "\n")
 
     def stat(self, name):
-        try:
-            with open(self.stats) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return None
-        m = re.search(rf"^{name} (.*)$", text, re.M)
-        if not m:
-            return None
-        return m.group(1) if name == "command" else int(m.group(1))
+        return faultp11_stat(self.stats, name)
 
     # ---- HTTP ----------------------------------------------------------
 
