@@ -22,6 +22,11 @@ struct fixture_token {
  * is not installed (the caller exits 77 = skipped), or -1. */
 int fixture_token_create(struct fixture_token *tok);
 void fixture_token_destroy(struct fixture_token *tok);
+/* For a test file whose every test makes its own token, before cmocka
+ * runs: makes a token and removes it again, to tell whether SoftHSM is
+ * there.  Returns 0, 77 when it is not (the caller exits 77 = skipped), or
+ * 1 (the caller exits 1). */
+int fixture_token_probe(void);
 /* The SoftHSM module path. */
 const char *fixture_module(void);
 

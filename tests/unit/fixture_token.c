@@ -60,6 +60,17 @@ void fixture_token_destroy(struct fixture_token *tok)
 		fprintf(stderr, "could not remove %s\n", tok->dir);
 }
 
+int fixture_token_probe(void)
+{
+	struct fixture_token probe;
+	int r = fixture_token_create(&probe);
+
+	if (r != 0)
+		return r == 77 ? 77 : 1;
+	fixture_token_destroy(&probe);
+	return 0;
+}
+
 EVP_PKEY *fixture_keypair(enum jws_alg alg)
 {
 	switch (alg) {
