@@ -557,9 +557,14 @@ static int hsm_index_records(struct hsm *hsm, CK_SESSION_HANDLE s, struct hsm_re
 {
 	CK_OBJECT_CLASS cls = CKO_DATA;
 	CK_BBOOL yes = CK_TRUE;
+	/* CKA_PRIVATE in every search for records: anyone with a session on
+	 * the token, without the PIN, can create a public data object under a
+	 * key's label with a forged record ("retired", to have the signer
+	 * destroyed); only a logged-in user can make a private one. */
 	CK_ATTRIBUTE tmpl[] = {
 		{ CKA_CLASS, &cls, sizeof(cls) },
 		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) },
 		{ CKA_APPLICATION, (void *)HSM_RECORD_APPLICATION, sizeof(HSM_RECORD_APPLICATION) - 1 },
 	};
 	CK_OBJECT_HANDLE *handles = NULL;
@@ -568,7 +573,7 @@ static int hsm_index_records(struct hsm *hsm, CK_SESSION_HANDLE s, struct hsm_re
 	size_t kept = 0;
 	int r;
 
-	r = hsm_find_all(hsm, s, tmpl, 3, "lifecycle records", &handles, &n);
+	r = hsm_find_all(hsm, s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), "lifecycle records", &handles, &n);
 	if (r < 0)
 		return r;
 	refs = calloc(n ? n : 1, sizeof(*refs));
@@ -1045,9 +1050,12 @@ static int hsm_destroy_records(struct hsm *hsm, CK_SESSION_HANDLE s, const char 
 {
 	CK_OBJECT_CLASS cls = CKO_DATA;
 	CK_BBOOL yes = CK_TRUE;
+	/* Private only, as in hsm_index_records: a forged public object is
+	 * not a record, and not ours to destroy. */
 	CK_ATTRIBUTE tmpl[] = {
 		{ CKA_CLASS, &cls, sizeof(cls) },
 		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) },
 		{ CKA_APPLICATION, (void *)HSM_RECORD_APPLICATION, sizeof(HSM_RECORD_APPLICATION) - 1 },
 		{ CKA_LABEL, (void *)label, strlen(label) },
 	};

@@ -54,7 +54,8 @@ struct raw {
 	int initialized;   /* this client's C_Initialize succeeded */
 };
 
-static void raw_open(struct raw *raw)
+/* login 0: a session of someone without the PIN. */
+static void raw_open_as(struct raw *raw, int login)
 {
 	CK_SLOT_ID slots[16];
 	CK_ULONG n = 16;
@@ -79,8 +80,15 @@ static void raw_open(struct raw *raw)
 	}
 	assert_int_equal(raw->f->C_OpenSession(raw->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &raw->s),
 			 CKR_OK);
+	if (!login)
+		return;
 	rv = raw->f->C_Login(raw->s, CKU_USER, (CK_UTF8CHAR *)tok.pin, tok.pin_len);
 	assert_true(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+}
+
+static void raw_open(struct raw *raw)
+{
+	raw_open_as(raw, 1);
 }
 
 /* Teardown passes check = 0: after a failed test the module may be in any
@@ -462,14 +470,42 @@ static int count_lines_with(const char *text, const char *needle)
 	return n;
 }
 
+/* A public record, as anyone with a session and without the PIN can
+ * make one: "retired" since long ago, under label. */
+static int forge_public_record(const char *label)
+{
+	static const char forged[] = "hsmjwt-keystate 1 state=retired alg=ES256 created=1 activate_at=1 retired_at=1";
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) }, { CKA_PRIVATE, &no, sizeof(no) },
+		{ CKA_APPLICATION, "hsmjwt", 6 }, { CKA_LABEL, (void *)label, strlen(label) },
+		{ CKA_VALUE, (void *)forged, sizeof(forged) - 1 },
+	};
+	CK_SESSION_INFO info;
+	CK_OBJECT_HANDLE h;
+	struct raw raw;
+	int r = 0;
+
+	raw_open_as(&raw, 0);
+	if (raw.f->C_GetSessionInfo(raw.s, &info) != CKR_OK || info.state != CKS_RW_PUBLIC_SESSION)
+		r = 6;
+	else if (raw.f->C_CreateObject(raw.s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h) != CKR_OK)
+		r = 7;
+	raw_close(&raw);
+	return r;
+}
+
 /* The child's side of make_in_child: this program run again with
- * `--create-foreign N PINFILE' or `--generate-hsmjwt N PINFILE'. */
-static int child_main(const char *what, int count, const char *pin_file)
+ * `--create-foreign N PINFILE', `--generate-hsmjwt N PINFILE' or
+ * `--forge-record LABEL PINFILE'. */
+static int child_main(const char *what, const char *arg, const char *pin_file)
 {
 	FILE *f = fopen(pin_file, "r");
 	struct hsm *hsm = NULL;
 	struct hsm_key key;
 	struct raw raw;
+	int count = atoi(arg);
 
 	if (f == NULL || fgets(tok.pin, sizeof(tok.pin), f) == NULL)
 		return 3;
@@ -477,6 +513,8 @@ static int child_main(const char *what, int count, const char *pin_file)
 	tok.pin_len = strcspn(tok.pin, "\n");
 	tok.pin[tok.pin_len] = '\0';
 	log_set_level(LOG_LEVEL_WARN);
+	if (strcmp(what, "--forge-record") == 0)
+		return forge_public_record(arg);
 	if (strcmp(what, "--create-foreign") == 0) {
 		raw_open(&raw);
 		for (int i = 0; i < count; i++)
@@ -498,19 +536,20 @@ static int child_main(const char *what, int count, const char *pin_file)
 	return 2;
 }
 
-/* Fills the token with many objects from a child process.  SoftHSM rescans
- * the whole token for every object it creates, and under the suite's ASan
+/* Prepares the token from a child process, this program again: what
+ * needs another process (a session without the login, which is per
+ * process), and filling the token with many objects — SoftHSM rescans the
+ * whole token for every object it creates, and under the suite's ASan
  * options (fast_unwind_on_malloc=0) that costs seconds per hundred objects
- * in this process; the child, this program again, unwinds fast and skips
- * leak checking, as it only prepares the token. */
-static void make_in_child(const char *what, int count)
+ * in this process; the child unwinds fast and skips leak checking, as it
+ * only prepares the token. */
+static void run_child(const char *what, const char *arg)
 {
 	const char *asan = getenv("ASAN_OPTIONS");
-	char n[16], pin_file[512], options[1024];
+	char pin_file[512], options[1024];
 	int status;
 	pid_t pid;
 
-	snprintf(n, sizeof(n), "%d", count);
 	snprintf(pin_file, sizeof(pin_file), "%s/pin", tok.dir);
 	snprintf(options, sizeof(options), "%s%sfast_unwind_on_malloc=1:detect_leaks=0", asan ? asan : "",
 		 asan && *asan ? ":" : "");
@@ -519,12 +558,20 @@ static void make_in_child(const char *what, int count)
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		setenv("ASAN_OPTIONS", options, 1);
-		execl("/proc/self/exe", "test_hsm", what, n, pin_file, (char *)NULL);
+		execl("/proc/self/exe", "test_hsm", what, arg, pin_file, (char *)NULL);
 		_exit(127);
 	}
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static void make_in_child(const char *what, int count)
+{
+	char n[16];
+
+	snprintf(n, sizeof(n), "%d", count);
+	run_child(what, n);
 }
 
 /* More private keys than one C_FindObjects call of 256 handles returns,
@@ -1119,6 +1166,55 @@ static void test_records_follow_their_key(void **state)
 	assert_int_equal(hsm_find_keys(own.session, &found, &checked_count), 0);
 	assert_int_equal(checked_count, 0);
 	hsm_keys_free(found, 0);
+	raw_close(&own.raw);
+	own_close();
+}
+
+/* The public data objects of application app under label. */
+static int raw_count_public_data(struct raw *raw, const char *app, const char *label)
+{
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_BBOOL no = CK_FALSE;
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) }, { CKA_PRIVATE, &no, sizeof(no) },
+		{ CKA_APPLICATION, (void *)app, strlen(app) }, { CKA_LABEL, (void *)label, strlen(label) },
+	};
+	CK_OBJECT_HANDLE h[64];
+	CK_ULONG n = 0;
+
+	assert_int_equal(raw->f->C_FindObjectsInit(raw->s, tmpl, 4), CKR_OK);
+	assert_int_equal(raw->f->C_FindObjects(raw->s, h, 64, &n), CKR_OK);
+	assert_int_equal(raw->f->C_FindObjectsFinal(raw->s), CKR_OK);
+	return (int)n;
+}
+
+/* A public data object under a key's label, made by someone without the
+ * PIN (another process whose session is not logged in), holding a forged
+ * "retired" record: not a record of the key's.  hsm_find_keys neither reads
+ * nor counts it, and hsm_destroy_key leaves it where it is. */
+static void test_public_records_are_not_records(void **state)
+{
+	struct hsm_key key, *found = NULL;
+	char label[128];
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, fixed_meta, "real", &key), 0);
+	EVP_PKEY_free(key.public_key);
+	key_label(&key, label);
+	run_child("--forge-record", label);
+	raw_open(&own.raw);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", label), 2);
+	assert_int_equal(raw_count_public_data(&own.raw, "hsmjwt", label), 1);
+
+	find_one(&found);
+	assert_string_equal(found[0].kid, key.kid);
+	assert_int_equal(found[0].meta_found, 1);
+	assert_int_equal(found[0].meta_count, 1);
+	assert_meta(&found[0].meta[0], "real");
+	assert_int_equal(hsm_destroy_key(own.hsm, &found[0]), 0);
+	hsm_keys_free(found, 1);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", label), 1);
+	assert_int_equal(raw_count_public_data(&own.raw, "hsmjwt", label), 1);
 	raw_close(&own.raw);
 	own_close();
 }
@@ -1843,7 +1939,7 @@ static void test_refuses_secret_keys_without_custody(void **state)
 int main(int argc, char **argv)
 {
 	if (argc == 4)
-		return child_main(argv[1], atoi(argv[2]), argv[3]);
+		return child_main(argv[1], argv[2], argv[3]);
 
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_wrong_pin_is_refused),
@@ -1876,6 +1972,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_session_check_logs_changes_only, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_records_follow_their_key, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_public_records_are_not_records, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_hs256_key_in_the_token, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_refuses_secret_keys_without_custody, own_token_setup,
 						own_token_teardown),
