@@ -287,7 +287,8 @@ int cmd_keys_retire(struct ctl *ctl, int argc, char **argv)
 	int64_t now;
 	int status = 1, r;
 
-	if (argc != 1 || argv[0][0] == '-') {
+	/* A kid may start with '-' (base64url); only "--..." is an option. */
+	if (argc != 1 || strncmp(argv[0], "--", 2) == 0) {
 		fprintf(stderr, "usage: hsmjwtctl keys retire KID\n");
 		return 2;
 	}
@@ -332,7 +333,8 @@ static int ctl_keys_destroy_args(int argc, char **argv, const char **ret_kid, in
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--force") == 0 && !force) {
 			force = 1;
-		} else if (argv[i][0] != '-' && kid == NULL) {
+		} else if (kid == NULL && strncmp(argv[i], "--", 2) != 0) {
+			/* A kid is base64url: one in 64 starts with '-'. */
 			kid = argv[i];
 		} else {
 			fprintf(stderr, "hsmjwtctl: unexpected argument `%.*s'\n", CTL_SHOWN_MAX, argv[i]);
