@@ -804,7 +804,15 @@ static int hsm_find_keys_locked(struct hsm_session *session, struct hsm_key **re
 	unsigned generation = hsm_generation(hsm);
 	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
 	CK_BBOOL yes = CK_TRUE;
-	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof(cls) }, { CKA_TOKEN, &yes, sizeof(yes) } };
+	/* Private objects only: anyone with a session, without the PIN, can
+	 * generate a key pair or secret with every custody attribute checked
+	 * below under an hsmjwt label — but a public one, which its maker can
+	 * sign with without logging in. */
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) },
+		{ CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &yes, sizeof(yes) },
+	};
 	CK_OBJECT_HANDLE *found = NULL, *secrets = NULL;
 	CK_ULONG n = 0, n_secrets = 0;
 	struct hsm_public *pubs = NULL;
@@ -818,11 +826,11 @@ static int hsm_find_keys_locked(struct hsm_session *session, struct hsm_key **re
 	int r;
 
 	/* Handles first, keys after: a session runs one search at a time. */
-	r = hsm_find_all(hsm, session->handle, tmpl, 2, "private keys", &found, &n);
+	r = hsm_find_all(hsm, session->handle, tmpl, 3, "private keys", &found, &n);
 	if (r < 0)
 		return r;
 	cls = CKO_SECRET_KEY;
-	r = hsm_find_all(hsm, session->handle, tmpl, 2, "secret keys", &secrets, &n_secrets);
+	r = hsm_find_all(hsm, session->handle, tmpl, 3, "secret keys", &secrets, &n_secrets);
 	if (r < 0)
 		goto out;
 	r = hsm_index_public_keys(hsm, session->handle, &pubs, &n_pubs);

@@ -21,6 +21,10 @@
  * CKA_APPLICATION "hsmjwt", CKA_LABEL the key's label, CKA_VALUE the record,
  * opaque to this module.  Records are created and destroyed, never modified.
  *
+ * Private keys, secret keys and records are CKA_PRIVATE, and only private
+ * objects are taken for hsmjwt's: anyone with a session on the token can
+ * make public objects without the PIN (and sign with a public private key).
+ *
  * Faults (SPEC §8): an operation whose Cryptoki call fails with a
  * device-class code (hsm_error_from_rv: HSM_E_DEVICE) marks the whole token
  * failed; from then on every operation fails at once with HSM_E_DEVICE

@@ -496,9 +496,69 @@ static int forge_public_record(const char *label)
 	return r;
 }
 
+/* A public key pair under an hsmjwt label, generated in the token by
+ * someone without the PIN: custody attributes as hsmjwt's own, but the
+ * private key is public (CKA_PRIVATE false), so its maker signs with it
+ * without logging in — shown by signing once. */
+static int forge_public_key(void)
+{
+	CK_MECHANISM mech = { CKM_EC_KEY_PAIR_GEN, NULL, 0 }, ecdsa = { CKM_ECDSA, NULL, 0 };
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE pub[] = { { CKA_TOKEN, &yes, sizeof(yes) }, { CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid) } };
+	CK_ATTRIBUTE priv[] = {
+		{ CKA_TOKEN, &yes, sizeof(yes) }, { CKA_PRIVATE, &no, sizeof(no) },
+		{ CKA_SENSITIVE, &yes, sizeof(yes) }, { CKA_EXTRACTABLE, &no, sizeof(no) },
+		{ CKA_SIGN, &yes, sizeof(yes) },
+	};
+	CK_OBJECT_HANDLE pub_h, priv_h;
+	uint8_t digest[32] = { 1 }, sig[64];
+	CK_ULONG sig_len = sizeof(sig);
+	char label[128];
+	struct raw raw;
+	int r = 0;
+
+	raw_open_as(&raw, 0);
+	if (raw.f->C_GenerateKeyPair(raw.s, &mech, pub, 2, priv, 5, &pub_h, &priv_h) != CKR_OK)
+		r = 7;
+	else if (raw.f->C_SignInit(raw.s, &ecdsa, priv_h) != CKR_OK ||
+		 raw.f->C_Sign(raw.s, digest, sizeof(digest), sig, &sig_len) != CKR_OK)
+		r = 8;
+	if (r == 0)
+		raw_name_as_hsmjwt(&raw, pub_h, (CK_OBJECT_HANDLE[]){ pub_h, priv_h }, 2, label);
+	raw_close(&raw);
+	return r;
+}
+
+/* A public HS256 secret under an hsmjwt label, by someone without the PIN. */
+static int forge_public_secret(void)
+{
+	CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE type = CKK_GENERIC_SECRET;
+	CK_ULONG len = 32;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	char label[] = HSM_LABEL_PREFIX "HS256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+	CK_ATTRIBUTE tmpl[] = {
+		{ CKA_CLASS, &cls, sizeof(cls) }, { CKA_KEY_TYPE, &type, sizeof(type) },
+		{ CKA_VALUE_LEN, &len, sizeof(len) }, { CKA_TOKEN, &yes, sizeof(yes) },
+		{ CKA_PRIVATE, &no, sizeof(no) }, { CKA_SENSITIVE, &yes, sizeof(yes) },
+		{ CKA_EXTRACTABLE, &no, sizeof(no) }, { CKA_SIGN, &yes, sizeof(yes) },
+		{ CKA_VERIFY, &yes, sizeof(yes) }, { CKA_LABEL, label, sizeof(label) - 1 },
+	};
+	CK_OBJECT_HANDLE h;
+	struct raw raw;
+	int r = 0;
+
+	raw_open_as(&raw, 0);
+	if (raw.f->C_GenerateKey(raw.s, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h) != CKR_OK)
+		r = 7;
+	raw_close(&raw);
+	return r;
+}
+
 /* The child's side of make_in_child: this program run again with
- * `--create-foreign N PINFILE', `--generate-hsmjwt N PINFILE' or
- * `--forge-record LABEL PINFILE'. */
+ * `--create-foreign N PINFILE', `--generate-hsmjwt N PINFILE',
+ * `--forge-record LABEL PINFILE' or `--forge-keys - PINFILE'. */
 static int child_main(const char *what, const char *arg, const char *pin_file)
 {
 	FILE *f = fopen(pin_file, "r");
@@ -515,6 +575,10 @@ static int child_main(const char *what, const char *arg, const char *pin_file)
 	log_set_level(LOG_LEVEL_WARN);
 	if (strcmp(what, "--forge-record") == 0)
 		return forge_public_record(arg);
+	if (strcmp(what, "--forge-keys") == 0) {
+		int r = forge_public_key();
+		return r != 0 ? r : forge_public_secret();
+	}
 	if (strcmp(what, "--create-foreign") == 0) {
 		raw_open(&raw);
 		for (int i = 0; i < count; i++)
@@ -1216,6 +1280,29 @@ static void test_public_records_are_not_records(void **state)
 	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", label), 1);
 	assert_int_equal(raw_count_public_data(&own.raw, "hsmjwt", label), 1);
 	raw_close(&own.raw);
+	own_close();
+}
+
+/* Keys made by someone without the PIN — a key pair and an HS256 secret
+ * under hsmjwt labels, generated in the token with every custody attribute
+ * hsmjwt checks, but public, so that their maker signs with them without
+ * logging in — are not hsmjwt's keys: published or trusted, they would let
+ * anyone with a session mint tokens that verify. */
+static void test_public_keys_are_not_keys(void **state)
+{
+	struct hsm_key key, *found = NULL;
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &key), 0);
+	EVP_PKEY_free(key.public_key);
+	run_child("--forge-keys", "-");
+	raw_open(&own.raw);
+	assert_int_equal(raw_count_class(&own.raw, CKO_PRIVATE_KEY), 2);
+	assert_int_equal(raw_count_class(&own.raw, CKO_SECRET_KEY), 1);
+	raw_close(&own.raw);
+	find_one(&found);
+	assert_string_equal(found[0].kid, key.kid);
+	hsm_keys_free(found, 1);
 	own_close();
 }
 
@@ -1973,6 +2060,7 @@ int main(int argc, char **argv)
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_records_follow_their_key, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_public_records_are_not_records, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_public_keys_are_not_keys, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_hs256_key_in_the_token, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_refuses_secret_keys_without_custody, own_token_setup,
 						own_token_teardown),
