@@ -248,12 +248,32 @@ void hsm_session_end(struct hsm_session *session)
 	pthread_rwlock_unlock(&session->hsm->lock);
 }
 
+int hsm_session_begin_admin(struct hsm_session *session, struct hsm_call *call)
+{
+	int r = hsm_session_begin(session, NULL);
+
+	if (r < 0)
+		return r;
+	atomic_store_explicit(&session->call.started, 0, memory_order_relaxed);
+	call->admin = 1;
+	hsm_call_track(session->hsm, call);
+	atomic_store_explicit(&call->started, hsm_now_ms(), memory_order_relaxed);
+	return 0;
+}
+
+void hsm_session_end_admin(struct hsm_session *session, struct hsm_call *call)
+{
+	hsm_call_untrack(session->hsm, call);
+	hsm_session_end(session);
+}
+
 int hsm_raw_begin(struct hsm *hsm, struct hsm_call *call, const struct hsm_key *key)
 {
 	int r = hsm_op_lock(hsm, key);
 
 	if (r < 0)
 		return r;
+	call->admin = 1;
 	hsm_call_track(hsm, call);
 	atomic_store_explicit(&call->started, hsm_now_ms(), memory_order_relaxed);
 	return 0;
@@ -754,23 +774,30 @@ void hsm_set_pin_source(struct hsm *hsm, hsm_pin_read_fn read, hsm_pin_release_f
 	hsm->pin_ctx = ctx;
 }
 
-int hsm_watchdog(struct hsm *hsm, unsigned hang_ms)
+int hsm_watchdog(struct hsm *hsm, unsigned call_hang_ms, unsigned admin_hang_ms)
 {
-	int64_t now = hsm_now_ms(), longest = 0;
+	int64_t now = hsm_now_ms(), hung_ms = 0;
+	unsigned limit = 0;
+	int admin = 0;
 
 	if (!hsm_available(hsm))
 		return 1;
 	pthread_mutex_lock(&hsm->calls_lock);
-	for (struct hsm_call *c = hsm->calls.next; c != &hsm->calls; c = c->next) {
+	for (struct hsm_call *c = hsm->calls.next; c != &hsm->calls && hung_ms == 0; c = c->next) {
 		int64_t started = atomic_load_explicit(&c->started, memory_order_relaxed);
-		if (started != 0 && now - started > longest)
-			longest = now - started;
+		unsigned c_limit = c->admin ? admin_hang_ms : call_hang_ms;
+
+		if (started != 0 && now - started > (int64_t)c_limit) {
+			hung_ms = now - started;
+			limit = c_limit;
+			admin = c->admin;
+		}
 	}
 	pthread_mutex_unlock(&hsm->calls_lock);
-	/* The warning is hsm_mark_failed's; this says how long. */
-	if (longest > (int64_t)hang_ms && hsm_mark_failed(hsm, "hung"))
-		log_info("\"a call has been inside the module too long\" token=%s ms=%lld limit_ms=%u", hsm->token_label,
-			 (long long)longest, hang_ms);
+	/* The warning is hsm_mark_failed's; this says what and how long. */
+	if (hung_ms > 0 && hsm_mark_failed(hsm, "hung"))
+		log_info("\"a call has been inside the module too long\" token=%s operation=%s ms=%lld limit_ms=%u",
+			 hsm->token_label, admin ? "admin" : "call", (long long)hung_ms, limit);
 	return !hsm_available(hsm);
 }
 

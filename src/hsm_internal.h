@@ -12,9 +12,12 @@
 
 /* One thread's presence inside the module, for hsm_watchdog: the
  * CLOCK_MONOTONIC millisecond its current Cryptoki call began, 0 while it
- * is not in one.  Linked into hsm->calls while it may be. */
+ * is not in one.  Linked into hsm->calls while it may be.  admin (set
+ * before it is linked): an operation of many calls (generation, discovery,
+ * records, destruction), timed as a whole against the longer limit. */
 struct hsm_call {
 	_Atomic int64_t started;
+	int admin;
 	struct hsm_call *prev, *next;
 };
 
@@ -89,8 +92,15 @@ int64_t hsm_now_ms(void);
  * hsm_session_end. */
 int hsm_session_begin(struct hsm_session *session, const struct hsm_key *key);
 void hsm_session_end(struct hsm_session *session);
+/* hsm_session_begin for an administrative operation on the session
+ * (hsm_find_keys): timed through call (the caller's, valid until
+ * hsm_session_end_admin) as a whole, under the watchdog's longer limit,
+ * rather than as the session's own call. */
+int hsm_session_begin_admin(struct hsm_session *session, struct hsm_call *call);
+void hsm_session_end_admin(struct hsm_session *session, struct hsm_call *call);
 /* The same for an operation on sessions of its own (hsm_open_raw_session),
- * tracked through call (the caller's, valid until hsm_raw_end). */
+ * tracked through call (the caller's, valid until hsm_raw_end), an
+ * administrative one. */
 int hsm_raw_begin(struct hsm *hsm, struct hsm_call *call, const struct hsm_key *key);
 void hsm_raw_end(struct hsm *hsm, struct hsm_call *call);
 

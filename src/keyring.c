@@ -277,7 +277,7 @@ static void *keyring_watchdog_main(void *arg)
 		if (keyring->stopping)
 			break;
 		pthread_mutex_unlock(&keyring->lock);
-		hsm_watchdog(keyring->hsm, KEYRING_HANG_MS);
+		hsm_watchdog(keyring->hsm, KEYRING_HANG_MS, KEYRING_ADMIN_HANG_MS);
 		pthread_mutex_lock(&keyring->lock);
 	}
 	pthread_mutex_unlock(&keyring->lock);

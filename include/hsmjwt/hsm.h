@@ -191,11 +191,16 @@ typedef void (*hsm_pin_release_fn)(void *ctx, char *pin, size_t len);
 void hsm_set_pin_source(struct hsm *hsm, hsm_pin_read_fn read, hsm_pin_release_fn release, void *ctx);
 
 /* Marks the token failed ("hung") when an operation has been inside the
- * module for longer than hang_ms, so that other threads answer at once
- * instead of queueing behind it (the thread in the call stays there until
- * the module returns).  1 when the token is failed (now or already), 0
- * otherwise.  Called periodically from one thread. */
-int hsm_watchdog(struct hsm *hsm, unsigned hang_ms);
+ * module for too long, so that other threads answer at once instead of
+ * queueing behind it (the thread in the call stays there until the module
+ * returns).  The limit is call_hang_ms for a signature or verification
+ * (hsm_sign, hsm_verify, hsm_session_check: a Cryptoki call or two), and
+ * admin_hang_ms for the operations of many calls, timed as a whole (key
+ * generation — RSA 8192 takes seconds —, hsm_find_keys over many keys on a
+ * network HSM, records, destruction, hsm_describe).  1 when the token is
+ * failed (now or already), 0 otherwise.  Called periodically from one
+ * thread. */
+int hsm_watchdog(struct hsm *hsm, unsigned call_hang_ms, unsigned admin_hang_ms);
 
 /* Brings a failed token back: waits up to wait_ms for operations still in
  * the module (-EBUSY if one stays: a hung call), then closes every session,

@@ -26,7 +26,10 @@
 
 #define KEYRING_POLL_MS 2000
 #define KEYRING_TICK_MS 250
+/* hsm_watchdog's limits: a signature or verification, and an operation of
+ * many calls (a key generation, discovery over many keys). */
 #define KEYRING_HANG_MS 5000
+#define KEYRING_ADMIN_HANG_MS 120000
 #define KEYRING_BACKOFF_MIN_MS 250
 #define KEYRING_BACKOFF_MAX_MS 8000
 /* A rotation over HTTP makes at most one key per configured algorithm. */

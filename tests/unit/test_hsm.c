@@ -1317,8 +1317,11 @@ static struct {
 	int namings;
 	int sign_calls;          /* C_SignInit + C_Sign */
 	int calls;               /* every wrapped function */
-	int watchdog_in_keygen;  /* C_GenerateKeyPair runs hsm_watchdog(own.hsm, 0) from inside */
-	int watchdog_said;
+	/* The next C_GenerateKeyPair or C_FindObjectsInit, 20 ms in, asks
+	 * hsm_watchdog with a call limit of 0 and an admin limit of 60 s
+	 * (said[0]), then the other way round (said[1]). */
+	int watchdog_inside;
+	int watchdog_said[2];
 	int keygens;             /* C_GenerateKeyPair + C_GenerateKey that returned */
 	int keygen_ms;           /* each of them takes this much longer */
 } wrap;
@@ -1347,6 +1350,16 @@ static CK_RV wrap_set_attribute_value(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 	return real_f->C_SetAttributeValue(s, obj, tmpl, n);
 }
 
+static void wrap_watchdog_inside(void)
+{
+	if (!wrap.watchdog_inside)
+		return;
+	wrap.watchdog_inside = 0;
+	usleep(20 * 1000);
+	wrap.watchdog_said[0] = hsm_watchdog(own.hsm, 0, 60000);
+	wrap.watchdog_said[1] = hsm_watchdog(own.hsm, 60000, 0);
+}
+
 static CK_RV wrap_sign_init(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
 {
 	wrap.calls++;
@@ -1364,6 +1377,7 @@ static CK_RV wrap_sign(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG len, CK_B
 static CK_RV wrap_find_objects_init(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
 {
 	wrap.calls++;
+	wrap_watchdog_inside();
 	return real_f->C_FindObjectsInit(s, tmpl, n);
 }
 
@@ -1399,11 +1413,7 @@ static CK_RV wrap_generate_key_pair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, 
 	CK_RV rv;
 
 	wrap.calls++;
-	if (wrap.watchdog_in_keygen) {
-		/* 20 ms inside the module is more than the 0 ms allowed. */
-		usleep(20 * 1000);
-		wrap.watchdog_said = hsm_watchdog(own.hsm, 0);
-	}
+	wrap_watchdog_inside();
 	usleep(wrap.keygen_ms * 1000);
 	rv = real_f->C_GenerateKeyPair(s, mech, pub, n_pub, priv, n_priv, ret_pub, ret_priv);
 	wrap.keygens++;
@@ -1792,27 +1802,30 @@ static void *reader_main(void *arg)
 
 static int watchdog_1000(void *arg)
 {
-	return hsm_watchdog(own.hsm, 1000);
+	return hsm_watchdog(own.hsm, 1000, 60000);
 }
 
-/* A call inside the module longer than the limit marks the token failed
- * ("hung", one warning); recovery waits for calls still inside and gives
- * up with -EBUSY while one stays, and succeeds once it has returned.  A
- * key generation in progress (on a session of its own) is watched too. */
+/* A signature inside the module longer than the call limit marks the
+ * token failed ("hung", one warning); recovery waits for calls still
+ * inside and gives up with -EBUSY while one stays, and succeeds once it has
+ * returned.  A key generation (on a session of its own) and a discovery
+ * (on the worker's session) in progress are watched too, against the
+ * admin limit: over the call limit, they are not hung. */
 static void test_watchdog_and_busy_recovery(void **state)
 {
 	struct reader rd = { .holding = 0, .release = 0 };
-	struct hsm_key key;
+	struct hsm_key key, *found = NULL;
 	const char *log;
 	int r;
 
 	own_open();
 	hsm_set_pin_source(own.hsm, test_pin_read, test_pin_release, &tok);
-	assert_int_equal(hsm_watchdog(own.hsm, 0), 0); /* nothing in flight */
+	assert_int_equal(hsm_watchdog(own.hsm, 0, 0), 0); /* nothing in flight */
 
-	/* The session's call began 10 s ago. */
+	/* The session's call began 10 s ago: a signature, under the call
+	 * limit alone. */
 	atomic_store(&own.session->call.started, hsm_now_ms() - 10000);
-	assert_int_equal(hsm_watchdog(own.hsm, 60000), 0);
+	assert_int_equal(hsm_watchdog(own.hsm, 60000, 0), 0);
 	assert_true(hsm_available(own.hsm));
 	log = fixture_capture_stderr(watchdog_1000, NULL, &r);
 	assert_int_equal(r, 1);
@@ -1820,6 +1833,8 @@ static void test_watchdog_and_busy_recovery(void **state)
 	assert_string_equal(hsm_failure(own.hsm), "hung");
 	assert_int_equal(count_lines_with(log, "token failed; operations refused until it is recovered"), 1);
 	assert_non_null(strstr(log, "reason=hung"));
+	assert_non_null(strstr(log, "operation=call"));
+	assert_non_null(strstr(log, "limit_ms=1000"));
 	log = fixture_capture_stderr(watchdog_1000, NULL, &r);
 	assert_int_equal(r, 1);
 	assert_string_equal(log, "");
@@ -1851,14 +1866,27 @@ static void test_watchdog_and_busy_recovery(void **state)
 
 	/* A key generation inside the module is in the watchdog's view. */
 	wrap_install(own.hsm);
-	wrap.watchdog_in_keygen = 1;
+	wrap.watchdog_inside = 1;
 	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &key), 0);
 	EVP_PKEY_free(key.public_key);
-	assert_int_equal(wrap.watchdog_said, 1);
+	assert_int_equal(wrap.watchdog_said[0], 0);
+	assert_int_equal(wrap.watchdog_said[1], 1);
 	assert_string_equal(hsm_failure(own.hsm), "hung");
 	wrap_remove(own.hsm);
 	assert_int_equal(hsm_recover(own.hsm, 1000), 0);
 	assert_int_equal(hsm_generation(own.hsm), 3);
+
+	/* So is a discovery, on the worker's session. */
+	wrap_install(own.hsm);
+	wrap.watchdog_inside = 1;
+	find_one(&found);
+	assert_int_equal(wrap.watchdog_said[0], 0);
+	assert_int_equal(wrap.watchdog_said[1], 1);
+	assert_string_equal(hsm_failure(own.hsm), "hung");
+	hsm_keys_free(found, 1);
+	wrap_remove(own.hsm);
+	assert_int_equal(hsm_recover(own.hsm, 1000), 0);
+	assert_int_equal(hsm_generation(own.hsm), 4);
 	own_close();
 }
 
