@@ -168,13 +168,34 @@ int hsm_fail_rv(struct hsm *hsm, CK_RV rv)
 	return r;
 }
 
+CK_RV hsm_token_probe(struct hsm *hsm)
+{
+	CK_TOKEN_INFO token;
+	CK_SESSION_INFO session;
+	CK_RV rv;
+
+	rv = hsm->f->C_GetTokenInfo(hsm->slot, &token);
+	if (rv != CKR_OK || !(token.flags & CKF_LOGIN_REQUIRED))
+		return rv;
+	rv = hsm->f->C_GetSessionInfo(hsm->login_session, &session);
+	if (rv != CKR_OK)
+		return rv;
+	if (session.state != CKS_RO_USER_FUNCTIONS && session.state != CKS_RW_USER_FUNCTIONS)
+		return CKR_USER_NOT_LOGGED_IN;
+	return CKR_OK;
+}
+
 int hsm_fail_key_rv(struct hsm *hsm, CK_RV rv)
 {
-	if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID) {
-		hsm_mark_failed(hsm, hsm_ckr_name(rv));
-		return HSM_E_DEVICE;
-	}
-	return hsm_fail_rv(hsm, rv);
+	CK_RV probe;
+
+	if (rv != CKR_OBJECT_HANDLE_INVALID && rv != CKR_KEY_HANDLE_INVALID)
+		return hsm_fail_rv(hsm, rv);
+	probe = hsm_token_probe(hsm);
+	if (probe == CKR_OK)
+		return HSM_E_STALE;
+	hsm_mark_failed(hsm, hsm_ckr_name(probe));
+	return HSM_E_DEVICE;
 }
 
 static void hsm_call_track(struct hsm *hsm, struct hsm_call *call)
@@ -731,11 +752,14 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	rv = hsm->f->C_SignInit(session->handle, &mech, key->private_handle);
 	if (rv == CKR_OK)
 		rv = hsm->f->C_Sign(session->handle, (CK_BYTE *)input, input_len, sig, &out_len);
-	hsm_session_end(session);
 	if (rv != CKR_OK) {
 		log_error("\"sign failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
-		return hsm_fail_key_rv(hsm, rv);
+		/* Before the end of the operation: it may probe the token. */
+		r = hsm_fail_key_rv(hsm, rv);
 	}
+	hsm_session_end(session);
+	if (r < 0)
+		return r;
 	*sig_len = out_len;
 	return 0;
 }
@@ -756,15 +780,16 @@ int hsm_verify(struct hsm_session *session, const struct hsm_key *key,
 	rv = hsm->f->C_VerifyInit(session->handle, &mech, key->private_handle);
 	if (rv == CKR_OK)
 		rv = hsm->f->C_Verify(session->handle, (CK_BYTE *)data, data_len, (CK_BYTE *)sig, sig_len);
-	hsm_session_end(session);
 	/* A bad MAC is the token's verdict on the input, not a failure. */
-	if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE)
-		return -EBADMSG;
-	if (rv != CKR_OK) {
+	if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE) {
+		r = -EBADMSG;
+	} else if (rv != CKR_OK) {
 		log_error("\"verify failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
-		return hsm_fail_key_rv(hsm, rv);
+		/* Before the end of the operation: it may probe the token. */
+		r = hsm_fail_key_rv(hsm, rv);
 	}
-	return 0;
+	hsm_session_end(session);
+	return r;
 }
 
 void hsm_set_pin_source(struct hsm *hsm, hsm_pin_read_fn read, hsm_pin_release_fn release, void *ctx)

@@ -72,12 +72,22 @@ int hsm_error_from_rv(CK_RV rv);
 /* hsm_error_from_rv for a call made during an operation: HSM_E_DEVICE also
  * marks the token failed, with rv's name as the reason. */
 int hsm_fail_rv(struct hsm *hsm, CK_RV rv);
-/* hsm_fail_rv for a call that used a key handle of the current generation:
- * CKR_OBJECT_HANDLE_INVALID or CKR_KEY_HANDLE_INVALID then mean the token
- * lost the object under us (SoftHSM after its directory vanished or a
- * logout; another process destroying the key), which recovery and a key
- * reload repair: also device-class. */
+/* hsm_fail_rv for a call that used a key handle of the current generation.
+ * CKR_OBJECT_HANDLE_INVALID or CKR_KEY_HANDLE_INVALID mean the object is
+ * gone: either the token lost it under us (SoftHSM after its directory
+ * vanished or a logout), which recovery repairs — HSM_E_DEVICE, marked —
+ * or another process destroyed the key (a replica, hsmjwtctl), which a
+ * reload of the key set repairs — HSM_E_STALE, not marked: anyone could
+ * otherwise force recoveries by verifying a token under that kid.
+ * hsm_token_probe tells the two apart, so this is called inside the
+ * operation (the read lock held). */
 int hsm_fail_key_rv(struct hsm *hsm, CK_RV rv);
+/* Whether the token still answers (C_GetTokenInfo) and, when it requires a
+ * login, this process is still logged in (the login session in a user
+ * state): CKR_OK, or the failing call's CKR (CKR_USER_NOT_LOGGED_IN for a
+ * session in a public state).  A token that lost its login hides private
+ * objects and otherwise looks well.  Inside an operation. */
+CK_RV hsm_token_probe(struct hsm *hsm);
 /* Marks the token failed for reason (a static string); 1 when this call
  * did (and logged it), 0 when it was already. */
 int hsm_mark_failed(struct hsm *hsm, const char *reason);

@@ -31,7 +31,10 @@
  * without calling into the module, until hsm_recover has re-initialised the
  * module and logged in again.  Each recovery starts a new generation:
  * sessions reopen themselves on their next use, and key handles found in an
- * older generation are refused (HSM_E_STALE) until the keys are reloaded. */
+ * older generation are refused (HSM_E_STALE) until the keys are reloaded.
+ * A key object gone under hsm_sign or hsm_verify marks the token failed
+ * only when the token no longer answers or lost its login; otherwise
+ * another process destroyed the key, and the answer is HSM_E_STALE. */
 #ifndef HSMJWT_HSM_H
 #define HSMJWT_HSM_H
 
@@ -56,7 +59,8 @@ enum hsm_error {
 	HSM_E_LOGIN    = -2003, /* PIN wrong, locked, or missing */
 	HSM_E_DEVICE   = -2004, /* session or device failed: retry after recovery */
 	HSM_E_FAILED   = -2005, /* the operation failed for another reason */
-	HSM_E_STALE    = -2006, /* a key handle from before a recovery: reload the keys */
+	HSM_E_STALE    = -2006, /* a key handle from before a recovery, or of a key
+				 * destroyed since (by another process): reload the keys */
 };
 
 /* A lifecycle record's value is at most this long; a key keeps at most

@@ -1776,6 +1776,94 @@ static void test_close_a_failed_token(void **state)
 	own_close();
 }
 
+struct use_args {
+	const struct hsm_key *key;
+	int verify;
+	size_t sig_len;     /* what hsm_sign left in its length */
+};
+
+/* hsm_sign, or hsm_verify of an HS256 tag, with args->key. */
+static int use_key(void *arg)
+{
+	struct use_args *a = arg;
+	uint8_t sig[64] = { 0 };
+
+	a->sig_len = sizeof(sig);
+	if (a->verify)
+		return hsm_verify(own.session, a->key, (const uint8_t *)"x", 1, sig, 32);
+	return hsm_sign(own.session, a->key, (const uint8_t *)"x", 1, sig, &a->sig_len);
+}
+
+/* The module said the key object is gone: the path that probes the token. */
+static void assert_gone_logged(const char *log)
+{
+	if (strstr(log, "rv=CKR_KEY_HANDLE_INVALID") == NULL && strstr(log, "rv=CKR_OBJECT_HANDLE_INVALID") == NULL)
+		fail_msg("no handle-invalid answer in the log:\n%s", log);
+}
+
+/* A key destroyed by another process (a replica, hsmjwtctl) while the token
+ * works: signing or verifying with the key set's handle answers HSM_E_STALE
+ * (the keyring's next poll reloads the set) and the token stays available —
+ * or anyone could force recoveries, over and over, by verifying a token
+ * under that kid.  The same answer from a token that lost its login
+ * (C_Logout) is a failed token. */
+static void test_key_gone_is_stale_login_gone_is_failed(void **state)
+{
+	struct hsm_key ec, hs, copy, *found = NULL;
+	struct use_args args = { NULL, 0, 0 };
+	const char *log;
+	int r;
+
+	own_open();
+	hsm_set_pin_source(own.hsm, test_pin_read, test_pin_release, &tok);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &ec), 0);
+	EVP_PKEY_free(ec.public_key);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_HS256, 0, NULL, NULL, &hs), 0);
+	copy = ec;
+	assert_int_equal(hsm_destroy_key(own.hsm, &copy), 0);
+	copy = hs;
+	assert_int_equal(hsm_destroy_key(own.hsm, &copy), 0);
+
+	args.key = &ec;
+	log = fixture_capture_stderr(use_key, &args, &r);
+	assert_int_equal(r, HSM_E_STALE);
+	assert_int_equal(args.sig_len, 64); /* untouched */
+	assert_gone_logged(log);
+	args.key = &hs;
+	args.verify = 1;
+	log = fixture_capture_stderr(use_key, &args, &r);
+	assert_int_equal(r, HSM_E_STALE);
+	assert_gone_logged(log);
+	args.verify = 0;
+	assert_int_equal(use_key(&args), HSM_E_STALE);
+	assert_null(strstr(log, "token failed"));
+	assert_true(hsm_available(own.hsm));
+	assert_string_equal(hsm_failure(own.hsm), "");
+	assert_int_equal(hsm_generation(own.hsm), 1);
+	assert_int_equal(hsm_session_check(own.session), 0);
+
+	/* The token logged out under hsm: the key is as invisible as a
+	 * destroyed one, but the token is the one to blame. */
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &ec), 0);
+	EVP_PKEY_free(ec.public_key);
+	assert_int_equal(own.hsm->f->C_Logout(own.hsm->login_session), CKR_OK);
+	args.key = &ec;
+	log = fixture_capture_stderr(use_key, &args, &r);
+	assert_int_equal(r, HSM_E_DEVICE);
+	assert_gone_logged(log);
+	assert_int_equal(count_lines_with(log, "token failed; operations refused until it is recovered"), 1);
+	assert_false(hsm_available(own.hsm));
+	assert_string_equal(hsm_failure(own.hsm), "CKR_USER_NOT_LOGGED_IN");
+	/* Recovery logs in again, and the key signs. */
+	assert_int_equal(hsm_recover(own.hsm, 1000), 0);
+	find_one(&found);
+	assert_string_equal(found[0].kid, ec.kid);
+	args.key = &found[0];
+	assert_int_equal(use_key(&args), 0);
+	hsm_keys_free(found, 1);
+	own_close();
+}
+
 struct reader {
 	pthread_t thread;
 	pthread_mutex_t mutex;
@@ -2098,6 +2186,8 @@ int main(int argc, char **argv)
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_device_failure_and_recovery, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_close_a_failed_token, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_key_gone_is_stale_login_gone_is_failed, own_token_setup,
+						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_watchdog_and_busy_recovery, own_token_setup, own_token_teardown),
 	};
 	int r = fixture_token_create(&tok);
