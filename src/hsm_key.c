@@ -821,7 +821,6 @@ static int hsm_find_keys_locked(struct hsm_session *session, struct hsm_key **re
 	size_t n_records = 0;
 	struct hsm_key *keys = NULL;
 	size_t count = 0, over = 0;
-	CK_TOKEN_INFO token_info;
 	CK_RV rv;
 	int r;
 
@@ -879,13 +878,14 @@ static int hsm_find_keys_locked(struct hsm_session *session, struct hsm_key **re
 	}
 	/* An empty answer is not proof that the keys are gone: SoftHSM, its
 	 * token directory moved away, answers C_FindObjects with no objects
-	 * and C_GetSessionInfo with CKR_OK; only C_GetTokenInfo fails.  Taken
-	 * at its word, that answer would empty the JWKS and make every
-	 * algorithm "need" a new key. */
-	rv = hsm->f->C_GetTokenInfo(hsm->slot, &token_info);
+	 * and C_GetSessionInfo with CKR_OK; only C_GetTokenInfo fails.  A token
+	 * that lost its login answers every call, and hides every private key
+	 * and record.  Taken at its word, that answer would empty the JWKS and
+	 * make every algorithm "need" a new key. */
+	rv = hsm_token_probe(hsm);
 	if (rv != CKR_OK) {
-		log_error("\"the token stopped answering during key discovery\" token=%s rv=%s", hsm->token_label,
-			  hsm_ckr_name(rv));
+		log_error("\"the token stopped answering or lost its login during key discovery\" token=%s rv=%s",
+			  hsm->token_label, hsm_ckr_name(rv));
 		/* Whatever code it gives, the answers above cannot be trusted. */
 		hsm_mark_failed(hsm, hsm_ckr_name(rv));
 		r = HSM_E_DEVICE;

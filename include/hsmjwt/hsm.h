@@ -127,7 +127,9 @@ int hsm_session_check(struct hsm_session *session);
  * *ret_keys is an array of *ret_count keys (hsm_keys_free).
  * -E2BIG (logged) when the token holds more than HSM_MAX_KEY_OBJECTS
  * private, public or secret keys or lifecycle records, or more than
- * HSM_MAX_KEYS hsmjwt keys: never a partial set. */
+ * HSM_MAX_KEYS hsmjwt keys: never a partial set.  HSM_E_DEVICE, the token
+ * marked failed, when by the end it no longer answers or has lost its
+ * login (hsm_token_probe): such a token answers searches with nothing. */
 int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t *ret_count);
 void hsm_keys_free(struct hsm_key *keys, size_t count);
 

@@ -1864,6 +1864,41 @@ static void test_key_gone_is_stale_login_gone_is_failed(void **state)
 	own_close();
 }
 
+/* A token that lost its login hides every private key and record and
+ * otherwise answers: discovery then fails the token (HSM_E_DEVICE) instead
+ * of reporting no keys, which would empty the JWKS and make every
+ * algorithm "need" a new key. */
+static void test_discovery_without_login_fails_the_token(void **state)
+{
+	struct hsm_key key, *found = NULL;
+	size_t n = 0;
+	const char *log;
+	int r;
+
+	own_open();
+	hsm_set_pin_source(own.hsm, test_pin_read, test_pin_release, &tok);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, fixed_meta, "m", &key), 0);
+	EVP_PKEY_free(key.public_key);
+	assert_int_equal(own.hsm->f->C_Logout(own.hsm->login_session), CKR_OK);
+	checked_keys = NULL;
+	checked_count = 77;
+	log = fixture_capture_stderr(own_find_keys_kept, NULL, &r);
+	assert_int_equal(r, HSM_E_DEVICE);
+	assert_null(checked_keys);
+	assert_int_equal(checked_count, 77);
+	assert_non_null(strstr(log, "lost its login during key discovery"));
+	assert_false(hsm_available(own.hsm));
+	assert_string_equal(hsm_failure(own.hsm), "CKR_USER_NOT_LOGGED_IN");
+	/* Recovered, the key and its record are there. */
+	assert_int_equal(hsm_recover(own.hsm, 1000), 0);
+	assert_int_equal(hsm_find_keys(own.session, &found, &n), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(found[0].kid, key.kid);
+	assert_meta(&found[0].meta[0], "m");
+	hsm_keys_free(found, n);
+	own_close();
+}
+
 struct reader {
 	pthread_t thread;
 	pthread_mutex_t mutex;
@@ -2187,6 +2222,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_device_failure_and_recovery, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_close_a_failed_token, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_key_gone_is_stale_login_gone_is_failed, own_token_setup,
+						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_discovery_without_login_fails_the_token, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_watchdog_and_busy_recovery, own_token_setup, own_token_teardown),
 	};
