@@ -63,6 +63,16 @@ static int hsm_key_error(struct hsm *hsm, CK_RV rv)
 	return rv == CKR_HOST_MEMORY ? -ENOMEM : hsm_fail_rv(hsm, rv);
 }
 
+/* hsm_key_error for a call that makes or grows an object (generation,
+ * naming, a record).  A token out of room (CKR_DEVICE_MEMORY) works, and
+ * signs with what it holds: marked failed, it would stop signing until a
+ * recovery that frees nothing — every few seconds, as each poll tries the
+ * rotation again.  The caller's log line names the code. */
+static int hsm_create_error(struct hsm *hsm, CK_RV rv)
+{
+	return rv == CKR_DEVICE_MEMORY ? HSM_E_FAILED : hsm_key_error(hsm, rv);
+}
+
 /* hsm_key_rv_verdict for an attribute read during an operation: a failed
  * device marks the token failed. */
 static int hsm_key_verdict(struct hsm *hsm, CK_RV rv)
@@ -931,7 +941,7 @@ static int hsm_set_name(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o
 	if (rv != CKR_OK) {
 		log_error("\"cannot label key\" label=%s rv=%s", log_quote(quoted, sizeof(quoted), label),
 			  hsm_ckr_name(rv));
-		return hsm_key_error(hsm, rv);
+		return hsm_create_error(hsm, rv);
 	}
 	return 0;
 }
@@ -1032,7 +1042,7 @@ static int hsm_record_create(struct hsm *hsm, CK_SESSION_HANDLE s, const char *l
 	if (rv != CKR_OK) {
 		log_error("\"cannot create lifecycle record\" label=%s rv=%s", log_quote(quoted, sizeof(quoted), label),
 			  hsm_ckr_name(rv));
-		return hsm_key_error(hsm, rv);
+		return hsm_create_error(hsm, rv);
 	}
 	return 0;
 }
@@ -1181,7 +1191,7 @@ static int hsm_generate_key_locked(struct hsm *hsm, enum jws_alg alg, unsigned r
 	}
 	if (rv != CKR_OK) {
 		log_error("\"key generation failed\" alg=%s rv=%s", jws_alg_name(alg), hsm_ckr_name(rv));
-		r = hsm_key_error(hsm, rv);
+		r = hsm_create_error(hsm, rv);
 		goto out;
 	}
 	if (alg != JWS_ALG_HS256) {

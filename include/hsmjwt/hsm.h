@@ -148,7 +148,9 @@ typedef int (*hsm_meta_fn)(void *ctx, enum jws_alg alg, uint8_t *buf, size_t siz
  * a *ret_len over size (-EINVAL), fails the generation and the key is
  * destroyed.  -EINVAL for an RSA size outside the token's range (checked
  * first: SoftHSM answers one with CKR_GENERAL_ERROR, a device failure).
- * Needs a read-write session, which it opens. */
+ * A token out of room (CKR_DEVICE_MEMORY) is HSM_E_FAILED, logged, and not
+ * marked failed: it signs on with the keys it holds.  Needs a read-write
+ * session, which it opens. */
 int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits,
 		     hsm_meta_fn meta, void *meta_ctx, struct hsm_key *ret_key);
 
@@ -158,7 +160,8 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits,
  * (another process destroyed it) counts as destroyed. */
 int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key);
 
-/* Adds a lifecycle record value[0..len) (len <= HSM_META_MAX) to key. */
+/* Adds a lifecycle record value[0..len) (len <= HSM_META_MAX) to key.
+ * CKR_DEVICE_MEMORY as for hsm_generate_key. */
 int hsm_meta_add(struct hsm *hsm, const struct hsm_key *key, const uint8_t *value, size_t len);
 /* Removes key->meta[index] from the token (0 if it is gone already). */
 int hsm_meta_remove(struct hsm *hsm, const struct hsm_key *key, size_t index);

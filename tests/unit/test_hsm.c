@@ -1324,6 +1324,8 @@ static struct {
 	int watchdog_said[2];
 	int keygens;             /* C_GenerateKeyPair + C_GenerateKey that returned */
 	int keygen_ms;           /* each of them takes this much longer */
+	CK_RV keygen_rv;         /* not CKR_OK: what they answer, without generating */
+	CK_RV create_rv;         /* not CKR_OK: what C_CreateObject answers, without creating */
 } wrap;
 
 static CK_RV wrap_set_attribute_value(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
@@ -1403,6 +1405,8 @@ static CK_RV wrap_get_token_info(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
 static CK_RV wrap_create_object(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n, CK_OBJECT_HANDLE_PTR ret)
 {
 	wrap.calls++;
+	if (wrap.create_rv != CKR_OK)
+		return wrap.create_rv;
 	return real_f->C_CreateObject(s, tmpl, n, ret);
 }
 
@@ -1414,6 +1418,8 @@ static CK_RV wrap_generate_key_pair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, 
 
 	wrap.calls++;
 	wrap_watchdog_inside();
+	if (wrap.keygen_rv != CKR_OK)
+		return wrap.keygen_rv;
 	usleep(wrap.keygen_ms * 1000);
 	rv = real_f->C_GenerateKeyPair(s, mech, pub, n_pub, priv, n_priv, ret_pub, ret_priv);
 	wrap.keygens++;
@@ -1426,6 +1432,8 @@ static CK_RV wrap_generate_key(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_AT
 	CK_RV rv;
 
 	wrap.calls++;
+	if (wrap.keygen_rv != CKR_OK)
+		return wrap.keygen_rv;
 	usleep(wrap.keygen_ms * 1000);
 	rv = real_f->C_GenerateKey(s, mech, tmpl, n, ret);
 	wrap.keygens++;
@@ -1596,6 +1604,75 @@ static void test_record_is_written_after_generation(void **state)
 	assert_int_equal(raw_count_class(&own.raw, CKO_PRIVATE_KEY), 1);
 	assert_int_equal(raw_count_class(&own.raw, CKO_PUBLIC_KEY), 1);
 	assert_int_equal(raw_count_class(&own.raw, CKO_SECRET_KEY), 1);
+	raw_close(&own.raw);
+	own_close();
+}
+
+/* Generation of a key pair and an HS256 key, one with a record, and a
+ * record added to arg: how many answered HSM_E_FAILED. */
+static int make_things(void *arg)
+{
+	struct hsm_key key;
+	int failed = 0;
+
+	failed += hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &key) == HSM_E_FAILED;
+	failed += hsm_generate_key(own.hsm, JWS_ALG_HS256, 0, NULL, NULL, &key) == HSM_E_FAILED;
+	failed += hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, fixed_meta, "n", &key) == HSM_E_FAILED;
+	failed += hsm_meta_add(own.hsm, arg, (const uint8_t *)"x", 1) == HSM_E_FAILED;
+	return failed;
+}
+
+/* A token out of room (CKR_DEVICE_MEMORY) is not a failed token: a
+ * generation or record it cannot make answers HSM_E_FAILED, logged with the
+ * code, nothing is left half made, the token stays available and signs —
+ * a rotation retried on every poll must not take signing down each time. */
+static void test_token_full_is_not_a_failure(void **state)
+{
+	struct hsm_key key;
+	uint8_t sig[64];
+	size_t sig_len = sizeof(sig);
+	const char *log;
+	int failed;
+
+	own_open();
+	raw_open(&own.raw);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, fixed_meta, "m", &key), 0);
+	EVP_PKEY_free(key.public_key);
+	wrap_install(own.hsm);
+
+	/* No room for a key: C_GenerateKeyPair and C_GenerateKey refuse. */
+	wrap.keygen_rv = CKR_DEVICE_MEMORY;
+	log = fixture_capture_stderr(make_things, &key, &failed);
+	assert_int_equal(wrap.keygens, 0);
+	/* The third generation fails before its record; hsm_meta_add works. */
+	assert_int_equal(failed, 3);
+	assert_int_equal(count_lines_with(log, "key generation failed"), 3);
+	assert_int_equal(count_lines_with(log, "rv=CKR_DEVICE_MEMORY"), 3);
+	assert_null(strstr(log, "token failed"));
+	assert_true(hsm_available(own.hsm));
+	assert_string_equal(hsm_failure(own.hsm), "");
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", NULL), 2);
+
+	/* Room for keys, none for records. */
+	wrap.keygen_rv = CKR_OK;
+	wrap.create_rv = CKR_DEVICE_MEMORY;
+	log = fixture_capture_stderr(make_things, &key, &failed);
+	assert_int_equal(wrap.keygens, 3);
+	assert_int_equal(failed, 2);
+	assert_int_equal(count_lines_with(log, "cannot create lifecycle record"), 2);
+	assert_int_equal(count_lines_with(log, "rv=CKR_DEVICE_MEMORY"), 2);
+	assert_null(strstr(log, "token failed"));
+	assert_true(hsm_available(own.hsm));
+	assert_int_equal(hsm_sign(own.session, &key, (const uint8_t *)"x", 1, sig, &sig_len), 0);
+	wrap_remove(own.hsm);
+
+	/* The first key with its two records, and the two keys made without a
+	 * record in the second round; the one whose record failed is gone. */
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", NULL), 2);
+	assert_int_equal(raw_count_class(&own.raw, CKO_PRIVATE_KEY), 2);
+	assert_int_equal(raw_count_class(&own.raw, CKO_PUBLIC_KEY), 2);
+	assert_int_equal(raw_count_class(&own.raw, CKO_SECRET_KEY), 1);
+	assert_int_equal(raw_count_labelled(&own.raw, HSM_LABEL_PREFIX "pending"), 0);
 	raw_close(&own.raw);
 	own_close();
 }
@@ -2219,6 +2296,7 @@ int main(int argc, char **argv)
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_record_is_written_after_generation, own_token_setup,
 						own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_token_full_is_not_a_failure, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_device_failure_and_recovery, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_close_a_failed_token, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_key_gone_is_stale_login_gone_is_failed, own_token_setup,
