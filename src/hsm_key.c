@@ -1096,12 +1096,20 @@ static int hsm_destroy_records(struct hsm *hsm, CK_SESSION_HANDLE s, const char 
 		r = hsm_find_objects(hsm, s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), found, HSM_FIND_BATCH, &n, NULL);
 		if (r < 0)
 			return r;
-		for (CK_ULONG i = 0; i < n; i++) {
-			r = hsm_destroy_object(hsm, s, found[i], "lifecycle record", kid);
-			if (r < 0)
-				return r;
-			destroyed++;
+		/* The rest of the batch even when one refuses (the first error is
+		 * the answer), but no further search: it would find that one
+		 * again; nothing more on a token marked failed. */
+		for (CK_ULONG i = 0; i < n && hsm_available(hsm); i++) {
+			int d = hsm_destroy_object(hsm, s, found[i], "lifecycle record", kid);
+
+			if (d < 0 && r == 0)
+				r = d;
+			destroyed += d == 0;
 		}
+		if (r == 0 && !hsm_available(hsm))
+			r = HSM_E_DEVICE;
+		if (r < 0)
+			return r;
 	}
 	*ret_count = destroyed;
 	return 0;
@@ -1288,19 +1296,34 @@ static int hsm_destroy_key_locked(struct hsm *hsm, const struct hsm_key *key)
 	CK_SESSION_HANDLE s;
 	char label[HSM_LABEL_MAX];
 	size_t records = 0;
-	int r;
+	int r, loadable;
 
 	hsm_key_label(key->alg, key->kid, label);
 	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
 	if (r < 0)
 		return r;
 	/* The signing half first: whatever fails after it, the key no longer
-	 * signs; and while it still may, its records stay with it. */
+	 * signs.  Then whatever can go, even past a refusal (the first error is
+	 * the answer) — but not on a token marked failed, and the records only
+	 * once the key can no longer be loaded (its private or its public half
+	 * gone): a key that still signs, without its records, would be taken
+	 * for one from before records, and perhaps put back in service. */
 	r = hsm_destroy_object(hsm, s, key->private_handle, "private key", key->kid);
-	if (r == 0 && key->public_handle != CK_INVALID_HANDLE)
-		r = hsm_destroy_object(hsm, s, key->public_handle, "public key", key->kid);
-	if (r == 0)
-		r = hsm_destroy_records(hsm, s, label, key->kid, &records);
+	loadable = r < 0;
+	if (key->public_handle != CK_INVALID_HANDLE && hsm_available(hsm)) {
+		int d = hsm_destroy_object(hsm, s, key->public_handle, "public key", key->kid);
+
+		if (d == 0)
+			loadable = 0;
+		if (d < 0 && r == 0)
+			r = d;
+	}
+	if (!loadable && hsm_available(hsm)) {
+		int d = hsm_destroy_records(hsm, s, label, key->kid, &records);
+
+		if (d < 0 && r == 0)
+			r = d;
+	}
 	hsm->f->C_CloseSession(s);
 	if (r < 0)
 		return r;

@@ -157,7 +157,10 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits,
 /* Destroys a key: the private (or secret) key first, so that it can no
  * longer sign even if what follows fails, then the public half, then every
  * lifecycle record in the token under its label.  An object already gone
- * (another process destroyed it) counts as destroyed. */
+ * (another process destroyed it) counts as destroyed.  An object that will
+ * not go does not stop the others (the first error is returned), except
+ * that the records stay while the key can still be loaded (neither half
+ * gone), and nothing more is tried once the token is marked failed. */
 int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key);
 
 /* Adds a lifecycle record value[0..len) (len <= HSM_META_MAX) to key.

@@ -1326,6 +1326,7 @@ static struct {
 	int keygen_ms;           /* each of them takes this much longer */
 	CK_RV keygen_rv;         /* not CKR_OK: what they answer, without generating */
 	CK_RV create_rv;         /* not CKR_OK: what C_CreateObject answers, without creating */
+	CK_OBJECT_HANDLE undestroyable; /* C_DestroyObject refuses it (CKR_ACTION_PROHIBITED) */
 } wrap;
 
 static CK_RV wrap_set_attribute_value(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
@@ -1440,6 +1441,14 @@ static CK_RV wrap_generate_key(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_AT
 	return rv;
 }
 
+static CK_RV wrap_destroy_object(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
+{
+	wrap.calls++;
+	if (obj == wrap.undestroyable)
+		return CKR_ACTION_PROHIBITED;
+	return real_f->C_DestroyObject(s, obj);
+}
+
 static void wrap_install(struct hsm *hsm)
 {
 	memset(&wrap, 0, sizeof(wrap));
@@ -1456,6 +1465,7 @@ static void wrap_install(struct hsm *hsm)
 	wrapped.C_CreateObject = wrap_create_object;
 	wrapped.C_GenerateKeyPair = wrap_generate_key_pair;
 	wrapped.C_GenerateKey = wrap_generate_key;
+	wrapped.C_DestroyObject = wrap_destroy_object;
 	hsm->f = &wrapped;
 }
 
@@ -1673,6 +1683,60 @@ static void test_token_full_is_not_a_failure(void **state)
 	assert_int_equal(raw_count_class(&own.raw, CKO_PUBLIC_KEY), 2);
 	assert_int_equal(raw_count_class(&own.raw, CKO_SECRET_KEY), 1);
 	assert_int_equal(raw_count_labelled(&own.raw, HSM_LABEL_PREFIX "pending"), 0);
+	raw_close(&own.raw);
+	own_close();
+}
+
+/* hsm_destroy_key goes on past an object that will not go (CKA_DESTROYABLE
+ * false: CKR_ACTION_PROHIBITED) and answers the first refusal, the token
+ * still available.  The private key refused: the public half and the
+ * records go, as the key can no longer be loaded.  The public half refused:
+ * the private key and the records go.  An HS256 key refused keeps its
+ * records: it could still be loaded, and without them would be taken for a
+ * key from before records.  Once allowed, the rest goes. */
+static void test_destroy_goes_on_past_a_refusal(void **state)
+{
+	struct hsm_key a, b, hs;
+	char la[128], lb[128], lh[128];
+
+	own_open();
+	raw_open(&own.raw);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, fixed_meta, "a", &a), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, fixed_meta, "b", &b), 0);
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_HS256, 0, fixed_meta, "h", &hs), 0);
+	EVP_PKEY_free(a.public_key);
+	EVP_PKEY_free(b.public_key);
+	key_label(&a, la);
+	key_label(&b, lb);
+	key_label(&hs, lh);
+	wrap_install(own.hsm);
+
+	wrap.undestroyable = a.private_handle;
+	assert_int_equal(hsm_destroy_key(own.hsm, &a), HSM_E_FAILED);
+	assert_int_equal(raw_count_labelled(&own.raw, la), 1);
+	assert_int_equal(raw_count_class(&own.raw, CKO_PUBLIC_KEY), 1);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", la), 0);
+
+	wrap.undestroyable = b.public_handle;
+	assert_int_equal(hsm_destroy_key(own.hsm, &b), HSM_E_FAILED);
+	assert_int_equal(raw_count_labelled(&own.raw, lb), 1);
+	assert_int_equal(raw_count_class(&own.raw, CKO_PRIVATE_KEY), 1); /* a's */
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", lb), 0);
+
+	wrap.undestroyable = hs.private_handle;
+	assert_int_equal(hsm_destroy_key(own.hsm, &hs), HSM_E_FAILED);
+	assert_int_equal(raw_count_labelled(&own.raw, lh), 2);
+	assert_int_equal(raw_count_data(&own.raw, "hsmjwt", lh), 1);
+	assert_true(hsm_available(own.hsm));
+
+	wrap.undestroyable = CK_INVALID_HANDLE;
+	assert_int_equal(hsm_destroy_key(own.hsm, &a), 0);
+	assert_int_equal(hsm_destroy_key(own.hsm, &b), 0);
+	assert_int_equal(hsm_destroy_key(own.hsm, &hs), 0);
+	wrap_remove(own.hsm);
+	assert_int_equal(raw_count_labelled(&own.raw, la), 0);
+	assert_int_equal(raw_count_labelled(&own.raw, lb), 0);
+	assert_int_equal(raw_count_labelled(&own.raw, lh), 0);
 	raw_close(&own.raw);
 	own_close();
 }
@@ -2297,6 +2361,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_record_is_written_after_generation, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_token_full_is_not_a_failure, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_destroy_goes_on_past_a_refusal, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_device_failure_and_recovery, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_close_a_failed_token, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_key_gone_is_stale_login_gone_is_failed, own_token_setup,
