@@ -862,7 +862,7 @@ static int hsm_recover_login(struct hsm *hsm)
 int hsm_recover(struct hsm *hsm, unsigned wait_ms)
 {
 	struct timespec deadline;
-	char label[33];
+	char label[33] = { 0 };
 	unsigned generation;
 	CK_RV rv;
 	int r;
@@ -901,6 +901,14 @@ int hsm_recover(struct hsm *hsm, unsigned wait_ms)
 	r = hsm_find_slot(hsm, hsm->token_spec, &hsm->slot, label);
 	if (r < 0)
 		goto out;
+	/* A token found by URI (serial=, model=) may come back under another
+	 * label: log lines name it as it is now.  Written only when it changed
+	 * (other threads' log lines read it; every operation is refused until
+	 * the end of recovery, so none is about to). */
+	if (strcmp(label, hsm->token_label) != 0) {
+		log_warn("\"token recovery: the token's label changed\" token=%s label=%s", hsm->token_label, label);
+		memcpy(hsm->token_label, label, sizeof(hsm->token_label));
+	}
 	rv = hsm->f->C_OpenSession(hsm->slot, CKF_SERIAL_SESSION, NULL, NULL, &hsm->login_session);
 	if (rv != CKR_OK) {
 		log_error("\"token recovery: C_OpenSession failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));

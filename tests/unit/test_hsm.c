@@ -1897,6 +1897,45 @@ static void test_device_failure_and_recovery(void **state)
 	own_close();
 }
 
+/* A token found by URI (here by serial) that comes back under another
+ * label is named as it is now, from recovery on. */
+static void test_recovery_keeps_the_label_read_back(void **state)
+{
+	CK_TOKEN_INFO info;
+	char spec[64], serial[17];
+	const char *log;
+	size_t n;
+	int r;
+
+	own_open();
+	assert_int_equal(own.hsm->f->C_GetTokenInfo(own.hsm->slot, &info), CKR_OK);
+	own_close();
+	for (n = sizeof(info.serialNumber); n > 0 && info.serialNumber[n - 1] == ' '; n--)
+		;
+	assert_true(n > 0);
+	memcpy(serial, info.serialNumber, n);
+	serial[n] = '\0';
+	snprintf(spec, sizeof(spec), "pkcs11:serial=%s", serial);
+	assert_int_equal(hsm_open(fixture_module(), spec, tok.pin, tok.pin_len, &own.hsm), 0);
+	assert_string_equal(own.hsm->token_label, FIXTURE_TOKEN_LABEL);
+	hsm_set_pin_source(own.hsm, test_pin_read, test_pin_release, &tok);
+	/* As if the token had been relabelled while it was away. */
+	strcpy(own.hsm->token_label, "old-label");
+	assert_int_equal(hsm_mark_failed(own.hsm, "CKR_DEVICE_REMOVED"), 1);
+	log = fixture_capture_stderr(recover_now, NULL, &r);
+	assert_int_equal(r, 0);
+	assert_non_null(strstr(log, "the token's label changed\" token=old-label label=" FIXTURE_TOKEN_LABEL));
+	assert_non_null(strstr(log, "\"token recovered\" token=" FIXTURE_TOKEN_LABEL " generation=2"));
+	assert_string_equal(own.hsm->token_label, FIXTURE_TOKEN_LABEL);
+	/* Unchanged, nothing is said of it. */
+	assert_int_equal(hsm_mark_failed(own.hsm, "CKR_DEVICE_REMOVED"), 1);
+	log = fixture_capture_stderr(recover_now, NULL, &r);
+	assert_int_equal(r, 0);
+	assert_null(strstr(log, "label changed"));
+	assert_string_equal(own.hsm->token_label, FIXTURE_TOKEN_LABEL);
+	own_close();
+}
+
 /* A failed token still closes (no recovery first), and the module can be
  * opened again afterwards. */
 static void test_close_a_failed_token(void **state)
@@ -2364,6 +2403,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_destroy_goes_on_past_a_refusal, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_device_failure_and_recovery, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_close_a_failed_token, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_recovery_keeps_the_label_read_back, own_token_setup,
+						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_key_gone_is_stale_login_gone_is_failed, own_token_setup,
 						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_discovery_without_login_fails_the_token, own_token_setup,
