@@ -1622,12 +1622,16 @@ static void test_record_is_written_after_generation(void **state)
  * record added to arg: how many answered HSM_E_FAILED. */
 static int make_things(void *arg)
 {
+	static const enum jws_alg make[] = { JWS_ALG_ES256, JWS_ALG_HS256, JWS_ALG_ES256 };
 	struct hsm_key key;
-	int failed = 0;
+	int failed = 0, r;
 
-	failed += hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &key) == HSM_E_FAILED;
-	failed += hsm_generate_key(own.hsm, JWS_ALG_HS256, 0, NULL, NULL, &key) == HSM_E_FAILED;
-	failed += hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, fixed_meta, "n", &key) == HSM_E_FAILED;
+	for (size_t i = 0; i < 3; i++) {
+		r = hsm_generate_key(own.hsm, make[i], 0, i == 2 ? fixed_meta : NULL, "n", &key);
+		failed += r == HSM_E_FAILED;
+		if (r == 0)
+			EVP_PKEY_free(key.public_key);
+	}
 	failed += hsm_meta_add(own.hsm, arg, (const uint8_t *)"x", 1) == HSM_E_FAILED;
 	return failed;
 }
