@@ -692,7 +692,8 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 {
 	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE;
 	uint8_t *label = NULL, *id = NULL;
-	size_t label_len, id_len;
+	size_t label_len, id_len, candidates = 0, unreadable = 0;
+	int failed = 0;
 	char computed[JWK_THUMBPRINT_LEN + 1], quoted[HSM_LABEL_QUOTED];
 	int r;
 
@@ -719,39 +720,55 @@ static int hsm_load_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE p
 	r = hsm_get_attribute(hsm, s, priv, CKA_ID, &id, &id_len);
 	if (r < 0 && r != -ENOENT && r != -EMSGSIZE)
 		goto out;
-	for (size_t i = 0; r == 0 && i < n_pubs && pub == CK_INVALID_HANDLE; i++)
-		if (pubs[i].id != NULL && pubs[i].id_len == id_len && memcmp(pubs[i].id, id, id_len) == 0)
+	/* Every public object with the key's CKA_ID is a candidate: public
+	 * objects need no login, so anyone with a session can add one with the
+	 * same CKA_ID in front of the genuine half.  The label is only a name
+	 * too: the half kept is the one whose RFC 7638 thumbprint is the kid,
+	 * the key that really signs (a copy of the genuine half is harmless). */
+	for (size_t i = 0; r == 0 && i < n_pubs && pub == CK_INVALID_HANDLE && failed == 0; i++) {
+		int c;
+
+		if (pubs[i].id == NULL || pubs[i].id_len != id_len || memcmp(pubs[i].id, id, id_len) != 0)
+			continue;
+		candidates++;
+		/* Only a value that is not a key rules a candidate out: a failed
+		 * read or running out of memory says nothing about the key, and
+		 * the caller fails the whole search rather than skip a good key. */
+		c = hsm_read_public_key(hsm, s, pubs[i].handle, key->alg, &key->public_key);
+		if (c == -ENOENT || c == -EMSGSIZE || c == -EBADMSG) {
+			unreadable++;
+			continue;
+		}
+		if (c == 0)
+			c = jwk_thumbprint(key->public_key, computed);
+		if (c == -ENOMEM || (c < 0 && key->public_key == NULL)) {
+			EVP_PKEY_free(key->public_key);
+			key->public_key = NULL;
+			failed = c;
+			break;
+		}
+		if (c == 0 && strcmp(computed, key->kid) == 0) {
 			pub = pubs[i].handle;
+			break;
+		}
+		EVP_PKEY_free(key->public_key);
+		key->public_key = NULL;
+	}
+	if (failed < 0) {
+		r = failed;
+		goto out;
+	}
 	if (pub == CK_INVALID_HANDLE) {
-		log_warn("\"key has no public half; skipped\" label=%s", quoted);
-		r = -ENOENT;
+		if (candidates == 0)
+			log_warn("\"key has no public half; skipped\" label=%s", quoted);
+		else if (unreadable == candidates)
+			log_warn("\"cannot read public key; skipped\" label=%s", quoted);
+		else
+			log_warn("\"label does not match the key's thumbprint; skipped\" label=%s", quoted);
+		r = candidates == 0 ? -ENOENT : -EINVAL;
 		goto out;
 	}
 	r = hsm_check_private_key(hsm, s, priv, pub, key->alg, quoted, 0);
-	if (r < 0)
-		goto out;
-	/* Only a value that is not a key skips it: a failed read or running
-	 * out of memory says nothing about the key, and the caller fails the
-	 * whole search rather than skip a good key. */
-	r = hsm_read_public_key(hsm, s, pub, key->alg, &key->public_key);
-	if (r == -ENOENT || r == -EMSGSIZE || r == -EBADMSG) {
-		log_warn("\"cannot read public key; skipped\" label=%s", quoted);
-		r = -EINVAL;
-	}
-	if (r < 0)
-		goto out;
-	/* The label is only a name: the kid that relying parties see must be
-	 * the thumbprint of the key that really signs. */
-	r = jwk_thumbprint(key->public_key, computed);
-	if (r < 0) {
-		if (r != -ENOMEM) {
-			log_warn("\"cannot compute the key's thumbprint; skipped\" label=%s", quoted);
-			r = -EINVAL;
-		}
-	} else if (strcmp(computed, key->kid) != 0) {
-		log_warn("\"label does not match the key's thumbprint; skipped\" label=%s", quoted);
-		r = -EINVAL;
-	}
 	if (r < 0) {
 		EVP_PKEY_free(key->public_key);
 		key->public_key = NULL;

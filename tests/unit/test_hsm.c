@@ -496,6 +496,34 @@ static int forge_public_record(const char *label)
 	return r;
 }
 
+/* A public half under the label (and so the CKA_ID) of an hsmjwt key, as
+ * anyone without the PIN can make one: another P-256 public key, placed
+ * there to stand in for the genuine half. */
+static int forge_public_half(const char *label)
+{
+	CK_MECHANISM mech = { CKM_EC_KEY_PAIR_GEN, NULL, 0 };
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE pub[] = { { CKA_TOKEN, &yes, sizeof(yes) }, { CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid) } };
+	CK_ATTRIBUTE priv[] = { { CKA_TOKEN, &no, sizeof(no) }, { CKA_PRIVATE, &no, sizeof(no) } };
+	const char *kid = strrchr(label, ':');
+	CK_OBJECT_HANDLE pub_h, priv_h;
+	uint8_t id[33];
+	size_t id_len = 0;
+	struct raw raw;
+	int r = 0;
+
+	if (kid == NULL || b64url_decode(kid + 1, strlen(kid + 1), id, &id_len) < 0)
+		return 9;
+	CK_ATTRIBUTE name[] = { { CKA_LABEL, (void *)label, strlen(label) }, { CKA_ID, id, id_len } };
+	raw_open_as(&raw, 0);
+	if (raw.f->C_GenerateKeyPair(raw.s, &mech, pub, 2, priv, 2, &pub_h, &priv_h) != CKR_OK)
+		r = 7;
+	else if (raw.f->C_SetAttributeValue(raw.s, pub_h, name, 2) != CKR_OK)
+		r = 8;
+	raw_close(&raw);
+	return r;
+}
+
 /* A public key pair under an hsmjwt label, generated in the token by
  * someone without the PIN: custody attributes as hsmjwt's own, but the
  * private key is public (CKA_PRIVATE false), so its maker signs with it
@@ -575,6 +603,8 @@ static int child_main(const char *what, const char *arg, const char *pin_file)
 	log_set_level(LOG_LEVEL_WARN);
 	if (strcmp(what, "--forge-record") == 0)
 		return forge_public_record(arg);
+	if (strcmp(what, "--forge-public-half") == 0)
+		return forge_public_half(arg);
 	if (strcmp(what, "--forge-keys") == 0) {
 		int r = forge_public_key();
 		return r != 0 ? r : forge_public_secret();
@@ -1303,6 +1333,33 @@ static void test_public_keys_are_not_keys(void **state)
 	find_one(&found);
 	assert_string_equal(found[0].kid, key.kid);
 	hsm_keys_free(found, 1);
+	own_close();
+}
+
+/* A stand-in public half with the genuine key's label and CKA_ID, made by
+ * someone without the PIN: whichever the token lists first, discovery keeps
+ * the half whose thumbprint is the kid — the genuine one — and the key stays
+ * found, with its own public key. */
+static void test_forged_public_half_is_passed_over(void **state)
+{
+	struct hsm_key key, *found = NULL;
+	char label[128], kid[JWK_THUMBPRINT_LEN + 1];
+
+	own_open();
+	assert_int_equal(hsm_generate_key(own.hsm, JWS_ALG_ES256, 0, NULL, NULL, &key), 0);
+	key_label(&key, label);
+	run_child("--forge-public-half", label);
+	raw_open(&own.raw);
+	assert_int_equal(raw_count_class(&own.raw, CKO_PUBLIC_KEY), 2);
+	raw_close(&own.raw);
+	find_one(&found);
+	assert_string_equal(found[0].kid, key.kid);
+	assert_int_equal(found[0].public_handle, key.public_handle);
+	assert_int_equal(jwk_thumbprint(found[0].public_key, kid), 0);
+	assert_string_equal(kid, key.kid);
+	assert_int_equal(EVP_PKEY_eq(found[0].public_key, key.public_key), 1);
+	hsm_keys_free(found, 1);
+	EVP_PKEY_free(key.public_key);
 	own_close();
 }
 
@@ -2396,6 +2453,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_records_follow_their_key, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_public_records_are_not_records, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_public_keys_are_not_keys, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_forged_public_half_is_passed_over, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_hs256_key_in_the_token, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_refuses_secret_keys_without_custody, own_token_setup,
 						own_token_teardown),

@@ -161,6 +161,20 @@ static size_t count_lines(const char *text)
 	return n;
 }
 
+static size_t count_lines_containing(const char *text, const char *needle)
+{
+	size_t n = 0;
+
+	for (const char *line = text; line && *line; ) {
+		const char *end = strchr(line, '\n');
+		size_t len = end ? (size_t)(end - line) : strlen(line);
+		if (memmem(line, len, needle, strlen(needle)) != NULL)
+			n++;
+		line = end ? end + 1 : NULL;
+	}
+	return n;
+}
+
 static int64_t monotonic_second(void)
 {
 	struct timespec now;
@@ -1749,7 +1763,9 @@ static void test_accept_out_of_descriptors(void **state)
 	/* One line per starved listener and episode, not one per accept(). */
 	assert_non_null(strstr(log, " level=warn msg=\"cannot accept connections, pausing the listener\" "
 				    "errno=EMFILE error=\"Too many open files\" host=\"127.0.0.1\" "));
-	assert_true(count_lines(log) <= 2 * cfg.workers);
+	/* Only the listeners' lines: the token may have its own (SoftHSM out
+	 * of descriptors fails the keyring's poll; see above). */
+	assert_true(count_lines_containing(log, "accept") <= 2 * cfg.workers);
 	assert_null(strstr(log, "Error from accept"));
 	free(log);
 }
