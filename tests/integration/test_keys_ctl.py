@@ -326,8 +326,14 @@ def immediate(c, ctl, k2):
     keys = ctl.keys()
     e5 = check_entry(c, keys, k5, "immediate", alg="ES256", state="active", signing=True, published=True)
     if e5:
-        c.check(t0 <= e5["activate_at"] <= t1 and e5["created"] == e5["activate_at"],
-                "it was generated active at that moment", f"{e5['created']}, {e5['activate_at']} vs [{t0}, {t1}]")
+        # Active at that moment — or, made in the very second its
+        # predecessor took over, a second later, so that it wins the tie
+        # (keystate_rotate: times are whole seconds).
+        previous = keys[k2]["activate_at"]
+        want = e5["created"] if previous < e5["created"] else previous + 1
+        c.check(t0 <= e5["created"] <= t1 and e5["activate_at"] == want,
+                "it was generated active at that moment (or a second after its predecessor's activation)",
+                f"{e5['created']}, {e5['activate_at']} vs [{t0}, {t1}], predecessor active since {previous}")
         check_retired(c, keys, k2, "superseded at once", retired_at=e5["activate_at"],
                       activate_at=keys[k2]["activate_at"])
     out = ctl.run("mint", "--roles", "admin", "--ttl", "10", show=False)
