@@ -1,6 +1,8 @@
-/* The hsm module's key objects: finding hsmjwt key pairs in the token and
- * checking their custody attributes, reading their public halves, generating
- * and destroying them.  Module, token, login, sessions and signing: hsm.c. */
+/* The hsm module's key objects: finding hsmjwt keys in the token (discovery),
+ * checking their custody attributes, reading their public halves, and
+ * destroying them.  Generation: hsm_keygen.c; lifecycle records (the data
+ * objects next to keys): hsm_record.c; module, token, login, sessions and
+ * signing: hsm.c; fault state and recovery: hsm_recover.c. */
 #include "hsmjwt/hsm.h"
 
 #include <errno.h>
@@ -12,30 +14,17 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
-#include <openssl/rand.h>
 
 #include "hsm_internal.h"
-#include "hsmjwt/b64url.h"
 #include "hsmjwt/log.h"
 
-#define HSM_LABEL_MAX 128
-/* A label as log_quote() writes it: escaped, quoted, truncated to fit. */
-#define HSM_LABEL_QUOTED (2 * HSM_LABEL_MAX + 3)
-/* Handles asked of C_FindObjects at a time. */
-#define HSM_FIND_BATCH 64
-/* HS256's secret: RFC 7518 §3.2 wants a key of at least the hash's size. */
-#define HSM_HS256_KEY_LEN 32
-/* CKA_APPLICATION of every lifecycle record: with the key's label, what
- * tells hsmjwt's data objects from other applications' on a shared token. */
-#define HSM_RECORD_APPLICATION "hsmjwt"
-
 /* DER of the curve parameters that CKA_EC_PARAMS takes. */
-static const uint8_t oid_p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
-static const uint8_t oid_p384[] = { 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22 };
+const uint8_t hsm_oid_p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+const uint8_t hsm_oid_p384[] = { 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22 };
 /* Ed25519: PKCS#11 3.0 names the curve by a PrintableString; SoftHSM 2.6
  * and some HSMs accept only the RFC 8410 OID, so both are tried. */
-static const uint8_t ed25519_printable[] = { 0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's', '2', '5', '5', '1', '9' };
-static const uint8_t oid_ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+const uint8_t hsm_ed25519_printable[] = { 0x13, 0x0c, 'e', 'd', 'w', 'a', 'r', 'd', 's', '2', '5', '5', '1', '9' };
+const uint8_t hsm_oid_ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
 /* Ed25519 as OpenSC and GnuPG name it (1.3.6.1.4.1.11591.15.1): what keys
  * made with their tools, and some HSMs, carry. */
 static const uint8_t oid_ed25519_gnu[] = { 0x06, 0x09, 0x2b, 0x06, 0x01, 0x04, 0x01, 0xda, 0x47, 0x0f, 0x01 };
@@ -68,14 +57,14 @@ static int hsm_key_error(struct hsm *hsm, CK_RV rv)
  * signs with what it holds: marked failed, it would stop signing until a
  * recovery that frees nothing — every few seconds, as each poll tries the
  * rotation again.  The caller's log line names the code. */
-static int hsm_create_error(struct hsm *hsm, CK_RV rv)
+int hsm_create_error(struct hsm *hsm, CK_RV rv)
 {
 	return rv == CKR_DEVICE_MEMORY ? HSM_E_FAILED : hsm_key_error(hsm, rv);
 }
 
 /* hsm_key_rv_verdict for an attribute read during an operation: a failed
  * device marks the token failed. */
-static int hsm_key_verdict(struct hsm *hsm, CK_RV rv)
+int hsm_key_verdict(struct hsm *hsm, CK_RV rv)
 {
 	int r = hsm_key_rv_verdict(rv);
 
@@ -206,8 +195,8 @@ out:
 /* Builds the EVP_PKEY of a public key object for the given algorithm.
  * -EBADMSG when a value is not a key of that kind, an hsm_get_attribute
  * error otherwise. */
-static int hsm_read_public_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub,
-			       enum jws_alg alg, EVP_PKEY **ret_pkey)
+int hsm_read_public_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub,
+			enum jws_alg alg, EVP_PKEY **ret_pkey)
 {
 	uint8_t *a = NULL, *b = NULL;
 	size_t a_len = 0, b_len = 0;
@@ -280,8 +269,8 @@ int hsm_parse_label(const char *label, enum jws_alg *ret_alg, char *ret_kid)
 /* Collects up to max handles of the objects matching tmpl.  A token hands
  * them out in batches of its own choosing, so C_FindObjects is called until
  * it has nothing more; *ret_more tells whether objects beyond max exist. */
-static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
-			    CK_OBJECT_HANDLE *found, CK_ULONG max, CK_ULONG *ret_count, int *ret_more)
+int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+		     CK_OBJECT_HANDLE *found, CK_ULONG max, CK_ULONG *ret_count, int *ret_more)
 {
 	CK_OBJECT_HANDLE extra;
 	CK_ULONG count = 0, got = 0;
@@ -318,8 +307,8 @@ static int hsm_find_objects(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *
  * what names the objects for the refusal: dropping some silently would
  * leave tokens signed by a dropped key unverifiable and make keys_load
  * generate "missing" signers on every start. */
-static int hsm_find_all(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
-			const char *what, CK_OBJECT_HANDLE **ret_handles, CK_ULONG *ret_count)
+int hsm_find_all(struct hsm *hsm, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+		 const char *what, CK_OBJECT_HANDLE **ret_handles, CK_ULONG *ret_count)
 {
 	CK_OBJECT_HANDLE *handles;
 	CK_ULONG count = 0;
@@ -348,10 +337,10 @@ out:
 int hsm_ec_params_match(enum jws_alg alg, const uint8_t *params, size_t len)
 {
 	static const struct { enum jws_alg alg; const uint8_t *der; size_t len; } curves[] = {
-		{ JWS_ALG_ES256, oid_p256, sizeof(oid_p256) },
-		{ JWS_ALG_ES384, oid_p384, sizeof(oid_p384) },
-		{ JWS_ALG_EDDSA, ed25519_printable, sizeof(ed25519_printable) },
-		{ JWS_ALG_EDDSA, oid_ed25519, sizeof(oid_ed25519) },
+		{ JWS_ALG_ES256, hsm_oid_p256, sizeof(hsm_oid_p256) },
+		{ JWS_ALG_ES384, hsm_oid_p384, sizeof(hsm_oid_p384) },
+		{ JWS_ALG_EDDSA, hsm_ed25519_printable, sizeof(hsm_ed25519_printable) },
+		{ JWS_ALG_EDDSA, hsm_oid_ed25519, sizeof(hsm_oid_ed25519) },
 		{ JWS_ALG_EDDSA, oid_ed25519_gnu, sizeof(oid_ed25519_gnu) },
 	};
 
@@ -371,8 +360,8 @@ int hsm_ec_params_match(enum jws_alg alg, const uint8_t *params, size_t len)
  * a refusal is an error (the key is destroyed) rather than a skip.
  * 0, -EPERM (logged: label and attribute), or -ENOMEM or an hsm_error
  * when the token could not be asked. */
-static int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
-				 CK_OBJECT_HANDLE pub, enum jws_alg alg, const char *label, int generated)
+int hsm_check_private_key(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+			  CK_OBJECT_HANDLE pub, enum jws_alg alg, const char *label, int generated)
 {
 	CK_KEY_TYPE type = CK_UNAVAILABLE_INFORMATION, want_type;
 	/* A module may answer CKR_ATTRIBUTE_TYPE_INVALID without filling the
@@ -537,150 +526,11 @@ out:
 
 /* "hsmjwt:<ALG>:<kid>" of key into label (HSM_LABEL_MAX bytes): the name
  * its objects and its lifecycle records share. */
-static void hsm_key_label(enum jws_alg alg, const char *kid, char *label)
+void hsm_key_label(enum jws_alg alg, const char *kid, char *label)
 {
 	snprintf(label, HSM_LABEL_MAX, HSM_LABEL_PREFIX "%s:%s", jws_alg_name(alg), kid);
 }
 
-/* A lifecycle record is one data object; a list of them is one search. */
-struct hsm_record_ref {
-	CK_OBJECT_HANDLE handle;
-	char label[HSM_LABEL_MAX];
-};
-
-static int hsm_record_cmp(const void *a, const void *b)
-{
-	const struct hsm_record_ref *x = a, *y = b;
-	int c = strcmp(x->label, y->label);
-
-	if (c != 0)
-		return c;
-	return x->handle < y->handle ? -1 : x->handle > y->handle;
-}
-
-/* Every lifecycle record in the token with its label, sorted by label and
- * then handle (the order keys list their records in), read once per
- * hsm_find_keys for the reason hsm_index_public_keys is.  Records whose
- * label hsmjwt could not have written are left out. */
-static int hsm_index_records(struct hsm *hsm, CK_SESSION_HANDLE s, struct hsm_record_ref **ret_refs,
-			     size_t *ret_count)
-{
-	CK_OBJECT_CLASS cls = CKO_DATA;
-	CK_BBOOL yes = CK_TRUE;
-	/* CKA_PRIVATE in every search for records: anyone with a session on
-	 * the token, without the PIN, can create a public data object under a
-	 * key's label with a forged record ("retired", to have the signer
-	 * destroyed); only a logged-in user can make a private one. */
-	CK_ATTRIBUTE tmpl[] = {
-		{ CKA_CLASS, &cls, sizeof(cls) },
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		{ CKA_PRIVATE, &yes, sizeof(yes) },
-		{ CKA_APPLICATION, (void *)HSM_RECORD_APPLICATION, sizeof(HSM_RECORD_APPLICATION) - 1 },
-	};
-	CK_OBJECT_HANDLE *handles = NULL;
-	struct hsm_record_ref *refs = NULL;
-	CK_ULONG n = 0;
-	size_t kept = 0;
-	int r;
-
-	r = hsm_find_all(hsm, s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), "lifecycle records", &handles, &n);
-	if (r < 0)
-		return r;
-	refs = calloc(n ? n : 1, sizeof(*refs));
-	if (refs == NULL) {
-		r = -ENOMEM;
-		goto out;
-	}
-	for (CK_ULONG i = 0; i < n; i++) {
-		CK_ATTRIBUTE label = { CKA_LABEL, refs[kept].label, HSM_LABEL_MAX - 1 };
-		CK_RV rv = hsm->f->C_GetAttributeValue(s, handles[i], &label, 1);
-
-		/* Longer than any label of hsmjwt's, or none at all. */
-		if (rv == CKR_BUFFER_TOO_SMALL)
-			continue;
-		r = hsm_key_verdict(hsm, rv);
-		if (r == -ENOENT)
-			continue;
-		if (r < 0) {
-			log_error("\"cannot read a lifecycle record's label\" rv=%s", hsm_ckr_name(rv));
-			goto out;
-		}
-		if (label.ulValueLen >= HSM_LABEL_MAX)
-			continue;
-		refs[kept].label[label.ulValueLen] = '\0';
-		refs[kept].handle = handles[i];
-		kept++;
-	}
-	qsort(refs, kept, sizeof(*refs), hsm_record_cmp);
-	*ret_refs = refs;
-	*ret_count = kept;
-	refs = NULL;
-	r = 0;
-out:
-	free(refs);
-	free(handles);
-	return r;
-}
-
-/* Gives key the records of refs under its label: the first HSM_MAX_META
- * in key->meta, all of them counted in key->meta_found. */
-static int hsm_attach_records(struct hsm *hsm, CK_SESSION_HANDLE s, const struct hsm_record_ref *refs,
-			      size_t n, struct hsm_key *key)
-{
-	char label[HSM_LABEL_MAX], quoted[HSM_LABEL_QUOTED];
-	size_t lo = 0, hi = n;
-
-	hsm_key_label(key->alg, key->kid, label);
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (strcmp(refs[mid].label, label) < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (size_t i = lo; i < n && strcmp(refs[i].label, label) == 0; i++) {
-		struct hsm_meta *m;
-		CK_ATTRIBUTE value;
-		CK_RV rv;
-		int r;
-
-		key->meta_found++;
-		if (key->meta_count == HSM_MAX_META)
-			continue;
-		m = &key->meta[key->meta_count];
-		value = (CK_ATTRIBUTE){ CKA_VALUE, m->value, sizeof(m->value) };
-		rv = hsm->f->C_GetAttributeValue(s, refs[i].handle, &value, 1);
-		if (rv == CKR_BUFFER_TOO_SMALL) {
-			/* Not a record hsmjwt wrote: the keys module decides what
-			 * a key whose records it cannot see is. */
-			value.pValue = NULL;
-			if (hsm->f->C_GetAttributeValue(s, refs[i].handle, &value, 1) != CKR_OK)
-				value.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-			log_warn("\"lifecycle record over the size limit; skipped\" label=%s len=%ld limit=%d",
-				 log_quote(quoted, sizeof(quoted), label), (long)value.ulValueLen, HSM_META_MAX);
-			memset(m, 0, sizeof(*m));
-			continue;
-		}
-		r = hsm_key_verdict(hsm, rv);
-		if (r == 0 && value.ulValueLen > HSM_META_MAX)
-			r = -ENOENT; /* a module that wrote past the buffer it was given */
-		if (r == -ENOENT) {
-			log_warn("\"lifecycle record without a readable value; skipped\" label=%s",
-				 log_quote(quoted, sizeof(quoted), label));
-			memset(m, 0, sizeof(*m));
-			continue;
-		}
-		if (r < 0) {
-			log_error("\"cannot read a lifecycle record\" label=%s rv=%s",
-				  log_quote(quoted, sizeof(quoted), label), hsm_ckr_name(rv));
-			return r;
-		}
-		m->handle = refs[i].handle;
-		m->len = value.ulValueLen;
-		key->meta_count++;
-	}
-	return 0;
-}
 
 /* Fills key from its private object: label, public half (among pubs),
  * public key.  0; a verdict that skips the key: -EINVAL (not hsmjwt's, or
@@ -946,128 +796,11 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 	return r;
 }
 
-static int hsm_set_name(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-			const char *label, const uint8_t *id, size_t id_len)
-{
-	CK_ATTRIBUTE attrs[] = {
-		{ CKA_LABEL, (void *)label, strlen(label) },
-		{ CKA_ID, (void *)id, id_len },
-	};
-	char quoted[HSM_LABEL_QUOTED];
-	CK_RV rv = hsm->f->C_SetAttributeValue(s, obj, attrs, 2);
-	if (rv != CKR_OK) {
-		log_error("\"cannot label key\" label=%s rv=%s", log_quote(quoted, sizeof(quoted), label),
-			  hsm_ckr_name(rv));
-		return hsm_create_error(hsm, rv);
-	}
-	return 0;
-}
-
-static CK_RV hsm_generate_pair(struct hsm *hsm, CK_SESSION_HANDLE s, enum jws_alg alg, unsigned rsa_bits,
-			       const uint8_t *ec_params, size_t ec_params_len,
-			       CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
-{
-	static const char pending[] = HSM_LABEL_PREFIX "pending";
-	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-	CK_ULONG bits = rsa_bits;
-	uint8_t exponent[] = { 0x01, 0x00, 0x01 };
-	CK_MECHANISM mech = { CKM_EC_KEY_PAIR_GEN, NULL, 0 };
-	CK_ATTRIBUTE pub_tmpl[6] = {
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		{ CKA_PRIVATE, &no, sizeof(no) },
-		{ CKA_VERIFY, &yes, sizeof(yes) },
-		{ CKA_LABEL, (void *)pending, sizeof(pending) - 1 },
-	};
-	CK_ULONG pub_n = 4;
-	/* Set every custody attribute explicitly: tokens differ in defaults. */
-	CK_ATTRIBUTE priv_tmpl[] = {
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		{ CKA_PRIVATE, &yes, sizeof(yes) },
-		{ CKA_SENSITIVE, &yes, sizeof(yes) },
-		{ CKA_EXTRACTABLE, &no, sizeof(no) },
-		{ CKA_SIGN, &yes, sizeof(yes) },
-		{ CKA_DECRYPT, &no, sizeof(no) },
-		{ CKA_UNWRAP, &no, sizeof(no) },
-		{ CKA_DERIVE, &no, sizeof(no) },
-		{ CKA_LABEL, (void *)pending, sizeof(pending) - 1 },
-	};
-
-	if (alg == JWS_ALG_RS256 || alg == JWS_ALG_PS256) {
-		mech.mechanism = CKM_RSA_PKCS_KEY_PAIR_GEN;
-		pub_tmpl[pub_n++] = (CK_ATTRIBUTE){ CKA_MODULUS_BITS, &bits, sizeof(bits) };
-		pub_tmpl[pub_n++] = (CK_ATTRIBUTE){ CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent) };
-	} else {
-		mech.mechanism = alg == JWS_ALG_EDDSA ? CKM_EC_EDWARDS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN;
-		pub_tmpl[pub_n++] = (CK_ATTRIBUTE){ CKA_EC_PARAMS, (void *)ec_params, ec_params_len };
-	}
-	return hsm->f->C_GenerateKeyPair(s, &mech, pub_tmpl, pub_n, priv_tmpl,
-					 sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub, priv);
-}
-
-/* HS256's key: a generic secret that only signs and verifies (an HMAC key
- * that could also encrypt, wrap or derive would lend itself to other uses
- * of the same secret). */
-static CK_RV hsm_generate_secret(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *ret_key)
-{
-	static const char pending[] = HSM_LABEL_PREFIX "pending";
-	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-	CK_KEY_TYPE type = CKK_GENERIC_SECRET;
-	CK_ULONG len = HSM_HS256_KEY_LEN;
-	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-	CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
-	CK_ATTRIBUTE tmpl[] = {
-		{ CKA_CLASS, &cls, sizeof(cls) },
-		{ CKA_KEY_TYPE, &type, sizeof(type) },
-		{ CKA_VALUE_LEN, &len, sizeof(len) },
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		{ CKA_PRIVATE, &yes, sizeof(yes) },
-		{ CKA_SENSITIVE, &yes, sizeof(yes) },
-		{ CKA_EXTRACTABLE, &no, sizeof(no) },
-		{ CKA_SIGN, &yes, sizeof(yes) },
-		{ CKA_VERIFY, &yes, sizeof(yes) },
-		{ CKA_ENCRYPT, &no, sizeof(no) },
-		{ CKA_DECRYPT, &no, sizeof(no) },
-		{ CKA_WRAP, &no, sizeof(no) },
-		{ CKA_UNWRAP, &no, sizeof(no) },
-		{ CKA_DERIVE, &no, sizeof(no) },
-		{ CKA_LABEL, (void *)pending, sizeof(pending) - 1 },
-	};
-
-	return hsm->f->C_GenerateKey(s, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), ret_key);
-}
-
-/* Creates the lifecycle record value[0..len) under label. */
-static int hsm_record_create(struct hsm *hsm, CK_SESSION_HANDLE s, const char *label, const uint8_t *value,
-			     size_t len, CK_OBJECT_HANDLE *ret_handle)
-{
-	CK_OBJECT_CLASS cls = CKO_DATA;
-	CK_BBOOL yes = CK_TRUE;
-	uint8_t none = 0;
-	CK_ATTRIBUTE tmpl[] = {
-		{ CKA_CLASS, &cls, sizeof(cls) },
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		/* Only a logged-in user may read, write or forge a key's state. */
-		{ CKA_PRIVATE, &yes, sizeof(yes) },
-		{ CKA_APPLICATION, (void *)HSM_RECORD_APPLICATION, sizeof(HSM_RECORD_APPLICATION) - 1 },
-		{ CKA_LABEL, (void *)label, strlen(label) },
-		{ CKA_VALUE, len > 0 ? (void *)value : &none, len },
-	};
-	char quoted[HSM_LABEL_QUOTED];
-	CK_RV rv;
-
-	rv = hsm->f->C_CreateObject(s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), ret_handle);
-	if (rv != CKR_OK) {
-		log_error("\"cannot create lifecycle record\" label=%s rv=%s", log_quote(quoted, sizeof(quoted), label),
-			  hsm_ckr_name(rv));
-		return hsm_create_error(hsm, rv);
-	}
-	return 0;
-}
 
 /* Destroys obj; one that is gone already (another process destroyed it:
  * replicas sharing a token carry out the same plan) counts as destroyed. */
-static int hsm_destroy_object(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, const char *what,
-			      const char *kid)
+int hsm_destroy_object(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, const char *what,
+		       const char *kid)
 {
 	CK_RV rv = hsm->f->C_DestroyObject(s, obj);
 
@@ -1081,232 +814,9 @@ static int hsm_destroy_object(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HA
 	return hsm_key_error(hsm, rv);
 }
 
-/* Destroys every lifecycle record under label, found afresh: records other
- * processes added since this one last looked go too.  *ret_count: how many. */
-static int hsm_destroy_records(struct hsm *hsm, CK_SESSION_HANDLE s, const char *label, const char *kid,
-			       size_t *ret_count)
-{
-	CK_OBJECT_CLASS cls = CKO_DATA;
-	CK_BBOOL yes = CK_TRUE;
-	/* Private only, as in hsm_index_records: a forged public object is
-	 * not a record, and not ours to destroy. */
-	CK_ATTRIBUTE tmpl[] = {
-		{ CKA_CLASS, &cls, sizeof(cls) },
-		{ CKA_TOKEN, &yes, sizeof(yes) },
-		{ CKA_PRIVATE, &yes, sizeof(yes) },
-		{ CKA_APPLICATION, (void *)HSM_RECORD_APPLICATION, sizeof(HSM_RECORD_APPLICATION) - 1 },
-		{ CKA_LABEL, (void *)label, strlen(label) },
-	};
-	CK_OBJECT_HANDLE found[HSM_FIND_BATCH];
-	CK_ULONG n = HSM_FIND_BATCH;
-	size_t destroyed = 0;
-	int r;
 
-	/* Objects cannot be destroyed in the middle of a search: a batch at a
-	 * time, until a batch comes back short.  Bounded like every search. */
-	for (int round = 0; n == HSM_FIND_BATCH; round++) {
-		if (round > HSM_MAX_KEY_OBJECTS / HSM_FIND_BATCH) {
-			log_error("\"more lifecycle records for one key than hsmjwt examines\" kid=%s limit=%d", kid,
-				  HSM_MAX_KEY_OBJECTS);
-			return -E2BIG;
-		}
-		r = hsm_find_objects(hsm, s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), found, HSM_FIND_BATCH, &n, NULL);
-		if (r < 0)
-			return r;
-		/* The rest of the batch even when one refuses (the first error is
-		 * the answer), but no further search: it would find that one
-		 * again; nothing more on a token marked failed. */
-		for (CK_ULONG i = 0; i < n && hsm_available(hsm); i++) {
-			int d = hsm_destroy_object(hsm, s, found[i], "lifecycle record", kid);
 
-			if (d < 0 && r == 0)
-				r = d;
-			destroyed += d == 0;
-		}
-		if (r == 0 && !hsm_available(hsm))
-			r = HSM_E_DEVICE;
-		if (r < 0)
-			return r;
-	}
-	*ret_count = destroyed;
-	return 0;
-}
 
-/* A size outside the token's range is the caller's mistake, and must not
- * reach C_GenerateKeyPair: SoftHSM answers it with CKR_GENERAL_ERROR, which
- * would mark the token failed.  A token that does not say lets it through. */
-static int hsm_rsa_bits_supported(struct hsm *hsm, unsigned rsa_bits)
-{
-	CK_MECHANISM_INFO info;
-	CK_RV rv = hsm->f->C_GetMechanismInfo(hsm->slot, CKM_RSA_PKCS_KEY_PAIR_GEN, &info);
-
-	if (rv != CKR_OK) {
-		log_debug("\"cannot read the token's RSA key sizes\" rv=%s", hsm_ckr_name(rv));
-		return hsm_fail_rv(hsm, rv) == HSM_E_DEVICE ? HSM_E_DEVICE : 0;
-	}
-	if (info.ulMaxKeySize > 0 && (rsa_bits < info.ulMinKeySize || rsa_bits > info.ulMaxKeySize)) {
-		log_error("\"RSA key size outside the token's range\" bits=%u min=%lu max=%lu", rsa_bits,
-			  (unsigned long)info.ulMinKeySize, (unsigned long)info.ulMaxKeySize);
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static int hsm_meta_valid(const uint8_t *meta, size_t len)
-{
-	if ((meta == NULL && len > 0) || len > HSM_META_MAX) {
-		log_error("\"lifecycle record refused\" len=%zu limit=%d", len, HSM_META_MAX);
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static int hsm_generate_key_locked(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, hsm_meta_fn meta,
-				   void *meta_ctx, struct hsm_key *ret_key)
-{
-	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE, record = CK_INVALID_HANDLE;
-	const uint8_t *params = NULL;
-	size_t params_len = 0;
-	struct hsm_key key;
-	char label[HSM_LABEL_MAX], quoted[HSM_LABEL_QUOTED];
-	uint8_t id[32], meta_value[HSM_META_MAX];
-	size_t id_len, meta_len = 0;
-	CK_RV rv;
-	int r;
-
-	memset(&key, 0, sizeof(key));
-	if (!hsm_alg_supported(alg)) {
-		log_error("\"cannot generate a key for this algorithm\" alg=%s",
-			  jws_alg_name(alg) ? jws_alg_name(alg) : "(invalid)");
-		return -EINVAL;
-	}
-	switch (alg) {
-	case JWS_ALG_ES256: params = oid_p256; params_len = sizeof(oid_p256); break;
-	case JWS_ALG_ES384: params = oid_p384; params_len = sizeof(oid_p384); break;
-	case JWS_ALG_EDDSA: params = ed25519_printable; params_len = sizeof(ed25519_printable); break;
-	default: break; /* RSA: no curve */
-	}
-	if (alg == JWS_ALG_RS256 || alg == JWS_ALG_PS256) {
-		r = hsm_rsa_bits_supported(hsm, rsa_bits);
-		if (r < 0)
-			return r;
-	}
-	/* An HS256 kid names the key and nothing more: random, as there is no
-	 * public key to take a thumbprint of, and a hash of the secret would
-	 * publish something computed from it. */
-	if (alg == JWS_ALG_HS256) {
-		if (RAND_bytes(id, sizeof(id)) != 1) {
-			log_error("\"no randomness for a kid\" alg=%s", jws_alg_name(alg));
-			return HSM_E_FAILED;
-		}
-		id_len = sizeof(id);
-		b64url_encode(id, id_len, key.kid);
-	}
-	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
-	if (r < 0)
-		return r;
-	if (alg == JWS_ALG_HS256) {
-		rv = hsm_generate_secret(hsm, s, &priv);
-	} else {
-		rv = hsm_generate_pair(hsm, s, alg, rsa_bits, params, params_len, &pub, &priv);
-		if (alg == JWS_ALG_EDDSA && (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_CURVE_NOT_SUPPORTED ||
-					     rv == CKR_DOMAIN_PARAMS_INVALID || rv == CKR_TEMPLATE_INCONSISTENT))
-			rv = hsm_generate_pair(hsm, s, alg, rsa_bits, oid_ed25519, sizeof(oid_ed25519), &pub, &priv);
-	}
-	if (rv != CKR_OK) {
-		log_error("\"key generation failed\" alg=%s rv=%s", jws_alg_name(alg), hsm_ckr_name(rv));
-		r = hsm_create_error(hsm, rv);
-		goto out;
-	}
-	if (alg != JWS_ALG_HS256) {
-		r = hsm_read_public_key(hsm, s, pub, alg, &key.public_key);
-		if (r == 0)
-			r = jwk_thumbprint(key.public_key, key.kid);
-		if (r < 0) {
-			log_error("\"cannot read the generated public key\" alg=%s", jws_alg_name(alg));
-			if (r == -ENOENT || r == -EMSGSIZE || r == -EBADMSG)
-				r = HSM_E_FAILED;
-			goto out;
-		}
-		/* The kid is the thumbprint, so the name can only be given once
-		 * the key exists. */
-		if (b64url_decoded_max(JWK_THUMBPRINT_LEN) > sizeof(id) + 2 ||
-		    b64url_decode(key.kid, JWK_THUMBPRINT_LEN, id, &id_len) < 0) {
-			r = HSM_E_FAILED;
-			goto out;
-		}
-	}
-	hsm_key_label(alg, key.kid, label);
-	/* The record first: from the moment the key bears its name, another
-	 * process may find it, and must find its state with it.  Written only
-	 * now that the key exists: its times (a next key's activation) must
-	 * count from after a generation that may have taken seconds. */
-	if (meta != NULL) {
-		r = meta(meta_ctx, alg, meta_value, sizeof(meta_value), &meta_len);
-		if (r == 0 && meta_len > sizeof(meta_value)) {
-			log_error("\"lifecycle record refused\" alg=%s len=%zu limit=%d", jws_alg_name(alg), meta_len,
-				  HSM_META_MAX);
-			r = -EINVAL;
-		}
-		if (r < 0)
-			goto out;
-		r = hsm_record_create(hsm, s, label, meta_value, meta_len, &record);
-		if (r < 0)
-			goto out;
-	}
-	r = hsm_set_name(hsm, s, priv, label, id, id_len);
-	if (r == 0 && pub != CK_INVALID_HANDLE)
-		r = hsm_set_name(hsm, s, pub, label, id, id_len);
-	if (r < 0)
-		goto out;
-	/* The token may not honour the template (or store the curve in a form
-	 * hsm_find_keys refuses): a key it would skip on the next start must not
-	 * sign on this one, or every start makes another. */
-	r = hsm_check_private_key(hsm, s, priv, pub, alg, log_quote(quoted, sizeof(quoted), label), 1);
-	if (r < 0)
-		goto out;
-	key.alg = alg;
-	key.private_handle = priv;
-	key.public_handle = pub;
-	key.generation = hsm_generation(hsm);
-	if (meta != NULL) {
-		key.meta[0].handle = record;
-		key.meta[0].len = meta_len;
-		memcpy(key.meta[0].value, meta_value, meta_len);
-		key.meta_count = key.meta_found = 1;
-	}
-	log_info("\"key generated in token\" alg=%s kid=%s", jws_alg_name(alg), key.kid);
-	*ret_key = key;
-	key.public_key = NULL;
-out:
-	if (r < 0) {
-		/* Never leave a half-made key (or the record of a key that is
-		 * not there) behind for the next start to trip on. */
-		if (priv != CK_INVALID_HANDLE)
-			hsm->f->C_DestroyObject(s, priv);
-		if (pub != CK_INVALID_HANDLE)
-			hsm->f->C_DestroyObject(s, pub);
-		if (record != CK_INVALID_HANDLE)
-			hsm->f->C_DestroyObject(s, record);
-	}
-	EVP_PKEY_free(key.public_key);
-	hsm->f->C_CloseSession(s);
-	return r;
-}
-
-int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned rsa_bits, hsm_meta_fn meta, void *meta_ctx,
-		     struct hsm_key *ret_key)
-{
-	struct hsm_call call;
-	int r = hsm_raw_begin(hsm, &call, NULL);
-
-	if (r < 0)
-		return r;
-	r = hsm_generate_key_locked(hsm, alg, rsa_bits, meta, meta_ctx, ret_key);
-	hsm_raw_end(hsm, &call);
-	return r;
-}
 
 static int hsm_destroy_key_locked(struct hsm *hsm, const struct hsm_key *key)
 {
@@ -1356,66 +866,6 @@ int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key)
 	if (r < 0)
 		return r;
 	r = hsm_destroy_key_locked(hsm, key);
-	hsm_raw_end(hsm, &call);
-	return r;
-}
-
-static int hsm_meta_add_locked(struct hsm *hsm, const struct hsm_key *key, const uint8_t *value, size_t len)
-{
-	CK_SESSION_HANDLE s;
-	CK_OBJECT_HANDLE record;
-	char label[HSM_LABEL_MAX];
-	int r;
-
-	hsm_key_label(key->alg, key->kid, label);
-	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
-	if (r < 0)
-		return r;
-	r = hsm_record_create(hsm, s, label, value, len, &record);
-	hsm->f->C_CloseSession(s);
-	return r;
-}
-
-int hsm_meta_add(struct hsm *hsm, const struct hsm_key *key, const uint8_t *value, size_t len)
-{
-	struct hsm_call call;
-	int r = hsm_meta_valid(value, len);
-
-	if (r == 0)
-		r = hsm_raw_begin(hsm, &call, key);
-	if (r < 0)
-		return r;
-	r = hsm_meta_add_locked(hsm, key, value, len);
-	hsm_raw_end(hsm, &call);
-	return r;
-}
-
-static int hsm_meta_remove_locked(struct hsm *hsm, const struct hsm_key *key, size_t index)
-{
-	CK_SESSION_HANDLE s;
-	int r;
-
-	r = hsm_open_raw_session(hsm, CKF_RW_SESSION, &s);
-	if (r < 0)
-		return r;
-	r = hsm_destroy_object(hsm, s, key->meta[index].handle, "lifecycle record", key->kid);
-	hsm->f->C_CloseSession(s);
-	return r;
-}
-
-int hsm_meta_remove(struct hsm *hsm, const struct hsm_key *key, size_t index)
-{
-	struct hsm_call call;
-	int r;
-
-	if (index >= key->meta_count) {
-		log_error("\"no such lifecycle record\" kid=%s index=%zu count=%zu", key->kid, index, key->meta_count);
-		return -EINVAL;
-	}
-	r = hsm_raw_begin(hsm, &call, key);
-	if (r < 0)
-		return r;
-	r = hsm_meta_remove_locked(hsm, key, index);
 	hsm_raw_end(hsm, &call);
 	return r;
 }
