@@ -39,6 +39,11 @@ int hsm_key_rv_verdict(CK_RV rv)
 		return -ENOENT;
 	case CKR_HOST_MEMORY:
 		return -ENOMEM;
+	case CKR_OBJECT_HANDLE_INVALID:
+		/* Found a moment ago, gone now: another process (a replica,
+		 * hsmjwtctl) destroyed it, or replaced a record, while this one
+		 * read.  What was read is no consistent view: read again. */
+		return -EAGAIN;
 	default:
 		return hsm_error_from_rv(rv);
 	}

@@ -76,7 +76,8 @@ int hsm_index_records(struct hsm *hsm, CK_SESSION_HANDLE s, struct hsm_record_re
 		if (r == -ENOENT)
 			continue;
 		if (r < 0) {
-			log_error("\"cannot read a lifecycle record's label\" rv=%s", hsm_ckr_name(rv));
+			log_write(r == -EAGAIN ? LOG_LEVEL_INFO : LOG_LEVEL_ERROR,
+				  "\"cannot read a lifecycle record's label\" rv=%s", hsm_ckr_name(rv));
 			goto out;
 		}
 		if (label.ulValueLen >= HSM_LABEL_MAX)
@@ -145,7 +146,8 @@ int hsm_attach_records(struct hsm *hsm, CK_SESSION_HANDLE s, const struct hsm_re
 			continue;
 		}
 		if (r < 0) {
-			log_error("\"cannot read a lifecycle record\" label=%s rv=%s",
+			log_write(r == -EAGAIN ? LOG_LEVEL_INFO : LOG_LEVEL_ERROR,
+				  "\"cannot read a lifecycle record\" label=%s rv=%s",
 				  log_quote(quoted, sizeof(quoted), label), hsm_ckr_name(rv));
 			return r;
 		}

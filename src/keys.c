@@ -16,6 +16,9 @@
 
 #include "keys_internal.h"
 
+/* Readings of the token one load makes when other processes keep changing it. */
+#define KEYS_LOAD_ATTEMPTS 3
+
 void keys_policy(const struct config *cfg, struct keystate_policy *ret_policy)
 {
 	ret_policy->publish_ahead = cfg->publish_ahead;
@@ -177,8 +180,8 @@ static int keys_entry_cmp(const void *a, const void *b)
 	return strcmp(((const struct keys_entry *)a)->hsm.kid, ((const struct keys_entry *)b)->hsm.kid);
 }
 
-int keys_load_plan(struct hsm *hsm, const struct config *cfg, int64_t now, struct keys **ret_keys,
-		   struct keystate_key **ret_planned, struct keystate_plan *ret_plan)
+static int keys_load_plan_once(struct hsm *hsm, const struct config *cfg, int64_t now, struct keys **ret_keys,
+				struct keystate_key **ret_planned, struct keystate_plan *ret_plan)
 {
 	struct hsm_session *session = NULL;
 	struct hsm_key *found = NULL;
@@ -281,6 +284,22 @@ out:
 	free(planned);
 	hsm_keys_free(found, n);
 	hsm_session_close(session);
+	return r;
+}
+
+int keys_load_plan(struct hsm *hsm, const struct config *cfg, int64_t now, struct keys **ret_keys,
+		   struct keystate_key **ret_planned, struct keystate_plan *ret_plan)
+{
+	int r = -EAGAIN;
+
+	/* -EAGAIN: another process destroyed an object (a key, a superseded
+	 * record) between the search and the read.  Such a half-read view must
+	 * not be planned — a key missing its replaced record would look like
+	 * one that lost its records — so the whole view is read again. */
+	for (int attempt = 0; attempt < KEYS_LOAD_ATTEMPTS && r == -EAGAIN; attempt++)
+		r = keys_load_plan_once(hsm, cfg, now, ret_keys, ret_planned, ret_plan);
+	if (r == -EAGAIN)
+		log_warn("\"the token's keys kept changing while being read\" attempts=%d", KEYS_LOAD_ATTEMPTS);
 	return r;
 }
 

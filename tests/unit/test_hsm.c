@@ -940,7 +940,7 @@ static void test_rv_verdict_skips_only_on_definite_answers(void **state)
 {
 	static const CK_RV transient[] = {
 		CKR_FUNCTION_FAILED, CKR_OPERATION_ACTIVE, CKR_BUFFER_TOO_SMALL, CKR_ARGUMENTS_BAD,
-		CKR_OBJECT_HANDLE_INVALID, CKR_CANT_LOCK, CKR_FUNCTION_CANCELED, CKR_SESSION_COUNT,
+		CKR_CANT_LOCK, CKR_FUNCTION_CANCELED, CKR_SESSION_COUNT,
 	};
 	static const CK_RV device[] = {
 		CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED,
@@ -951,6 +951,8 @@ static void test_rv_verdict_skips_only_on_definite_answers(void **state)
 	assert_int_equal(hsm_key_rv_verdict(CKR_ATTRIBUTE_TYPE_INVALID), -ENOENT);
 	assert_int_equal(hsm_key_rv_verdict(CKR_ATTRIBUTE_SENSITIVE), -ENOENT);
 	assert_int_equal(hsm_key_rv_verdict(CKR_HOST_MEMORY), -ENOMEM);
+	/* An object another process destroyed while discovery read it. */
+	assert_int_equal(hsm_key_rv_verdict(CKR_OBJECT_HANDLE_INVALID), -EAGAIN);
 	for (size_t i = 0; i < sizeof(transient) / sizeof(transient[0]); i++)
 		assert_int_equal(hsm_key_rv_verdict(transient[i]), HSM_E_FAILED);
 	for (size_t i = 0; i < sizeof(device) / sizeof(device[0]); i++)
