@@ -112,7 +112,7 @@ static void api_issue_registered(struct api_ctx *ctx, struct evhttp_request *req
 	if (api_authorize(ctx, req, AUTH_ROLE_TOKENS_ISSUE, &caller, out) < 0 ||
 	    api_read_body(ctx, req, out, 0, &body) < 0)
 		return;
-	r = issue_access_token(&ictx, body, &caller, flags, &response, &rec, err, sizeof(err));
+	r = issue_from_body(&ictx, body, &caller, flags, &response, &rec, err, sizeof(err));
 	json_decref(body);
 	if (r < 0) {
 		api_issue_failed(out, req, r, err);
@@ -121,7 +121,6 @@ static void api_issue_registered(struct api_ctx *ctx, struct evhttp_request *req
 	snprintf(out->jti, sizeof(out->jti), "%s", rec.jti);
 	answer = response;
 	if (flags & ISSUE_NAMED) {
-		rec.status_at = rec.iat;
 		answer = json_pack("{s:O, s:o}", "token", json_object_get(response, "access_token"), "record",
 				   api_record_json(ctx, &rec, ictx.now));
 		json_decref(response);

@@ -997,6 +997,21 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
 	return 0;
 }
 
+/* SPEC §5.1: ID tokens are RS256 unless a request names another alg, and
+ * discovery must list RS256 (OIDC Discovery §3) — so an RS256 key is kept
+ * whatever `algorithms` says, after the configured ones: it is never the
+ * default for other tokens. */
+static void config_keep_id_token_alg(struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->algorithm_count; i++)
+		if (cfg->algorithms[i] == JWS_ALG_RS256)
+			return;
+	/* Duplicates are refused, so six distinct algorithms leave no room
+	 * only when RS256 is already among them. */
+	if (cfg->algorithm_count < CONFIG_MAX_ALGS)
+		cfg->algorithms[cfg->algorithm_count++] = JWS_ALG_RS256;
+}
+
 int config_load(struct config *cfg, const char *path, char *const *envp, char *err, size_t errlen)
 {
 	struct config work;
@@ -1013,6 +1028,7 @@ int config_load(struct config *cfg, const char *path, char *const *envp, char *e
 		goto fail;
 	if ((r = config_validate(&work, err, errlen)) < 0)
 		goto fail;
+	config_keep_id_token_alg(&work);
 	*cfg = work;
 	return 0;
 fail:

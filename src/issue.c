@@ -22,19 +22,43 @@
  * that no caller can preset them today. */
 static const char *const reserved_claims[] = {
 	"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "typ", "token_type", "status",
-	"org", "scope", "client_id", "nonce", "auth_time", "azp", "family", "parent_jti",
+	"org", "scope", "client_id", "nonce", "auth_time", "azp", "family", "parent_jti", "auto_renew",
 };
 
-/* The members POST /token takes for an access token: anything else is a typo
- * ("expires_In") that would silently get a default, so it is refused. */
+/* The members POST /token takes per token_type, and POST /tokens (a named
+ * access token): anything else is a typo ("expires_In") that would
+ * silently get a default, so it is refused. */
 static const char *const access_members[] = {
 	"subject", "audience", "scope", "token_type", "client_id", "org", "claims", "expires_in", "alg",
 };
-/* POST /tokens: a named token takes the same, less token_type (always
- * access), plus its name and description. */
+static const char *const refresh_members[] = {
+	"subject", "audience", "scope", "token_type", "client_id", "org", "claims", "expires_in", "alg",
+};
+/* An ID token's audience is its client (OIDC Core §2): no "audience". */
+static const char *const id_members[] = {
+	"subject", "token_type", "client_id", "org", "claims", "expires_in", "nonce", "auth_time", "alg",
+};
 static const char *const named_members[] = {
 	"subject", "audience", "scope", "client_id", "org", "claims", "expires_in", "alg", "name", "description",
 };
+
+static const struct {
+	const char *name;        /* token_type claim */
+	const char *typ;         /* header typ */
+	const char *member;      /* response member */
+	enum registry_type record;
+} issue_types[] = {
+	[ISSUE_ACCESS] = { "access", "at+jwt", "access_token", REGISTRY_TYPE_ACCESS },
+	[ISSUE_REFRESH] = { "refresh", "rt+jwt", "refresh_token", REGISTRY_TYPE_REFRESH },
+	[ISSUE_ID] = { "id", "JWT", "id_token", REGISTRY_TYPE_ID },
+	[ISSUE_PARENT] = { "parent", "parent+jwt", "parent_token", REGISTRY_TYPE_PARENT },
+	[ISSUE_CHILD] = { "child", "at+jwt", "child_token", REGISTRY_TYPE_CHILD },
+};
+
+const char *issue_response_member(enum issue_type type)
+{
+	return issue_types[type].member;
+}
 
 int issue_new_jti(char *ret_jti)
 {
@@ -110,32 +134,20 @@ static int issue_known_members(const json_t *body, const char *const *known, siz
 	return 0;
 }
 
-static int issue_audience(const json_t *body, const struct config *cfg, json_t **ret_aud, char *err, size_t errlen)
+/* An audience as a request gives it: a string or 1..16 strings. */
+static int issue_audience_valid(const json_t *v)
 {
-	const json_t *v = json_object_get(body, "audience");
 	size_t i;
 	json_t *item;
 
-	if (v == NULL || json_is_null(v)) {
-		*ret_aud = json_string(cfg->default_audience);
-		return *ret_aud ? 0 : -ENOMEM;
-	}
-	if (json_is_string(v) && json_string_length(v) > 0 && json_string_length(v) <= ISSUE_MAX_STRING) {
-		*ret_aud = json_copy((json_t *)v);
-		return *ret_aud ? 0 : -ENOMEM;
-	}
-	if (json_is_array(v) && json_array_size(v) > 0 && json_array_size(v) <= ISSUE_MAX_AUDIENCES) {
-		json_array_foreach(v, i, item) {
-			if (!json_is_string(item) || json_string_length(item) == 0 ||
-			    json_string_length(item) > ISSUE_MAX_STRING)
-				goto bad;
-		}
-		*ret_aud = json_copy((json_t *)v);
-		return *ret_aud ? 0 : -ENOMEM;
-	}
-bad:
-	snprintf(err, errlen, "audience must be a string or an array of 1 to %d strings", ISSUE_MAX_AUDIENCES);
-	return -EINVAL;
+	if (json_is_string(v))
+		return json_string_length(v) > 0 && json_string_length(v) <= ISSUE_MAX_STRING;
+	if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > ISSUE_MAX_AUDIENCES)
+		return 0;
+	json_array_foreach(v, i, item)
+		if (!json_is_string(item) || json_string_length(item) == 0 || json_string_length(item) > ISSUE_MAX_STRING)
+			return 0;
+	return 1;
 }
 
 /* expires_in, or fallback when absent; *ret_explicit says which. */
@@ -203,22 +215,18 @@ static int issue_alg_configured(const struct config *cfg, enum jws_alg alg)
 	return 0;
 }
 
-static int issue_algorithm(const json_t *body, const struct issue_ctx *ctx, enum jws_alg *ret_alg,
+/* The algorithm a request signs with: its own choice or the type's default
+ * (OIDC Core §3.1.3.7: an ID token is RS256 unless agreed otherwise).  Only
+ * configured algorithms sign: a key left in the token from an earlier
+ * configuration is for verification only. */
+static int issue_algorithm(const struct issue_ctx *ctx, const struct issue_request *request, enum jws_alg *ret_alg,
 			   char *err, size_t errlen)
 {
-	const char *name = NULL;
-	enum jws_alg alg = ctx->cfg->algorithms[0];
-	int r;
+	enum jws_alg alg = request->alg;
 
-	r = issue_optional_string(body, "alg", 16, &name, err, errlen);
-	if (r < 0)
-		return r;
-	if (name != NULL && jws_alg_from_name(name, &alg) < 0)
-		alg = JWS_ALG_INVALID;
-	/* Only configured algorithms sign: a key left in the token from an
-	 * earlier configuration is for verification only. */
-	if (alg == JWS_ALG_INVALID || !issue_alg_configured(ctx->cfg, alg) ||
-	    keys_signer_at(ctx->keys, alg, ctx->now) == NULL) {
+	if (alg == JWS_ALG_INVALID)
+		alg = request->type == ISSUE_ID ? JWS_ALG_RS256 : ctx->cfg->algorithms[0];
+	if (!issue_alg_configured(ctx->cfg, alg) || keys_signer_at(ctx->keys, alg, ctx->now) == NULL) {
 		snprintf(err, errlen, "alg is not one of this service's signing algorithms");
 		return -EINVAL;
 	}
@@ -226,17 +234,19 @@ static int issue_algorithm(const json_t *body, const struct issue_ctx *ctx, enum
 	return 0;
 }
 
-/* Custom claims: an object whose members may not shadow registered claims;
- * "roles" only with roles the caller holds itself. */
-static int issue_custom_claims(const json_t *body, const struct auth_caller *caller, json_t *claims,
-			       char *err, size_t errlen)
+/* Custom claims: an object whose members may not shadow registered claims
+ * (nor the ones the flows interpret).  Roles, which make a token a
+ * credential for this service, only in an access token and only those the
+ * caller holds (caller NULL: a flow, whose claims come from a token this
+ * service issued and checked when it did). */
+static int issue_check_custom_claims(const json_t *custom, enum issue_type type, const struct auth_caller *caller,
+				     char *err, size_t errlen)
 {
-	const json_t *custom = json_object_get(body, "claims");
 	const char *name;
 	json_t *value;
 	unsigned roles;
 
-	if (custom == NULL || json_is_null(custom))
+	if (custom == NULL)
 		return 0;
 	if (!json_is_object(custom)) {
 		snprintf(err, errlen, "claims must be an object");
@@ -249,29 +259,168 @@ static int issue_custom_claims(const json_t *body, const struct auth_caller *cal
 				return -EINVAL;
 			}
 		}
-		if (strcmp(name, "roles") == 0) {
-			if (auth_roles_from_json(value, &roles, err, errlen) < 0)
-				return -EINVAL;
-			if (!auth_allows(caller, roles)) {
-				snprintf(err, errlen, "claims.roles grants a role the caller does not hold");
-				return -EACCES;
-			}
+		if (strcmp(name, "roles") != 0)
+			continue;
+		if (type != ISSUE_ACCESS) {
+			snprintf(err, errlen, "only access tokens carry roles");
+			return -EINVAL;
 		}
-		if (json_object_set(claims, name, value) < 0)
-			return -ENOMEM;
+		if (auth_roles_from_json(value, &roles, err, errlen) < 0)
+			return -EINVAL;
+		if (caller != NULL && !auth_allows(caller, roles)) {
+			snprintf(err, errlen, "claims.roles grants a role the caller does not hold");
+			return -EACCES;
+		}
 	}
 	return 0;
 }
 
-/* The members a body may carry: anything else is a typo ("expires_In")
- * that would silently get a default, so it is refused. */
-static int issue_check_members(const json_t *body, unsigned flags, char *err, size_t errlen)
+static int issue_type_from_body(const json_t *body, unsigned flags, enum issue_type *ret_type, char *err,
+				size_t errlen)
 {
+	const char *name = NULL;
+	int r = issue_optional_string(body, "token_type", 16, &name, err, errlen);
+
+	if (r < 0)
+		return r;
+	if (name == NULL || strcmp(name, "access") == 0)
+		*ret_type = ISSUE_ACCESS;
+	else if (strcmp(name, "refresh") == 0 && !(flags & ISSUE_NAMED))
+		*ret_type = ISSUE_REFRESH;
+	else if (strcmp(name, "id") == 0 && !(flags & ISSUE_NAMED))
+		*ret_type = ISSUE_ID;
+	else {
+		snprintf(err, errlen, "token_type must be access, refresh or id");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int issue_check_members(const json_t *body, enum issue_type type, unsigned flags, char *err, size_t errlen)
+{
+#define ISSUE_MEMBERS(list) issue_known_members(body, list, sizeof(list) / sizeof(list[0]), err, errlen)
 	if (flags & ISSUE_NAMED)
-		return issue_known_members(body, named_members, sizeof(named_members) / sizeof(named_members[0]),
-					   err, errlen);
-	return issue_known_members(body, access_members, sizeof(access_members) / sizeof(access_members[0]), err,
-				   errlen);
+		return ISSUE_MEMBERS(named_members);
+	if (type == ISSUE_REFRESH)
+		return ISSUE_MEMBERS(refresh_members);
+	if (type == ISSUE_ID)
+		return ISSUE_MEMBERS(id_members);
+	return ISSUE_MEMBERS(access_members);
+#undef ISSUE_MEMBERS
+}
+
+static int64_t issue_default_ttl(const struct config *cfg, enum issue_type type)
+{
+	switch (type) {
+	case ISSUE_REFRESH: return cfg->refresh_ttl;
+	case ISSUE_ID: return cfg->id_ttl;
+	case ISSUE_PARENT: return cfg->parent_ttl;
+	case ISSUE_CHILD: return cfg->child_ttl;
+	default: return cfg->access_ttl;
+	}
+}
+
+/* nonce and auth_time of an ID token (OIDC Core §2). */
+static int issue_id_members(const struct issue_ctx *ctx, const json_t *body, struct issue_request *req, char *err,
+			    size_t errlen)
+{
+	const json_t *auth_time = json_object_get(body, "auth_time");
+	int r = issue_optional_string(body, "nonce", ISSUE_MAX_STRING, &req->nonce, err, errlen);
+
+	if (r < 0)
+		return r;
+	if (req->client_id == NULL) {
+		snprintf(err, errlen, "an ID token needs client_id (its audience)");
+		return -EINVAL;
+	}
+	if (auth_time != NULL && !json_is_null(auth_time)) {
+		/* A login in the future is a clock or caller bug, not a time. */
+		if (!json_is_integer(auth_time) || json_integer_value(auth_time) < 1 ||
+		    json_integer_value(auth_time) > ctx->now + ctx->cfg->leeway) {
+			snprintf(err, errlen, "auth_time must be a positive integer, not in the future");
+			return -EINVAL;
+		}
+		req->auth_time = json_integer_value(auth_time);
+	}
+	return 0;
+}
+
+int issue_parse_body(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+		     unsigned flags, struct issue_request *ret_request, char *err, size_t errlen)
+{
+	const struct config *cfg = ctx->cfg;
+	struct issue_request req = { .alg = JWS_ALG_INVALID };
+	const char *alg_name = NULL;
+	int explicit_ttl, r;
+
+	if (!json_is_object(body)) {
+		snprintf(err, errlen, "request body must be a JSON object");
+		return -EINVAL;
+	}
+	if ((r = issue_type_from_body(body, flags, &req.type, err, errlen)) < 0 ||
+	    (r = issue_check_members(body, req.type, flags, err, errlen)) < 0)
+		return r;
+	if ((r = issue_optional_string(body, "subject", AUTH_SUB_MAX, &req.subject, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "scope", ISSUE_MAX_STRING, &req.scope, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "client_id", REGISTRY_CLIENT_ID_MAX, &req.client_id, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "org", AUTH_ORG_MAX, &req.org, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "alg", 16, &alg_name, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "name", ISSUE_NAME_MAX, &req.name, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "description", ISSUE_DESCRIPTION_MAX, &req.description, err,
+				       errlen)) < 0)
+		return r;
+	if (req.subject == NULL) {
+		snprintf(err, errlen, "subject is required");
+		return -EINVAL;
+	}
+	if ((flags & ISSUE_NAMED) && req.name == NULL) {
+		snprintf(err, errlen, "name is required");
+		return -EINVAL;
+	}
+	if (alg_name != NULL && (jws_alg_from_name(alg_name, &req.alg) < 0 || req.alg == JWS_ALG_INVALID)) {
+		snprintf(err, errlen, "alg is not one of this service's signing algorithms");
+		return -EINVAL;
+	}
+	req.audience = json_object_get(body, "audience");
+	if (json_is_null(req.audience))
+		req.audience = NULL;
+	if (req.audience != NULL && !issue_audience_valid(req.audience)) {
+		snprintf(err, errlen, "audience must be a string or an array of 1 to %d strings", ISSUE_MAX_AUDIENCES);
+		return -EINVAL;
+	}
+	req.claims = json_object_get(body, "claims");
+	if (json_is_null(req.claims))
+		req.claims = NULL;
+	if ((r = issue_check_custom_claims(req.claims, req.type, caller, err, errlen)) < 0)
+		return r;
+	/* A caller confined to an org issues only for that org. */
+	if (caller->org[0] != '\0') {
+		if (req.org != NULL && strcmp(req.org, caller->org) != 0) {
+			snprintf(err, errlen, "a caller of one org cannot issue for another");
+			return -EACCES;
+		}
+		req.org = caller->org;
+	}
+	/* RFC 9068 §2.2 requires client_id: the caller that asked is the client
+	 * unless the request names another.  An ID token's client is its
+	 * audience and must be named. */
+	if (req.client_id == NULL && req.type != ISSUE_ID)
+		req.client_id = caller->sub;
+	if (req.type == ISSUE_ID && (r = issue_id_members(ctx, body, &req, err, errlen)) < 0)
+		return r;
+	if ((r = issue_lifetime(body, issue_default_ttl(cfg, req.type), cfg->max_ttl, &req.ttl, &explicit_ttl, err,
+				errlen)) < 0)
+		return r;
+	if ((req.claims != NULL && json_object_get(req.claims, "roles") != NULL) ||
+	    (req.audience != NULL && issue_aud_names(req.audience, cfg->issuer)) ||
+	    (req.audience == NULL && req.type != ISSUE_ID && strcmp(cfg->default_audience, cfg->issuer) == 0) ||
+	    (req.type == ISSUE_ID && strcmp(req.client_id, cfg->issuer) == 0)) {
+		r = issue_bound_by_caller(ctx, caller, explicit_ttl, &req.ttl, err, errlen);
+		if (r < 0)
+			return r;
+	}
+	*ret_request = req;
+	return 0;
 }
 
 /* SPEC §5.1: every registered token names its entry of the status list. */
@@ -297,83 +446,88 @@ static int issue_status_claim(const struct issue_ctx *ctx, json_t *claims, uint3
 	return 0;
 }
 
-int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
-			      unsigned flags, struct issue_claims *ret_built, char *err, size_t errlen)
+static int issue_set_string(json_t *claims, const char *name, const char *value)
 {
-	uint32_t status_idx;
+	if (value == NULL)
+		return 0;
+	return json_object_set_new(claims, name, json_string(value));
+}
+
+/* The members only some families carry. */
+static int issue_type_claims(const struct issue_request *req, const char *jti, json_t *claims)
+{
+	switch (req->type) {
+	case ISSUE_ID:
+		if (issue_set_string(claims, "azp", req->client_id) < 0 || issue_set_string(claims, "nonce", req->nonce) < 0 ||
+		    (req->auth_time > 0 &&
+		     json_object_set_new(claims, "auth_time", json_integer(req->auth_time)) < 0))
+			return -ENOMEM;
+		return 0;
+	case ISSUE_REFRESH:
+		if (issue_set_string(claims, "family", req->family ? req->family : jti) < 0)
+			return -ENOMEM;
+		break;
+	case ISSUE_CHILD:
+		if (issue_set_string(claims, "parent_jti", req->parent_jti) < 0)
+			return -ENOMEM;
+		break;
+	case ISSUE_PARENT:
+		if (req->auto_renew && json_object_set_new(claims, "auto_renew", json_true()) < 0)
+			return -ENOMEM;
+		break;
+	default:
+		break;
+	}
+	if (issue_set_string(claims, "client_id", req->client_id) < 0 || issue_set_string(claims, "scope", req->scope) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+static int issue_check_request(const struct issue_ctx *ctx, const struct issue_request *req, char *err, size_t errlen)
+{
+	if (req->subject == NULL || req->ttl < 1 || req->ttl > ctx->cfg->max_ttl ||
+	    (req->type == ISSUE_ID && req->client_id == NULL) || (req->type == ISSUE_CHILD && req->parent_jti == NULL) ||
+	    (req->audience != NULL && !issue_audience_valid(req->audience))) {
+		snprintf(err, errlen, "the token request is incomplete or out of range");
+		return -EINVAL;
+	}
+	return issue_check_custom_claims(req->claims, req->type, NULL, err, errlen);
+}
+
+int issue_build_claims(const struct issue_ctx *ctx, const struct issue_request *req, struct issue_claims *ret_built,
+		       char *err, size_t errlen)
+{
 	const struct config *cfg = ctx->cfg;
-	const char *subject, *scope, *client_id, *org, *type;
-	json_t *claims = NULL, *aud = NULL;
-	const json_t *custom;
 	char jti[ISSUE_JTI_LEN + 1];
+	json_t *claims = NULL, *aud;
+	const char *name;
+	json_t *value;
+	uint32_t status_idx;
 	enum jws_alg alg;
-	int64_t ttl;
-	int explicit_ttl;
 	size_t payload_len;
 	int r;
 
-	if (!json_is_object(body)) {
-		snprintf(err, errlen, "request body must be a JSON object");
-		return -EINVAL;
-	}
-	r = issue_check_members(body, flags, err, errlen);
-	if (r < 0)
+	if ((r = issue_check_request(ctx, req, err, errlen)) < 0 || (r = issue_algorithm(ctx, req, &alg, err, errlen)) < 0 ||
+	    (r = issue_new_jti(jti)) < 0)
 		return r;
-	if ((r = issue_optional_string(body, "subject", AUTH_SUB_MAX, &subject, err, errlen)) < 0 ||
-	    (r = issue_optional_string(body, "scope", ISSUE_MAX_STRING, &scope, err, errlen)) < 0 ||
-	    (r = issue_optional_string(body, "client_id", REGISTRY_CLIENT_ID_MAX, &client_id, err, errlen)) < 0 ||
-	    (r = issue_optional_string(body, "org", AUTH_ORG_MAX, &org, err, errlen)) < 0 ||
-	    (r = issue_optional_string(body, "token_type", 16, &type, err, errlen)) < 0)
-		return r;
-	if (subject == NULL) {
-		snprintf(err, errlen, "subject is required");
-		return -EINVAL;
-	}
-	if (type != NULL && strcmp(type, "access") != 0) {
-		/* Refresh and ID tokens need the registry and the OAuth flows. */
-		snprintf(err, errlen, "token_type '%s' is not supported yet; only access", type);
-		return -EINVAL;
-	}
-	/* A caller confined to an org issues only for that org. */
-	if (caller->org[0] != '\0') {
-		if (org != NULL && strcmp(org, caller->org) != 0) {
-			snprintf(err, errlen, "a caller of one org cannot issue for another");
-			return -EACCES;
-		}
-		org = caller->org;
-	}
-	/* RFC 9068 §2.2 requires client_id: the caller that asked is the client
-	 * unless the request names another. */
-	if (client_id == NULL)
-		client_id = caller->sub;
-	if ((r = issue_lifetime(body, cfg->access_ttl, cfg->max_ttl, &ttl, &explicit_ttl, err, errlen)) < 0 ||
-	    (r = issue_algorithm(body, ctx, &alg, err, errlen)) < 0 ||
-	    (r = issue_audience(body, cfg, &aud, err, errlen)) < 0)
-		goto out;
-	custom = json_object_get(body, "claims");
-	if ((json_object_get(custom, "roles") != NULL || issue_aud_names(aud, cfg->issuer)) &&
-	    (r = issue_bound_by_caller(ctx, caller, explicit_ttl, &ttl, err, errlen)) < 0)
-		goto out;
-	r = issue_new_jti(jti);
-	if (r < 0)
-		goto out;
-	claims = json_pack("{s:s, s:s, s:O, s:I, s:I, s:I, s:s, s:s}",
-			   "iss", cfg->issuer, "sub", subject, "aud", aud,
+	if (req->type == ISSUE_ID)
+		aud = json_string(req->client_id);
+	else
+		aud = req->audience ? json_deep_copy(req->audience) : json_string(cfg->default_audience);
+	claims = json_pack("{s:s, s:s, s:o, s:I, s:I, s:I, s:s, s:s}",
+			   "iss", cfg->issuer, "sub", req->subject, "aud", aud,
 			   "iat", (json_int_t)ctx->now, "nbf", (json_int_t)ctx->now,
-			   "exp", (json_int_t)(ctx->now + ttl), "jti", jti, "token_type", "access");
-	if (claims == NULL) {
+			   "exp", (json_int_t)(ctx->now + req->ttl), "jti", jti, "token_type", issue_types[req->type].name);
+	if (claims == NULL || issue_type_claims(req, jti, claims) < 0 || issue_set_string(claims, "org", req->org) < 0) {
 		r = -ENOMEM;
 		goto out;
 	}
-	if (json_object_set_new(claims, "client_id", json_string(client_id)) < 0 ||
-	    (scope && json_object_set_new(claims, "scope", json_string(scope)) < 0) ||
-	    (org && json_object_set_new(claims, "org", json_string(org)) < 0)) {
-		r = -ENOMEM;
-		goto out;
-	}
-	r = issue_custom_claims(body, caller, claims, err, errlen);
-	if (r < 0)
-		goto out;
+	if (req->claims != NULL)
+		json_object_foreach((json_t *)req->claims, name, value)
+			if (json_object_set(claims, name, value) < 0) {
+				r = -ENOMEM;
+				goto out;
+			}
 	r = issue_status_claim(ctx, claims, &status_idx);
 	if (r < 0)
 		goto out;
@@ -393,7 +547,6 @@ int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, c
 	ret_built->status_idx = status_idx;
 	claims = NULL;
 out:
-	json_decref(aud);
 	json_decref(claims);
 	return r;
 }
@@ -406,81 +559,98 @@ static void issue_copy_claim(const json_t *claims, const char *name, char *dst, 
 	snprintf(dst, size, "%s", v ? v : "");
 }
 
-/* The registry record of a token about to be handed out.  The claims were
- * bounded by issue_build_access_claims to what a record holds. */
-static int issue_record(const json_t *body, const struct issue_claims *built, const char *kid, unsigned flags,
-			struct registry_record *ret_record, char *err, size_t errlen)
+/* The registry record of a token about to be handed out.  The request's
+ * strings were bounded to what a record holds. */
+static void issue_record(const struct issue_request *req, const struct issue_claims *built, const char *kid,
+			 struct registry_record *ret_record)
 {
 	const json_t *claims = built->claims;
-	const char *name = NULL, *description = NULL;
-	struct registry_record rec;
-	int r;
 
-	if ((flags & ISSUE_NAMED) &&
-	    ((r = issue_optional_string(body, "name", ISSUE_NAME_MAX, &name, err, errlen)) < 0 ||
-	     (r = issue_optional_string(body, "description", ISSUE_DESCRIPTION_MAX, &description, err, errlen)) < 0))
-		return r;
-	if ((flags & ISSUE_NAMED) && name == NULL) {
-		snprintf(err, errlen, "name is required");
-		return -EINVAL;
-	}
-	memset(&rec, 0, sizeof(rec));
-	rec.type = REGISTRY_TYPE_ACCESS;
-	rec.status = REGISTRY_ACTIVE;
-	issue_copy_claim(claims, "jti", rec.jti, sizeof(rec.jti));
-	issue_copy_claim(claims, "org", rec.org, sizeof(rec.org));
-	issue_copy_claim(claims, "sub", rec.subject, sizeof(rec.subject));
-	issue_copy_claim(claims, "client_id", rec.client_id, sizeof(rec.client_id));
-	snprintf(rec.kid, sizeof(rec.kid), "%s", kid);
-	snprintf(rec.name, sizeof(rec.name), "%s", name ? name : "");
-	snprintf(rec.description, sizeof(rec.description), "%s", description ? description : "");
-	rec.iat = json_integer_value(json_object_get(claims, "iat"));
-	rec.exp = json_integer_value(json_object_get(claims, "exp"));
-	rec.status_idx = built->status_idx;
-	*ret_record = rec;
-	return 0;
+	memset(ret_record, 0, sizeof(*ret_record));
+	ret_record->type = issue_types[req->type].record;
+	ret_record->status = REGISTRY_ACTIVE;
+	issue_copy_claim(claims, "jti", ret_record->jti, sizeof(ret_record->jti));
+	issue_copy_claim(claims, "org", ret_record->org, sizeof(ret_record->org));
+	issue_copy_claim(claims, "sub", ret_record->subject, sizeof(ret_record->subject));
+	issue_copy_claim(claims, "client_id", ret_record->client_id, sizeof(ret_record->client_id));
+	issue_copy_claim(claims, "parent_jti", ret_record->parent, sizeof(ret_record->parent));
+	if (req->type == ISSUE_REFRESH)
+		issue_copy_claim(claims, "family", ret_record->family, sizeof(ret_record->family));
+	else
+		snprintf(ret_record->family, sizeof(ret_record->family), "%s", req->family ? req->family : "");
+	snprintf(ret_record->kid, sizeof(ret_record->kid), "%s", kid);
+	snprintf(ret_record->name, sizeof(ret_record->name), "%s", req->name ? req->name : "");
+	snprintf(ret_record->description, sizeof(ret_record->description), "%s",
+		 req->description ? req->description : "");
+	ret_record->iat = json_integer_value(json_object_get(claims, "iat"));
+	ret_record->exp = json_integer_value(json_object_get(claims, "exp"));
+	ret_record->status_at = ret_record->iat;
+	ret_record->status_idx = built->status_idx;
 }
 
-int issue_access_token(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
-		       unsigned flags, json_t **ret_response, struct registry_record *ret_record, char *err,
-		       size_t errlen)
+int issue_token(const struct issue_ctx *ctx, const struct issue_request *request, struct issue_result *ret_result,
+		char *err, size_t errlen)
 {
 	struct issue_claims built;
-	json_t *claims, *response = NULL;
 	const struct keys_entry *signer;
-	struct registry_record rec;
-	char *token = NULL;
+	struct issue_result result;
 	int r;
 
-	r = issue_build_access_claims(ctx, body, caller, flags, &built, err, errlen);
+	r = issue_build_claims(ctx, request, &built, err, errlen);
 	if (r < 0)
 		return r;
-	claims = built.claims;
+	memset(&result, 0, sizeof(result));
+	/* The signer issue_sign will pick: same set, same instant. */
 	signer = keys_signer_at(ctx->keys, built.alg, ctx->now);
-	if (ret_record != NULL &&
-	    (r = issue_record(body, &built, signer ? signer->hsm.kid : "", flags, &rec, err, errlen)) < 0)
-		goto out;
-	r = issue_sign(ctx, built.alg, "at+jwt", claims, &token);
+	issue_record(request, &built, signer ? signer->hsm.kid : "", &result.record);
+	r = issue_sign(ctx, built.alg, issue_types[request->type].typ, built.claims, &result.token);
 	if (r < 0) {
 		snprintf(err, errlen, "the token could not be signed");
 		goto out;
 	}
-	response = json_pack("{s:s, s:s, s:I, s:O}", "access_token", token, "token_type", "Bearer",
-			     "expires_in", json_integer_value(json_object_get(claims, "exp")) - ctx->now,
-			     "jti", json_object_get(claims, "jti"));
+	memcpy(result.jti, result.record.jti, ISSUE_JTI_LEN);
+	result.jti[ISSUE_JTI_LEN] = '\0';
+	result.exp = result.record.exp;
+	result.expires_in = result.record.exp - ctx->now;
+	result.alg = built.alg;
+	*ret_result = result;
+out:
+	json_decref(built.claims);
+	return r;
+}
+
+void issue_result_clear(struct issue_result *result)
+{
+	if (result->token != NULL) {
+		OPENSSL_cleanse(result->token, strlen(result->token));
+		free(result->token);
+		result->token = NULL;
+	}
+}
+
+int issue_from_body(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+		    unsigned flags, json_t **ret_response, struct registry_record *ret_record, char *err,
+		    size_t errlen)
+{
+	struct issue_request request;
+	struct issue_result result = { 0 };
+	json_t *response;
+	int r;
+
+	if ((r = issue_parse_body(ctx, body, caller, flags, &request, err, errlen)) < 0 ||
+	    (r = issue_token(ctx, &request, &result, err, errlen)) < 0)
+		return r;
+	response = json_pack("{s:s, s:s, s:I, s:s}", issue_response_member(request.type), result.token, "token_type",
+			     "Bearer", "expires_in", (json_int_t)result.expires_in, "jti", result.jti);
 	if (response == NULL) {
 		r = -ENOMEM;
 		goto out;
 	}
 	*ret_response = response;
 	if (ret_record != NULL)
-		*ret_record = rec;
+		*ret_record = result.record;
 out:
-	if (token) {
-		OPENSSL_cleanse(token, strlen(token));
-		free(token);
-	}
-	json_decref(claims);
+	issue_result_clear(&result);
 	return r;
 }
 

@@ -72,7 +72,8 @@ int config_apply_env(struct config *cfg, char *const *envp, char *err, size_t er
 int config_validate(const struct config *cfg, char *err, size_t errlen);
 
 /* Defaults + file (if path) + environment + validate, as the daemon and
- * hsmjwtctl do it. */
+ * hsmjwtctl do it; then RS256 is appended to algorithms when missing (ID
+ * tokens, SPEC §5.1: an RS256 key is always kept, never the default). */
 int config_load(struct config *cfg, const char *path, char *const *envp, char *err, size_t errlen);
 
 void config_free(struct config *cfg);

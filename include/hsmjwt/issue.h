@@ -1,4 +1,4 @@
-/* issue: turning a request into a signed token (SPEC §5.1).
+/* issue: turning a request into a signed token of any family (SPEC §5.1).
  *
  * Request validation is separate from signing so that it can be tested
  * without a token; signing goes through the worker's hsm_session. */
@@ -34,30 +34,93 @@ enum issue_flags {
 	ISSUE_NAMED = 1u << 0,   /* POST /tokens: the body may carry name, description */
 };
 
+/* The token families of SPEC §5.1.  The header typ tells them apart, so
+ * that no token of one kind passes where another is expected (RFC 8725
+ * §3.11): access and child tokens are the bearer tokens of APIs (at+jwt,
+ * RFC 9068), refresh tokens rt+jwt, ID tokens JWT (OIDC), parents
+ * parent+jwt. */
+enum issue_type {
+	ISSUE_ACCESS,
+	ISSUE_REFRESH,
+	ISSUE_ID,
+	ISSUE_PARENT,
+	ISSUE_CHILD,
+};
+
+/* Everything a token is made from.  Strings and JSON are borrowed (from a
+ * request body, a code, a parent token) for the duration of the call.
+ * issue_parse_body fills one from POST /token; the flows (refresh and code
+ * grants, pairs, renewal) fill their own. */
+struct issue_request {
+	enum issue_type type;
+	const char *subject;            /* required */
+	const json_t *audience;         /* string or array; NULL: default_audience (ID: client_id) */
+	const char *scope;              /* NULL: none (ID tokens never carry one) */
+	const char *client_id;          /* NULL: none; required for ID tokens (aud, azp) */
+	const char *org;                /* NULL: none */
+	const char *nonce;              /* ID only; NULL: none */
+	int64_t auth_time;              /* ID only; 0: none */
+	const json_t *claims;           /* custom claims object or NULL; registered names refused */
+	int64_t ttl;                    /* seconds, 1..max_ttl */
+	enum jws_alg alg;               /* JWS_ALG_INVALID: the type's default (ID: RS256, else algorithms[0]) */
+	const char *family;             /* REFRESH: NULL starts a family (its own jti); ACCESS, ID issued
+					 * by a grant: the family recorded in the registry (not a claim) */
+	const char *parent_jti;         /* CHILD: required */
+	int auto_renew;                 /* PARENT: the daemon renews its child (claim auto_renew: true) */
+	const char *name;               /* ISSUE_NAMED */
+	const char *description;
+};
+
 /* Outcome codes besides 0: -EINVAL (400 invalid_request), -EACCES (403),
  * HSM_E_DEVICE (503), other negatives (500).  err gets a client-safe text. */
 
-/* POST /token for an access token: validates body against cfg and caller
- * (org confinement, roles a caller may grant), builds the claims and signs.
- * *ret_response is the JSON answer (new reference); *ret_record (may be
- * NULL) the registry record of the token, for the caller to register
- * before it hands the answer out. */
-int issue_access_token(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
-		       unsigned flags, json_t **ret_response, struct registry_record *ret_record, char *err,
-		       size_t errlen);
+/* POST /token's body → request: token_type access (default), refresh or id,
+ * members per type (an unknown member is refused: a typo must not silently
+ * get a default), org confinement, roles a caller may grant (only access
+ * tokens carry roles), lifetimes bounded by max_ttl and, for a credential
+ * to this service, by the caller's own exp.  The request borrows from
+ * body. */
+int issue_parse_body(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+		     unsigned flags, struct issue_request *ret_request, char *err, size_t errlen);
 
-/* An access token's claims before signing. */
+/* A token's claims before signing. */
 struct issue_claims {
 	json_t *claims;          /* owned: json_decref */
 	enum jws_alg alg;
 	uint32_t status_idx;     /* global status-list index, REGISTRY_NO_INDEX without registry */
 };
 
-/* Validates a request body into the claims of an access token, without
- * signing.  With ctx->registry a status-list index is reserved and the
- * status claim set. */
-int issue_build_access_claims(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
-			      unsigned flags, struct issue_claims *ret_built, char *err, size_t errlen);
+/* The claims of SPEC §5.1 for request, without signing.  With ctx->registry
+ * a status-list index is reserved and the status claim set. */
+int issue_build_claims(const struct issue_ctx *ctx, const struct issue_request *request,
+		       struct issue_claims *ret_built, char *err, size_t errlen);
+
+/* A signed token and what registering it needs. */
+struct issue_result {
+	char *token;                     /* malloc'd; issue_result_clear wipes and frees it */
+	char jti[ISSUE_JTI_LEN + 1];
+	int64_t exp;
+	int64_t expires_in;
+	enum jws_alg alg;
+	struct registry_record record;   /* register before handing the token out */
+};
+
+/* Builds, signs and describes one token. */
+int issue_token(const struct issue_ctx *ctx, const struct issue_request *request, struct issue_result *ret_result,
+		char *err, size_t errlen);
+void issue_result_clear(struct issue_result *result);
+
+/* The response member a token is handed out under ("access_token",
+ * "refresh_token", "id_token", "parent_token", "child_token"). */
+const char *issue_response_member(enum issue_type type);
+
+/* POST /token and POST /tokens: issue_parse_body + issue_token, answered as
+ * {"<type>_token": ..., "token_type": "Bearer", "expires_in", "jti"}.
+ * *ret_record (may be NULL) is the record to register before the answer is
+ * handed out. */
+int issue_from_body(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+		    unsigned flags, json_t **ret_response, struct registry_record *ret_record, char *err,
+		    size_t errlen);
 
 /* The management token of `hsmjwtctl mint`: aud = [issuer], the given roles
  * and org, signed by the first configured algorithm's key. */

@@ -36,12 +36,15 @@ static const struct auth_caller org_caller = { "acme-frontend", "acme", AUTH_ROL
 static int build(const char *body_text, const struct auth_caller *caller, json_t **ret_claims, enum jws_alg *ret_alg)
 {
 	json_t *body = json_loads(body_text, JSON_REJECT_DUPLICATES, NULL);
+	struct issue_request request;
 	struct issue_claims built;
 	char err[160];
 	int r;
 
 	assert_non_null(body);
-	r = issue_build_access_claims(&ictx, body, caller, 0, &built, err, sizeof(err));
+	r = issue_parse_body(&ictx, body, caller, 0, &request, err, sizeof(err));
+	if (r == 0)
+		r = issue_build_claims(&ictx, &request, &built, err, sizeof(err));
 	json_decref(body);
 	if (r == 0) {
 		*ret_claims = built.claims;
@@ -119,8 +122,59 @@ static void test_bad_requests(void **state)
 	expect_rejected("{\"subject\":\"a\",\"alg\":\"HS256\"}", &issuer_caller, -EINVAL);
 	/* A configured family without a key in this token. */
 	expect_rejected("{\"subject\":\"a\",\"alg\":\"PS256\"}", &issuer_caller, -EINVAL);
-	expect_rejected("{\"subject\":\"a\",\"token_type\":\"refresh\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"token_type\":\"parent\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"token_type\":\"bogus\"}", &issuer_caller, -EINVAL);
+	/* Members of other families are typos here. */
+	expect_rejected("{\"subject\":\"a\",\"nonce\":\"n\"}", &issuer_caller, -EINVAL);
+	/* An ID token's audience is its client: it must be named, and
+	 * "audience" is not taken. */
+	expect_rejected("{\"subject\":\"a\",\"token_type\":\"id\",\"alg\":\"ES256\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"token_type\":\"id\",\"client_id\":\"c\",\"alg\":\"ES256\","
+			"\"audience\":\"x\"}", &issuer_caller, -EINVAL);
+	expect_rejected("{\"subject\":\"a\",\"token_type\":\"id\",\"client_id\":\"c\",\"alg\":\"ES256\","
+			"\"auth_time\":4102444800}", &issuer_caller, -EINVAL);
+	/* Only access tokens carry roles. */
+	expect_rejected("{\"subject\":\"a\",\"token_type\":\"refresh\",\"claims\":{\"roles\":[]}}", &issuer_caller,
+			-EINVAL);
 	expect_rejected("{\"subject\":\"a\",\"claims\":[1]}", &issuer_caller, -EINVAL);
+}
+
+/* SPEC §5.1: a refresh token starts its family; an ID token carries the
+ * OIDC claims with aud = azp = client_id; each family has its lifetime. */
+static void test_claims_of_refresh_and_id_tokens(void **state)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg;
+
+	assert_int_equal(build("{\"subject\":\"alice\",\"token_type\":\"refresh\",\"scope\":\"s\"}", &issuer_caller,
+			       &claims, &alg), 0);
+	assert_string_equal(json_string_value(json_object_get(claims, "token_type")), "refresh");
+	assert_string_equal(json_string_value(json_object_get(claims, "family")),
+			    json_string_value(json_object_get(claims, "jti")));
+	assert_int_equal(json_integer_value(json_object_get(claims, "exp")), ictx.now + cfg.refresh_ttl);
+	json_decref(claims);
+
+	assert_int_equal(build("{\"subject\":\"alice\",\"token_type\":\"id\",\"client_id\":\"web\",\"alg\":\"ES256\","
+			       "\"nonce\":\"n-0S6\",\"auth_time\":1700000000,\"claims\":{\"email\":\"a@x\"}}",
+			       &issuer_caller, &claims, &alg), 0);
+	assert_int_equal(alg, JWS_ALG_ES256);
+	assert_string_equal(json_string_value(json_object_get(claims, "token_type")), "id");
+	assert_string_equal(json_string_value(json_object_get(claims, "aud")), "web");
+	assert_string_equal(json_string_value(json_object_get(claims, "azp")), "web");
+	assert_string_equal(json_string_value(json_object_get(claims, "nonce")), "n-0S6");
+	assert_int_equal(json_integer_value(json_object_get(claims, "auth_time")), 1700000000);
+	assert_string_equal(json_string_value(json_object_get(claims, "email")), "a@x");
+	assert_null(json_object_get(claims, "scope"));
+	assert_int_equal(json_integer_value(json_object_get(claims, "exp")), ictx.now + cfg.id_ttl);
+	json_decref(claims);
+
+	/* OIDC's default algorithm, not the service's first. */
+	assert_int_equal(build("{\"subject\":\"alice\",\"token_type\":\"id\",\"client_id\":\"web\"}", &issuer_caller,
+			       &claims, &alg), 0);
+	assert_int_equal(alg, JWS_ALG_RS256);
+	assert_null(json_object_get(claims, "nonce"));
+	assert_null(json_object_get(claims, "auth_time"));
+	json_decref(claims);
 }
 
 static void test_lifetime_up_to_max_ttl(void **state)
@@ -189,7 +243,7 @@ static void test_issued_token_verifies(void **state)
 	const char *token;
 	char err[160];
 
-	assert_int_equal(issue_access_token(&ictx, body, &issuer_caller, 0, &response, NULL, err, sizeof(err)), 0);
+	assert_int_equal(issue_from_body(&ictx, body, &issuer_caller, 0, &response, NULL, err, sizeof(err)), 0);
 	token = json_string_value(json_object_get(response, "access_token"));
 	assert_non_null(token);
 	assert_string_equal(json_string_value(json_object_get(response, "token_type")), "Bearer");
@@ -264,7 +318,7 @@ static void test_auth_refuses(void **state)
 	free(token);
 
 	/* An ordinary access token: aud is the API, not this service. */
-	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, 0, &response, NULL, err, sizeof(err)), 0);
+	assert_int_equal(issue_from_body(&ictx, body, &admin_caller, 0, &response, NULL, err, sizeof(err)), 0);
 	assert_int_equal(bearer(json_string_value(json_object_get(response, "access_token")), ictx.now, &caller),
 			 -EACCES);
 	json_decref(response);
@@ -277,7 +331,7 @@ static void test_token_without_roles_may_call_nothing(void **state)
 	char err[160];
 	json_t *body = json_pack("{s:s, s:[s]}", "subject", "svc", "audience", cfg.issuer), *response = NULL;
 
-	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, 0, &response, NULL, err, sizeof(err)), 0);
+	assert_int_equal(issue_from_body(&ictx, body, &admin_caller, 0, &response, NULL, err, sizeof(err)), 0);
 	assert_int_equal(bearer(json_string_value(json_object_get(response, "access_token")), ictx.now, &caller), 0);
 	assert_int_equal(caller.roles, 0);
 	assert_false(auth_allows(&caller, AUTH_ROLE_TOKENS_ISSUE));
@@ -301,13 +355,12 @@ static void test_client_id_defaults_to_the_caller(void **state)
 static void test_unknown_members_are_refused(void **state)
 {
 	json_t *body = json_loads("{\"subject\":\"a\",\"expires_In\":60}", 0, NULL);
-	struct issue_claims built = { NULL, JWS_ALG_INVALID, 0 };
+	struct issue_request request = { .subject = NULL };
 	char err[160] = "";
 
-	assert_int_equal(issue_build_access_claims(&ictx, body, &issuer_caller, 0, &built, err, sizeof(err)), -EINVAL);
+	assert_int_equal(issue_parse_body(&ictx, body, &issuer_caller, 0, &request, err, sizeof(err)), -EINVAL);
 	assert_non_null(strstr(err, "expires_In"));
-	assert_null(built.claims);
-	assert_int_equal(built.alg, JWS_ALG_INVALID);
+	assert_null(request.subject);
 	json_decref(body);
 }
 
@@ -428,13 +481,13 @@ static void test_named_token_record(void **state)
 	const char *token;
 	char err[160] = "";
 
-	assert_int_equal(issue_access_token(&ictx, unnamed, &admin_caller, ISSUE_NAMED, &response, &rec, err,
+	assert_int_equal(issue_from_body(&ictx, unnamed, &admin_caller, ISSUE_NAMED, &response, &rec, err,
 					    sizeof(err)), -EINVAL);
 	assert_non_null(strstr(err, "name"));
-	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, 0, &response, &rec, err, sizeof(err)),
+	assert_int_equal(issue_from_body(&ictx, body, &admin_caller, 0, &response, &rec, err, sizeof(err)),
 			 -EINVAL);
 	assert_null(response);
-	assert_int_equal(issue_access_token(&ictx, body, &admin_caller, ISSUE_NAMED, &response, &rec, err,
+	assert_int_equal(issue_from_body(&ictx, body, &admin_caller, ISSUE_NAMED, &response, &rec, err,
 					    sizeof(err)), 0);
 	token = json_string_value(json_object_get(response, "access_token"));
 	assert_int_equal(jwt_verify(token, strlen(token), keys_lookup, &view, &expect, &header, &claims), 0);
@@ -466,6 +519,7 @@ int main(void)
 		cmocka_unit_test(test_jtis_differ),
 		cmocka_unit_test(test_audience_forms),
 		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_claims_of_refresh_and_id_tokens),
 		cmocka_unit_test(test_lifetime_up_to_max_ttl),
 		cmocka_unit_test(test_registered_claims_cannot_be_overridden),
 		cmocka_unit_test(test_roles_only_those_held),
