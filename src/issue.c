@@ -275,6 +275,29 @@ static int issue_check_custom_claims(const json_t *custom, enum issue_type type,
 	return 0;
 }
 
+int issue_custom_claims_of(const json_t *claims, json_t **ret_custom)
+{
+	json_t *custom = json_object(), *value;
+	const char *name;
+
+	if (custom == NULL)
+		return -ENOMEM;
+	json_object_foreach((json_t *)claims, name, value) {
+		size_t i;
+		for (i = 0; i < sizeof(reserved_claims) / sizeof(reserved_claims[0]) && strcmp(name, reserved_claims[i]) != 0;
+		     i++)
+			;
+		if (i < sizeof(reserved_claims) / sizeof(reserved_claims[0]) || strcmp(name, "roles") == 0)
+			continue;
+		if (json_object_set(custom, name, value) < 0) {
+			json_decref(custom);
+			return -ENOMEM;
+		}
+	}
+	*ret_custom = custom;
+	return 0;
+}
+
 static int issue_type_from_body(const json_t *body, unsigned flags, enum issue_type *ret_type, char *err,
 				size_t errlen)
 {

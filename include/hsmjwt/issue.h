@@ -110,6 +110,12 @@ int issue_token(const struct issue_ctx *ctx, const struct issue_request *request
 		char *err, size_t errlen);
 void issue_result_clear(struct issue_result *result);
 
+/* The custom claims of a token this service issued — every member but the
+ * registered ones, those the flows interpret, and roles — for a token
+ * derived from it (the access token of a refresh grant, a parent's child).
+ * *ret_custom: a new object (maybe empty). */
+int issue_custom_claims_of(const json_t *claims, json_t **ret_custom);
+
 /* The response member a token is handed out under ("access_token",
  * "refresh_token", "id_token", "parent_token", "child_token"). */
 const char *issue_response_member(enum issue_type type);
