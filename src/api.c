@@ -54,9 +54,9 @@ int api_read_body(struct api_ctx *ctx, struct evhttp_request *req, struct api_ou
  * token) with a challenge but no error code. */
 static int api_bearer_sent(const char *authorization)
 {
-	if (authorization == NULL || strncasecmp(authorization, "Bearer", 6) != 0 || authorization[6] != ' ')
-		return 0;
-	return authorization[6 + strspn(authorization + 6, " ")] != '\0';
+	const char *token;
+
+	return auth_bearer_token(authorization, &token) == 0;
 }
 
 int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role, struct auth_caller *ret_caller,
@@ -369,8 +369,13 @@ static const char *api_method_names(enum evhttp_cmd_type method)
 
 typedef void (*api_handler)(struct api_ctx *, struct evhttp_request *, struct api_outcome *, const char *);
 
+/* A route for every method: a proxy's authorization call comes with the
+ * method of the request it asks about (Envoy's ext_authz). */
+#define API_ANY_METHOD ((enum evhttp_cmd_type)0)
+
 /* A '*' in a path matches one non-empty segment, handed to the handler
- * percent-decoded.  Literal routes come first, so they win. */
+ * percent-decoded; a final "**" matches whatever rest there is, captured as
+ * nothing.  Literal routes come first, so they win. */
 static const struct {
 	const char *path;
 	enum evhttp_cmd_type method;
@@ -385,6 +390,8 @@ static const struct {
 	{ "/revocations", EVHTTP_REQ_GET, api_revocations },
 	{ "/.well-known/jwks.json", EVHTTP_REQ_GET, api_jwks },
 	{ "/health", EVHTTP_REQ_GET, api_health },
+	{ "/authorize", API_ANY_METHOD, api_authorize_proxy },
+	{ "/authorize/**", API_ANY_METHOD, api_authorize_proxy },
 	{ "/tokens/*", EVHTTP_REQ_GET, api_tokens_get },
 	{ "/tokens/*", EVHTTP_REQ_PATCH, api_tokens_patch },
 	{ "/tokens/*", EVHTTP_REQ_DELETE, api_tokens_delete },
@@ -402,6 +409,8 @@ static int api_route_match(const char *pattern, const char *path, size_t path_le
 	const char *end = path + path_len;
 
 	while (*pattern != '\0') {
+		if (strcmp(pattern, "**") == 0)
+			return 1;
 		if (*pattern == '*') {
 			size_t n = 0;
 			while (path + n < end && path[n] != '/')
@@ -459,7 +468,7 @@ static void api_route(struct api_ctx *ctx, struct evhttp_request *req, struct ap
 			continue;
 		path_known = 1;
 		/* HEAD is GET without the body (http_send drops it). */
-		if (api_routes[i].method != method &&
+		if (api_routes[i].method != method && api_routes[i].method != API_ANY_METHOD &&
 		    !(api_routes[i].method == EVHTTP_REQ_GET && method == EVHTTP_REQ_HEAD)) {
 			if (strstr(allow, api_method_names(api_routes[i].method)) == NULL)
 				snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s",

@@ -68,6 +68,15 @@ void api_statuslist(struct api_ctx *ctx, struct evhttp_request *req, struct api_
 void api_admin_keys(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_admin_rotate(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
 		      const char *segment);
+/* POST /authorize, for proxies (api_authorize.c): every method, on
+ * /authorize and every path under it.  api_authorize_claims is its pure
+ * part, on claims jwt_verify has accepted: 0 when they may pass as x-auth-*
+ * headers (token_type access or child; sub, and org, scope, jti when
+ * present, strings a header carries unchanged), else -EACCES and the
+ * reason (static text). */
+void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+			 const char *segment);
+int api_authorize_claims(const json_t *claims, const char **ret_reason);
 /* What verification adds from the registry: 0 (status "active" or
  * "unregistered" in *ret_status) or a jws_error code (JWS_E_REVOKED...). */
 int api_registry_verdict(struct api_ctx *ctx, const json_t *claims, const char **ret_status);

@@ -87,6 +87,21 @@ static int64_t auth_exp_seconds(const json_t *exp)
 	return (int64_t)d;
 }
 
+int auth_bearer_token(const char *authorization, const char **ret_token)
+{
+	const char *token;
+
+	/* RFC 6750 §2.1: "Bearer" 1*SP b64token; the scheme is case-insensitive
+	 * (RFC 9110 §11.1).  The token's own syntax is jws_parse's to judge. */
+	if (authorization == NULL || strncasecmp(authorization, "Bearer ", 7) != 0)
+		return -ENOENT;
+	token = authorization + 7 + strspn(authorization + 7, " ");
+	if (*token == '\0')
+		return -ENOENT;
+	*ret_token = token;
+	return 0;
+}
+
 int auth_bearer(const char *authorization, const struct keys_view *view, const struct config *cfg,
 		int64_t now, struct auth_caller *ret_caller, char *err, size_t errlen)
 {
@@ -100,17 +115,11 @@ int auth_bearer(const char *authorization, const struct keys_view *view, const s
 	char role_err[96];
 	int r;
 
-	if (authorization == NULL) {
-		snprintf(err, errlen, "missing bearer token");
+	if (auth_bearer_token(authorization, &token) < 0) {
+		snprintf(err, errlen, authorization == NULL ? "missing bearer token"
+							    : "authorization must be the Bearer scheme and a token");
 		return -EACCES;
 	}
-	if (strncasecmp(authorization, "Bearer ", 7) != 0) {
-		snprintf(err, errlen, "authorization scheme must be Bearer");
-		return -EACCES;
-	}
-	token = authorization + 7;
-	while (*token == ' ')
-		token++;
 	/* A token without "roles" authenticates but may call nothing (403). */
 	r = jwt_verify(token, strlen(token), keys_lookup, (void *)view, &expect, &header, &claims);
 	if (r < 0) {

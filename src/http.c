@@ -556,8 +556,11 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	evhttp_set_max_body_size(worker->http, (ev_ssize_t)cfg->max_body * 2);
 	evhttp_set_max_headers_size(worker->http, HTTP_MAX_HEADERS_SIZE);
 	evhttp_set_timeout(worker->http, HTTP_TIMEOUT_SECONDS);
+	/* PUT and OPTIONS only for /authorize, which a proxy asks with the
+	 * method it is about; other paths answer them 405 with their Allow. */
 	evhttp_set_allowed_methods(worker->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-					     EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE);
+					     EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_PUT |
+					     EVHTTP_REQ_OPTIONS);
 	evhttp_set_gencb(worker->http, http_handle, worker);
 	evhttp_set_bevcb(worker->http, http_accepted, worker);
 	for (size_t i = 0; i < cfg->listen_count; i++) {

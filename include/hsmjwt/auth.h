@@ -38,6 +38,12 @@ int auth_role_from_name(const char *name, unsigned *ret_role);
  * non-string or an unknown name (naming it in err). */
 int auth_roles_from_json(const json_t *roles, unsigned *ret_roles, char *err, size_t errlen);
 
+/* The token of an Authorization header value "Bearer <token>": 0 and
+ * *ret_token (pointing into authorization), or -ENOENT when no bearer token
+ * was sent at all — no value, another scheme, nothing after the scheme —
+ * which RFC 6750 §3.1 answers with a challenge but no error code. */
+int auth_bearer_token(const char *authorization, const char **ret_token);
+
 /* Checks an "Authorization" header value against the keys of view.  0 and
  * *ret_caller, -EACCES (no usable credential: 401) with the reason in err —
  * never the token — or -EAGAIN when its key verifies in a token that cannot
