@@ -3,7 +3,9 @@
 #   tools/setup-debian.sh [runtime|test]
 #     runtime  build the daemon and run it on a SoftHSM token (the default)
 #     test     also the test suite: cmocka, libp11, PyJWT, jwcrypto, node +
-#              npm, and npm's jose in tests/integration/node_modules (npm ci)
+#              npm, nginx (with auth_request, for POST /authorize behind a
+#              real proxy), and npm's jose in tests/integration/node_modules
+#              (npm ci)
 # apt runs only when a package is missing (then as root: apt-get update once,
 # then one install); a machine that has everything needs neither root nor the
 # network, except `npm ci' the first time.  Safe to run again and again.
@@ -22,7 +24,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # Debian 12 (bookworm) package names.
 runtime_packages="build-essential cmake pkg-config libp11-kit-dev libssl-dev libevent-dev
 libjansson-dev libsystemd-dev zlib1g-dev softhsm2 curl"
-test_packages="libcmocka-dev libp11-dev python3 python3-jwt python3-jwcrypto nodejs npm"
+test_packages="libcmocka-dev libp11-dev python3 python3-jwt python3-jwcrypto nodejs npm nginx"
 
 packages=$runtime_packages
 [ "$flavour" = test ] && packages="$packages $test_packages"
@@ -73,6 +75,17 @@ if [ -n "$missing" ]; then
 			exit 1
 		}
 	done
+	# The tests run their own nginx in the foreground; the service Debian's
+	# package enables would only hold port 80 on a machine that did not
+	# have nginx before.
+	case " $missing " in
+	*" nginx "*)
+		if [ -d /run/systemd/system ]; then
+			systemctl disable --now nginx >/dev/null 2>&1 || true
+			echo "setup-debian: nginx installed for the tests: its system service is disabled"
+		fi
+		;;
+	esac
 else
 	echo "setup-debian: every $flavour package is installed"
 fi
