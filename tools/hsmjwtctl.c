@@ -572,6 +572,8 @@ static const struct {
 	{ "jwks", NULL, cmd_jwks, "jwks" },
 	{ "mint", NULL, cmd_mint, "mint --roles R1,R2 [--org ORG] [--ttl SECONDS] [--sub SUBJECT]" },
 	{ "decode", NULL, cmd_decode, "decode TOKEN" },
+	{ "verify", NULL, cmd_verify, "verify TOKEN|- [--jwks URL|FILE] [--audience A] [--issuer I] "
+				      "[--token-type T] [--cache FILE]" },
 	{ "status", NULL, cmd_status, "status" },
 	{ "registry", "check", cmd_registry_check, "registry check [--repair]" },
 	{ "registry", "compact", cmd_registry_compact, "registry compact" },
@@ -587,6 +589,8 @@ static void usage(FILE *out)
 		     "further keys come from keys rotate, published publish_ahead before they sign, or at once\n"
 		     "with --immediate.  keys destroy refuses while tokens the key signed may be live.\n",
 		ctl_key_algs());
+	fprintf(out, "verify checks a token offline against the JWKS (default: the issuer's), never opening\n"
+		     "the token; it caches the fetched JWKS under $XDG_CACHE_HOME/hsmjwt (or ~/.cache).\n");
 	fprintf(out, "The configuration is the daemon's: --config and HSMJWT_<KEY> variables.\n");
 }
 

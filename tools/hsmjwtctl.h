@@ -1,7 +1,8 @@
-/* hsmjwtctl: what its two files share — the command context, opening the
+/* hsmjwtctl: what its files share — the command context, opening the
  * token, option parsing, output helpers — and the commands of
- * hsmjwtctl_keys.c (the key set and its lifecycle, SPEC §6) that the
- * dispatch table in hsmjwtctl.c names. */
+ * hsmjwtctl_keys.c (the key set and its lifecycle, SPEC §6) and of
+ * hsmjwtctl_verify.c (offline verification) that the dispatch table in
+ * hsmjwtctl.c names. */
 #ifndef HSMJWTCTL_H
 #define HSMJWTCTL_H
 
@@ -60,5 +61,11 @@ int cmd_jwks(struct ctl *ctl, int argc, char **argv);
 /* status's lines about the key set: per configured algorithm its signer
  * and the next key waiting, then the count of keys per state. */
 void ctl_keys_status(const struct ctl *ctl, const struct keys *keys);
+
+/* ---- hsmjwtctl_verify.c ----------------------------------------------- */
+
+/* verify TOKEN [--jwks URL|FILE] ...: offline, through libhsmjwt-verify;
+ * never opens the token. */
+int cmd_verify(struct ctl *ctl, int argc, char **argv);
 
 #endif
