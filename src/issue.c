@@ -150,11 +150,12 @@ static int issue_audience_valid(const json_t *v)
 	return 1;
 }
 
-/* expires_in, or fallback when absent; *ret_explicit says which. */
-static int issue_lifetime(const json_t *body, int64_t fallback, int64_t max, int64_t *ret, int *ret_explicit,
-			  char *err, size_t errlen)
+/* The lifetime member name (expires_in, ...), or fallback when absent;
+ * *ret_explicit says which. */
+static int issue_lifetime(const json_t *body, const char *name, int64_t fallback, int64_t max, int64_t *ret,
+			  int *ret_explicit, char *err, size_t errlen)
 {
-	const json_t *v = json_object_get(body, "expires_in");
+	const json_t *v = json_object_get(body, name);
 
 	if (v == NULL || json_is_null(v)) {
 		*ret = fallback;
@@ -162,7 +163,7 @@ static int issue_lifetime(const json_t *body, int64_t fallback, int64_t max, int
 		return 0;
 	}
 	if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > max) {
-		snprintf(err, errlen, "expires_in must be an integer from 1 to max_ttl (%lld)", (long long)max);
+		snprintf(err, errlen, "%s must be an integer from 1 to max_ttl (%lld)", name, (long long)max);
 		return -EINVAL;
 	}
 	*ret = json_integer_value(v);
@@ -368,6 +369,61 @@ static int issue_id_members(const struct issue_ctx *ctx, const json_t *body, str
 	return 0;
 }
 
+/* What every issuing body shares (POST /token, POST /tokens, POST
+ * /token-pairs): subject, audience, scope, client_id, org and custom
+ * claims, org confinement and the default client, into req (type set). */
+static int issue_parse_common(const json_t *body, const struct auth_caller *caller, struct issue_request *req,
+			      char *err, size_t errlen)
+{
+	int r;
+
+	if ((r = issue_optional_string(body, "subject", AUTH_SUB_MAX, &req->subject, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "scope", ISSUE_MAX_STRING, &req->scope, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "client_id", REGISTRY_CLIENT_ID_MAX, &req->client_id, err, errlen)) < 0 ||
+	    (r = issue_optional_string(body, "org", AUTH_ORG_MAX, &req->org, err, errlen)) < 0)
+		return r;
+	if (req->subject == NULL) {
+		snprintf(err, errlen, "subject is required");
+		return -EINVAL;
+	}
+	req->audience = json_object_get(body, "audience");
+	if (json_is_null(req->audience))
+		req->audience = NULL;
+	if (req->audience != NULL && !issue_audience_valid(req->audience)) {
+		snprintf(err, errlen, "audience must be a string or an array of 1 to %d strings", ISSUE_MAX_AUDIENCES);
+		return -EINVAL;
+	}
+	req->claims = json_object_get(body, "claims");
+	if (json_is_null(req->claims))
+		req->claims = NULL;
+	if ((r = issue_check_custom_claims(req->claims, req->type, caller, err, errlen)) < 0)
+		return r;
+	/* A caller confined to an org issues only for that org. */
+	if (caller->org[0] != '\0') {
+		if (req->org != NULL && strcmp(req->org, caller->org) != 0) {
+			snprintf(err, errlen, "a caller of one org cannot issue for another");
+			return -EACCES;
+		}
+		req->org = caller->org;
+	}
+	/* RFC 9068 §2.2 requires client_id: the caller that asked is the client
+	 * unless the request names another.  An ID token's client is its
+	 * audience and must be named. */
+	if (req->client_id == NULL && req->type != ISSUE_ID)
+		req->client_id = caller->sub;
+	return 0;
+}
+
+/* Whether a token of req is a credential for this service (roles, or an
+ * audience naming it), which may not outlive the caller's own. */
+static int issue_is_credential(const struct config *cfg, const struct issue_request *req)
+{
+	return (req->claims != NULL && json_object_get(req->claims, "roles") != NULL) ||
+	       (req->audience != NULL && issue_aud_names(req->audience, cfg->issuer)) ||
+	       (req->audience == NULL && req->type != ISSUE_ID && strcmp(cfg->default_audience, cfg->issuer) == 0) ||
+	       (req->type == ISSUE_ID && strcmp(req->client_id, cfg->issuer) == 0);
+}
+
 int issue_parse_body(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
 		     unsigned flags, struct issue_request *ret_request, char *err, size_t errlen)
 {
@@ -383,19 +439,12 @@ int issue_parse_body(const struct issue_ctx *ctx, const json_t *body, const stru
 	if ((r = issue_type_from_body(body, flags, &req.type, err, errlen)) < 0 ||
 	    (r = issue_check_members(body, req.type, flags, err, errlen)) < 0)
 		return r;
-	if ((r = issue_optional_string(body, "subject", AUTH_SUB_MAX, &req.subject, err, errlen)) < 0 ||
-	    (r = issue_optional_string(body, "scope", ISSUE_MAX_STRING, &req.scope, err, errlen)) < 0 ||
-	    (r = issue_optional_string(body, "client_id", REGISTRY_CLIENT_ID_MAX, &req.client_id, err, errlen)) < 0 ||
-	    (r = issue_optional_string(body, "org", AUTH_ORG_MAX, &req.org, err, errlen)) < 0 ||
-	    (r = issue_optional_string(body, "alg", 16, &alg_name, err, errlen)) < 0 ||
+	if ((r = issue_optional_string(body, "alg", 16, &alg_name, err, errlen)) < 0 ||
 	    (r = issue_optional_string(body, "name", ISSUE_NAME_MAX, &req.name, err, errlen)) < 0 ||
 	    (r = issue_optional_string(body, "description", ISSUE_DESCRIPTION_MAX, &req.description, err,
-				       errlen)) < 0)
+				       errlen)) < 0 ||
+	    (r = issue_parse_common(body, caller, &req, err, errlen)) < 0)
 		return r;
-	if (req.subject == NULL) {
-		snprintf(err, errlen, "subject is required");
-		return -EINVAL;
-	}
 	if ((flags & ISSUE_NAMED) && req.name == NULL) {
 		snprintf(err, errlen, "name is required");
 		return -EINVAL;
@@ -404,45 +453,75 @@ int issue_parse_body(const struct issue_ctx *ctx, const json_t *body, const stru
 		snprintf(err, errlen, "alg is not one of this service's signing algorithms");
 		return -EINVAL;
 	}
-	req.audience = json_object_get(body, "audience");
-	if (json_is_null(req.audience))
-		req.audience = NULL;
-	if (req.audience != NULL && !issue_audience_valid(req.audience)) {
-		snprintf(err, errlen, "audience must be a string or an array of 1 to %d strings", ISSUE_MAX_AUDIENCES);
-		return -EINVAL;
-	}
-	req.claims = json_object_get(body, "claims");
-	if (json_is_null(req.claims))
-		req.claims = NULL;
-	if ((r = issue_check_custom_claims(req.claims, req.type, caller, err, errlen)) < 0)
-		return r;
-	/* A caller confined to an org issues only for that org. */
-	if (caller->org[0] != '\0') {
-		if (req.org != NULL && strcmp(req.org, caller->org) != 0) {
-			snprintf(err, errlen, "a caller of one org cannot issue for another");
-			return -EACCES;
-		}
-		req.org = caller->org;
-	}
-	/* RFC 9068 §2.2 requires client_id: the caller that asked is the client
-	 * unless the request names another.  An ID token's client is its
-	 * audience and must be named. */
-	if (req.client_id == NULL && req.type != ISSUE_ID)
-		req.client_id = caller->sub;
 	if (req.type == ISSUE_ID && (r = issue_id_members(ctx, body, &req, err, errlen)) < 0)
 		return r;
-	if ((r = issue_lifetime(body, issue_default_ttl(cfg, req.type), cfg->max_ttl, &req.ttl, &explicit_ttl, err,
-				errlen)) < 0)
+	if ((r = issue_lifetime(body, "expires_in", issue_default_ttl(cfg, req.type), cfg->max_ttl, &req.ttl,
+				&explicit_ttl, err, errlen)) < 0)
 		return r;
-	if ((req.claims != NULL && json_object_get(req.claims, "roles") != NULL) ||
-	    (req.audience != NULL && issue_aud_names(req.audience, cfg->issuer)) ||
-	    (req.audience == NULL && req.type != ISSUE_ID && strcmp(cfg->default_audience, cfg->issuer) == 0) ||
-	    (req.type == ISSUE_ID && strcmp(req.client_id, cfg->issuer) == 0)) {
-		r = issue_bound_by_caller(ctx, caller, explicit_ttl, &req.ttl, err, errlen);
-		if (r < 0)
-			return r;
-	}
+	if (issue_is_credential(cfg, &req) &&
+	    (r = issue_bound_by_caller(ctx, caller, explicit_ttl, &req.ttl, err, errlen)) < 0)
+		return r;
 	*ret_request = req;
+	return 0;
+}
+
+/* An optional boolean member: absent or null gives fallback. */
+static int issue_optional_bool(const json_t *body, const char *name, int fallback, int *ret, char *err,
+			       size_t errlen)
+{
+	const json_t *v = json_object_get(body, name);
+
+	if (v == NULL || json_is_null(v)) {
+		*ret = fallback;
+		return 0;
+	}
+	if (!json_is_boolean(v)) {
+		snprintf(err, errlen, "%s must be true or false", name);
+		return -EINVAL;
+	}
+	*ret = json_is_true(v);
+	return 0;
+}
+
+int issue_parse_pair_body(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+			  struct issue_pair *ret_pair, char *err, size_t errlen)
+{
+	static const char *const pair_members[] = {
+		"subject", "audience", "scope", "client_id", "org", "claims",
+		"parent_expires_in", "child_expires_in", "include_child", "auto_renew",
+	};
+	const struct config *cfg = ctx->cfg;
+	struct issue_pair pair = { .parent = { .type = ISSUE_PARENT, .alg = JWS_ALG_INVALID } };
+	int explicit_parent, explicit_child, r;
+
+	if (!json_is_object(body)) {
+		snprintf(err, errlen, "request body must be a JSON object");
+		return -EINVAL;
+	}
+	if ((r = issue_known_members(body, pair_members, sizeof(pair_members) / sizeof(pair_members[0]), err,
+				     errlen)) < 0 ||
+	    (r = issue_parse_common(body, caller, &pair.parent, err, errlen)) < 0 ||
+	    (r = issue_optional_bool(body, "include_child", 1, &pair.include_child, err, errlen)) < 0 ||
+	    (r = issue_optional_bool(body, "auto_renew", 0, &pair.parent.auto_renew, err, errlen)) < 0 ||
+	    (r = issue_lifetime(body, "parent_expires_in", cfg->parent_ttl, cfg->max_ttl, &pair.parent.ttl,
+				&explicit_parent, err, errlen)) < 0 ||
+	    (r = issue_lifetime(body, "child_expires_in", cfg->child_ttl, cfg->max_ttl, &pair.child_ttl,
+				&explicit_child, err, errlen)) < 0)
+		return r;
+	/* Children inherit the parent's audience: the parent bounds them all. */
+	if (issue_is_credential(cfg, &pair.parent) &&
+	    (r = issue_bound_by_caller(ctx, caller, explicit_parent, &pair.parent.ttl, err, errlen)) < 0)
+		return r;
+	/* SPEC §5.5: a child never outlives its parent. */
+	if (pair.child_ttl > pair.parent.ttl) {
+		if (explicit_child) {
+			snprintf(err, errlen, "child_expires_in exceeds the parent's lifetime (%lld s)",
+				 (long long)pair.parent.ttl);
+			return -EINVAL;
+		}
+		pair.child_ttl = pair.parent.ttl;
+	}
+	*ret_pair = pair;
 	return 0;
 }
 

@@ -83,6 +83,25 @@ struct issue_request {
 int issue_parse_body(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
 		     unsigned flags, struct issue_request *ret_request, char *err, size_t errlen);
 
+/* POST /token-pairs' body (SPEC §4.2): the parent's request and what the
+ * pair adds. */
+struct issue_pair {
+	struct issue_request parent;    /* ISSUE_PARENT; auto_renew from the body (default false) */
+	int64_t child_ttl;              /* child_expires_in or child_ttl, at most the parent's */
+	int include_child;              /* default true */
+};
+
+/* Members subject, audience?, scope?, client_id?, org?, claims?,
+ * parent_expires_in?, child_expires_in?, include_child?, auto_renew? (any
+ * other is refused), checked as issue_parse_body checks its own: org
+ * confinement, custom claims (no roles: parents and children never carry
+ * them), lifetimes up to max_ttl and, for a parent addressed to this
+ * service, the caller's exp.  An explicit child_expires_in past the
+ * parent's lifetime is refused; the default is shortened to it.  The pair
+ * borrows from body. */
+int issue_parse_pair_body(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
+			  struct issue_pair *ret_pair, char *err, size_t errlen);
+
 /* A token's claims before signing. */
 struct issue_claims {
 	json_t *claims;          /* owned: json_decref */
