@@ -263,15 +263,12 @@ int registry_expired_for_good(const struct registry *reg, int64_t exp, int64_t n
 	return !__builtin_add_overflow(exp, reg->leeway, &until) && until < now;
 }
 
-int registry_add(struct registry *reg, const struct registry_record *rec, registry_done_fn done, void *arg)
+/* The TOKEN entry registering rec, or -EINVAL for a field out of bounds. */
+static int registry_entry_of(struct registry *reg, const struct registry_record *rec, struct registry_entry *ret_e)
 {
 	struct registry_entry e;
-	struct registry_rec *r_new;
-	uint8_t frame[REGISTRY_TOKEN_FRAME_MAX];
-	size_t len;
-	int r;
 
-	if (reg == NULL || rec == NULL || !registry_field_ok(rec->jti, sizeof(rec->jti), 1) ||
+	if (rec == NULL || !registry_field_ok(rec->jti, sizeof(rec->jti), 1) ||
 	    !registry_field_ok(rec->org, sizeof(rec->org), 0) ||
 	    !registry_field_ok(rec->subject, sizeof(rec->subject), 0) ||
 	    !registry_field_ok(rec->name, sizeof(rec->name), 0) ||
@@ -301,7 +298,20 @@ int registry_add(struct registry *reg, const struct registry_record *rec, regist
 	memcpy(e.family, rec->family, sizeof(e.family));
 	e.exp = rec->exp;
 	e.status_idx = rec->status_idx;
+	*ret_e = e;
+	return 0;
+}
 
+int registry_add(struct registry *reg, const struct registry_record *rec, registry_done_fn done, void *arg)
+{
+	struct registry_entry e;
+	struct registry_rec *r_new;
+	uint8_t frame[REGISTRY_TOKEN_FRAME_MAX];
+	size_t len;
+	int r;
+
+	if (reg == NULL || registry_entry_of(reg, rec, &e) < 0)
+		return -EINVAL;
 	r = registry_write_begin_new(reg, rec->jti);
 	if (r < 0)
 		return r;
@@ -329,6 +339,125 @@ int registry_add(struct registry *reg, const struct registry_record *rec, regist
 	pthread_mutex_unlock(&reg->qmutex);
 out:
 	registry_write_end(reg);
+	return r;
+}
+
+/* Under the write lock: whether add[0..n) may all be registered. */
+static int registry_consume_check(struct registry *reg, const struct registry_entry *add, size_t n)
+{
+	if (reg->index.all.count + n > REGISTRY_MAX_RECORDS) {
+		log_error("\"registry full\" records=%u", (unsigned)reg->index.all.count);
+		return -ENOSPC;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (registry_index_get(&reg->index, add[i].jti) != NULL)
+			return -EEXIST;
+	return 0;
+}
+
+int registry_consume(struct registry *reg, const char *jti, int64_t now, const char *reason,
+		     const struct registry_record *add, size_t n_add, registry_done_fn done, void *arg,
+		     enum registry_status *ret_status)
+{
+	struct registry_entry *entries = NULL, s;
+	struct registry_rec *rec = NULL, *r_new;
+	uint8_t frame[REGISTRY_TOKEN_FRAME_MAX];
+	size_t len, total = REGISTRY_STATUS_FRAME_MAX;
+	uint32_t reason_id = 0;
+	int r;
+
+	if (reason == NULL)
+		reason = "";
+	if (reg == NULL || (jti == NULL && n_add == 0) || (add == NULL && n_add > 0) || n_add > REGISTRY_CONSUME_MAX ||
+	    (jti != NULL && !registry_string_ok(jti, REGISTRY_JTI_MAX, 1)) ||
+	    !registry_string_ok(reason, REGISTRY_REASON_MAX, 0))
+		return -EINVAL;
+	if (n_add > 0 && (entries = calloc(n_add, sizeof(*entries))) == NULL)
+		return -ENOMEM;
+	/* Every frame is checked before anything changes: once the first
+	 * record is linked, the rest must not fail but for memory. */
+	for (size_t i = 0; i < n_add; i++) {
+		if (registry_entry_of(reg, &add[i], &entries[i]) < 0) {
+			r = -EINVAL;
+			goto out_free;
+		}
+		/* The seq, known only under the lock, changes no length. */
+		entries[i].seq = 1;
+		if (registry_encode(&entries[i], frame, sizeof(frame), &len) < 0) {
+			r = -EINVAL;
+			goto out_free;
+		}
+		total += len;
+		for (size_t k = 0; k < i; k++)
+			if (strcmp(entries[k].jti, entries[i].jti) == 0) {
+				r = -EEXIST;
+				goto out_free;
+			}
+		if (jti != NULL && strcmp(jti, entries[i].jti) == 0) {
+			r = -EEXIST;
+			goto out_free;
+		}
+	}
+	r = registry_write_begin(reg);
+	if (r < 0)
+		goto out_free;
+	if (jti != NULL) {
+		rec = registry_index_get(&reg->index, jti);
+		if (rec == NULL) {
+			r = -ENOENT;
+			goto out;
+		}
+		if (rec->status != REGISTRY_ACTIVE) {
+			if (ret_status != NULL)
+				*ret_status = (enum registry_status)rec->status;
+			r = -EALREADY;
+			goto out;
+		}
+	}
+	r = registry_consume_check(reg, entries, n_add);
+	if (r < 0)
+		goto out;
+	if (rec != NULL && (registry_intern_add(&reg->index.strings, &reg->index.key, reason, &reason_id) < 0 ||
+			    registry_bits_reserve(reg, rec->status_idx, REGISTRY_REVOKED) < 0)) {
+		r = -ENOMEM;
+		goto out;
+	}
+	pthread_mutex_lock(&reg->qmutex);
+	r = registry_queue_reserve(&reg->queue, total);
+	for (size_t i = 0; r == 0 && i < n_add; i++) {
+		entries[i].seq = reg->next_seq;
+		r = registry_rec_new(&reg->index, &entries[i], entries[i].seq,
+				     registry_hash(&reg->index.key, entries[i].jti, strlen(entries[i].jti)), &r_new);
+		if (r == 0 && (r = registry_index_link(&reg->index, r_new)) < 0)
+			registry_arena_release(r_new);
+		if (r < 0)
+			break;
+		/* A record linked is written, whatever follows: the file
+		 * must hold what the index holds. */
+		if (registry_queue_entry(&reg->queue, &entries[i]) < 0)
+			registry_fail(reg, "encode", EINVAL);
+		reg->next_seq++;
+	}
+	if (r == 0 && rec != NULL) {
+		memset(&s, 0, sizeof(s));
+		s.kind = REGISTRY_KIND_STATUS;
+		s.seq = reg->next_seq++;
+		snprintf(s.jti, sizeof(s.jti), "%s", jti);
+		s.status = REGISTRY_REVOKED;
+		s.at = now;
+		snprintf(s.reason, sizeof(s.reason), "%s", reason);
+		registry_apply_status(reg, rec, REGISTRY_REVOKED, now, reason_id);
+		if (registry_queue_entry(&reg->queue, &s) < 0)
+			registry_fail(reg, "encode", EINVAL);
+	}
+	if (r == 0)
+		registry_queue_waiter(&reg->queue, done, arg);
+	pthread_cond_signal(&reg->qwork);
+	pthread_mutex_unlock(&reg->qmutex);
+out:
+	registry_write_end(reg);
+out_free:
+	free(entries);
 	return r;
 }
 

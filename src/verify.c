@@ -283,6 +283,10 @@ int64_t verify_cache_lifetime(const char *cache_control, const char *age, int64_
 		 * garbage, skipped whole (a comma inside it ends it early: no
 		 * harm, the rest is garbage too). */
 		if (name_len == 0 || (*p != ',' && *p != '\0')) {
+			/* A garbled max-age is invalid freshness information,
+			 * not an absent one. */
+			if (name_len == 7 && strncasecmp(name, "max-age", 7) == 0)
+				max_age_bad = max_age_seen = 1;
 			while (*p != '\0' && *p != ',')
 				p++;
 			continue;
@@ -860,7 +864,8 @@ static const struct jwk_key *verify_lookup(void *ctx, const char *kid)
 		call->unavailable = 1;
 		return NULL;
 	}
-	if (kid == NULL)
+	/* No key has an empty kid (such entries are skipped): no refetch. */
+	if (kid == NULL || kid[0] == '\0')
 		return NULL;
 	key = verify_keyset_find(call->set, kid);
 	if (key == NULL && !call->fetched) {

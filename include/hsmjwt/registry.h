@@ -110,6 +110,26 @@ int registry_reserve_index(struct registry *reg, uint32_t *ret_idx);
  * will be called. */
 int registry_add(struct registry *reg, const struct registry_record *rec, registry_done_fn done, void *arg);
 
+/* Consumes a single-use token and registers what replaces it, as one change
+ * (the refresh grant's rotation, SPEC §5.3; the code grant's three tokens).
+ * jti, unless NULL, goes ACTIVE -> REVOKED with reason and nothing else
+ * changes with it — unlike registry_set_status, which would revoke every
+ * record whose family is jti, i.e. for a family's first refresh token the
+ * family's live tokens.  add[0..n_add) are registered as registry_add does.
+ * Both happen under one write lock: of several callers consuming one jti
+ * exactly one succeeds, and whoever finds jti consumed also finds its
+ * replacements registered, so that a revocation of the family made then
+ * reaches them.  -EALREADY when jti's record is not ACTIVE (*ret_status, may
+ * be NULL, gets its status), -ENOENT when jti is unknown, -EEXIST when a jti
+ * of add is known (or given twice), -EINVAL for a bad record or more than
+ * REGISTRY_CONSUME_MAX records; nothing has changed then.  -ENOMEM may leave
+ * a prefix of add registered (tokens never handed out) and jti unconsumed.
+ * On 0, done will be called once. */
+#define REGISTRY_CONSUME_MAX 8
+int registry_consume(struct registry *reg, const char *jti, int64_t now, const char *reason,
+		     const struct registry_record *add, size_t n_add, registry_done_fn done, void *arg,
+		     enum registry_status *ret_status);
+
 /* Sets one token's status.  ACTIVE <-> SUSPENDED freely; REVOKED and DELETED
  * are final: leaving REVOKED for ACTIVE/SUSPENDED is -EPERM (409), DELETED
  * may follow REVOKED, nothing leaves DELETED (-EPERM), and setting the

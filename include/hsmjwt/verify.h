@@ -24,8 +24,9 @@
  *    least refetch_interval old; otherwise the answer is unknown_kid at once
  *    (stats.kid_refetches_refused).  So a stream of made-up kids costs the
  *    JWKS server one request per refetch_interval, whatever the rate.  A
- *    token without kid is unknown_kid without a fetch (the service always
- *    names the key).
+ *    token without kid, or with an empty one, is unknown_kid without a
+ *    fetch (the service always names the key).  A malformed token, or one
+ *    whose alg is refused by name, never causes a fetch.
  *  - The JWKS is at most max_jwks_bytes and VERIFY_MAX_KEYS entries, else
  *    refused whole.  Entries the library cannot use are skipped, not fatal:
  *    unknown kty or alg, "use" other than "sig" or key_ops without

@@ -70,4 +70,35 @@ int fixture_config(struct config *cfg, const enum jws_alg *algs, size_t n);
  * the current time: the daemon's start. */
 int fixture_keys(struct hsm *hsm, const struct config *cfg, int generate, struct keys **ret_keys);
 
+/* The verification rules of SPEC §5.2 as data (fixture_rules.c): tokens
+ * signed with in-memory keys, each with the verdict both the daemon's
+ * verifier (test_jwt.c) and libhsmjwt-verify (test_verify.c) must give,
+ * evaluated at now = FIXTURE_RULES_NOW. */
+#define FIXTURE_RULES_NOW 1700000000LL
+#define FIXTURE_RULES_LEEWAY 30LL
+
+struct fixture_rule {
+	char name[128];         /* what the case shows */
+	char *token;
+	size_t len;             /* the length to verify (may stop short of a NUL, or hold one) */
+	int want;               /* 0 or a JWS_E_* verdict */
+	int64_t leeway;         /* FIXTURE_RULES_LEEWAY, or 0 for the cases about none */
+	/* Expectations; NULL: not checked. */
+	const char *issuer;
+	const char *audience;
+	const char *typ;
+	const char *token_type;
+};
+
+struct fixture_rules {
+	struct fixture_rule *cases;
+	size_t count, cap;
+	char *jwks;             /* {"keys":[...]}: every key a case is signed with, as the service publishes */
+};
+
+/* Builds the table (a second or so: RSA signatures are searched for a
+ * leading zero byte); asserts on failure.  fixture_rules_free it. */
+struct fixture_rules *fixture_rules_build(void);
+void fixture_rules_free(struct fixture_rules *rules);
+
 #endif

@@ -1,9 +1,12 @@
-/* jws: compact JWS parse/verify/sign and every header rule of SPEC §5.2.
+/* jws: compact JWS mechanics — signing, parsing, the lookup callback, the
+ * ECDSA range check at its edges, HMAC keys — on their own.
  *
- * Each rule has a token that is valid except for that one defect — signed
- * with the real key over exactly the bytes it carries — so that removing the
- * rule makes the test fail; the same token without the defect is checked to
- * pass. */
+ * The header and signature rules of SPEC §5.2 (alg none, keys refusing
+ * other families, forbidden members, base64url spelling, size and depth
+ * limits, ECDSA, RSA and PSS signature forms) are cases of the shared table
+ * in fixture_rules.c, which the daemon's verifier (test_jwt.c) and
+ * libhsmjwt-verify (test_verify.c) both run; what stays here needs the
+ * functions themselves or a secret key no JWKS carries. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -164,15 +167,6 @@ static char *header_with(enum jws_alg alg, const char *extra)
 
 	assert_true(asprintf(&h, "{\"alg\":\"%s\",\"kid\":\"%s\"%s}", jws_alg_name(alg), kid_for(alg), extra) > 0);
 	return h;
-}
-
-static char *good_token(enum jws_alg alg, const char *extra_header)
-{
-	char *h = header_with(alg, extra_header), *token;
-
-	token = token_from_json(alg, h, "{\"sub\":\"alice\"}");
-	free(h);
-	return token;
 }
 
 /* jws_verify against the key set; ret_parsed must stay untouched on failure. */
@@ -415,77 +409,6 @@ static void test_sign_compact_signer_failure(void **state)
 
 /* ---- algorithm rules ---- */
 
-static void test_alg_none_refused(void **state)
-{
-	const uint8_t junk[4] = { 1, 2, 3, 4 };
-	char *h = b64("{\"alg\":\"none\",\"kid\":\"p256\"}"), *p = b64("{\"sub\":\"alice\"}"), *token;
-
-	token = assemble(h, p, junk, sizeof(junk));
-	assert_int_equal(verify(token), JWS_E_UNSUPPORTED_ALG);
-	free(token);
-	free(h);
-	/* Any spelling of none. */
-	h = b64("{\"alg\":\"None\",\"kid\":\"p256\"}");
-	token = assemble(h, p, junk, sizeof(junk));
-	assert_int_equal(verify(token), JWS_E_UNSUPPORTED_ALG);
-	free(token);
-	free(h);
-	/* The unsecured form, with an empty signature part. */
-	h = b64("{\"alg\":\"none\"}");
-	token = NULL;
-	assert_true(asprintf(&token, "%s.%s.", h, p) > 0);
-	assert_int_equal(verify(token), JWS_E_MALFORMED);
-	free(token);
-	free(h);
-	free(p);
-}
-
-static void test_alg_unknown_or_missing(void **state)
-{
-	/* Signed by the P-256 key over its own bytes: only the alg is wrong. */
-	expect_pair(good_token(JWS_ALG_ES256, ""),
-		    token_from_json(JWS_ALG_ES256, "{\"alg\":\"ES521\",\"kid\":\"p256\"}", "{}"),
-		    JWS_E_UNSUPPORTED_ALG);
-	expect_pair(good_token(JWS_ALG_ES256, ""),
-		    token_from_json(JWS_ALG_ES256, "{\"alg\":\"es256\",\"kid\":\"p256\"}", "{}"),
-		    JWS_E_UNSUPPORTED_ALG);
-	expect_pair(good_token(JWS_ALG_ES256, ""), token_from_json(JWS_ALG_ES256, "{\"kid\":\"p256\"}", "{}"),
-		    JWS_E_MALFORMED);
-	expect_pair(good_token(JWS_ALG_ES256, ""),
-		    token_from_json(JWS_ALG_ES256, "{\"alg\":[\"ES256\"],\"kid\":\"p256\"}", "{}"), JWS_E_MALFORMED);
-}
-
-static void test_alg_not_allowed_for_key(void **state)
-{
-	/* ES384 named, the P-256 key's kid: refused before any signature check. */
-	expect_pair(good_token(JWS_ALG_ES256, ""),
-		    token_from_json(JWS_ALG_ES384, "{\"alg\":\"ES384\",\"kid\":\"p256\"}", "{}"),
-		    JWS_E_UNSUPPORTED_ALG);
-	/* An RSA signature presented for the EC key. */
-	expect_pair(good_token(JWS_ALG_ES256, ""),
-		    token_from_json(JWS_ALG_RS256, "{\"alg\":\"RS256\",\"kid\":\"p256\"}", "{}"),
-		    JWS_E_UNSUPPORTED_ALG);
-	/* EdDSA against an RSA key. */
-	expect_pair(good_token(JWS_ALG_EDDSA, ""),
-		    token_from_json(JWS_ALG_EDDSA, "{\"alg\":\"EdDSA\",\"kid\":\"rsa\"}", "{}"),
-		    JWS_E_UNSUPPORTED_ALG);
-}
-
-/* A key whose JWK fixes RS256 refuses a genuine PS256 signature by the
- * same RSA key (RFC 8725 §3.1). */
-static void test_key_alg_fixed_rs256_refuses_ps256(void **state)
-{
-	expect_pair(token_from_json(JWS_ALG_RS256, "{\"alg\":\"RS256\",\"kid\":\"rs256-only\"}", "{}"),
-		    token_from_json(JWS_ALG_PS256, "{\"alg\":\"PS256\",\"kid\":\"rs256-only\"}", "{}"),
-		    JWS_E_UNSUPPORTED_ALG);
-	/* The same PS256 token verifies against the unbound key. */
-	{
-		char *t = token_from_json(JWS_ALG_PS256, "{\"alg\":\"PS256\",\"kid\":\"rsa\"}", "{}");
-		assert_int_equal(verify(t), 0);
-		free(t);
-	}
-}
-
 /* The classic confusion: HS256 keyed with the RSA public key's bytes. */
 static void test_alg_confusion_hs256_with_rsa_public_key(void **state)
 {
@@ -500,8 +423,8 @@ static void test_alg_confusion_hs256_with_rsa_public_key(void **state)
 	assert_true(asprintf(&input, "%s.%s", h, p) > 0);
 	assert_non_null(HMAC(EVP_sha256(), der, der_len, (const uint8_t *)input, strlen(input), mac, &mac_len));
 	token = assemble(h, p, mac, mac_len);
-	assert_int_equal(verify(token), JWS_E_UNSUPPORTED_ALG);
-	/* Also when called directly with the RSA key. */
+	/* The token's verdict is a shared rule case; here, jws_verify_signature
+	 * called directly with the RSA key. */
 	assert_int_equal(jws_verify_signature(JWS_ALG_HS256, rsa_key, (const uint8_t *)input, strlen(input), mac,
 					      mac_len),
 			 JWS_E_UNSUPPORTED_ALG);
@@ -522,9 +445,6 @@ static void test_alg_confusion_hs256_with_rsa_public_key(void **state)
 
 static void test_unknown_kid(void **state)
 {
-	expect_pair(good_token(JWS_ALG_ES256, ""),
-		    token_from_json(JWS_ALG_ES256, "{\"alg\":\"ES256\",\"kid\":\"p257\"}", "{}"),
-		    JWS_E_UNKNOWN_KID);
 	/* No kid at all: the lookup is asked for NULL and finds nothing here. */
 	{
 		char *t = token_from_json(JWS_ALG_ES256, "{\"alg\":\"ES256\"}", "{}");
@@ -568,370 +488,6 @@ static void test_kid_lookup_callback(void **state)
 	/* No lookup at all. */
 	assert_int_equal(jws_verify(t, strlen(t), NULL, NULL, &parsed), JWS_E_UNKNOWN_KID);
 	free(t);
-}
-
-/* ---- forbidden header members ---- */
-
-static void test_forbidden_members(void **state)
-{
-	json_t *jwk = NULL;
-	char *jwk_text, *extra = NULL;
-	static const char *const members[] = {
-		",\"jku\":\"https://attacker.example/jwks.json\"",
-		",\"x5u\":\"https://attacker.example/cert.pem\"",
-		",\"x5c\":[\"MIIB\"]",
-		",\"crit\":[\"exp\"],\"exp\":1",
-		",\"b64\":true",
-		",\"b64\":false",
-	};
-
-	for (size_t i = 0; i < sizeof(members) / sizeof(members[0]); i++)
-		expect_pair(good_token(JWS_ALG_ES256, ""), good_token(JWS_ALG_ES256, members[i]), JWS_E_MALFORMED);
-	/* An embedded jwk — even the right key — is never trusted. */
-	assert_int_equal(jwk_public_to_json(pk_p256, NULL, JWS_ALG_INVALID, &jwk), 0);
-	jwk_text = json_dumps(jwk, JSON_COMPACT);
-	assert_true(asprintf(&extra, ",\"jwk\":%s", jwk_text) > 0);
-	expect_pair(good_token(JWS_ALG_ES256, ""), good_token(JWS_ALG_ES256, extra), JWS_E_MALFORMED);
-	/* crit is refused even when empty. */
-	expect_pair(good_token(JWS_ALG_ES256, ""), good_token(JWS_ALG_ES256, ",\"crit\":[]"), JWS_E_MALFORMED);
-	free(extra);
-	free(jwk_text);
-	json_decref(jwk);
-}
-
-static void test_header_member_types(void **state)
-{
-	expect_pair(good_token(JWS_ALG_ES256, ",\"typ\":\"JWT\""), good_token(JWS_ALG_ES256, ",\"typ\":1"),
-		    JWS_E_MALFORMED);
-	expect_pair(good_token(JWS_ALG_ES256, ",\"typ\":\"JWT\""), good_token(JWS_ALG_ES256, ",\"typ\":null"),
-		    JWS_E_MALFORMED);
-	expect_pair(good_token(JWS_ALG_ES256, ""),
-		    token_from_json(JWS_ALG_ES256, "{\"alg\":\"ES256\",\"kid\":[\"p256\"]}", "{}"), JWS_E_MALFORMED);
-}
-
-static void test_header_must_be_object(void **state)
-{
-	static const char *const headers[] = { "[\"ES256\"]", "\"ES256\"", "1", "null", "{\"alg\":\"ES256\"", "ES256" };
-
-	for (size_t i = 0; i < sizeof(headers) / sizeof(headers[0]); i++)
-		expect_pair(good_token(JWS_ALG_ES256, ""), token_from_json(JWS_ALG_ES256, headers[i], "{}"),
-			    JWS_E_MALFORMED);
-	/* An empty header part. */
-	expect_pair(good_token(JWS_ALG_ES256, ""), token_from_b64(JWS_ALG_ES256, "", "e30"), JWS_E_MALFORMED);
-}
-
-static void test_duplicate_header_members(void **state)
-{
-	expect_pair(token_from_json(JWS_ALG_ES256, "{\"alg\":\"ES256\",\"kid\":\"p256\",\"kid2\":\"p384\"}", "{}"),
-		    token_from_json(JWS_ALG_ES256, "{\"alg\":\"ES256\",\"kid\":\"p384\",\"kid\":\"p256\"}", "{}"),
-		    JWS_E_MALFORMED);
-	expect_pair(good_token(JWS_ALG_ES256, ""),
-		    token_from_json(JWS_ALG_ES256, "{\"alg\":\"ES256\",\"alg\":\"ES256\",\"kid\":\"p256\"}", "{}"),
-		    JWS_E_MALFORMED);
-}
-
-/* ---- structure ---- */
-
-static void test_three_parts(void **state)
-{
-	char *good = good_token(JWS_ALG_ES256, ""), *bad = NULL;
-	char *last_dot = strrchr(good, '.');
-
-	assert_int_equal(verify(good), 0);
-	/* Two parts: the signature dropped. */
-	bad = strndup(good, (size_t)(last_dot - good));
-	assert_int_equal(verify(bad), JWS_E_MALFORMED);
-	free(bad);
-	/* Empty signature. */
-	bad = strndup(good, (size_t)(last_dot - good) + 1);
-	assert_int_equal(verify(bad), JWS_E_MALFORMED);
-	free(bad);
-	/* Four and five parts. */
-	assert_true(asprintf(&bad, "%s.", good) > 0);
-	assert_int_equal(verify(bad), JWS_E_MALFORMED);
-	free(bad);
-	assert_true(asprintf(&bad, "%s.e30.e30", good) > 0);
-	assert_int_equal(verify(bad), JWS_E_MALFORMED);
-	free(bad);
-	assert_int_equal(verify(""), JWS_E_MALFORMED);
-	assert_int_equal(verify(".."), JWS_E_MALFORMED);
-	assert_int_equal(verify("e30"), JWS_E_MALFORMED);
-	/* A NUL inside the given length. */
-	{
-		size_t len = strlen(good);
-		char *copy = malloc(len + 1);
-		struct jws_parsed *parsed = NULL;
-		memcpy(copy, good, len + 1);
-		copy[3] = '\0';
-		assert_int_equal(jws_verify(copy, len, lookup, NULL, &parsed), JWS_E_MALFORMED);
-		free(copy);
-		/* Only len characters are read: trailing bytes do not matter. */
-		copy = NULL;
-		assert_true(asprintf(&copy, "%s.garbage", good) > 0);
-		assert_int_equal(jws_verify(copy, len, lookup, NULL, &parsed), 0);
-		jws_parsed_free(parsed);
-		free(copy);
-	}
-	free(good);
-}
-
-/* Re-spells one part and re-signs, so that only the spelling is wrong. */
-enum part { PART_HEADER, PART_PAYLOAD };
-
-static char *respelled(enum part which, char *(*respell)(const char *))
-{
-	char *h = header_with(JWS_ALG_ES256, ",\"typ\":\"JWT\",\"x\":\"~~~~~~~~~\"");
-	char *hb = b64(h), *pb = b64("{\"sub\":\"alice\",\"x\":\"~~~~~~~~~~\"}"), *token, *changed;
-
-	changed = respell(which == PART_HEADER ? hb : pb);
-	token = which == PART_HEADER ? token_from_b64(JWS_ALG_ES256, changed, pb) :
-				       token_from_b64(JWS_ALG_ES256, hb, changed);
-	free(changed);
-	free(h);
-	free(hb);
-	free(pb);
-	return token;
-}
-
-static char *same(const char *s) { return strdup(s); }
-
-static char *padded(const char *s)
-{
-	char *out = NULL;
-	size_t rest = strlen(s) % 4;
-
-	/* The test strings are chosen so that there is padding to add. */
-	assert_true(rest == 2 || rest == 3);
-	assert_true(asprintf(&out, "%s%s", s, rest == 2 ? "==" : "=") > 0);
-	return out;
-}
-
-static char *plus_slash(const char *s)
-{
-	char *out = strdup(s);
-	int changed = 0;
-
-	for (char *c = out; *c; c++) {
-		if (*c == '-') { *c = '+'; changed = 1; }
-		else if (*c == '_') { *c = '/'; changed = 1; }
-	}
-	assert_true(changed);
-	return out;
-}
-
-static char *with_whitespace(const char *s)
-{
-	char *out = NULL;
-
-	assert_true(asprintf(&out, "%.8s\n%s", s, s + 8) > 0);
-	return out;
-}
-
-static char *with_space(const char *s)
-{
-	char *out = NULL;
-
-	assert_true(asprintf(&out, "%.4s %s", s, s + 4) > 0);
-	return out;
-}
-
-/* The last character with one spare bit set: same bytes, another spelling. */
-static char *spare_bits(const char *s)
-{
-	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-	char *out = strdup(s);
-	size_t len = strlen(out), rest = len % 4;
-	int v = (int)(strchr(alphabet, out[len - 1]) - alphabet);
-
-	assert_true(rest == 2 || rest == 3);
-	out[len - 1] = alphabet[v | 1];
-	assert_int_not_equal(out[len - 1], s[len - 1]);
-	return out;
-}
-
-static void test_non_canonical_base64url(void **state)
-{
-	char *(*const respellers[])(const char *) = { padded, plus_slash, with_whitespace, with_space, spare_bits };
-
-	for (int part = PART_HEADER; part <= PART_PAYLOAD; part++) {
-		char *control = respelled((enum part)part, same);
-		assert_int_equal(verify(control), 0);
-		free(control);
-		for (size_t i = 0; i < sizeof(respellers) / sizeof(respellers[0]); i++) {
-			char *token = respelled((enum part)part, respellers[i]);
-			assert_int_equal(verify(token), JWS_E_MALFORMED);
-			free(token);
-		}
-	}
-}
-
-static void test_non_canonical_signature(void **state)
-{
-	char *good = good_token(JWS_ALG_ES256, ""), *dot = strrchr(good, '.'), *bad = NULL, *sig;
-
-	assert_int_equal(verify(good), 0);
-	/* 64 bytes → 86 characters: two padding characters would follow. */
-	assert_int_equal(strlen(dot + 1), 86);
-	assert_true(asprintf(&bad, "%s==", good) > 0);
-	assert_int_equal(verify(bad), JWS_E_MALFORMED);
-	free(bad);
-	sig = spare_bits(dot + 1);
-	assert_true(asprintf(&bad, "%.*s.%s", (int)(dot - good), good, sig) > 0);
-	assert_int_equal(verify(bad), JWS_E_MALFORMED);
-	free(bad);
-	free(sig);
-	free(good);
-}
-
-/* ---- size and depth limits ---- */
-
-/* {members,"pad":"xxx"} of exactly total bytes. */
-static char *sized_json(const char *members, size_t total)
-{
-	size_t fixed = strlen("{,\"pad\":\"\"}") + strlen(members), n;
-	char *out;
-
-	if (members[0] == '\0')
-		fixed -= 1;
-	assert_true(total >= fixed);
-	n = total - fixed;
-	out = malloc(total + 1);
-	assert_non_null(out);
-	sprintf(out, "{%s%s\"pad\":\"", members, members[0] ? "," : "");
-	memset(out + strlen(out), 'x', n);
-	sprintf(out + total - 2, "\"}");
-	assert_int_equal(strlen(out), total);
-	return out;
-}
-
-static char *sized_token(size_t header_bytes, size_t payload_bytes)
-{
-	char *h = sized_json("\"alg\":\"ES256\",\"kid\":\"p256\"", header_bytes);
-	char *p = sized_json("\"sub\":\"alice\"", payload_bytes), *token;
-
-	token = token_from_json(JWS_ALG_ES256, h, p);
-	free(h);
-	free(p);
-	return token;
-}
-
-static void test_header_limit(void **state)
-{
-	expect_pair(sized_token(JWS_MAX_HEADER, 100), sized_token(JWS_MAX_HEADER + 1, 100), JWS_E_MALFORMED);
-}
-
-static void test_payload_limit(void **state)
-{
-	expect_pair(sized_token(100, JWS_MAX_PAYLOAD), sized_token(100, JWS_MAX_PAYLOAD + 1), JWS_E_MALFORMED);
-}
-
-static void test_token_limit(void **state)
-{
-	/* 6000 header bytes → 8000 characters, 6222 payload bytes → 8296,
-	 * two dots and 86 signature characters: exactly 16384.  One payload
-	 * byte more is 16386 characters, while both parts stay under 8 KiB. */
-	char *good = sized_token(6000, 6222), *bad = sized_token(6000, 6223);
-
-	assert_int_equal(strlen(good), JWS_MAX_TOKEN);
-	assert_true(strlen(bad) > JWS_MAX_TOKEN);
-	expect_pair(good, bad, JWS_E_MALFORMED);
-}
-
-static char *nested_header(int depth)
-{
-	/* The header object is depth 1; each array adds one. */
-	char *h = malloc(64 + 2 * (size_t)depth), *p;
-
-	assert_non_null(h);
-	p = h + sprintf(h, "{\"alg\":\"ES256\",\"kid\":\"p256\",\"x\":");
-	for (int i = 1; i < depth; i++)
-		*p++ = '[';
-	*p++ = '1';
-	for (int i = 1; i < depth; i++)
-		*p++ = ']';
-	strcpy(p, "}");
-	return h;
-}
-
-static void test_header_nesting_limit(void **state)
-{
-	char *ok = nested_header(16), *deep = nested_header(17);
-
-	expect_pair(token_from_json(JWS_ALG_ES256, ok, "{}"), token_from_json(JWS_ALG_ES256, deep, "{}"),
-		    JWS_E_MALFORMED);
-	free(ok);
-	free(deep);
-}
-
-/* ---- ECDSA signature form ---- */
-
-static int der_sign(void *ctx, const uint8_t *data, size_t data_len, uint8_t *sig, size_t *sig_len)
-{
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	int ok = EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pk_p256) == 1 &&
-		 EVP_DigestSign(md, sig, sig_len, data, data_len) == 1;
-
-	EVP_MD_CTX_free(md);
-	return ok ? 0 : -1;
-}
-
-/* A token whose signature part is sig as given (P-256 key, ES256). */
-static char *es256_with_sig(void (*mangle)(uint8_t *sig, size_t *sig_len))
-{
-	char *h = b64("{\"alg\":\"ES256\",\"kid\":\"p256\"}"), *p = b64("{\"sub\":\"alice\"}"), *input = NULL, *token;
-	uint8_t sig[200];
-	size_t sig_len = 64;
-
-	assert_true(asprintf(&input, "%s.%s", h, p) > 0);
-	sign_raw(JWS_ALG_ES256, input, strlen(input), sig, &sig_len);
-	assert_int_equal(sig_len, 64);
-	mangle(sig, &sig_len);
-	token = assemble(h, p, sig, sig_len);
-	free(input);
-	free(h);
-	free(p);
-	return token;
-}
-
-static void mangle_none(uint8_t *sig, size_t *sig_len) {}
-static void mangle_append_zero(uint8_t *sig, size_t *sig_len) { sig[(*sig_len)++] = 0; }
-static void mangle_truncate(uint8_t *sig, size_t *sig_len) { (*sig_len)--; }
-static void mangle_r_zero(uint8_t *sig, size_t *sig_len) { memset(sig, 0, 32); }
-static void mangle_s_zero(uint8_t *sig, size_t *sig_len) { memset(sig + 32, 0, 32); }
-static void mangle_both_zero(uint8_t *sig, size_t *sig_len) { memset(sig, 0, 64); }
-/* r||s as two 33-byte integers with a leading zero each: same values,
- * another width. */
-static void mangle_widen(uint8_t *sig, size_t *sig_len)
-{
-	memmove(sig + 34, sig + 32, 32);
-	sig[33] = 0;
-	memmove(sig + 1, sig, 32);
-	sig[0] = 0;
-	*sig_len = 66;
-}
-
-static void test_ecdsa_signature_form(void **state)
-{
-	char *h = b64("{\"alg\":\"ES256\",\"kid\":\"p256\"}"), *p = b64("{\"sub\":\"alice\"}"), *input = NULL, *token;
-	uint8_t der[80];
-	size_t der_len = sizeof(der);
-
-	/* DER (what OpenSSL produces natively) is not the JOSE form. */
-	assert_true(asprintf(&input, "%s.%s", h, p) > 0);
-	assert_int_equal(der_sign(NULL, (const uint8_t *)input, strlen(input), der, &der_len), 0);
-	assert_int_equal(der[0], 0x30);
-	token = assemble(h, p, der, der_len);
-	expect_pair(es256_with_sig(mangle_none), token, JWS_E_BAD_SIGNATURE);
-	expect_pair(es256_with_sig(mangle_none), es256_with_sig(mangle_append_zero), JWS_E_BAD_SIGNATURE);
-	expect_pair(es256_with_sig(mangle_none), es256_with_sig(mangle_truncate), JWS_E_BAD_SIGNATURE);
-	expect_pair(es256_with_sig(mangle_none), es256_with_sig(mangle_widen), JWS_E_BAD_SIGNATURE);
-	/* r = 0, s = 0, and both (CVE-2022-21449). */
-	expect_pair(es256_with_sig(mangle_none), es256_with_sig(mangle_r_zero), JWS_E_BAD_SIGNATURE);
-	expect_pair(es256_with_sig(mangle_none), es256_with_sig(mangle_s_zero), JWS_E_BAD_SIGNATURE);
-	expect_pair(es256_with_sig(mangle_none), es256_with_sig(mangle_both_zero), JWS_E_BAD_SIGNATURE);
-	free(input);
-	free(h);
-	free(p);
 }
 
 /* jws_ecdsa_sig_check on its own: the range 0 < r, s < n, at its edges,
@@ -995,108 +551,7 @@ static void test_ecdsa_range_check(void **state)
 	}
 }
 
-/* ---- RSA ---- */
-
-/* A signature whose first byte is zero (1 in 256) is a number OpenSSL
- * would also take without that byte; JWS demands exactly the modulus
- * length (256 bytes), for PKCS#1 v1.5 and PSS alike. */
-static void rsa_signature_length(enum jws_alg alg)
-{
-	char header[64], *h;
-	int found = 0;
-
-	snprintf(header, sizeof(header), "{\"alg\":\"%s\",\"kid\":\"rsa\"}", jws_alg_name(alg));
-	h = b64(header);
-	for (int i = 0; i < 20000 && !found; i++) {
-		char claims[64], *p, *input = NULL, *good, *shorter, *longer;
-		uint8_t sig[JWS_MAX_SIG + 1];
-		size_t sig_len = JWS_MAX_SIG;
-
-		snprintf(claims, sizeof(claims), "{\"n\":%d}", i);
-		p = b64(claims);
-		assert_true(asprintf(&input, "%s.%s", h, p) > 0);
-		sign_raw(alg, input, strlen(input), sig, &sig_len);
-		assert_int_equal(sig_len, 256);
-		if (sig[0] == 0) {
-			found = 1;
-			good = assemble(h, p, sig, sig_len);
-			shorter = assemble(h, p, sig + 1, sig_len - 1);
-			memmove(sig + 1, sig, sig_len);
-			sig[0] = 0;
-			longer = assemble(h, p, sig, sig_len + 1);
-			assert_int_equal(verify(good), 0);
-			assert_int_equal(verify(shorter), JWS_E_BAD_SIGNATURE);
-			assert_int_equal(verify(longer), JWS_E_BAD_SIGNATURE);
-			free(good);
-			free(shorter);
-			free(longer);
-		}
-		free(input);
-		free(p);
-	}
-	assert_true(found);
-	free(h);
-}
-
-static void test_rsa_signature_length(void **state)
-{
-	rsa_signature_length(JWS_ALG_RS256);
-	rsa_signature_length(JWS_ALG_PS256);
-}
-
-struct pss_params {
-	const EVP_MD *md, *mgf1;
-	int saltlen;
-};
-
-static char *ps256_token(const struct pss_params *pp)
-{
-	char *h = b64("{\"alg\":\"PS256\",\"kid\":\"rsa\"}"), *p = b64("{\"sub\":\"alice\"}"), *input = NULL, *token;
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	EVP_PKEY_CTX *pctx = NULL;
-	uint8_t sig[512];
-	size_t sig_len = sizeof(sig);
-
-	assert_true(asprintf(&input, "%s.%s", h, p) > 0);
-	assert_int_equal(EVP_DigestSignInit(md, &pctx, pp->md, NULL, pk_rsa), 1);
-	assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING), 1);
-	assert_int_equal(EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, pp->mgf1), 1);
-	assert_int_equal(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, pp->saltlen), 1);
-	assert_int_equal(EVP_DigestSign(md, sig, &sig_len, (const uint8_t *)input, strlen(input)), 1);
-	token = assemble(h, p, sig, sig_len);
-	EVP_MD_CTX_free(md);
-	free(input);
-	free(h);
-	free(p);
-	return token;
-}
-
-static void test_pss_parameters(void **state)
-{
-	const struct pss_params good = { EVP_sha256(), EVP_sha256(), 32 };
-	const struct pss_params salt0 = { EVP_sha256(), EVP_sha256(), 0 };
-	const struct pss_params salt_max = { EVP_sha256(), EVP_sha256(), RSA_PSS_SALTLEN_MAX };
-	const struct pss_params salt64 = { EVP_sha256(), EVP_sha256(), 64 };
-	const struct pss_params mgf_sha1 = { EVP_sha256(), EVP_sha1(), 32 };
-	const struct pss_params mgf_sha512 = { EVP_sha256(), EVP_sha512(), 32 };
-
-	expect_pair(ps256_token(&good), ps256_token(&salt0), JWS_E_BAD_SIGNATURE);
-	expect_pair(ps256_token(&good), ps256_token(&salt_max), JWS_E_BAD_SIGNATURE);
-	expect_pair(ps256_token(&good), ps256_token(&salt64), JWS_E_BAD_SIGNATURE);
-	expect_pair(ps256_token(&good), ps256_token(&mgf_sha1), JWS_E_BAD_SIGNATURE);
-	expect_pair(ps256_token(&good), ps256_token(&mgf_sha512), JWS_E_BAD_SIGNATURE);
-	/* A PKCS#1 v1.5 signature named PS256, and a PSS one named RS256. */
-	{
-		char *rs = token_from_json(JWS_ALG_RS256, "{\"alg\":\"PS256\",\"kid\":\"rsa\"}", "{}");
-		char *ps = token_from_json(JWS_ALG_PS256, "{\"alg\":\"RS256\",\"kid\":\"rsa\"}", "{}");
-		assert_int_equal(verify(rs), JWS_E_BAD_SIGNATURE);
-		assert_int_equal(verify(ps), JWS_E_BAD_SIGNATURE);
-		free(rs);
-		free(ps);
-	}
-}
-
-/* ---- HMAC and EdDSA ---- */
+/* ---- HMAC ---- */
 
 static void test_hmac_rules(void **state)
 {
@@ -1144,23 +599,6 @@ static void test_hmac_rules(void **state)
 	free(p);
 }
 
-static void test_eddsa_signature_length(void **state)
-{
-	char *h = b64("{\"alg\":\"EdDSA\",\"kid\":\"ed\"}"), *p = b64("{}"), *input = NULL;
-	uint8_t sig[80];
-	size_t sig_len = sizeof(sig);
-
-	assert_true(asprintf(&input, "%s.%s", h, p) > 0);
-	sign_raw(JWS_ALG_EDDSA, input, strlen(input), sig, &sig_len);
-	assert_int_equal(sig_len, 64);
-	sig[64] = 0;
-	expect_pair(assemble(h, p, sig, 64), assemble(h, p, sig, 65), JWS_E_BAD_SIGNATURE);
-	expect_pair(assemble(h, p, sig, 64), assemble(h, p, sig, 63), JWS_E_BAD_SIGNATURE);
-	free(input);
-	free(h);
-	free(p);
-}
-
 static void test_error_reasons(void **state)
 {
 	assert_string_equal(jws_error_reason(JWS_E_MALFORMED), "malformed");
@@ -1185,30 +623,11 @@ int main(void)
 		cmocka_unit_test(test_payload_is_opaque),
 		cmocka_unit_test(test_sign_compact_limits),
 		cmocka_unit_test(test_sign_compact_signer_failure),
-		cmocka_unit_test(test_alg_none_refused),
-		cmocka_unit_test(test_alg_unknown_or_missing),
-		cmocka_unit_test(test_alg_not_allowed_for_key),
-		cmocka_unit_test(test_key_alg_fixed_rs256_refuses_ps256),
 		cmocka_unit_test(test_alg_confusion_hs256_with_rsa_public_key),
 		cmocka_unit_test(test_unknown_kid),
 		cmocka_unit_test(test_kid_lookup_callback),
-		cmocka_unit_test(test_forbidden_members),
-		cmocka_unit_test(test_header_member_types),
-		cmocka_unit_test(test_header_must_be_object),
-		cmocka_unit_test(test_duplicate_header_members),
-		cmocka_unit_test(test_three_parts),
-		cmocka_unit_test(test_non_canonical_base64url),
-		cmocka_unit_test(test_non_canonical_signature),
-		cmocka_unit_test(test_header_limit),
-		cmocka_unit_test(test_payload_limit),
-		cmocka_unit_test(test_token_limit),
-		cmocka_unit_test(test_header_nesting_limit),
-		cmocka_unit_test(test_ecdsa_signature_form),
 		cmocka_unit_test(test_ecdsa_range_check),
-		cmocka_unit_test(test_rsa_signature_length),
-		cmocka_unit_test(test_pss_parameters),
 		cmocka_unit_test(test_hmac_rules),
-		cmocka_unit_test(test_eddsa_signature_length),
 		cmocka_unit_test(test_error_reasons),
 	};
 

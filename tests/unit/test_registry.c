@@ -1557,6 +1557,219 @@ static void test_duplicate_and_orphan_frames(void **state)
 	assert_non_null(strstr(log, "hsmjwtctl registry check --repair"));
 }
 
+/* ---- registry_consume (refresh rotation, SPEC §5.3) ---------------------- */
+
+static struct registry_record family_rec(const char *jti, enum registry_type type, const char *family)
+{
+	struct registry_record rec = make_rec(jti, "acme", "alice", type, NOW + HOUR);
+
+	snprintf(rec.family, sizeof(rec.family), "%s", family);
+	return rec;
+}
+
+static int consume_wait(struct registry *reg, const char *jti, const struct registry_record *add, size_t n,
+			enum registry_status *status)
+{
+	struct registry_wait w;
+	int r;
+
+	registry_wait_init(&w);
+	r = registry_consume(reg, jti, NOW, "rotated", add, n, registry_wait_done, &w, status);
+	if (r < 0) {
+		/* done will not come: the wait is not used. */
+		pthread_mutex_destroy(&w.mutex);
+		pthread_cond_destroy(&w.cond);
+		return r;
+	}
+	return registry_wait(&w);
+}
+
+static void test_consume(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct registry_record add[2], rec, after;
+	enum registry_status status = REGISTRY_ACTIVE;
+	size_t changed = 0;
+
+	/* A family: its first refresh token R1 and an access token of it. */
+	add_dep(reg, "R1", "acme", REGISTRY_TYPE_REFRESH, "", "R1");
+	add_dep(reg, "A1", "acme", REGISTRY_TYPE_ACCESS, "", "R1");
+	add[0] = family_rec("A2", REGISTRY_TYPE_ACCESS, "R1");
+	add[1] = family_rec("R2", REGISTRY_TYPE_REFRESH, "R1");
+	assert_int_equal(consume_wait(reg, "R1", add, 2, &status), 0);
+	/* R1 retired with the reason, and nothing else with it: the family's
+	 * tokens (A1), which set_status(REVOKED) would revoke, stay. */
+	assert_int_equal(registry_get(reg, "R1", NULL, &rec), 0);
+	assert_int_equal(rec.status, REGISTRY_REVOKED);
+	assert_string_equal(rec.reason, "rotated");
+	assert_int_equal(rec.status_at, NOW);
+	assert_int_equal(status_of(reg, "A1"), REGISTRY_ACTIVE);
+	assert_int_equal(registry_get(reg, "A2", NULL, &rec), 0);
+	assert_int_equal(rec.status, REGISTRY_ACTIVE);
+	assert_string_equal(rec.family, "R1");
+	assert_int_equal(registry_get(reg, "R2", NULL, &rec), 0);
+	assert_int_equal(rec.type, REGISTRY_TYPE_REFRESH);
+
+	/* Consumed again: -EALREADY with the status, and its adds are not
+	 * registered. */
+	add[0] = family_rec("A3", REGISTRY_TYPE_ACCESS, "R1");
+	add[1] = family_rec("R3", REGISTRY_TYPE_REFRESH, "R1");
+	assert_int_equal(consume_wait(reg, "R1", add, 2, &status), -EALREADY);
+	assert_int_equal(status, REGISTRY_REVOKED);
+	assert_int_equal(registry_get(reg, "A3", NULL, &rec), -ENOENT);
+	assert_int_equal(registry_get(reg, "R3", NULL, &rec), -ENOENT);
+
+	/* What reuse detection then does: the family's first jti revoked
+	 * (already revoked: a no-op for it) reaches every member, the
+	 * successors the consume registered included. */
+	assert_int_equal(set_wait(reg, "R1", NULL, REGISTRY_REVOKED, "refresh token reuse", &changed), 0);
+	assert_int_equal(changed, 3);
+	assert_int_equal(status_of(reg, "A1"), REGISTRY_REVOKED);
+	assert_int_equal(status_of(reg, "A2"), REGISTRY_REVOKED);
+	assert_int_equal(status_of(reg, "R2"), REGISTRY_REVOKED);
+
+	/* Durable: the same after a reopen. */
+	assert_int_equal(registry_get(reg, "R1", NULL, &rec), 0);
+	registry_close(reg);
+	reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	assert_int_equal(registry_get(reg, "R1", NULL, &after), 0);
+	assert_same_record(&rec, &after);
+	assert_int_equal(registry_get(reg, "A2", NULL, &after), 0);
+	assert_int_equal(after.status, REGISTRY_REVOKED);
+	assert_string_equal(after.family, "R1");
+	registry_close(reg);
+}
+
+static void test_consume_refusals(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct registry_record add[REGISTRY_CONSUME_MAX + 1], rec;
+	enum registry_status status = REGISTRY_ACTIVE;
+
+	add_dep(reg, "R1", "acme", REGISTRY_TYPE_REFRESH, "", "R1");
+	add_dep(reg, "S1", "acme", REGISTRY_TYPE_REFRESH, "", "S1");
+	add_dep(reg, "EXISTS", "acme", REGISTRY_TYPE_ACCESS, "", "");
+	assert_int_equal(set_wait(reg, "S1", NULL, REGISTRY_SUSPENDED, NULL, NULL), 0);
+
+	/* Unknown, suspended. */
+	add[0] = family_rec("N1", REGISTRY_TYPE_ACCESS, "R1");
+	assert_int_equal(consume_wait(reg, "nope", add, 1, &status), -ENOENT);
+	assert_int_equal(consume_wait(reg, "S1", add, 1, &status), -EALREADY);
+	assert_int_equal(status, REGISTRY_SUSPENDED);
+	assert_int_equal(status_of(reg, "S1"), REGISTRY_SUSPENDED);
+	/* An add whose jti is known, twice in the batch, or the consumed
+	 * jti itself: nothing changes, R1 stays active. */
+	add[1] = family_rec("EXISTS", REGISTRY_TYPE_REFRESH, "R1");
+	assert_int_equal(consume_wait(reg, "R1", add, 2, &status), -EEXIST);
+	add[1] = family_rec("N1", REGISTRY_TYPE_REFRESH, "R1");
+	assert_int_equal(consume_wait(reg, "R1", add, 2, &status), -EEXIST);
+	add[1] = family_rec("R1", REGISTRY_TYPE_REFRESH, "R1");
+	assert_int_equal(consume_wait(reg, "R1", add, 2, &status), -EEXIST);
+	assert_int_equal(status_of(reg, "R1"), REGISTRY_ACTIVE);
+	assert_int_equal(registry_get(reg, "N1", NULL, &rec), -ENOENT);
+	/* A bad record (not ACTIVE, unterminated) or too many. */
+	add[1] = family_rec("N2", REGISTRY_TYPE_REFRESH, "R1");
+	add[1].status = REGISTRY_REVOKED;
+	assert_int_equal(consume_wait(reg, "R1", add, 2, &status), -EINVAL);
+	add[1] = family_rec("N2", REGISTRY_TYPE_REFRESH, "R1");
+	memset(add[1].subject, 's', sizeof(add[1].subject));
+	assert_int_equal(consume_wait(reg, "R1", add, 2, &status), -EINVAL);
+	for (size_t i = 0; i < REGISTRY_CONSUME_MAX + 1; i++) {
+		char jti[16];
+		snprintf(jti, sizeof(jti), "M%zu", i);
+		add[i] = family_rec(jti, REGISTRY_TYPE_ACCESS, "R1");
+	}
+	assert_int_equal(consume_wait(reg, "R1", add, REGISTRY_CONSUME_MAX + 1, &status), -EINVAL);
+	assert_int_equal(consume_wait(reg, NULL, NULL, 0, &status), -EINVAL);
+	assert_int_equal(consume_wait(reg, "R1", NULL, 1, &status), -EINVAL);
+	assert_int_equal(status_of(reg, "R1"), REGISTRY_ACTIVE);
+	assert_int_equal(registry_get(reg, "M0", NULL, &rec), -ENOENT);
+
+	/* No jti: the batch alone, as one change (the code grant's three
+	 * tokens); the most a batch takes; a consume without adds. */
+	assert_int_equal(consume_wait(reg, NULL, add, REGISTRY_CONSUME_MAX, NULL), 0);
+	for (size_t i = 0; i < REGISTRY_CONSUME_MAX; i++)
+		assert_int_equal(status_of(reg, add[i].jti), REGISTRY_ACTIVE);
+	assert_int_equal(consume_wait(reg, "R1", NULL, 0, NULL), 0);
+	assert_int_equal(status_of(reg, "R1"), REGISTRY_REVOKED);
+	registry_close(reg);
+}
+
+struct consume_race {
+	struct registry *reg;
+	const char *root;
+	pthread_barrier_t *barrier;
+	struct registry_record add[2];
+	int result;
+	enum registry_status status;
+};
+
+static void *consume_racer(void *arg)
+{
+	struct consume_race *c = arg;
+
+	pthread_barrier_wait(c->barrier);
+	c->result = consume_wait(c->reg, c->root, c->add, 2, &c->status);
+	return NULL;
+}
+
+/* Two threads consume one jti, 100 times over: exactly one wins, the other
+ * sees it retired, and only the winner's successors exist. */
+static void test_consume_race(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_INTERVAL);
+
+	for (int round = 0; round < 100; round++) {
+		struct consume_race c[2];
+		pthread_barrier_t barrier;
+		pthread_t threads[2];
+		struct registry_record rec;
+		char root[32];
+		int wins = 0;
+
+		snprintf(root, sizeof(root), "ROOT-%d", round);
+		add_dep(reg, root, "acme", REGISTRY_TYPE_REFRESH, "", root);
+		assert_int_equal(pthread_barrier_init(&barrier, NULL, 2), 0);
+		for (int i = 0; i < 2; i++) {
+			char a[32], r[32];
+			snprintf(a, sizeof(a), "A-%d-%d", round, i);
+			snprintf(r, sizeof(r), "R-%d-%d", round, i);
+			c[i].reg = reg;
+			c[i].root = root;
+			c[i].barrier = &barrier;
+			c[i].add[0] = family_rec(a, REGISTRY_TYPE_ACCESS, root);
+			c[i].add[1] = family_rec(r, REGISTRY_TYPE_REFRESH, root);
+			c[i].result = 1;
+			c[i].status = REGISTRY_ACTIVE;
+			assert_int_equal(pthread_create(&threads[i], NULL, consume_racer, &c[i]), 0);
+		}
+		for (int i = 0; i < 2; i++)
+			assert_int_equal(pthread_join(threads[i], NULL), 0);
+		pthread_barrier_destroy(&barrier);
+		for (int i = 0; i < 2; i++) {
+			if (c[i].result == 0) {
+				wins++;
+				assert_int_equal(registry_get(reg, c[i].add[0].jti, NULL, &rec), 0);
+				assert_int_equal(registry_get(reg, c[i].add[1].jti, NULL, &rec), 0);
+			} else {
+				assert_int_equal(c[i].result, -EALREADY);
+				assert_int_equal(c[i].status, REGISTRY_REVOKED);
+				assert_int_equal(registry_get(reg, c[i].add[0].jti, NULL, &rec), -ENOENT);
+				assert_int_equal(registry_get(reg, c[i].add[1].jti, NULL, &rec), -ENOENT);
+			}
+		}
+		assert_int_equal(wins, 1);
+		/* The loser's family revocation reaches the winner's tokens. */
+		assert_int_equal(set_wait(reg, root, NULL, REGISTRY_REVOKED, "refresh token reuse", NULL), 0);
+		for (int i = 0; i < 2; i++)
+			if (c[i].result == 0) {
+				assert_int_equal(status_of(reg, c[i].add[0].jti), REGISTRY_REVOKED);
+				assert_int_equal(status_of(reg, c[i].add[1].jti), REGISTRY_REVOKED);
+			}
+	}
+	registry_close(reg);
+}
+
 static void test_open_refuses_symlink(void **state)
 {
 	char target[PATH_MAX + 16];
@@ -1603,6 +1816,9 @@ int main(void)
 						fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_open_refuses_symlink, fixture_tmpdir_setup,
 						fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_consume, fixture_tmpdir_setup, fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_consume_refusals, fixture_tmpdir_setup, fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_consume_race, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
