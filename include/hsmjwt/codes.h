@@ -1,0 +1,100 @@
+/* codes: authorization codes with PKCE (RFC 6749 §4.1, RFC 7636, SPEC §5.4).
+ *
+ * A trusted login front end registers a code (POST /codes) for a subject it
+ * has authenticated; the client redeems it once at the token endpoint with
+ * the PKCE verifier.  Codes live in this process's memory only, shared by
+ * the workers under one mutex: a daemon replica behind a load balancer
+ * cannot redeem another replica's code, so the token endpoint must be
+ * routed to the replica that registered the code (sticky), or the front end
+ * must talk to one replica.  A restart forgets every code (60 s of logins
+ * redo theirs).
+ *
+ * Only SHA-256 of a code is kept, never the code: a memory dump cannot
+ * redeem anything.  A code is 32 random bytes, base64url (43 characters).
+ * It expires CODES_TTL seconds after it was registered (now >= issued +
+ * CODES_TTL is expired); the first presentation consumes it, whatever the
+ * rest of the request says (RFC 6749 §10.5), and leaves a tombstone until the
+ * code's expiry that remembers the family of the tokens issued for it, so
+ * that a second presentation revokes them (RFC 6749 §4.1.2).  Expired
+ * entries are purged lazily, oldest first, by every call.
+ *
+ * Bounded: at most CODES_MAX_LIVE entries (live codes and tombstones) and
+ * CODES_MAX_BYTES of them; past either, codes_issue answers -ENOSPC.
+ *
+ * Every function takes the time as an argument, so that expiry is tested
+ * with an injected clock. */
+#ifndef HSMJWT_CODES_H
+#define HSMJWT_CODES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CODES_TTL 60
+#define CODES_MAX_LIVE 100000
+#define CODES_MAX_BYTES ((size_t)64 << 20)
+#define CODES_CODE_LEN 43             /* 32 bytes, base64url */
+#define CODES_CHALLENGE_LEN 43        /* BASE64URL(SHA-256(verifier)) */
+#define CODES_VERIFIER_MIN 43         /* RFC 7636 §4.1 */
+#define CODES_VERIFIER_MAX 128
+#define CODES_SUBJECT_MAX 256
+#define CODES_CLIENT_ID_MAX 256
+#define CODES_REDIRECT_URI_MAX 2048
+#define CODES_SCOPE_MAX 1024
+#define CODES_NONCE_MAX 512
+#define CODES_ORG_MAX 128
+#define CODES_FAMILY_MAX 64
+
+struct codes;
+
+/* What a code stands for.  Empty strings are absent members (scope, nonce,
+ * org); auth_time 0: the login time is issued_at. */
+struct codes_grant {
+	char subject[CODES_SUBJECT_MAX + 1];
+	char client_id[CODES_CLIENT_ID_MAX + 1];
+	char redirect_uri[CODES_REDIRECT_URI_MAX + 1];
+	char challenge[CODES_CHALLENGE_LEN + 1];   /* S256 only */
+	char scope[CODES_SCOPE_MAX + 1];
+	char nonce[CODES_NONCE_MAX + 1];
+	char org[CODES_ORG_MAX + 1];
+	int64_t auth_time;
+	int64_t issued_at;                         /* set by codes_issue */
+};
+
+int codes_new(struct codes **ret_codes);
+/* Wipes and frees every entry.  NULL is fine. */
+void codes_free(struct codes *codes);
+
+/* Registers grant (subject, client_id, redirect_uri and a valid challenge
+ * required) at now and writes the new code and a NUL into ret_code.
+ * -EINVAL for a bad grant, -ENOSPC when full, -EIO when no random bytes. */
+int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t now,
+		char ret_code[CODES_CODE_LEN + 1]);
+
+/* The first presentation of code[0..len): 0, the code consumed and
+ * *ret_grant what it stood for.  -ENOENT for a code unknown or expired (a
+ * malformed one included).  -EALREADY for a code presented before: it is
+ * marked reused, and ret_family (CODES_FAMILY_MAX + 1 bytes) gets the
+ * family codes_bind gave it, or "" while its first redemption has not bound
+ * one (that redemption then learns of the reuse from codes_bind). */
+int codes_redeem(struct codes *codes, const char *code, size_t len, int64_t now, struct codes_grant *ret_grant,
+		 char *ret_family);
+
+/* Records the family of the tokens issued for a redeemed code, for its
+ * tombstone.  0; -EALREADY when the code was presented again since its
+ * redemption (the caller revokes the family: the family is recorded all
+ * the same); -ENOENT when the code is gone (expired meanwhile). */
+int codes_bind(struct codes *codes, const char *code, size_t len, const char *family, int64_t now);
+
+/* Live entries (codes and tombstones) after purging those expired at now. */
+size_t codes_count(struct codes *codes, int64_t now);
+
+/* RFC 7636: a code_challenge of method S256 is 43 base64url characters
+ * encoding 32 bytes; a code_verifier is 43..128 characters of
+ * [A-Za-z0-9-._~]. */
+int codes_challenge_valid(const char *challenge);
+int codes_verifier_valid(const char *verifier, size_t len);
+/* 1 when verifier[0..len) is valid and BASE64URL(SHA-256(verifier)) equals
+ * challenge, compared in constant time (CRYPTO_memcmp), else 0. */
+int codes_pkce_matches(const char *challenge, const char *verifier, size_t len);
+
+#endif
