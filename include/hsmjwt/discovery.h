@@ -1,0 +1,39 @@
+/* discovery: the authorization server metadata served at
+ * /.well-known/openid-configuration (OpenID Connect Discovery 1.0 §3) and
+ * /.well-known/oauth-authorization-server (RFC 8414 §2), one document for
+ * both, every URL derived from the configured issuer.
+ *
+ * What it says and why:
+ * - No authorization_endpoint.  Users log in at a front end of the
+ *   deployment's own, which registers codes with POST /codes; this service
+ *   has no URL where a browser could be sent, and advertising one that
+ *   cannot authorize would be worse than none.  RFC 8414 makes the member
+ *   required when a grant uses it, and OIDC Discovery always: a client
+ *   library that insists gets the login front end's URL from its own
+ *   configuration.
+ * - response_types_supported ["code"], grant_types_supported
+ *   [authorization_code, refresh_token], code_challenge_methods_supported
+ *   [S256] (plain is refused), token_endpoint_auth_methods_supported
+ *   ["none"]: public clients, PKCE in place of a client secret.
+ * - id_token_signing_alg_values_supported: every configured algorithm but
+ *   HS256 (an HMAC key never leaves the token, so no client could verify),
+ *   RS256 among them (config_load keeps it, OIDC Discovery requires it).
+ * - No scopes_supported: scopes are the deployment's own, carried as the
+ *   login front end registers them, not a list this service knows.
+ * - revocation_endpoint, introspection_endpoint: they take a management
+ *   bearer token of this service (SPEC §4.1), which is no client
+ *   authentication method of the IANA registry, so their
+ *   *_auth_methods_supported are left out rather than defaulting a reader to
+ *   client_secret_basic by a wrong value. */
+#ifndef HSMJWT_DISCOVERY_H
+#define HSMJWT_DISCOVERY_H
+
+#include <jansson.h>
+
+#include "hsmjwt/config.h"
+
+/* The metadata document for cfg: 0 and *ret_doc (new reference), -EINVAL
+ * for an issuer that is not UTF-8, -ENOMEM. */
+int discovery_document(const struct config *cfg, json_t **ret_doc);
+
+#endif
