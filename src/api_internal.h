@@ -64,6 +64,13 @@ void api_revocations(struct api_ctx *ctx, struct evhttp_request *req, struct api
 void api_revoke(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_introspect(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_statuslist(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+/* OAuth flows (api_grants.c): the token endpoint's grants, to which
+ * api_token hands a body with grant_type (form or JSON; api_body_is_form
+ * tells which), POST /codes, and the discovery documents (both paths). */
+void api_grant(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const json_t *body);
+int api_body_is_form(struct evhttp_request *req);
+void api_codes(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_discovery(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 /* Key administration (api_keys.c). */
 void api_admin_keys(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_admin_rotate(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,

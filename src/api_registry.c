@@ -97,9 +97,10 @@ static void api_issue_failed(struct api_outcome *out, struct evhttp_request *req
 
 /* Issues an access token, registers it and answers once the registration
  * is durable: a token is never handed out that the registry could forget
- * (and so never revoke). */
+ * (and so never revoke).  body: the request's, already read, or NULL to
+ * read it (JSON) once the caller is authorized; borrowed. */
 static void api_issue_registered(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
-				 unsigned flags)
+				 unsigned flags, const json_t *read_body)
 {
 	struct issue_ctx ictx = { ctx->cfg, ctx->keys, ctx->session, api_now(), ctx->registry };
 	struct auth_caller caller;
@@ -109,8 +110,11 @@ static void api_issue_registered(struct api_ctx *ctx, struct evhttp_request *req
 	char err[160] = "";
 	int r;
 
-	if (api_authorize(ctx, req, AUTH_ROLE_TOKENS_ISSUE, &caller, out) < 0 ||
-	    api_read_body(ctx, req, out, 0, &body) < 0)
+	if (api_authorize(ctx, req, AUTH_ROLE_TOKENS_ISSUE, &caller, out) < 0)
+		return;
+	if (read_body != NULL)
+		body = json_incref((json_t *)read_body);
+	else if (api_read_body(ctx, req, out, 0, &body) < 0)
 		return;
 	r = issue_from_body(&ictx, body, &caller, flags, &response, &rec, err, sizeof(err));
 	json_decref(body);
@@ -142,13 +146,26 @@ static void api_issue_registered(struct api_ctx *ctx, struct evhttp_request *req
 
 void api_token(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment)
 {
-	api_issue_registered(ctx, req, out, 0);
+	json_t *body = NULL;
+
+	/* An OAuth grant (RFC 6749 §4.1.3, §6) may come as a form and needs no
+	 * role: the grant is its credential.  Without grant_type the body is
+	 * an issuance request, JSON only, for a caller with tokens:issue. */
+	if (api_read_body(ctx, req, out, 1, &body) < 0)
+		return;
+	if (json_is_object(body) && json_object_get(body, "grant_type") != NULL)
+		api_grant(ctx, req, out, body);
+	else if (api_body_is_form(req))
+		api_error(out, req, 400, "invalid_request", "grant_type is required (a form body is an OAuth grant)");
+	else
+		api_issue_registered(ctx, req, out, 0, body);
+	json_decref(body);
 }
 
 void api_tokens_create(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
 		       const char *segment)
 {
-	api_issue_registered(ctx, req, out, ISSUE_NAMED);
+	api_issue_registered(ctx, req, out, ISSUE_NAMED, NULL);
 }
 
 /* ---- lists -------------------------------------------------------------- */

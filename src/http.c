@@ -76,6 +76,7 @@ struct http_address {
 struct http_server {
 	const struct config *cfg;
 	struct statuslist_cache *statuslists;
+	struct codes *codes;              /* authorization codes, for every worker */
 	struct http_address *addresses;   /* one per cfg->listen */
 	struct http_worker *workers;
 	unsigned worker_count;
@@ -588,6 +589,7 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	worker->api.keyring = keyring;
 	worker->api.registry = registry;
 	worker->api.statuslists = worker->server->statuslists;
+	worker->api.codes = worker->server->codes;
 	worker->api.base = worker->base;
 	worker->api.worker = worker->index;
 	atomic_init(&worker->api.pending, 0);
@@ -658,6 +660,7 @@ void http_stop(struct http_server *server)
 	}
 	free(server->workers);
 	statuslist_cache_free(server->statuslists);
+	codes_free(server->codes);
 	for (size_t i = 0; server->addresses && i < server->cfg->listen_count; i++)
 		if (server->addresses[i].claimed)
 			close(server->addresses[i].claim_fd);
@@ -705,6 +708,8 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyrin
 	}
 	server->worker_count = cfg->workers;
 	r = statuslist_cache_new(&server->statuslists);
+	if (r == 0)
+		r = codes_new(&server->codes);
 	if (r < 0)
 		goto fail;
 	for (size_t i = 0; i < cfg->listen_count; i++) {

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "hsmjwt/auth.h"
+#include "hsmjwt/codes.h"
 #include "hsmjwt/config.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/issue.h"
@@ -33,6 +34,7 @@ struct api_ctx {
 	struct hsm_session *session;
 	struct registry *registry;
 	struct statuslist_cache *statuslists;   /* shared by the workers */
+	struct codes *codes;                    /* authorization codes, shared by the workers */
 	struct event_base *base;                /* the worker's loop */
 	unsigned worker;
 	atomic_uint pending;                    /* deferred replies not yet sent */
