@@ -212,6 +212,11 @@ static const char *api_typ_for(const char *token_type)
 		return "rt+jwt";
 	if (strcmp(token_type, "id") == 0)
 		return "JWT";
+	if (strcmp(token_type, "parent") == 0)
+		return "parent+jwt";
+	/* A child is its API's bearer token, as an access token is. */
+	if (strcmp(token_type, "child") == 0)
+		return "at+jwt";
 	return NULL;
 }
 
@@ -237,7 +242,7 @@ static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct a
 		expect.typ = api_typ_for(token_type);
 		expect.token_type = token_type;
 		if (expect.typ == NULL) {
-			api_error(out, req, 400, "invalid_request", "token_type must be access, refresh or id");
+			api_error(out, req, 400, "invalid_request", "token_type must be access, refresh, id, parent or child");
 			goto out;
 		}
 	}
@@ -387,6 +392,11 @@ static const struct {
 	{ "/token/introspect", EVHTTP_REQ_POST, api_introspect },
 	{ "/tokens", EVHTTP_REQ_POST, api_tokens_create },
 	{ "/tokens", EVHTTP_REQ_GET, api_tokens_list },
+	/* Before the /tokens/{jti} routes, which would take them for jtis. */
+	{ "/tokens/latest", EVHTTP_REQ_GET, api_tokens_latest },
+	{ "/tokens/stream", EVHTTP_REQ_GET, api_tokens_stream },
+	{ "/token-pairs", EVHTTP_REQ_POST, api_token_pairs },
+	{ "/renew", EVHTTP_REQ_POST, api_renew },
 	{ "/revocations", EVHTTP_REQ_GET, api_revocations },
 	{ "/.well-known/jwks.json", EVHTTP_REQ_GET, api_jwks },
 	{ "/.well-known/openid-configuration", EVHTTP_REQ_GET, api_discovery },

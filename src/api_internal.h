@@ -71,6 +71,14 @@ void api_grant(struct api_ctx *ctx, struct evhttp_request *req, struct api_outco
 int api_body_is_form(struct evhttp_request *req);
 void api_codes(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_discovery(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+/* Parent/child pairs (api_pairs.c, SPEC §4.2, §5.5): POST /token-pairs,
+ * POST /renew, GET /tokens/latest and the event stream GET /tokens/stream. */
+void api_token_pairs(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_renew(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
+void api_tokens_latest(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		       const char *segment);
+void api_tokens_stream(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		       const char *segment);
 /* Key administration (api_keys.c). */
 void api_admin_keys(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_admin_rotate(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,

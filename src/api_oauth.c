@@ -136,6 +136,7 @@ int api_registry_verdict(struct api_ctx *ctx, const json_t *claims, const char *
 {
 	const char *jti = json_plain_string(json_object_get(claims, "jti"));
 	const char *org = json_plain_string(json_object_get(claims, "org"));
+	const char *parent;
 	enum registry_status status;
 	int found = 0;
 
@@ -149,6 +150,20 @@ int api_registry_verdict(struct api_ctx *ctx, const json_t *claims, const char *
 		return JWS_E_SUSPENDED;
 	if (status != REGISTRY_ACTIVE)
 		return JWS_E_REVOKED;
+	/* SPEC §5.5: a child verifies only while its parent is active.  A
+	 * revocation reaches the child's own record (registry_set_status
+	 * cascades), a suspension does not: it is looked up here.  A parent
+	 * the registry does not know is not active either. */
+	parent = json_plain_string(json_object_get(claims, "parent_jti"));
+	if (parent != NULL) {
+		found = 0;
+		if (registry_check(ctx->registry, parent, org ? org : "", &found, &status) < 0 || !found)
+			return JWS_E_REVOKED;
+		if (status == REGISTRY_SUSPENDED)
+			return JWS_E_SUSPENDED;
+		if (status != REGISTRY_ACTIVE)
+			return JWS_E_REVOKED;
+	}
 	*ret_status = "active";
 	return 0;
 }

@@ -77,6 +77,10 @@ struct http_server {
 	const struct config *cfg;
 	struct statuslist_cache *statuslists;
 	struct codes *codes;              /* authorization codes, for every worker */
+	/* Auto-renewal of pairs: its thread stops first in http_quiesce (it
+	 * registers children and notifies streams on the workers' loops);
+	 * freed last, after the connections whose streams subscribe to it. */
+	struct renew *renew;
 	struct http_address *addresses;   /* one per cfg->listen */
 	struct http_worker *workers;
 	unsigned worker_count;
@@ -590,6 +594,7 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	worker->api.registry = registry;
 	worker->api.statuslists = worker->server->statuslists;
 	worker->api.codes = worker->server->codes;
+	worker->api.renew = worker->server->renew;
 	worker->api.base = worker->base;
 	worker->api.worker = worker->index;
 	atomic_init(&worker->api.pending, 0);
@@ -609,6 +614,9 @@ static void http_drain(evutil_socket_t fd, short what, void *arg)
 		evconnlistener_disable(worker->listeners[i].lev);
 		event_del(worker->listeners[i].retry);
 	}
+	/* Open event streams end now; each counts as pending until its end
+	 * is written. */
+	api_quiesce(&worker->api);
 	if (atomic_load(&worker->api.pending) == 0 || worker->drain_waited_ms >= HTTP_DRAIN_MS) {
 		if (atomic_load(&worker->api.pending) != 0)
 			log_warn("\"stopping with replies still waiting for the registry\" worker=%u pending=%u",
@@ -627,6 +635,9 @@ void http_quiesce(struct http_server *server)
 
 	if (server == NULL)
 		return;
+	/* No renewal, and no event for a stream, after this: the drains
+	 * below then end the streams for good. */
+	renew_stop(server->renew);
 	for (unsigned i = 0; i < server->worker_count; i++) {
 		struct http_worker *w = &server->workers[i];
 		if (w->base == NULL || w->joined)
@@ -658,6 +669,7 @@ void http_stop(struct http_server *server)
 			event_base_free(w->base);
 		hsm_session_close(w->api.session);
 	}
+	renew_free(server->renew);
 	free(server->workers);
 	statuslist_cache_free(server->statuslists);
 	codes_free(server->codes);
@@ -710,6 +722,8 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyrin
 	r = statuslist_cache_new(&server->statuslists);
 	if (r == 0)
 		r = codes_new(&server->codes);
+	if (r == 0)
+		r = renew_start(cfg, hsm, keyring, registry, &server->renew);
 	if (r < 0)
 		goto fail;
 	for (size_t i = 0; i < cfg->listen_count; i++) {

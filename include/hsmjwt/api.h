@@ -20,6 +20,7 @@
 #include "hsmjwt/keyring.h"
 #include "hsmjwt/keys.h"
 #include "hsmjwt/registry.h"
+#include "hsmjwt/renew.h"
 #include "hsmjwt/statuslist.h"
 
 /* What one worker thread serves with. */
@@ -38,6 +39,13 @@ struct api_ctx {
 	struct event_base *base;                /* the worker's loop */
 	unsigned worker;
 	atomic_uint pending;                    /* deferred replies not yet sent */
+	/* Auto-renewal (renew.h), shared by the workers; and this worker's
+	 * open Server-Sent Events streams (api_pairs.c), touched on its loop
+	 * only.  Each stream, and each event on its way to one, counts in
+	 * pending: a stop waits for them to end. */
+	struct renew *renew;
+	struct api_stream *streams;
+	int quiescing;                          /* api_quiesce ran: no new streams */
 };
 
 /* What a request did, for its log line. */
@@ -53,5 +61,10 @@ struct api_outcome {
 /* Answers req exactly once: now, or (outcome->deferred) when the registry
  * has made the change durable. */
 void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *outcome);
+
+/* On the worker's loop, when the server stops (http_quiesce, after
+ * renew_stop): ends every open stream of this worker with an `event: end`
+ * (reason "shutdown") and refuses new ones.  Idempotent. */
+void api_quiesce(struct api_ctx *ctx);
 
 #endif

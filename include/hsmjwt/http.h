@@ -39,9 +39,11 @@ struct http_server;
  * registry must outlive the server. */
 int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
 	       struct http_server **ret_server);
-/* Stops accepting, waits (at most 10 s) for replies held back for the
- * registry, lets each worker finish its loop and joins them; the loops and
- * their contexts stay allocated, so a registry callback still in flight
+/* Stops the auto-renewal thread (renew.h: the server starts it), stops
+ * accepting, ends the open event streams, waits (at most 10 s) for replies
+ * held back for the registry and for the streams' last events, lets each
+ * worker finish its loop and joins them; the loops and their contexts
+ * stay allocated, so a registry callback still in flight
  * (a disk stuck past the 10 s) lands on a live event base and is dropped
  * with it.  Shut down in this order: http_quiesce, registry_close,
  * http_stop. */
