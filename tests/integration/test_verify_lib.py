@@ -51,7 +51,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Token, Workdir, b64url_encode, jwt_parts,  # noqa: E402
+from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, b64url_encode, jwt_parts,  # noqa: E402
                             main_with_dirs, require_tools, run_daemon_test)
 
 ALGORITHMS = ["ES256"]
@@ -202,6 +202,48 @@ class RecorderHandler(http.server.BaseHTTPRequestHandler):
         else:
             entry.update(status=404)
             self.reply(404)
+
+
+def make_certificates(d):
+    """A private CA (ca.pem) and two server certificates it signs: ip.pem for
+    the address 127.0.0.1, dns.pem for the name localhost only; P-256 keys
+    in ip.key and dns.key.  With python3-cryptography (jwcrypto's own
+    dependency), so that no openssl command is needed."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(path, data):
+        with open(os.path.join(d, path), "wb") as f:
+            f.write(data)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("hsmjwt test CA")).issuer_name(name("hsmjwt test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    write("ca.pem", ca.public_bytes(serialization.Encoding.PEM))
+    for stem, san in (("ip", x509.IPAddress(ipaddress.ip_address("127.0.0.1"))), ("dns", x509.DNSName("localhost"))):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(name(stem)).issuer_name(ca.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+                .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        write(f"{stem}.pem", cert.public_bytes(serialization.Encoding.PEM))
+        write(f"{stem}.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
 
 
 def serve(server):
@@ -430,22 +472,7 @@ class Scenario:
         c.section("https: the peer is always verified")
         d = os.path.join(self.work.path, "tls")
         os.makedirs(d)
-
-        def ossl(*args):
-            out = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True, timeout=60)
-            if out.returncode != 0:
-                raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {out.stderr.strip()}")
-
-        ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-             "-subj", "/CN=hsmjwt test CA", "-keyout", "ca.key", "-out", "ca.pem",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
-        for name, san in (("ip", "IP:127.0.0.1"), ("dns", "DNS:localhost")):
-            ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr")
-            with open(os.path.join(d, f"{name}.ext"), "w") as f:
-                f.write(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
-            ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+        make_certificates(d)
         jwks = self.d.request("GET", "/.well-known/jwks.json").body
         for name, want, ca, what in (("ip", "valid", True, "a certificate for 127.0.0.1 from the given CA"),
                                      ("ip", "certificate", False, "the same against the system trust store"),
@@ -574,7 +601,11 @@ class Scenario:
 
 
 def run(build_dir, source_dir):
-    require_tools(["softhsm2-util", "openssl"])
+    require_tools(["softhsm2-util"])
+    try:
+        import cryptography  # noqa: F401  (python3-jwcrypto's dependency)
+    except ImportError:
+        raise Skip("python3-cryptography is not installed")
     probe = os.path.join(build_dir, "tests", "integration", "verify_probe")
     for exe in ("hsmjwtd", "hsmjwtctl", probe):
         path = exe if os.path.isabs(exe) else os.path.join(build_dir, exe)
