@@ -45,6 +45,13 @@ struct renew_entry {
 	struct renew_entry *next;           /* hash chain */
 };
 
+/* An entry renew_sweep asks the registry about. */
+struct renew_look {
+	char jti[ISSUE_JTI_LEN + 1];
+	char org[REGISTRY_ORG_MAX + 1];
+	const char *reason;
+};
+
 struct renew {
 	const struct config *cfg;
 	struct hsm *hsm;
@@ -60,6 +67,9 @@ struct renew {
 	pthread_t thread;
 	int thread_started;
 	struct hsm_session *session;        /* the thread's own */
+	/* renew_sweep's: entries with subscribers are at most
+	 * RENEW_MAX_SUBSCRIBERS. */
+	struct renew_look *look;
 };
 
 /* ---- pure parts ------------------------------------------------------------ */
@@ -383,12 +393,9 @@ static const char *renew_parent_gone(struct registry *registry, const char *jti,
 
 size_t renew_sweep(struct renew *renew, int64_t now)
 {
-	/* Entries with subscribers are at most RENEW_MAX_SUBSCRIBERS. */
-	struct { char jti[ISSUE_JTI_LEN + 1]; char org[REGISTRY_ORG_MAX + 1]; const char *reason; } *look = NULL;
+	struct renew_look *look = renew->registry != NULL ? renew->look : NULL;
 	size_t n_look = 0, dropped = 0;
 
-	if (renew->registry != NULL && (look = calloc(RENEW_MAX_SUBSCRIBERS, sizeof(*look))) == NULL)
-		log_limited(LOG_LEVEL_WARN, "\"auto-renewal sweep without registry look: out of memory\"");
 	pthread_mutex_lock(&renew->lock);
 	for (size_t b = 0; b < RENEW_BUCKETS; b++) {
 		struct renew_entry **slot = &renew->buckets[b];
@@ -425,7 +432,6 @@ size_t renew_sweep(struct renew *renew, int64_t now)
 		}
 	}
 	pthread_mutex_unlock(&renew->lock);
-	free(look);
 	return dropped;
 }
 
@@ -590,8 +596,10 @@ int renew_new(const struct config *cfg, struct registry *registry, struct renew 
 	struct renew *renew = calloc(1, sizeof(*renew));
 	pthread_condattr_t attr;
 
-	if (renew == NULL)
+	if (renew == NULL || (renew->look = calloc(RENEW_MAX_SUBSCRIBERS, sizeof(*renew->look))) == NULL) {
+		free(renew);
 		return -ENOMEM;
+	}
 	renew->cfg = cfg;
 	renew->registry = registry;
 	pthread_mutex_init(&renew->lock, NULL);
@@ -668,5 +676,6 @@ void renew_free(struct renew *renew)
 		}
 	pthread_cond_destroy(&renew->wake);
 	pthread_mutex_destroy(&renew->lock);
+	free(renew->look);
 	free(renew);
 }

@@ -160,7 +160,8 @@ int64_t renew_next_due(int64_t child_iat, int64_t child_exp, int64_t parent_exp,
 
 /* Drops the entries whose parent has expired by now and — with a registry,
  * at most every RENEW_CHECK_SECONDS per entry — those with subscribers
- * whose parent is no longer active.  Returns how many were dropped. */
+ * whose parent is no longer active.  Returns how many were dropped.  One
+ * caller at a time (the renewal thread). */
 size_t renew_sweep(struct renew *renew, int64_t now);
 
 /* One renewal to carry out: copies of what it needs. */
