@@ -46,6 +46,9 @@ struct verify {
 	int64_t fetched_at;
 	int64_t expires_at;
 	char etag[VERIFY_ETAG_MAX + 1];
+	/* The Cache-Control of the 200 that brought the set, NULL when it had
+	 * none: a 304 without one leaves it in force (RFC 9111 §4.3.4). */
+	char *cache_control;
 	int fetching;                 /* a thread is fetching (lock not held) */
 	int attempted;                /* last_attempt is set */
 	int last_failed;              /* the last attempt failed */
@@ -510,7 +513,7 @@ static void verify_cache_load(struct verify *v)
 	char *text = NULL, quoted[256];
 	size_t len = 0;
 	json_t *root = NULL;
-	const char *source, *doc, *etag;
+	const char *source, *doc, *etag, *cache_control;
 	json_int_t fetched_at, expires_at;
 	struct verify_keyset *set = NULL;
 	int r;
@@ -528,9 +531,12 @@ static void verify_cache_load(struct verify *v)
 	source = json_plain_string(json_object_get(root, "source"));
 	doc = json_plain_string(json_object_get(root, "jwks"));
 	etag = json_plain_string(json_object_get(root, "etag"));
+	cache_control = json_plain_string(json_object_get(root, "cache_control"));
 	fetched_at = json_integer_value(json_object_get(root, "fetched_at"));
 	expires_at = json_integer_value(json_object_get(root, "expires_at"));
 	if (r < 0 || source == NULL || doc == NULL || etag == NULL || strlen(etag) > VERIFY_ETAG_MAX ||
+	    (json_object_get(root, "cache_control") != NULL &&
+	     (cache_control == NULL || strlen(cache_control) > VERIFY_CACHE_CONTROL_MAX)) ||
 	    !json_is_integer(json_object_get(root, "fetched_at")) ||
 	    !json_is_integer(json_object_get(root, "expires_at")) || fetched_at <= 0 || expires_at < fetched_at) {
 		log_warn("\"JWKS cache file ignored\" file=%s reason=malformed",
@@ -549,6 +555,10 @@ static void verify_cache_load(struct verify *v)
 			 log_quote(quoted, sizeof(quoted), v->cache_file));
 		goto out;
 	}
+	if (cache_control != NULL && (v->cache_control = strdup(cache_control)) == NULL) {
+		verify_keyset_unref(set);
+		goto out;
+	}
 	v->set = set;
 	v->fetched_at = fetched_at;
 	v->expires_at = expires_at;
@@ -563,7 +573,7 @@ out:
  * sees the old copy or the new one.  Not fsynced: a copy lost in a crash is
  * fetched again. */
 static void verify_cache_store(const struct verify *v, const struct verify_keyset *set, int64_t fetched_at,
-			       int64_t expires_at, const char *etag)
+			       int64_t expires_at, const char *etag, const char *cache_control)
 {
 	char *tmp = NULL, *text = NULL, quoted[256];
 	json_t *root;
@@ -572,7 +582,9 @@ static void verify_cache_store(const struct verify *v, const struct verify_keyse
 
 	root = json_pack("{s:s, s:I, s:I, s:s, s:s%}", "source", v->source.text, "fetched_at", (json_int_t)fetched_at,
 			 "expires_at", (json_int_t)expires_at, "etag", etag, "jwks", set->doc, set->doc_len);
-	if (root == NULL || (text = json_dumps(root, JSON_COMPACT)) == NULL ||
+	if (root == NULL ||
+	    (cache_control != NULL && json_object_set_new(root, "cache_control", json_string(cache_control)) < 0) ||
+	    (text = json_dumps(root, JSON_COMPACT)) == NULL ||
 	    asprintf(&tmp, "%s.XXXXXX", v->cache_file) < 0) {
 		tmp = NULL;
 		goto out;
@@ -615,6 +627,7 @@ void verify_free(struct verify *v)
 	if (v == NULL)
 		return;
 	verify_keyset_unref(v->set);
+	free(v->cache_control);
 	pthread_cond_destroy(&v->fetched);
 	pthread_mutex_destroy(&v->lock);
 	verify_source_clear(&v->source);
@@ -729,11 +742,14 @@ static const char *verify_fetch_error_name(int r)
 
 /* One fetch, the lock not held; the outcome is stored under the lock and
  * announced to the threads waiting for it. */
-static void verify_fetch_once(struct verify_call *call, const char *etag, int have_set)
+static void verify_fetch_once(struct verify_call *call, const char *etag, const char *held_cache_control,
+			      int have_set)
 {
 	struct verify *v = call->v;
 	struct verify_fetched got = { 0 };
 	struct verify_keyset *set = NULL, *old = NULL;
+	const char *cache_control = NULL;
+	char *kept_cache_control = NULL;
 	int64_t lifetime = 0;
 	char err[sizeof(v->stats.last_error)] = "", quoted_source[256], quoted_err[200];
 	int r;
@@ -753,12 +769,21 @@ static void verify_fetch_once(struct verify_call *call, const char *etag, int ha
 		/* A 304 may name the ETag again, or leave the old one standing. */
 		if (set == NULL && got.etag[0] == '\0')
 			snprintf(got.etag, sizeof(got.etag), "%s", etag);
+		/* The 200's Cache-Control, or for a 304 without one the one
+		 * held (RFC 9111 §4.3.4); Age is the answer's own. */
+		cache_control = set != NULL || got.cache_control != NULL ? got.cache_control : held_cache_control;
+		if (cache_control != NULL && (kept_cache_control = strdup(cache_control)) == NULL) {
+			r = -ENOMEM;
+			snprintf(err, sizeof(err), "out of memory");
+		}
+	}
+	if (r == 0) {
 		/* A file says nothing about its freshness. */
 		lifetime = v->source.scheme == VERIFY_FILE ?
-			v->max_lifetime : verify_cache_lifetime(got.cache_control, got.age, v->max_lifetime);
+			v->max_lifetime : verify_cache_lifetime(cache_control, got.age, v->max_lifetime);
 		if (v->cache_file != NULL)
 			verify_cache_store(v, set ? set : call->set, call->now, verify_add_sat(call->now, lifetime),
-					   got.etag);
+					   got.etag, cache_control);
 	}
 
 	pthread_mutex_lock(&v->lock);
@@ -771,6 +796,9 @@ static void verify_fetch_once(struct verify_call *call, const char *etag, int ha
 			v->stats.not_modified++;
 		}
 		snprintf(v->etag, sizeof(v->etag), "%s", got.etag);
+		free(v->cache_control);
+		v->cache_control = kept_cache_control;
+		kept_cache_control = NULL;
 		v->fetched_at = call->now;
 		v->expires_at = verify_add_sat(call->now, lifetime);
 		v->last_failed = 0;
@@ -790,6 +818,8 @@ static void verify_fetch_once(struct verify_call *call, const char *etag, int ha
 			 log_quote(quoted_err, sizeof(quoted_err), err),
 			 call->set == NULL ? "none" : call->now < call->expires_at ? "fresh" : "stale");
 	verify_keyset_unref(old);
+	verify_keyset_unref(set != NULL && r < 0 ? set : NULL);
+	free(kept_cache_control);
 	verify_fetched_clear(&got);
 }
 
@@ -799,8 +829,8 @@ static void verify_fetch_once(struct verify_call *call, const char *etag, int ha
 static void verify_refresh(struct verify_call *call, enum verify_why why)
 {
 	struct verify *v = call->v;
-	char etag[VERIFY_ETAG_MAX + 1];
-	int too_soon, have_set;
+	char etag[VERIFY_ETAG_MAX + 1], held[VERIFY_CACHE_CONTROL_MAX + 1];
+	int too_soon, have_set, have_held;
 
 	pthread_mutex_lock(&v->lock);
 	if (v->fetching) {
@@ -836,10 +866,12 @@ static void verify_refresh(struct verify_call *call, enum verify_why why)
 		v->stats.kid_refetches++;
 	have_set = v->set != NULL;
 	snprintf(etag, sizeof(etag), "%s", v->etag);
+	have_held = v->cache_control != NULL;
+	snprintf(held, sizeof(held), "%s", have_held ? v->cache_control : "");
 	/* The set a 304 renews must be the one the call holds. */
 	verify_adopt(call);
 	pthread_mutex_unlock(&v->lock);
-	verify_fetch_once(call, etag, have_set);
+	verify_fetch_once(call, etag, have_held ? held : NULL, have_set);
 }
 
 /* jws_key_lookup_fn: the key set is made current here, once the token is

@@ -31,9 +31,6 @@
 #define HSMJWT_VERSION "0"
 #endif
 
-/* Several Cache-Control lines are one list (RFC 9110 §5.3); joined, they
- * stay within the header limit anyway. */
-#define VERIFY_CACHE_CONTROL_MAX 1024
 #define VERIFY_AGE_MAX 32
 
 void verify_fetched_clear(struct verify_fetched *fetched)
@@ -116,6 +113,7 @@ static int verify_http_headers(struct evhttp_request *req, struct verify_fetched
 	char cache[VERIFY_CACHE_CONTROL_MAX + 1] = "";
 	int have_cache = 0;
 
+	/* Several Cache-Control lines are one list (RFC 9110 §5.3). */
 	TAILQ_FOREACH(h, headers, next) {
 		if (strcasecmp(h->key, "Cache-Control") == 0) {
 			size_t used = strlen(cache);

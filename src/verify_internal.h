@@ -14,6 +14,7 @@
 #define VERIFY_ETAG_MAX 256
 #define VERIFY_URL_MAX 2048
 #define VERIFY_MAX_HEADERS_BYTES 16384
+#define VERIFY_CACHE_CONTROL_MAX 1024   /* the Cache-Control lines, joined */
 
 /* ---- the source (verify.c) ------------------------------------------- */
 

@@ -15,7 +15,8 @@
  *    no-cache or no-store give 0 (the copy serves the verification that
  *    fetched it; the next one fetches again); no usable max-age, and a file
  *    source, give max_lifetime.  A refetch sends If-None-Match with the
- *    ETag; 304 renews the lifetime of the copy held.
+ *    ETag; a 304 renews the copy held, for its own max-age or, when it has
+ *    no Cache-Control, for the held copy's (RFC 9111 §4.3.4).
  *  - A verification that meets an expired set fetches.  When that fails it
  *    goes on with the expired ("stale") set — public keys only, and the
  *    result says stale — for at most max_stale seconds past its expiry, and

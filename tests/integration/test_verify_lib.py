@@ -125,6 +125,7 @@ class Recorder(http.server.ThreadingHTTPServer):
         self.mode = "pass"
         self.static_body = b""
         self.static_headers = {}
+        self.not_modified_headers = {}
         self.log = []
         self.lock = threading.Lock()
 
@@ -196,6 +197,14 @@ class RecorderHandler(http.server.BaseHTTPRequestHandler):
         elif mode == "304":
             entry.update(status=304)
             self.reply(304, b"", {"ETag": '"x"'})
+        elif mode == "static-etag":
+            if inm == '"v1"':
+                entry.update(status=304, cache_control=srv.not_modified_headers.get("Cache-Control"))
+                self.reply(304, b"", {"ETag": '"v1"', **srv.not_modified_headers})
+            else:
+                entry.update(status=200, cache_control=srv.static_headers.get("Cache-Control"))
+                self.reply(200, srv.static_body, {"Content-Type": "application/json", "ETag": '"v1"',
+                                                  **srv.static_headers})
         elif mode == "static":
             entry.update(status=200, cache_control=srv.static_headers.get("Cache-Control"))
             self.reply(200, srv.static_body, {"Content-Type": "application/json", **srv.static_headers})
@@ -426,7 +435,8 @@ class Scenario:
                     repr(a["stats"]["last_error"]))
             c.equal(len(proxy.requests()) - before, 1, f"{mode}: one request")
             if mode == "slow":
-                c.check(took < 2.5, "slow: given up after the 1 s timeout", f"took {took:.2f} s")
+                # The server answers after 3 s.
+                c.check(took < 2.9, "slow: given up after the 1 s timeout", f"took {took:.2f} s")
             a = p.verify(ta, AUDIENCE)
             c.equal((a.get("r"), len(proxy.requests()) - before, a["stats"]["fetches"]), (EIO, 1, 1),
                     f"{mode}: asked again at once: no request")
@@ -452,6 +462,32 @@ class Scenario:
                     f"{headers or 'no Cache-Control'}: the next verification " +
                     ("fetches again" if want == 0 else "fetches nothing"))
             c.equal(p.close(), 0, "verify_probe exits 0")
+
+        c.section("http: a 304 without Cache-Control leaves the held one in force")
+        proxy.mode = "static-etag"
+        proxy.static_headers = {"Cache-Control": "max-age=60"}
+        proxy.not_modified_headers = {}
+        cache = os.path.join(self.work.path, "probe-cache.json")
+        p = self.probe("--jwks", proxy.url, "--cache", cache)
+        p.ask("freeze")
+        a = p.verify(ta, AUDIENCE)
+        c.equal((self.verdict(a), a["stats"]["expires_at"] - a["stats"]["fetched_at"]), ("valid", 60), "kept 60 s")
+        with open(cache) as f:
+            c.equal(json.load(f).get("cache_control"), "max-age=60", "the cache file keeps the Cache-Control")
+        before = len(proxy.requests())
+        p.advance(60)
+        a = p.verify(ta, AUDIENCE)
+        reqs = proxy.requests()
+        c.equal((len(reqs) - before, reqs[-1].get("if_none_match"), reqs[-1].get("status")), (1, '"v1"', 304),
+                "at its end: one conditional request, 304 without Cache-Control")
+        c.equal((self.verdict(a), a["stats"]["expires_at"] - a["stats"]["fetched_at"], a["stats"]["not_modified"]),
+                ("valid", 60, 1), "renewed for the held max-age=60, not the default lifetime")
+        proxy.not_modified_headers = {"Cache-Control": "max-age=20"}
+        p.advance(60)
+        a = p.verify(ta, AUDIENCE)
+        c.equal((self.verdict(a), a["stats"]["expires_at"] - a["stats"]["fetched_at"]), ("valid", 20),
+                "a 304 with its own max-age=20: kept 20 s")
+        c.equal(p.close(), 0, "verify_probe exits 0")
 
         c.section("http: a failed refetch keeps the stale set")
         p = fresh("static", **{"Cache-Control": "max-age=5"})
