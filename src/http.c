@@ -304,8 +304,12 @@ void http_log_request(struct evhttp_request *req, const struct api_outcome *outc
 	char path[160], sub[2 * sizeof(outcome->sub) + 2], jti[2 * sizeof(outcome->jti) + 2];
 	size_t n;
 
-	/* The path only: a query string may carry a token. */
+	/* The path only: a query string may carry a token.  Under /authorize/
+	 * a proxy appends the path of the API it guards, which may carry a
+	 * capability (a magic link, a reset token): only "/authorize/" is logged. */
 	n = strcspn(uri ? uri : "", "?");
+	if (uri && strncmp(uri, "/authorize/", 11) == 0 && n > 11)
+		n = 11;
 	log_quote(path, sizeof(path), "");
 	if (uri) {
 		char raw[128];

@@ -461,32 +461,39 @@ out_free:
 	return r;
 }
 
-/* Adds to plan, transitively, every record of scope (org id, or any when
- * UINT32_MAX) whose parent or family is the jti of a record already in
- * plan from position from on, and that is still active or suspended.  The
- * records in plan carry mark = 1. */
+/* Adds to plan every record of scope (org id, or any when UINT32_MAX)
+ * whose parent or family is jti, and that is still active or suspended.
+ * The records in plan carry mark = 1. */
+static int registry_cascade_jti(struct registry_index *ix, struct registry_vec *plan, const char *jti, uint32_t scope)
+{
+	struct registry_group *groups[2] = { registry_map_find(&ix->parents, &ix->key, jti),
+					     registry_map_find(&ix->families, &ix->key, jti) };
+
+	for (int g = 0; g < 2; g++) {
+		if (groups[g] == NULL)
+			continue;
+		for (uint32_t k = 0; k < groups[g]->vec.count; k++) {
+			struct registry_rec *d = groups[g]->vec.items[k];
+
+			if (d->mark || (d->status != REGISTRY_ACTIVE && d->status != REGISTRY_SUSPENDED) ||
+			    (scope != UINT32_MAX && d->org != scope))
+				continue;
+			if (registry_vec_reserve(plan, 1) < 0)
+				return -ENOMEM;
+			d->mark = 1;
+			plan->items[plan->count++] = d;
+		}
+	}
+	return 0;
+}
+
+/* The same, transitively, for every record in plan from position from on. */
 static int registry_cascade(struct registry_index *ix, struct registry_vec *plan, uint32_t from, uint32_t scope)
 {
 	for (uint32_t i = from; i < plan->count; i++) {
-		const char *jti = registry_rec_jti(plan->items[i]);
-		struct registry_group *groups[2] = { registry_map_find(&ix->parents, &ix->key, jti),
-						     registry_map_find(&ix->families, &ix->key, jti) };
-
-		for (int g = 0; g < 2; g++) {
-			if (groups[g] == NULL)
-				continue;
-			for (uint32_t k = 0; k < groups[g]->vec.count; k++) {
-				struct registry_rec *d = groups[g]->vec.items[k];
-
-				if (d->mark || (d->status != REGISTRY_ACTIVE && d->status != REGISTRY_SUSPENDED) ||
-				    (scope != UINT32_MAX && d->org != scope))
-					continue;
-				if (registry_vec_reserve(plan, 1) < 0)
-					return -ENOMEM;
-				d->mark = 1;
-				plan->items[plan->count++] = d;
-			}
-		}
+		int r = registry_cascade_jti(ix, plan, registry_rec_jti(plan->items[i]), scope);
+		if (r < 0)
+			return r;
 	}
 	return 0;
 }
@@ -593,6 +600,17 @@ int registry_set_status(struct registry *reg, const char *jti, const char *org_s
 	/* Revocation reaches the dependents even when the token itself was
 	 * revoked before: a child registered since must not outlive it. */
 	if (status == REGISTRY_REVOKED || status == REGISTRY_DELETED) {
+		/* A refresh token after a rotation is not its family's first:
+		 * revoking it (a logout) ends the grant — every token of the
+		 * family, whose records name the first jti (RFC 7009 §2.1). */
+		const char *family = registry_rec_family(rec);
+
+		if (rec->type == REGISTRY_TYPE_REFRESH && family[0] != '\0' && strcmp(family, jti) != 0) {
+			r = registry_cascade_jti(&reg->index, &plan, family, scope);
+			if (r < 0)
+				goto out;
+		}
+		/* Transitively from every record in plan, the family's too. */
 		r = registry_cascade(&reg->index, &plan, 0, scope);
 		if (r < 0)
 			goto out;

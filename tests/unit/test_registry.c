@@ -1640,6 +1640,37 @@ static void test_consume(void **state)
 	registry_close(reg);
 }
 
+/* A logout revokes the refresh token the client holds — after a rotation
+ * not the family's first — and with it the grant: every token of the
+ * family (RFC 7009 §2.1), and nothing of another family. */
+static void test_revoking_a_rotated_refresh_token_ends_its_family(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct registry_record add[2];
+	enum registry_status status = REGISTRY_ACTIVE;
+	size_t changed = 0;
+
+	add_dep(reg, "R1", "acme", REGISTRY_TYPE_REFRESH, "", "R1");
+	add_dep(reg, "A1", "acme", REGISTRY_TYPE_ACCESS, "", "R1");
+	add_dep(reg, "S1", "acme", REGISTRY_TYPE_REFRESH, "", "S1");
+	add_dep(reg, "B1", "acme", REGISTRY_TYPE_ACCESS, "", "S1");
+	add[0] = family_rec("A2", REGISTRY_TYPE_ACCESS, "R1");
+	add[1] = family_rec("R2", REGISTRY_TYPE_REFRESH, "R1");
+	assert_int_equal(consume_wait(reg, "R1", add, 2, &status), 0);
+
+	assert_int_equal(set_wait(reg, "R2", "acme", REGISTRY_REVOKED, "logout", &changed), 0);
+	assert_int_equal(changed, 3);
+	assert_int_equal(status_of(reg, "R2"), REGISTRY_REVOKED);
+	assert_int_equal(status_of(reg, "A1"), REGISTRY_REVOKED);
+	assert_int_equal(status_of(reg, "A2"), REGISTRY_REVOKED);
+	assert_int_equal(status_of(reg, "S1"), REGISTRY_ACTIVE);
+	assert_int_equal(status_of(reg, "B1"), REGISTRY_ACTIVE);
+	/* Another org's scope does not reach the family. */
+	assert_int_equal(set_wait(reg, "S1", "other", REGISTRY_REVOKED, "x", &changed), -ENOENT);
+	assert_int_equal(status_of(reg, "B1"), REGISTRY_ACTIVE);
+	registry_close(reg);
+}
+
 static void test_consume_refusals(void **state)
 {
 	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
@@ -1817,6 +1848,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_open_refuses_symlink, fixture_tmpdir_setup,
 						fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_consume, fixture_tmpdir_setup, fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_revoking_a_rotated_refresh_token_ends_its_family, fixture_tmpdir_setup,
+						fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_consume_refusals, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_consume_race, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 	};
