@@ -16,7 +16,15 @@ ES256 signature and one fsync) takes well under a second.  Every wait has a
 deadline and looks at least once, and no verdict depends on which of two
 racing events came first.
 
-Usage: test_pairs.py BUILD_DIR SOURCE_DIR     (exit 0 pass, 1 fail, 77 skip)
+With the fault module (tests/faultp11) a second daemon runs on
+libfaultp11.so: while every call into the token fails, an auto-renewed
+parent's stream stays open on its current child, /tokens/latest answers 503
+once that child has run out, and after the fault is cleared renewals resume
+on their own and a new child arrives and verifies.
+
+Usage: test_pairs.py BUILD_DIR SOURCE_DIR [FAULT_MODULE SOFTHSM_MODULE]
+       (exit 0 pass, 1 fail, 77 skip; an empty FAULT_MODULE skips the fault
+       section only)
 """
 
 import json
@@ -28,8 +36,8 @@ import traceback
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, b64url_encode, jwt_parts,  # noqa: E402
-                            main_with_dirs, require_tools, run_daemon_test)
+from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, b64url_encode, faultp11_command,  # noqa: E402
+                            jwt_parts, require_tools, run_daemon_test, run_main)
 
 ALGORITHMS = ["ES256"]
 CHILD_TTL = 8           # the daemon's child_ttl: the SSE section's children
@@ -39,6 +47,7 @@ LONG_CHILD = 600        # children that must outlive a section
 STREAMS_PER_PARENT = 8  # RENEW_MAX_SUBSCRIBERS_PER_PARENT
 EVENT_DEADLINE = 30.0   # longest wait for an event that must come (seconds)
 STOP_DEADLINE = 15.0    # SIGTERM with a stream open: "promptly"
+RECOVERY_DEADLINE = 90.0  # keyring recovery (backoff to 8 s) + the renewal's (to 16 s), under ASan
 
 
 def import_pyjwt():
@@ -631,7 +640,117 @@ def restart(c, api, root):
         stream.close()
 
 
-def run(build_dir, source_dir):
+def faults(c, api, work, token, fault_module, softhsm_module):
+    c.section("HSM down: the stream keeps its current child; renewals resume after recovery")
+    control = os.path.join(work.path, "control")
+    faultp11_command(control, "forward\n")
+    d = Daemon(api.d.build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd-faults.log"),
+               {"HSMJWT_CHILD_TTL": str(CHILD_TTL), "HSMJWT_RENEW_BEFORE": str(RENEW_BEFORE),
+                "HSMJWT_LEEWAY": str(LEEWAY), "HSMJWT_PKCS11_MODULE": fault_module,
+                "FAULTP11_TARGET": softhsm_module, "FAULTP11_CONTROL": control,
+                "FAULTP11_STATS": os.path.join(work.path, "stats")},
+               state_dir=os.path.join(work.path, "faults-state"))
+    os.makedirs(d.state_dir, mode=0o700, exist_ok=True)
+    fapi = Api(c, d, api.jwt)
+    stream = None
+    try:
+        d.start()
+        pid = d.proc.pid
+        root = d.mint("admin", ttl=3600, sub="root")
+        doc = fapi.pair(root, "auto_renew on the fault module", auto_renew=True)
+        if doc is None:
+            return
+        pj = doc["parent_jti"]
+        stream = SseStream(d.port, f"/tokens/stream?parent_jti={pj}", doc["parent_token"])
+        seen = {}           # jti -> claims of every child the stream delivered
+
+        def take(ev):
+            if ev is not None:
+                seen[ev[0]["jti"]] = ev[0]
+            return ev
+
+        if take(expect_child_event(c, fapi, stream, pj, "before the fault", time.monotonic() + 10)) is None:
+            return
+        faultp11_command(control, "error CKR_DEVICE_ERROR\n")
+        fault_at = time.time()
+        c.check(True, "every call into the token now fails with CKR_DEVICE_ERROR")
+        # Until every child delivered so far has expired, then once more:
+        # whatever /tokens/latest answers must be one of them, or 503.
+        deadline = time.monotonic() + 30
+        latest_503 = None
+        ended = False
+        while time.monotonic() < deadline:
+            newest = max(x["exp"] for x in seen.values())
+            while time.time() <= newest + 1 and time.monotonic() < deadline:
+                got = stream.next_event(time.monotonic() + 0.5)
+                if got is not None and got[0].get("event") == "end":
+                    ended = True
+                elif got is not None and got[0].get("event") == "token":
+                    data = json.loads(got[0]["data"])
+                    fapi.keep(data["child_token"])
+                    seen[jwt_parts(data["child_token"])[1]["jti"]] = jwt_parts(data["child_token"])[1]
+                newest = max(x["exp"] for x in seen.values())
+            r = fapi.call("GET", f"/tokens/latest?parent_jti={pj}", doc["parent_token"])
+            if r.status == 503:
+                latest_503 = r
+                break
+            lj = (r.json() or {}).get("child_jti")
+            # A child published just before the fault: the stream has it too.
+            c.check(r.status == 200 and lj is not None, "during the fault /tokens/latest answers a child or 503",
+                    f"{r.status} {r.body[:200]!r}")
+            if r.status != 200:
+                break
+            while lj not in seen and time.monotonic() < deadline:
+                take(expect_child_event(c, fapi, stream, pj, "a child published before the fault", deadline))
+        c.check(not ended, "the stream is not ended by the fault")
+        c.check(all(x["iat"] <= fault_at + 1 for x in seen.values()),
+                "no child issued while the token fails", repr(sorted(x["iat"] for x in seen.values())))
+        c.check(latest_503 is not None and (latest_503.json() or {}).get("error") == "hsm_unavailable"
+                and latest_503.header("Retry-After") is not None,
+                "once its child has run out, /tokens/latest answers 503 hsm_unavailable with Retry-After",
+                latest_503 and f"{latest_503.status} {latest_503.body[:200]!r}")
+        faultp11_command(control, "forward\n")
+        cleared_at = time.time()
+        c.check(True, "the fault is cleared")
+        got = None
+        deadline = time.monotonic() + RECOVERY_DEADLINE
+        while got is None and time.monotonic() < deadline:
+            ev = stream.next_event(deadline)
+            if ev is None:
+                break
+            if ev[0].get("event") != "token":
+                c.check(False, "only token events on the stream", repr(ev[0])[:200])
+                break
+            data = json.loads(ev[0]["data"])
+            fapi.keep(data["child_token"])
+            if jwt_parts(data["child_token"])[1]["jti"] not in seen:
+                got = (jwt_parts(data["child_token"])[1], data, ev[1])
+        if c.check(got is not None, f"a new child arrives on the same stream after the recovery "
+                   f"(within {RECOVERY_DEADLINE:.0f} s)"):
+            cc, data, arrival = got
+            c.check(True, f"it came {arrival - cleared_at:.1f} s after the fault was cleared")
+            c.check(cc["iat"] >= int(cleared_at) - 1, "issued after the recovery", f"iat {cc['iat']}")
+            c.equal(fapi.verify(data["child_token"], "child"), (True, "active"), "it verifies")
+            r = fapi.call("GET", f"/tokens/latest?parent_jti={pj}", doc["parent_token"])
+            c.equal(r.status, 200, "/tokens/latest answers 200 again")
+        c.equal(d.proc.pid if d.proc else None, pid, "the same daemon throughout")
+    finally:
+        if stream is not None:
+            stream.close()
+        if d.proc is not None:
+            dpid = d.proc.pid
+            c.equal(d.stop(), 0, f"the fault daemon (pid {dpid}) exits 0 on SIGTERM")
+        if os.path.exists(d.log_path):
+            log = d.log_text()
+            c.check("auto-renewal failed, retrying" in log, "its log shows the renewals retried during the fault")
+            leaked = [i for i, t in enumerate(fapi.secrets) if t.split(".")[-1] in log]
+            c.check(not leaked, "its log contains none of the tokens", repr(leaked[:5]))
+            if c.failed:
+                print("-- fault daemon log (tail)")
+                print(d.log_excerpt())
+
+
+def run(build_dir, source_dir, fault_module="", softhsm_module=""):
     require_tools(["softhsm2-util"])
     jwt = import_pyjwt()
     for exe in ("hsmjwtd", "hsmjwtctl"):
@@ -659,6 +778,13 @@ def run(build_dir, source_dir):
         guarded(c, "sse", sse, c, api, root)
         guarded(c, "stream limits", stream_limits, c, api, root)
         guarded(c, "restart", restart, c, api, root)
+        if fault_module:
+            if not os.path.exists(fault_module):
+                c.check(False, f"{fault_module} is built")
+            else:
+                guarded(c, "faults", faults, c, api, work, token, fault_module, softhsm_module)
+        else:
+            print("-- HSM faults: skipped (no fault module in this build)")
 
     def log_checks(log):
         leaked = [i for i, s in enumerate(api.secrets) if s.split(".")[-1] in log]
@@ -670,4 +796,8 @@ def run(build_dir, source_dir):
 
 
 if __name__ == "__main__":
-    main_with_dirs("test_pairs", run)
+    if len(sys.argv) not in (3, 5):
+        print("usage: test_pairs.py BUILD_DIR SOURCE_DIR [FAULT_MODULE SOFTHSM_MODULE]", file=sys.stderr)
+        sys.exit(2)
+    run_main("test_pairs", lambda: run(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2]),
+                                       *(sys.argv[3:5] if len(sys.argv) == 5 else ())))
