@@ -322,23 +322,23 @@ static void api_grant_code(struct api_ctx *ctx, struct evhttp_request *req, stru
 		else
 			api_grant_revoke_family(ctx, req, out, family, API_REASON_CODE_REUSE,
 						"the code was used before: the tokens issued for it are now revoked");
-		return;
+		goto out;
 	}
 	if (r < 0) {
 		api_invalid_grant(out, req, "the code is unknown, malformed or expired");
-		return;
+		goto out;
 	}
 	if (strcmp(g->client_id, cg.client_id) != 0) {
 		api_invalid_grant(out, req, "the code was issued to another client");
-		return;
+		goto out;
 	}
 	if (strcmp(g->redirect_uri, cg.redirect_uri) != 0) {
 		api_invalid_grant(out, req, "redirect_uri is not the one the code was issued for");
-		return;
+		goto out;
 	}
 	if (!codes_pkce_matches(cg.challenge, g->code_verifier, strlen(g->code_verifier))) {
 		api_invalid_grant(out, req, "code_verifier does not match the code_challenge");
-		return;
+		goto out;
 	}
 	r = api_code_tokens(&ictx, &cg, &refresh, &access, &id);
 	if (r < 0) {
