@@ -24,6 +24,9 @@ int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role
 /* The org a caller's registry calls are confined to: NULL for a caller
  * without org (an unconfined admin sees every org). */
 const char *api_scope(const struct auth_caller *caller);
+/* Maps an issue_*() failure to its reply: 400/403 with err, 503 when the
+ * token cannot sign or no status-list index is left, else 500. */
+void api_issue_failed(struct api_outcome *out, struct evhttp_request *req, int r, const char *err);
 /* Maps a registry write failure to its reply (503 when it has failed). */
 void api_registry_failed(struct api_outcome *out, struct evhttp_request *req, int r);
 

@@ -49,20 +49,6 @@
 
 /* ---- shared ----------------------------------------------------------------- */
 
-static void api_pairs_issue_failed(struct api_outcome *out, struct evhttp_request *req, int r, const char *err)
-{
-	if (r == -EINVAL)
-		api_error(out, req, 400, "invalid_request", err);
-	else if (r == -EACCES)
-		api_error(out, req, 403, "insufficient_scope", err);
-	else if (r == HSM_E_DEVICE || r == HSM_E_STALE)
-		api_error(out, req, 503, "hsm_unavailable", "the token cannot sign right now");
-	else if (r == -ENOSPC)
-		api_error(out, req, 503, "registry_unavailable", "the registry has no status-list index left");
-	else
-		api_error(out, req, 500, "server_error", "the token could not be issued");
-}
-
 /* Replies, logging the request line first when the request was deferred
  * (the handler's caller logs the others; a reply may free the request). */
 static void api_answer_error(struct api_outcome *out, struct evhttp_request *req, int deferred, int code,
@@ -238,7 +224,7 @@ void api_token_pairs(struct api_ctx *ctx, struct evhttp_request *req, struct api
 		return;
 	r = issue_parse_pair_body(&ictx, body, &caller, &pair, err, sizeof(err));
 	if (r < 0) {
-		api_pairs_issue_failed(out, req, r, err);
+		api_issue_failed(out, req, r, err);
 		goto out;
 	}
 	/* Refused before anything is issued, rather than a pair handed out
@@ -260,7 +246,7 @@ void api_token_pairs(struct api_ctx *ctx, struct evhttp_request *req, struct api
 		r = issue_token(&ictx, &child_req, &child, err, sizeof(err));
 	}
 	if (r < 0) {
-		api_pairs_issue_failed(out, req, r, err);
+		api_issue_failed(out, req, r, err);
 		goto out;
 	}
 	snprintf(out->jti, sizeof(out->jti), "%s", parent.jti);
@@ -339,7 +325,7 @@ static int api_issue_child(struct api_ctx *ctx, struct evhttp_request *req, stru
 		r = issue_token(&ictx, &child_req, ret_child, err, sizeof(err));
 	json_decref(custom);
 	if (r < 0)
-		api_pairs_issue_failed(out, req, r, err[0] ? err : "the child could not be issued");
+		api_issue_failed(out, req, r, err[0] ? err : "the child could not be issued");
 	return r;
 }
 

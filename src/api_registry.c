@@ -80,8 +80,7 @@ static json_t *api_current_record(struct api_ctx *ctx, const char *jti, const ch
 
 /* ---- issuing ------------------------------------------------------------ */
 
-/* Maps an issue_*() failure to its HTTP answer. */
-static void api_issue_failed(struct api_outcome *out, struct evhttp_request *req, int r, const char *err)
+void api_issue_failed(struct api_outcome *out, struct evhttp_request *req, int r, const char *err)
 {
 	if (r == -EINVAL)
 		api_error(out, req, 400, "invalid_request", err);

@@ -16,6 +16,7 @@
 #include <p11-kit/uri.h>
 
 #include "hsm_internal.h"
+#include "hsmjwt/clock.h"
 #include "hsmjwt/log.h"
 
 const char *hsm_ckr_name(CK_RV rv)
@@ -117,20 +118,6 @@ int64_t hsm_now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 1;
-}
-
-struct timespec hsm_deadline(unsigned wait_ms)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += wait_ms / 1000;
-	ts.tv_nsec += (long)(wait_ms % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	return ts;
 }
 
 /* Takes the read lock for an operation: not while the token is failed, and
@@ -409,7 +396,7 @@ void hsm_close(struct hsm *hsm)
 	if (hsm == NULL)
 		return;
 	if (hsm->f != NULL) {
-		deadline = hsm_deadline(HSM_CLOSE_WAIT_MS);
+		deadline = clock_deadline(HSM_CLOSE_WAIT_MS);
 		if (pthread_rwlock_clockwrlock(&hsm->lock, CLOCK_MONOTONIC, &deadline) != 0) {
 			/* Unloading the module, or freeing the lock, under a thread
 			 * that is still inside it would crash that thread when the

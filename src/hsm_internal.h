@@ -77,9 +77,6 @@ int hsm_error_from_rv(CK_RV rv);
 /* CLOCK_MONOTONIC in milliseconds (never 0). */
 int64_t hsm_now_ms(void);
 
-/* The CLOCK_MONOTONIC time wait_ms from now, for the timed waits for the
- * write lock (hsm_close, hsm_recover). */
-struct timespec hsm_deadline(unsigned wait_ms);
 /* C_Initialize as this module wants it (OS locking): at hsm_open, and again
  * when hsm_recover re-initialises the module. */
 CK_RV hsm_initialize(struct hsm *hsm);

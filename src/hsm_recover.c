@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "hsm_internal.h"
+#include "hsmjwt/clock.h"
 #include "hsmjwt/log.h"
 
 int hsm_available(const struct hsm *hsm)
@@ -176,7 +177,7 @@ int hsm_recover(struct hsm *hsm, unsigned wait_ms)
 
 	if (hsm_available(hsm))
 		return 0;
-	deadline = hsm_deadline(wait_ms);
+	deadline = clock_deadline(wait_ms);
 	r = pthread_rwlock_clockwrlock(&hsm->lock, CLOCK_MONOTONIC, &deadline);
 	if (r == ETIMEDOUT) {
 		log_warn("\"token recovery waits: a call is still inside the module\" token=%s wait_ms=%u",

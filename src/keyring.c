@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "hsmjwt/clock.h"
 #include "hsmjwt/log.h"
 
 /* How long hsm_recover waits for a call still inside the module. */
@@ -226,17 +227,6 @@ static void keyring_turn(struct keyring *keyring, struct keyring_request *req)
 		keyring_refresh(keyring, 0);
 }
 
-static void keyring_deadline(struct timespec *ts, unsigned ms)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
 static void *keyring_main(void *arg)
 {
 	struct keyring *keyring = arg;
@@ -247,7 +237,7 @@ static void *keyring_main(void *arg)
 		struct keyring_request req;
 
 		if (!keyring->request.pending) {
-			keyring_deadline(&deadline, KEYRING_TICK_MS);
+			deadline = clock_deadline(KEYRING_TICK_MS);
 			pthread_cond_timedwait(&keyring->wake, &keyring->lock, &deadline);
 			if (keyring->stopping)
 				break;
@@ -272,7 +262,7 @@ static void *keyring_watchdog_main(void *arg)
 
 	pthread_mutex_lock(&keyring->lock);
 	while (!keyring->stopping) {
-		keyring_deadline(&deadline, KEYRING_TICK_MS);
+		deadline = clock_deadline(KEYRING_TICK_MS);
 		pthread_cond_timedwait(&keyring->wake, &keyring->lock, &deadline);
 		if (keyring->stopping)
 			break;
@@ -305,7 +295,6 @@ int keyring_rotate(struct keyring *keyring, enum jws_alg alg, int immediate, key
 int keyring_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, struct keyring **ret_keyring)
 {
 	struct keyring *keyring;
-	pthread_condattr_t attr;
 	int r;
 
 	keyring = calloc(1, sizeof(*keyring));
@@ -316,11 +305,9 @@ int keyring_start(const struct config *cfg, struct hsm *hsm, struct keys *keys, 
 	keyring->current = keys;
 	keyring->next_poll_ms = keyring_now_ms() + KEYRING_POLL_MS;
 	pthread_mutex_init(&keyring->lock, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&keyring->wake, &attr);
-	pthread_condattr_destroy(&attr);
-	r = -pthread_create(&keyring->thread, NULL, keyring_main, keyring);
+	r = clock_cond_init(&keyring->wake);
+	if (r == 0)
+		r = -pthread_create(&keyring->thread, NULL, keyring_main, keyring);
 	if (r == 0) {
 		keyring->thread_started = 1;
 		r = -pthread_create(&keyring->watchdog, NULL, keyring_watchdog_main, keyring);

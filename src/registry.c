@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hsmjwt/clock.h"
 #include "hsmjwt/log.h"
 #include "registry_internal.h"
 
@@ -51,26 +52,18 @@ static void registry_free(struct registry *reg)
 static int registry_init_locks(struct registry *reg)
 {
 	pthread_rwlockattr_t rwa;
-	pthread_condattr_t ca;
 
 	/* Writers must not starve behind a stream of list calls. */
 	if (pthread_rwlockattr_init(&rwa) != 0)
 		return -ENOMEM;
 	pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	if (pthread_condattr_init(&ca) != 0) {
-		pthread_rwlockattr_destroy(&rwa);
-		return -ENOMEM;
-	}
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	if (pthread_mutex_init(&reg->io, NULL) != 0 || pthread_mutex_init(&reg->gate, NULL) != 0 ||
 	    pthread_rwlock_init(&reg->lock, &rwa) != 0 || pthread_mutex_init(&reg->qmutex, NULL) != 0 ||
-	    pthread_cond_init(&reg->qwork, &ca) != 0) {
+	    clock_cond_init(&reg->qwork) < 0) {
 		pthread_rwlockattr_destroy(&rwa);
-		pthread_condattr_destroy(&ca);
 		return -ENOMEM;
 	}
 	pthread_rwlockattr_destroy(&rwa);
-	pthread_condattr_destroy(&ca);
 	reg->locks = 5;
 	return 0;
 }

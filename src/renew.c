@@ -12,6 +12,7 @@
 
 #include <openssl/crypto.h>
 
+#include "hsmjwt/clock.h"
 #include "hsmjwt/json.h"
 #include "hsmjwt/log.h"
 
@@ -559,17 +560,6 @@ static void renew_round(struct renew *renew)
 	}
 }
 
-static void renew_deadline(struct timespec *ts, unsigned ms)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
 static void *renew_main(void *arg)
 {
 	struct renew *renew = arg;
@@ -577,7 +567,7 @@ static void *renew_main(void *arg)
 
 	pthread_mutex_lock(&renew->lock);
 	while (!renew->stopping) {
-		renew_deadline(&deadline, RENEW_TICK_MS);
+		deadline = clock_deadline(RENEW_TICK_MS);
 		pthread_cond_timedwait(&renew->wake, &renew->lock, &deadline);
 		if (renew->stopping)
 			break;
@@ -594,19 +584,17 @@ static void *renew_main(void *arg)
 int renew_new(const struct config *cfg, struct registry *registry, struct renew **ret_renew)
 {
 	struct renew *renew = calloc(1, sizeof(*renew));
-	pthread_condattr_t attr;
 
-	if (renew == NULL || (renew->look = calloc(RENEW_MAX_SUBSCRIBERS, sizeof(*renew->look))) == NULL) {
+	if (renew == NULL || (renew->look = calloc(RENEW_MAX_SUBSCRIBERS, sizeof(*renew->look))) == NULL ||
+	    clock_cond_init(&renew->wake) < 0) {
+		if (renew != NULL)
+			free(renew->look);
 		free(renew);
 		return -ENOMEM;
 	}
 	renew->cfg = cfg;
 	renew->registry = registry;
 	pthread_mutex_init(&renew->lock, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&renew->wake, &attr);
-	pthread_condattr_destroy(&attr);
 	atomic_init(&renew->stop_now, 0);
 	*ret_renew = renew;
 	return 0;
