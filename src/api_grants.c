@@ -307,7 +307,7 @@ static void api_grant_code(struct api_ctx *ctx, struct evhttp_request *req, stru
 	struct api_pending *pending = NULL;
 	struct codes_grant cg;
 	char family[CODES_FAMILY_MAX + 1] = "";
-	int r;
+	int redeemed = 0, r;
 
 	/* RFC 6749 §10.5: the first presentation consumes the code, whether
 	 * the rest of the request is right or not — a stolen code tried with
@@ -328,6 +328,7 @@ static void api_grant_code(struct api_ctx *ctx, struct evhttp_request *req, stru
 		api_invalid_grant(out, req, "the code is unknown, malformed or expired");
 		goto out;
 	}
+	redeemed = 1;
 	if (strcmp(g->client_id, cg.client_id) != 0) {
 		api_invalid_grant(out, req, "the code was issued to another client");
 		goto out;
@@ -361,8 +362,11 @@ static void api_grant_code(struct api_ctx *ctx, struct evhttp_request *req, stru
 	snprintf(out->jti, sizeof(out->jti), "%s", access.jti);
 	/* Registered first, bound second: a second presentation that finds
 	 * the family finds its tokens in the registry; one that came before
-	 * the family was bound is reported here. */
-	if (codes_bind(ctx->codes, g->code, strlen(g->code), refresh.jti, ictx.now) == -EALREADY) {
+	 * the family was bound is reported here.  Anything but 0 means the
+	 * code's record cannot vouch for a single use: the tokens are revoked
+	 * rather than handed out. */
+	redeemed = 0;
+	if (codes_bind(ctx->codes, g->code, strlen(g->code), refresh.jti, ictx.now) != 0) {
 		log_warn("\"grant reused: family revoked\" reason=\"%s\" family=%s", API_REASON_CODE_REUSE, refresh.jti);
 		if (registry_set_status(ctx->registry, refresh.jti, NULL, REGISTRY_REVOKED, ictx.now, API_REASON_CODE_REUSE,
 					NULL, NULL, NULL) < 0)
@@ -373,6 +377,10 @@ static void api_grant_code(struct api_ctx *ctx, struct evhttp_request *req, stru
 	}
 	api_grant_reply(pending, out, api_grant_response(&access, &refresh, &id, cg.scope[0] ? cg.scope : NULL));
 out:
+	/* A redemption that issued nothing settles its tombstone empty: a
+	 * later presentation is refused, with nothing to revoke. */
+	if (redeemed)
+		codes_bind(ctx->codes, g->code, strlen(g->code), "", ictx.now);
 	issue_result_clear(&refresh);
 	issue_result_clear(&access);
 	issue_result_clear(&id);

@@ -18,23 +18,34 @@
 #define CODES_FIELDS 7
 
 /* One code, live or a tombstone.  payload holds the grant's strings, one
- * after the other, NUL-terminated; it is wiped and freed at redemption. */
+ * after the other, NUL-terminated; it is wiped and freed at redemption,
+ * when the entry moves from the live queue to the tombstones'. */
 struct codes_entry {
 	struct codes_entry *hnext;      /* bucket chain */
-	struct codes_entry *fnext;      /* registration order: expiry order */
+	struct codes_entry *next, *prev; /* its queue, in expiry order */
 	uint8_t hash[SHA256_DIGEST_LENGTH];
 	int64_t issued_at, expires, auth_time;
 	int used, reused;
+	/* Redeemed but not yet bound: the redemption is still issuing, and
+	 * its codes_bind must find the entry to learn of a reuse. */
+	int pending;
 	char family[CODES_FAMILY_MAX + 1];
 	char *payload;
 	size_t payload_len;
 };
 
+/* A FIFO whose order is expiry order: entries join at the tail with the
+ * longest expiry yet (up to a clock stepping back). */
+struct codes_queue {
+	struct codes_entry *head, *tail;
+	size_t count;
+};
+
 struct codes {
 	pthread_mutex_t mutex;
 	struct codes_entry **buckets;
-	struct codes_entry *head, *tail;
-	size_t count, bytes;
+	struct codes_queue live, tombs;
+	size_t bytes;                   /* live codes: entries and payloads */
 };
 
 int codes_new(struct codes **ret_codes)
@@ -53,10 +64,9 @@ int codes_new(struct codes **ret_codes)
 	return 0;
 }
 
-static void codes_entry_free(struct codes *codes, struct codes_entry *e)
+/* Wipes and frees an entry no longer linked anywhere. */
+static void codes_entry_free(struct codes_entry *e)
 {
-	codes->count--;
-	codes->bytes -= sizeof(*e) + e->payload_len;
 	if (e->payload != NULL) {
 		OPENSSL_cleanse(e->payload, e->payload_len);
 		free(e->payload);
@@ -65,15 +75,47 @@ static void codes_entry_free(struct codes *codes, struct codes_entry *e)
 	free(e);
 }
 
+static void codes_queue_push(struct codes_queue *q, struct codes_entry *e)
+{
+	e->next = NULL;
+	e->prev = q->tail;
+	if (q->tail != NULL)
+		q->tail->next = e;
+	else
+		q->head = e;
+	q->tail = e;
+	q->count++;
+}
+
+static void codes_queue_remove(struct codes_queue *q, struct codes_entry *e)
+{
+	if (e->prev != NULL)
+		e->prev->next = e->next;
+	else
+		q->head = e->next;
+	if (e->next != NULL)
+		e->next->prev = e->prev;
+	else
+		q->tail = e->prev;
+	e->next = e->prev = NULL;
+	q->count--;
+}
+
 void codes_free(struct codes *codes)
 {
+	struct codes_queue *queues[2];
+
 	if (codes == NULL)
 		return;
-	while (codes->head != NULL) {
-		struct codes_entry *e = codes->head;
-		codes->head = e->fnext;
-		codes_entry_free(codes, e);
-	}
+	queues[0] = &codes->live;
+	queues[1] = &codes->tombs;
+	for (size_t i = 0; i < 2; i++)
+		while (queues[i]->head != NULL) {
+			struct codes_entry *e = queues[i]->head;
+
+			codes_queue_remove(queues[i], e);
+			codes_entry_free(e);
+		}
 	pthread_mutex_destroy(&codes->mutex);
 	free(codes->buckets);
 	free(codes);
@@ -96,22 +138,49 @@ static struct codes_entry *codes_find(const struct codes *codes, const uint8_t *
 	return NULL;
 }
 
+/* Under the mutex: takes e out of its bucket and queue and frees it. */
+static void codes_drop(struct codes *codes, struct codes_queue *q, struct codes_entry *e)
+{
+	struct codes_entry **p = &codes->buckets[codes_bucket(e->hash)];
+
+	while (*p != e)
+		p = &(*p)->hnext;
+	*p = e->hnext;
+	codes_queue_remove(q, e);
+	if (q == &codes->live)
+		codes->bytes -= sizeof(*e) + e->payload_len;
+	codes_entry_free(e);
+}
+
+/* Under the mutex: the oldest tombstone goes, unless its redemption is
+ * still pending: that one moves to the tail with a fresh lifetime, since
+ * dropping it would let its codes_bind miss a reuse.  Pending entries are
+ * as many as redemptions in flight, a handful, so the caller's loop ends. */
+static void codes_drop_oldest_tomb(struct codes *codes, int64_t now)
+{
+	struct codes_entry *e = codes->tombs.head;
+
+	if (e->pending) {
+		codes_queue_remove(&codes->tombs, e);
+		e->expires = now + CODES_TOMBSTONE_TTL;
+		codes_queue_push(&codes->tombs, e);
+		return;
+	}
+	codes_drop(codes, &codes->tombs, e);
+}
+
 /* Under the mutex: drops entries expired at now, oldest first.  The clock
  * may step back, so a later entry can expire before an earlier one: it then
- * goes with the earlier one, a few seconds late, never early. */
+ * goes with the earlier one, a few seconds late, never early.  A pending
+ * tombstone is never dropped (codes_drop_oldest_tomb); the loop over the
+ * tombstones stops at the first one that is not expired, which a requeued
+ * pending one is not. */
 static void codes_purge(struct codes *codes, int64_t now)
 {
-	while (codes->head != NULL && codes->head->expires <= now) {
-		struct codes_entry *e = codes->head, **p = &codes->buckets[codes_bucket(e->hash)];
-
-		while (*p != e)
-			p = &(*p)->hnext;
-		*p = e->hnext;
-		codes->head = e->fnext;
-		if (codes->head == NULL)
-			codes->tail = NULL;
-		codes_entry_free(codes, e);
-	}
+	while (codes->live.head != NULL && codes->live.head->expires <= now)
+		codes_drop(codes, &codes->live, codes->live.head);
+	while (codes->tombs.head != NULL && codes->tombs.head->expires <= now)
+		codes_drop_oldest_tomb(codes, now);
 }
 
 size_t codes_count(struct codes *codes, int64_t now)
@@ -120,7 +189,7 @@ size_t codes_count(struct codes *codes, int64_t now)
 
 	pthread_mutex_lock(&codes->mutex);
 	codes_purge(codes, now);
-	n = codes->count;
+	n = codes->live.count + codes->tombs.count;
 	pthread_mutex_unlock(&codes->mutex);
 	return n;
 }
@@ -255,9 +324,9 @@ int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t no
 	SHA256((const unsigned char *)code, CODES_CODE_LEN, e->hash);
 	pthread_mutex_lock(&codes->mutex);
 	codes_purge(codes, now);
-	if (codes->count >= CODES_MAX_LIVE || codes->bytes + sizeof(*e) + e->payload_len > CODES_MAX_BYTES) {
+	if (codes->live.count >= CODES_MAX_LIVE || codes->bytes + sizeof(*e) + e->payload_len > CODES_MAX_BYTES) {
 		log_limited(LOG_LEVEL_WARN, "\"authorization codes full: refusing a code\" codes=%zu bytes=%zu",
-			    codes->count, codes->bytes);
+			    codes->live.count, codes->bytes);
 		r = -ENOSPC;
 	} else if (codes_find(codes, e->hash) != NULL) {
 		/* 256 random bits met an earlier code: the generator is broken. */
@@ -267,12 +336,7 @@ int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t no
 		b = codes_bucket(e->hash);
 		e->hnext = codes->buckets[b];
 		codes->buckets[b] = e;
-		if (codes->tail != NULL)
-			codes->tail->fnext = e;
-		else
-			codes->head = e;
-		codes->tail = e;
-		codes->count++;
+		codes_queue_push(&codes->live, e);
 		codes->bytes += sizeof(*e) + e->payload_len;
 		e = NULL;
 	}
@@ -332,13 +396,26 @@ int codes_redeem(struct codes *codes, const char *code, size_t len, int64_t now,
 		r = -EALREADY;
 	} else {
 		e->used = 1;
+		e->pending = 1;
 		codes_unpack(e, ret_grant);
 		/* The tombstone needs none of it. */
+		codes_queue_remove(&codes->live, e);
+		codes->bytes -= sizeof(*e) + e->payload_len;
 		OPENSSL_cleanse(e->payload, e->payload_len);
 		free(e->payload);
 		e->payload = NULL;
-		codes->bytes -= e->payload_len;
 		e->payload_len = 0;
+		/* A tombstone outlives the code: a replay after the code's own
+		 * expiry must still find it, and a code is redeemed at most
+		 * CODES_TTL after registration, so its tombstone covers a
+		 * replay during the first minutes of its tokens' lives. */
+		e->expires = now + CODES_TOMBSTONE_TTL;
+		codes_queue_push(&codes->tombs, e);
+		while (codes->tombs.count > CODES_MAX_TOMBSTONES) {
+			log_limited(LOG_LEVEL_WARN, "\"authorization code tombstones full: dropping the oldest early\" "
+				    "tombstones=%zu", codes->tombs.count);
+			codes_drop_oldest_tomb(codes, now);
+		}
 		r = 0;
 	}
 	pthread_mutex_unlock(&codes->mutex);
@@ -356,14 +433,17 @@ int codes_bind(struct codes *codes, const char *code, size_t len, const char *fa
 	if (codes_hash(code, len, hash) < 0)
 		return -ENOENT;
 	pthread_mutex_lock(&codes->mutex);
-	codes_purge(codes, now);
+	/* Looked up before the purge: a pending tombstone is never purged,
+	 * but its lifetime may be over by now, and it is settled first. */
 	e = codes_find(codes, hash);
 	if (e == NULL || !e->used) {
 		r = -ENOENT;
 	} else {
 		memcpy(e->family, family, strlen(family) + 1);
+		e->pending = 0;
 		r = e->reused ? -EALREADY : 0;
 	}
+	codes_purge(codes, now);
 	pthread_mutex_unlock(&codes->mutex);
 	return r;
 }

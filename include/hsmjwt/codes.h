@@ -13,13 +13,26 @@
  * redeem anything.  A code is 32 random bytes, base64url (43 characters).
  * It expires CODES_TTL seconds after it was registered (now >= issued +
  * CODES_TTL is expired); the first presentation consumes it, whatever the
- * rest of the request says (RFC 6749 §10.5), and leaves a tombstone until the
- * code's expiry that remembers the family of the tokens issued for it, so
- * that a second presentation revokes them (RFC 6749 §4.1.2).  Expired
- * entries are purged lazily, oldest first, by every call.
+ * rest of the request says (RFC 6749 §10.5), and leaves a tombstone that
+ * remembers the family of the tokens issued for it, so that a second
+ * presentation revokes them (RFC 6749 §4.1.2).  A tombstone lives
+ * CODES_TOMBSTONE_TTL (10 minutes) from the redemption, far longer than the
+ * code: a replay soon after the code's own 60 s must still be recognised.
+ * Ten minutes because a replay is an attacker's use of an intercepted code,
+ * which comes soon or not at all; a presentation later than that is
+ * answered like an unknown code (nothing revoked), indistinguishable from
+ * garbage, and the tokens of the first redemption stay valid.  A tombstone
+ * whose redemption has not reached codes_bind yet (the tokens are still
+ * being signed) is never dropped, whatever its age: the binder must learn
+ * of a reuse.  Expired entries are purged lazily, oldest first, by every
+ * call.
  *
- * Bounded: at most CODES_MAX_LIVE entries (live codes and tombstones) and
- * CODES_MAX_BYTES of them; past either, codes_issue answers -ENOSPC.
+ * Bounded: at most CODES_MAX_LIVE live codes and CODES_MAX_BYTES of them
+ * (past either, codes_issue answers -ENOSPC), and CODES_MAX_TOMBSTONES
+ * tombstones of about 200 bytes each (past that, the oldest one is dropped
+ * early: under a flood of redemptions the window of reuse detection
+ * shrinks, logins go on), plus the pending ones, one per redemption in
+ * flight.
  *
  * Every function takes the time as an argument, so that expiry is tested
  * with an injected clock. */
@@ -30,7 +43,9 @@
 #include <stdint.h>
 
 #define CODES_TTL 60
+#define CODES_TOMBSTONE_TTL 600
 #define CODES_MAX_LIVE 100000
+#define CODES_MAX_TOMBSTONES 200000
 #define CODES_MAX_BYTES ((size_t)64 << 20)
 #define CODES_CODE_LEN 43             /* 32 bytes, base64url */
 #define CODES_CHALLENGE_LEN 43        /* BASE64URL(SHA-256(verifier)) */
@@ -79,13 +94,17 @@ int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t no
 int codes_redeem(struct codes *codes, const char *code, size_t len, int64_t now, struct codes_grant *ret_grant,
 		 char *ret_family);
 
-/* Records the family of the tokens issued for a redeemed code, for its
- * tombstone.  0; -EALREADY when the code was presented again since its
- * redemption (the caller revokes the family: the family is recorded all
- * the same); -ENOENT when the code is gone (expired meanwhile). */
+/* Settles a redemption: records the family of the tokens issued for the
+ * code, for its tombstone, or "" when the redemption issued nothing (a
+ * refused verifier, a failure).  Every successful codes_redeem must be
+ * followed by one codes_bind.  0; -EALREADY when the code was presented
+ * again since its redemption (the caller revokes the family: the family is
+ * recorded all the same); -ENOENT when the code was never redeemed (or is
+ * unknown): a caller that issued tokens treats that like -EALREADY. */
 int codes_bind(struct codes *codes, const char *code, size_t len, const char *family, int64_t now);
 
-/* Live entries (codes and tombstones) after purging those expired at now. */
+/* Entries held (live codes and tombstones) after purging those expired at
+ * now. */
 size_t codes_count(struct codes *codes, int64_t now);
 
 /* RFC 7636: a code_challenge of method S256 is 43 base64url characters

@@ -1,7 +1,10 @@
 /* codes: authorization codes with an injected clock — one use, expiry at
  * exactly CODES_TTL, tombstones that remember the family of the tokens a
- * code gave (bound before or after a second presentation), the live-code
- * and byte limits and the purge that frees them, malformed and unknown
+ * code gave (bound before or after a second presentation) for
+ * CODES_TOMBSTONE_TTL after the redemption, past the code's own expiry, a
+ * pending redemption's tombstone never purged before its bind, the
+ * live-code, byte and tombstone limits and the purge that frees them,
+ * malformed and unknown
  * codes, two threads redeeming one code, and PKCE S256: RFC 7636 Appendix
  * B's vector, wrong and malformed verifiers, and the comparison made by
  * CRYPTO_memcmp over the whole challenge (interposed below). */
@@ -165,10 +168,13 @@ static void test_expiry_exactly_ttl(void **state)
 	issue_ok(codes, "b", NOW, b);
 	/* One second before CODES_TTL it still redeems... */
 	assert_int_equal(redeem(codes, a, NOW + CODES_TTL - 1, &got, family), 0);
-	/* ...at exactly CODES_TTL it is gone, as is a's tombstone. */
+	assert_int_equal(codes_bind(codes, a, strlen(a), "FAM-A", NOW + CODES_TTL - 1), 0);
+	/* ...at exactly CODES_TTL an unused code is gone, while a's tombstone
+	 * is not: it lives from the redemption. */
 	assert_int_equal(redeem(codes, b, NOW + CODES_TTL, &got, family), -ENOENT);
-	assert_int_equal(redeem(codes, a, NOW + CODES_TTL, &got, family), -ENOENT);
-	assert_int_equal(codes_count(codes, NOW + CODES_TTL), 0);
+	assert_int_equal(redeem(codes, a, NOW + CODES_TTL, &got, family), -EALREADY);
+	assert_string_equal(family, "FAM-A");
+	assert_int_equal(codes_count(codes, NOW + CODES_TTL), 1);
 	codes_free(codes);
 }
 
@@ -181,11 +187,82 @@ static void test_tombstone_until_expiry(void **state)
 	issue_ok(codes, "d", NOW, code);
 	assert_int_equal(redeem(codes, code, NOW + 10, &got, family), 0);
 	assert_int_equal(codes_bind(codes, code, strlen(code), "FAM", NOW + 10), 0);
-	assert_int_equal(redeem(codes, code, NOW + CODES_TTL - 1, &got, family), -EALREADY);
+	assert_int_equal(redeem(codes, code, NOW + CODES_TTL, &got, family), -EALREADY);
 	assert_string_equal(family, "FAM");
-	assert_int_equal(codes_count(codes, NOW + CODES_TTL - 1), 1);
-	assert_int_equal(redeem(codes, code, NOW + CODES_TTL, &got, family), -ENOENT);
-	assert_int_equal(codes_count(codes, NOW + CODES_TTL), 0);
+	assert_int_equal(redeem(codes, code, NOW + 10 + CODES_TOMBSTONE_TTL - 1, &got, family), -EALREADY);
+	assert_string_equal(family, "FAM");
+	assert_int_equal(codes_count(codes, NOW + 10 + CODES_TOMBSTONE_TTL - 1), 1);
+	/* Ten minutes after the redemption a presentation is a stranger's. */
+	assert_int_equal(redeem(codes, code, NOW + 10 + CODES_TOMBSTONE_TTL, &got, family), -ENOENT);
+	assert_int_equal(codes_count(codes, NOW + 10 + CODES_TOMBSTONE_TTL), 0);
+	codes_free(codes);
+}
+
+/* Review scenario A: a code issued at 1000, redeemed at 1050 and replayed
+ * at 1061, after its own 60 s: the replay must find the family to revoke. */
+static void test_replay_after_code_expiry(void **state)
+{
+	struct codes *codes = new_codes();
+	struct codes_grant got;
+	char code[CODES_CODE_LEN + 1], family[CODES_FAMILY_MAX + 1];
+
+	issue_ok(codes, "scenario-a", 1000, code);
+	assert_int_equal(redeem(codes, code, 1050, &got, family), 0);
+	assert_int_equal(codes_bind(codes, code, strlen(code), "FAMILY-A", 1050), 0);
+	memset(family, 'x', sizeof(family));
+	assert_int_equal(redeem(codes, code, 1061, &got, family), -EALREADY);
+	assert_string_equal(family, "FAMILY-A");
+	codes_free(codes);
+}
+
+/* Review scenario B: issued at 2000, redeemed at 2059, presented again at
+ * 2059 (before the bind), and the first redemption's bind coming after
+ * the code's expiry at 2060, when other calls have purged: the binder must
+ * still hear of the reuse. */
+static void test_reuse_race_at_expiry(void **state)
+{
+	struct codes *codes = new_codes();
+	struct codes_grant got;
+	char code[CODES_CODE_LEN + 1], other[CODES_CODE_LEN + 1], family[CODES_FAMILY_MAX + 1];
+
+	issue_ok(codes, "scenario-b", 2000, code);
+	assert_int_equal(redeem(codes, code, 2059, &got, family), 0);
+	assert_int_equal(redeem(codes, code, 2059, &got, family), -EALREADY);
+	assert_string_equal(family, "");
+	/* Other workers' calls purge meanwhile. */
+	assert_int_equal(codes_count(codes, 2061), 1);
+	issue_ok(codes, "someone else", 2061, other);
+	assert_int_equal(codes_bind(codes, code, strlen(code), "FAMILY-B", 2061), -EALREADY);
+	/* The family is kept for later presentations. */
+	assert_int_equal(redeem(codes, code, 2062, &got, family), -EALREADY);
+	assert_string_equal(family, "FAMILY-B");
+	codes_free(codes);
+}
+
+/* A redemption whose tokens take longer than a tombstone's life to sign:
+ * its entry stays until it is bound, then lives a tombstone's life. */
+static void test_pending_never_purged(void **state)
+{
+	struct codes *codes = new_codes();
+	struct codes_grant got;
+	char code[CODES_CODE_LEN + 1], family[CODES_FAMILY_MAX + 1];
+	const int64_t late = NOW + 3 * CODES_TOMBSTONE_TTL;
+
+	issue_ok(codes, "slow", NOW, code);
+	assert_int_equal(redeem(codes, code, NOW, &got, family), 0);
+	assert_int_equal(codes_count(codes, late), 1);
+	assert_int_equal(redeem(codes, code, late, &got, family), -EALREADY);
+	assert_string_equal(family, "");
+	assert_int_equal(codes_bind(codes, code, strlen(code), "SLOW", late), -EALREADY);
+	assert_int_equal(codes_count(codes, late + CODES_TOMBSTONE_TTL - 1), 1);
+	assert_int_equal(codes_count(codes, late + CODES_TOMBSTONE_TTL), 0);
+	/* Settled without tokens (""), an entry expires like any tombstone. */
+	issue_ok(codes, "refused", late, code);
+	assert_int_equal(redeem(codes, code, late, &got, family), 0);
+	assert_int_equal(codes_bind(codes, code, strlen(code), "", late), 0);
+	assert_int_equal(redeem(codes, code, late + 1, &got, family), -EALREADY);
+	assert_string_equal(family, "");
+	assert_int_equal(codes_count(codes, late + CODES_TOMBSTONE_TTL), 0);
 	codes_free(codes);
 }
 
@@ -209,12 +286,17 @@ static void test_live_limit(void **state)
 	memset(code, 'z', sizeof(code));
 	assert_int_equal(codes_issue(codes, &g, NOW + 1, code), -ENOSPC);
 	assert_int_equal((unsigned char)code[0], 'z');
-	/* A redemption frees nothing (the tombstone stays)... */
+	/* A redemption frees its code's place (the tombstone is counted
+	 * apart)... */
 	assert_int_equal(redeem(codes, first, NOW + 1, &g, family), 0);
+	assert_int_equal(codes_bind(codes, first, strlen(first), "F", NOW + 1), 0);
+	assert_int_equal(codes_issue(codes, &g, NOW + 1, code), 0);
+	assert_int_equal(codes_count(codes, NOW + 1), CODES_MAX_LIVE + 1);
 	assert_int_equal(codes_issue(codes, &g, NOW + 1, code), -ENOSPC);
-	/* ...the expiry of the first half does. */
+	/* ...and the expiry of the first half frees theirs: left are the
+	 * codes of NOW + 1, one more, and the tombstone. */
 	assert_int_equal(codes_issue(codes, &g, NOW + CODES_TTL, code), 0);
-	assert_int_equal(codes_count(codes, NOW + CODES_TTL), CODES_MAX_LIVE / 2 + 1);
+	assert_int_equal(codes_count(codes, NOW + CODES_TTL), CODES_MAX_LIVE / 2 + 1 + 1 + 1);
 	codes_free(codes);
 }
 
@@ -251,6 +333,45 @@ static void test_byte_limit(void **state)
 	/* The budget comes back with the expiry. */
 	assert_int_equal(codes_issue(codes, &g, NOW + CODES_TTL, code), 0);
 	assert_int_equal(codes_count(codes, NOW + CODES_TTL), 1);
+	codes_free(codes);
+}
+
+/* Past CODES_MAX_TOMBSTONES the oldest tombstone goes early, unless its
+ * redemption is still pending. */
+static void test_tombstone_limit(void **state)
+{
+	struct codes *codes = new_codes();
+	struct codes_grant got;
+	char pending[CODES_CODE_LEN + 1], oldest[CODES_CODE_LEN + 1], second[CODES_CODE_LEN + 1];
+	char code[CODES_CODE_LEN + 1], family[CODES_FAMILY_MAX + 1];
+
+	issue_ok(codes, "pending", NOW, pending);
+	assert_int_equal(redeem(codes, pending, NOW, &got, family), 0);
+	issue_ok(codes, "oldest", NOW, oldest);
+	assert_int_equal(redeem(codes, oldest, NOW, &got, family), 0);
+	assert_int_equal(codes_bind(codes, oldest, strlen(oldest), "OLDEST", NOW), 0);
+	issue_ok(codes, "second", NOW, second);
+	assert_int_equal(redeem(codes, second, NOW, &got, family), 0);
+	assert_int_equal(codes_bind(codes, second, strlen(second), "SECOND", NOW), 0);
+	for (int i = 3; i < CODES_MAX_TOMBSTONES; i++) {
+		issue_ok(codes, "filler", NOW + 1, code);
+		assert_int_equal(redeem(codes, code, NOW + 1, &got, family), 0);
+		assert_int_equal(codes_bind(codes, code, strlen(code), "", NOW + 1), 0);
+	}
+	assert_int_equal(codes_count(codes, NOW + 1), CODES_MAX_TOMBSTONES);
+	/* All three still there at the limit. */
+	assert_int_equal(redeem(codes, oldest, NOW + 1, &got, family), -EALREADY);
+	assert_string_equal(family, "OLDEST");
+	/* One more: the pending one moves back, the oldest bound one goes. */
+	issue_ok(codes, "one more", NOW + 1, code);
+	assert_int_equal(redeem(codes, code, NOW + 1, &got, family), 0);
+	assert_int_equal(codes_count(codes, NOW + 1), CODES_MAX_TOMBSTONES);
+	assert_int_equal(redeem(codes, oldest, NOW + 1, &got, family), -ENOENT);
+	assert_int_equal(redeem(codes, second, NOW + 1, &got, family), -EALREADY);
+	assert_string_equal(family, "SECOND");
+	assert_int_equal(redeem(codes, pending, NOW + 1, &got, family), -EALREADY);
+	assert_string_equal(family, "");
+	assert_int_equal(codes_bind(codes, pending, strlen(pending), "PENDING", NOW + 1), -EALREADY);
 	codes_free(codes);
 }
 
@@ -448,6 +569,10 @@ int main(void)
 		cmocka_unit_test(test_bind_then_reuse),
 		cmocka_unit_test(test_expiry_exactly_ttl),
 		cmocka_unit_test(test_tombstone_until_expiry),
+		cmocka_unit_test(test_replay_after_code_expiry),
+		cmocka_unit_test(test_reuse_race_at_expiry),
+		cmocka_unit_test(test_pending_never_purged),
+		cmocka_unit_test(test_tombstone_limit),
 		cmocka_unit_test(test_live_limit),
 		cmocka_unit_test(test_byte_limit),
 		cmocka_unit_test(test_malformed_and_unknown),
