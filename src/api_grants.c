@@ -429,6 +429,13 @@ void api_codes(struct api_ctx *ctx, struct evhttp_request *req, struct api_outco
 		return;
 	}
 	r = codes_issue(ctx->codes, &cg, api_now(), code);
+	if (r == -EDQUOT) {
+		/* This org's own volume (SPEC §4's 429, Retry-After from
+		 * http.c): a place frees as soon as one of its codes is
+		 * redeemed or expires, and other orgs are not affected. */
+		api_error(out, req, 429, "rate_limited", "this org has too many authorization codes live; retry shortly");
+		return;
+	}
 	if (r == -ENOSPC) {
 		/* RFC 6749 §4.1.2.1's word for an overloaded server. */
 		api_error(out, req, 503, "temporarily_unavailable", "too many authorization codes are live; retry shortly");

@@ -15,7 +15,17 @@
 /* Chains stay short: a bucket is chosen by bits of SHA-256 of a random
  * code, which no caller picks. */
 #define CODES_BUCKETS (1u << 17)
+#define CODES_ORG_BUCKETS (1u << 12)
 #define CODES_FIELDS 7
+
+/* The live codes of one org (the grant's org, "" for codes without one,
+ * which only unconfined callers register): the quota's count.  There when
+ * the org has a live code, so at most CODES_MAX_LIVE of them. */
+struct codes_org {
+	struct codes_org *next;         /* bucket chain */
+	size_t live, size;              /* size: of this allocation, for the byte budget */
+	char name[];
+};
 
 /* One code, live or a tombstone.  payload holds the grant's strings, one
  * after the other, NUL-terminated; it is wiped and freed at redemption,
@@ -29,6 +39,7 @@ struct codes_entry {
 	/* Redeemed but not yet bound: the redemption is still issuing, and
 	 * its codes_bind must find the entry to learn of a reuse. */
 	int pending;
+	struct codes_org *org;          /* while live: whose quota it counts in */
 	char family[CODES_FAMILY_MAX + 1];
 	char *payload;
 	size_t payload_len;
@@ -45,7 +56,8 @@ struct codes {
 	pthread_mutex_t mutex;
 	struct codes_entry **buckets;
 	struct codes_queue live, tombs;
-	size_t bytes;                   /* live codes: entries and payloads */
+	struct codes_org **orgs;
+	size_t bytes;                   /* live codes: entries, payloads, their orgs */
 };
 
 int codes_new(struct codes **ret_codes)
@@ -55,8 +67,10 @@ int codes_new(struct codes **ret_codes)
 	if (codes == NULL)
 		return -ENOMEM;
 	codes->buckets = calloc(CODES_BUCKETS, sizeof(*codes->buckets));
-	if (codes->buckets == NULL || pthread_mutex_init(&codes->mutex, NULL) != 0) {
+	codes->orgs = calloc(CODES_ORG_BUCKETS, sizeof(*codes->orgs));
+	if (codes->buckets == NULL || codes->orgs == NULL || pthread_mutex_init(&codes->mutex, NULL) != 0) {
 		free(codes->buckets);
+		free(codes->orgs);
 		free(codes);
 		return -ENOMEM;
 	}
@@ -101,6 +115,40 @@ static void codes_queue_remove(struct codes_queue *q, struct codes_entry *e)
 	q->count--;
 }
 
+static uint32_t codes_org_bucket(const char *org)
+{
+	uint8_t digest[SHA256_DIGEST_LENGTH];
+
+	SHA256((const unsigned char *)org, strlen(org), digest);
+	return ((uint32_t)digest[0] | (uint32_t)digest[1] << 8) & (CODES_ORG_BUCKETS - 1);
+}
+
+/* Under the mutex: org's counter, NULL when it has no live code. */
+static struct codes_org *codes_org_find(const struct codes *codes, const char *org, uint32_t b)
+{
+	struct codes_org *o;
+
+	for (o = codes->orgs[b]; o != NULL; o = o->next)
+		if (strcmp(o->name, org) == 0)
+			return o;
+	return NULL;
+}
+
+/* Under the mutex: a live code of o is gone; the counter goes with its
+ * last one. */
+static void codes_org_release(struct codes *codes, struct codes_org *o)
+{
+	struct codes_org **p;
+
+	if (--o->live > 0)
+		return;
+	for (p = &codes->orgs[codes_org_bucket(o->name)]; *p != o; p = &(*p)->next)
+		;
+	*p = o->next;
+	codes->bytes -= o->size;
+	free(o);
+}
+
 void codes_free(struct codes *codes)
 {
 	struct codes_queue *queues[2];
@@ -118,6 +166,7 @@ void codes_free(struct codes *codes)
 		}
 	pthread_mutex_destroy(&codes->mutex);
 	free(codes->buckets);
+	free(codes->orgs);
 	free(codes);
 }
 
@@ -147,8 +196,10 @@ static void codes_drop(struct codes *codes, struct codes_queue *q, struct codes_
 		p = &(*p)->hnext;
 	*p = e->hnext;
 	codes_queue_remove(q, e);
-	if (q == &codes->live)
+	if (q == &codes->live) {
 		codes->bytes -= sizeof(*e) + e->payload_len;
+		codes_org_release(codes, e->org);
+	}
 	codes_entry_free(e);
 }
 
@@ -302,7 +353,10 @@ int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t no
 	uint8_t raw[32];
 	char code[CODES_CODE_LEN + 1];
 	struct codes_entry *e = NULL;
-	uint32_t b;
+	struct codes_org *o, *fresh = NULL;
+	size_t org_len, need;
+	char shown[CODES_ORG_MAX + 3];
+	uint32_t b, ob;
 	int r;
 
 	if (codes == NULL || grant == NULL || !codes_field_ok(grant->subject, sizeof(grant->subject), 1) ||
@@ -315,6 +369,16 @@ int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t no
 	r = codes_entry_new(grant, now, &e);
 	if (r < 0)
 		return r;
+	/* Made before the lock, used only if the org has no live code yet. */
+	org_len = strlen(grant->org);
+	fresh = calloc(1, sizeof(*fresh) + org_len + 1);
+	if (fresh == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	fresh->size = sizeof(*fresh) + org_len + 1;
+	memcpy(fresh->name, grant->org, org_len + 1);
+	ob = codes_org_bucket(grant->org);
 	if (RAND_bytes(raw, sizeof(raw)) != 1) {
 		log_error("\"RAND_bytes failed\" for=\"authorization code\"");
 		r = -EIO;
@@ -324,7 +388,15 @@ int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t no
 	SHA256((const unsigned char *)code, CODES_CODE_LEN, e->hash);
 	pthread_mutex_lock(&codes->mutex);
 	codes_purge(codes, now);
-	if (codes->live.count >= CODES_MAX_LIVE || codes->bytes + sizeof(*e) + e->payload_len > CODES_MAX_BYTES) {
+	o = codes_org_find(codes, grant->org, ob);
+	need = sizeof(*e) + e->payload_len + (o == NULL ? fresh->size : 0);
+	if (o != NULL && o->live >= CODES_MAX_PER_ORG) {
+		/* One org's flood, a confined caller's included, must not
+		 * take the table from every other org's logins. */
+		log_limited(LOG_LEVEL_WARN, "\"authorization codes: org over its quota\" org=%s codes=%zu",
+			    log_quote(shown, sizeof(shown), grant->org), o->live);
+		r = -EDQUOT;
+	} else if (codes->live.count >= CODES_MAX_LIVE || codes->bytes + need > CODES_MAX_BYTES) {
 		log_limited(LOG_LEVEL_WARN, "\"authorization codes full: refusing a code\" codes=%zu bytes=%zu",
 			    codes->live.count, codes->bytes);
 		r = -ENOSPC;
@@ -333,6 +405,15 @@ int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t no
 		log_error("\"authorization code collision\"");
 		r = -EIO;
 	} else {
+		if (o == NULL) {
+			o = fresh;
+			fresh = NULL;
+			o->next = codes->orgs[ob];
+			codes->orgs[ob] = o;
+			codes->bytes += o->size;
+		}
+		o->live++;
+		e->org = o;
 		b = codes_bucket(e->hash);
 		e->hnext = codes->buckets[b];
 		codes->buckets[b] = e;
@@ -346,6 +427,7 @@ int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t no
 out:
 	OPENSSL_cleanse(raw, sizeof(raw));
 	OPENSSL_cleanse(code, sizeof(code));
+	free(fresh);
 	if (e != NULL) {
 		OPENSSL_cleanse(e->payload, e->payload_len);
 		free(e->payload);
@@ -401,6 +483,8 @@ int codes_redeem(struct codes *codes, const char *code, size_t len, int64_t now,
 		/* The tombstone needs none of it. */
 		codes_queue_remove(&codes->live, e);
 		codes->bytes -= sizeof(*e) + e->payload_len;
+		codes_org_release(codes, e->org);
+		e->org = NULL;
 		OPENSSL_cleanse(e->payload, e->payload_len);
 		free(e->payload);
 		e->payload = NULL;

@@ -28,11 +28,16 @@
  * call.
  *
  * Bounded: at most CODES_MAX_LIVE live codes and CODES_MAX_BYTES of them
- * (past either, codes_issue answers -ENOSPC), and CODES_MAX_TOMBSTONES
- * tombstones of about 200 bytes each (past that, the oldest one is dropped
- * early: under a flood of redemptions the window of reuse detection
- * shrinks, logins go on), plus the pending ones, one per redemption in
- * flight.
+ * (past either, codes_issue answers -ENOSPC), of which CODES_MAX_PER_ORG
+ * per org — the grant's org, "" counting as one org of its own (codes
+ * without org, which only unconfined callers register) — past which
+ * codes_issue answers -EDQUOT for that org alone: a caller confined to one
+ * org cannot fill the table that every org's logins share.  A code counts
+ * until it is redeemed or expires.  At most CODES_MAX_TOMBSTONES
+ * tombstones of about 200 bytes each are kept (past that, the oldest one is
+ * dropped early: under a flood of redemptions the window of reuse
+ * detection shrinks, logins go on), plus the pending ones, one per
+ * redemption in flight.
  *
  * Every function takes the time as an argument, so that expiry is tested
  * with an injected clock. */
@@ -45,6 +50,7 @@
 #define CODES_TTL 60
 #define CODES_TOMBSTONE_TTL 600
 #define CODES_MAX_LIVE 100000
+#define CODES_MAX_PER_ORG 10000
 #define CODES_MAX_TOMBSTONES 200000
 #define CODES_MAX_BYTES ((size_t)64 << 20)
 #define CODES_CODE_LEN 43             /* 32 bytes, base64url */
@@ -81,7 +87,8 @@ void codes_free(struct codes *codes);
 
 /* Registers grant (subject, client_id, redirect_uri and a valid challenge
  * required) at now and writes the new code and a NUL into ret_code.
- * -EINVAL for a bad grant, -ENOSPC when full, -EIO when no random bytes. */
+ * -EINVAL for a bad grant, -EDQUOT when grant->org holds CODES_MAX_PER_ORG
+ * live codes, -ENOSPC when full, -EIO when no random bytes. */
 int codes_issue(struct codes *codes, const struct codes_grant *grant, int64_t now,
 		char ret_code[CODES_CODE_LEN + 1]);
 

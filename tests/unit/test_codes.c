@@ -3,7 +3,8 @@
  * code gave (bound before or after a second presentation) for
  * CODES_TOMBSTONE_TTL after the redemption, past the code's own expiry, a
  * pending redemption's tombstone never purged before its bind, the
- * live-code, byte and tombstone limits and the purge that frees them,
+ * live-code, byte, per-org and tombstone limits and the purge that frees
+ * them,
  * malformed and unknown
  * codes, two threads redeeming one code, and PKCE S256: RFC 7636 Appendix
  * B's vector, wrong and malformed verifiers, and the comparison made by
@@ -279,17 +280,26 @@ static void test_live_limit(void **state)
 	snprintf(g.client_id, sizeof(g.client_id), "c");
 	snprintf(g.redirect_uri, sizeof(g.redirect_uri), "x:y");
 	snprintf(g.challenge, sizeof(g.challenge), "%s", CHALLENGE);
+	/* Ten orgs, each exactly at its quota when the table is full. */
+	assert_int_equal(CODES_MAX_LIVE % CODES_MAX_PER_ORG, 0);
+	snprintf(g.org, sizeof(g.org), "o0");
 	assert_int_equal(codes_issue(codes, &g, NOW, first), 0);
-	for (int i = 1; i < CODES_MAX_LIVE; i++)
+	for (int i = 1; i < CODES_MAX_LIVE; i++) {
+		snprintf(g.org, sizeof(g.org), "o%d", i % (CODES_MAX_LIVE / CODES_MAX_PER_ORG));
 		assert_int_equal(codes_issue(codes, &g, NOW + (i >= CODES_MAX_LIVE / 2), code), 0);
+	}
 	assert_int_equal(codes_count(codes, NOW + 1), CODES_MAX_LIVE);
+	/* Full: an org under its quota gets -ENOSPC, one at it -EDQUOT. */
 	memset(code, 'z', sizeof(code));
+	assert_int_equal(codes_issue(codes, &g, NOW + 1, code), -EDQUOT);
+	snprintf(g.org, sizeof(g.org), "fresh");
 	assert_int_equal(codes_issue(codes, &g, NOW + 1, code), -ENOSPC);
 	assert_int_equal((unsigned char)code[0], 'z');
 	/* A redemption frees its code's place (the tombstone is counted
 	 * apart)... */
 	assert_int_equal(redeem(codes, first, NOW + 1, &g, family), 0);
 	assert_int_equal(codes_bind(codes, first, strlen(first), "F", NOW + 1), 0);
+	snprintf(g.org, sizeof(g.org), "fresh");
 	assert_int_equal(codes_issue(codes, &g, NOW + 1, code), 0);
 	assert_int_equal(codes_count(codes, NOW + 1), CODES_MAX_LIVE + 1);
 	assert_int_equal(codes_issue(codes, &g, NOW + 1, code), -ENOSPC);
@@ -322,8 +332,12 @@ static void test_byte_limit(void **state)
 	memset(g.scope, 'p', sizeof(g.scope) - 1);
 	memset(g.nonce, 'n', sizeof(g.nonce) - 1);
 	memset(g.org, 'o', sizeof(g.org) - 1);
-	while ((r = codes_issue(codes, &g, NOW, code)) == 0)
+	/* Spread over four orgs of the longest name: the quota of one would
+	 * stop this before the bytes do. */
+	while ((r = codes_issue(codes, &g, NOW, code)) == 0) {
 		issued++;
+		g.org[0] = (char)('a' + issued % 4);
+	}
 	assert_int_equal(r, -ENOSPC);
 	/* What it holds is the strings (each field's NUL included) and a
 	 * small header per code, less than 512 bytes. */
@@ -372,6 +386,45 @@ static void test_tombstone_limit(void **state)
 	assert_int_equal(redeem(codes, pending, NOW + 1, &got, family), -EALREADY);
 	assert_string_equal(family, "");
 	assert_int_equal(codes_bind(codes, pending, strlen(pending), "PENDING", NOW + 1), -EALREADY);
+	codes_free(codes);
+}
+
+/* CODES_MAX_PER_ORG live codes per org ("" being one more org): past it
+ * that org alone is refused, until one of its codes is redeemed or
+ * expires. */
+static void test_org_quota(void **state)
+{
+	struct codes *codes = new_codes();
+	struct codes_grant a = make_grant("a"), b = make_grant("b"), none = make_grant("n"), got;
+	char code[CODES_CODE_LEN + 1], first[CODES_CODE_LEN + 1], family[CODES_FAMILY_MAX + 1];
+
+	snprintf(a.org, sizeof(a.org), "org-a");
+	snprintf(b.org, sizeof(b.org), "org-b");
+	none.org[0] = '\0';
+	assert_int_equal(codes_issue(codes, &a, NOW, first), 0);
+	for (int i = 1; i < CODES_MAX_PER_ORG; i++)
+		assert_int_equal(codes_issue(codes, &a, NOW + 1, code), 0);
+	memset(code, 'z', sizeof(code));
+	assert_int_equal(codes_issue(codes, &a, NOW + 1, code), -EDQUOT);
+	assert_int_equal((unsigned char)code[0], 'z');
+	/* Other orgs, and codes without org, are not affected. */
+	assert_int_equal(codes_issue(codes, &b, NOW + 1, code), 0);
+	assert_int_equal(codes_issue(codes, &none, NOW + 1, code), 0);
+	assert_int_equal(codes_count(codes, NOW + 1), CODES_MAX_PER_ORG + 2);
+	/* A redemption frees a place of org-a, and only one. */
+	assert_int_equal(redeem(codes, first, NOW + 1, &got, family), 0);
+	assert_int_equal(codes_bind(codes, first, strlen(first), "F", NOW + 1), 0);
+	assert_int_equal(codes_issue(codes, &a, NOW + 1, code), 0);
+	assert_int_equal(codes_issue(codes, &a, NOW + 1, code), -EDQUOT);
+	/* So does an expiry: all of org-a's codes were issued at NOW + 1. */
+	assert_int_equal(codes_issue(codes, &a, NOW + CODES_TTL, code), -EDQUOT);
+	assert_int_equal(codes_issue(codes, &a, NOW + 1 + CODES_TTL, code), 0);
+	/* "" is an org of its own with the same quota. */
+	for (int i = 0; i < CODES_MAX_PER_ORG; i++)
+		assert_int_equal(codes_issue(codes, &none, NOW + 2 + CODES_TTL, code), 0);
+	assert_int_equal(codes_issue(codes, &none, NOW + 2 + CODES_TTL, code), -EDQUOT);
+	assert_int_equal(codes_issue(codes, &a, NOW + 2 + CODES_TTL, code), 0);
+	assert_int_equal(codes_issue(codes, &b, NOW + 2 + CODES_TTL, code), 0);
 	codes_free(codes);
 }
 
@@ -575,6 +628,7 @@ int main(void)
 		cmocka_unit_test(test_tombstone_limit),
 		cmocka_unit_test(test_live_limit),
 		cmocka_unit_test(test_byte_limit),
+		cmocka_unit_test(test_org_quota),
 		cmocka_unit_test(test_malformed_and_unknown),
 		cmocka_unit_test(test_issue_refuses_bad_grants),
 		cmocka_unit_test(test_two_threads_one_code),
