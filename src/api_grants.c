@@ -160,6 +160,25 @@ static int api_refresh_claims(const json_t *claims, struct api_refresh_claims *r
 	return 0;
 }
 
+/* A refresh token that registry_consume or registry_check found unusable:
+ * r -EALREADY with its status, or -ENOENT (unknown), or a registry
+ * failure. */
+static void api_refresh_refused(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+				const char *family, int r, enum registry_status status)
+{
+	if (r == -EALREADY && status == REGISTRY_SUSPENDED)
+		/* Suspension is an administrator's pause, meant to be lifted:
+		 * refused, but not taken for a theft. */
+		api_invalid_grant(out, req, "the refresh token is suspended");
+	else if (r == -EALREADY)
+		api_grant_revoke_family(ctx, req, out, family, API_REASON_REFRESH_REUSE,
+					"the refresh token was used before: every token of its family is now revoked");
+	else if (r == -ENOENT)
+		api_invalid_grant(out, req, "the refresh token is not registered");
+	else
+		api_registry_failed(out, req, r);
+}
+
 static void api_grant_refresh(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
 			      const struct grant_request *g)
 {
@@ -176,7 +195,7 @@ static void api_grant_refresh(struct api_ctx *ctx, struct evhttp_request *req, s
 	json_t *header = NULL, *claims = NULL, *custom = NULL;
 	int64_t ttl;
 	char err[160];
-	int r;
+	int found = 0, r;
 
 	r = jwt_verify(g->refresh_token, strlen(g->refresh_token), keys_lookup, &ctx->view, &expect, &header, &claims);
 	if (r == JWS_E_UNAVAILABLE) {
@@ -206,6 +225,20 @@ static void api_grant_refresh(struct api_ctx *ctx, struct evhttp_request *req, s
 		ttl = cfg->refresh_ttl;
 	if (ttl < 1) {
 		api_invalid_grant(out, req, "the refresh token has expired");
+		goto out;
+	}
+	/* Looked up before anything is signed: a retired, revoked, suspended
+	 * or unknown token would otherwise cost two HSM signatures and two
+	 * status-list indices per presentation, for anyone holding a leaked
+	 * old token.  registry_consume below stays the deciding step for two
+	 * uses racing past this check. */
+	r = registry_check(ctx->registry, rc.jti, rc.org ? rc.org : "", &found, &status);
+	if (r == 0 && !found)
+		r = -ENOENT;
+	else if (r == 0 && status != REGISTRY_ACTIVE)
+		r = -EALREADY;
+	if (r < 0) {
+		api_refresh_refused(ctx, req, out, rc.family, r, status);
 		goto out;
 	}
 	if (issue_custom_claims_of(claims, &custom) < 0) {
@@ -244,17 +277,7 @@ static void api_grant_refresh(struct api_ctx *ctx, struct evhttp_request *req, s
 		goto out;
 	}
 	api_pending_free(pending);
-	if (r == -EALREADY && status == REGISTRY_SUSPENDED)
-		/* Suspension is an administrator's pause, meant to be lifted:
-		 * refused, but not taken for a theft. */
-		api_invalid_grant(out, req, "the refresh token is suspended");
-	else if (r == -EALREADY)
-		api_grant_revoke_family(ctx, req, out, rc.family, API_REASON_REFRESH_REUSE,
-					"the refresh token was used before: every token of its family is now revoked");
-	else if (r == -ENOENT)
-		api_invalid_grant(out, req, "the refresh token is not registered");
-	else
-		api_registry_failed(out, req, r);
+	api_refresh_refused(ctx, req, out, rc.family, r, status);
 out:
 	issue_result_clear(&access);
 	issue_result_clear(&refresh);

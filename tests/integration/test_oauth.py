@@ -232,6 +232,22 @@ def new_family(api, what, scope="read write", org=None):
     return api.issue(what, **body)
 
 
+def status_idx(token):
+    return jwt_parts(token)[1].get("status", {}).get("status_list", {}).get("idx")
+
+
+def next_idx_unmoved(c, api, what, refuse):
+    """refuse() must sign nothing: every issued token reserves the next
+    status-list index, so an access token issued before and one after are
+    neighbours (nothing else issues meanwhile: no auto-renewed parents here)."""
+    before = api.issue(f"an index probe before {what}", subject="probe")
+    refuse()
+    after = api.issue(f"an index probe after {what}", subject="probe")
+    if before and after:
+        c.equal(status_idx(after) - status_idx(before), 1,
+                f"{what} signs nothing: no status-list index was reserved in between")
+
+
 def check_no_store(c, r, what):
     c.equal((r.header("Cache-Control"), r.header("Pragma")), ("no-store", "no-cache"),
             f"{what}: Cache-Control no-store, Pragma no-cache (RFC 6749 §5.1)")
@@ -303,7 +319,9 @@ def reuse(c, api):
     r3, d3 = api.refresh(other)
     if not c.check(r1.status == r2.status == r3.status == 200, "two rotations and an unrelated one answer 200"):
         return
-    r, doc = api.refresh(rt0)
+    replay = []
+    next_idx_unmoved(c, api, "the replay of a retired refresh token", lambda: replay.append(api.refresh(rt0)))
+    r, doc = replay[0]
     c.equal(api.error_of(r), (400, "invalid_grant"), "replaying the first refresh token answers invalid_grant")
     check_no_store(c, r, "the replay's refusal")
     family = [("the first refresh token", rt0), ("the first access token", d1["access_token"]),
@@ -315,8 +333,10 @@ def reuse(c, api):
         c.equal(rec.get("status"), "revoked", f"after the replay, {what} is revoked (GET /tokens/{{jti}})")
     rec = api.record(jwt_parts(d2["refresh_token"])[1]["jti"]) or {}
     c.equal(rec.get("reason"), "refresh token reuse", "the newest refresh token's reason: refresh token reuse")
-    r, _ = api.refresh(d2["refresh_token"])
-    c.equal(api.error_of(r), (400, "invalid_grant"), "the newest refresh token no longer refreshes")
+    replay = []
+    next_idx_unmoved(c, api, "a revoked refresh token's use",
+                     lambda: replay.append(api.refresh(d2["refresh_token"])))
+    c.equal(api.error_of(replay[0][0]), (400, "invalid_grant"), "the newest refresh token no longer refreshes")
     c.equal(api.verify(d3["access_token"]), (True, "active"), "the unrelated family is untouched")
 
     c.section("refresh_token grant: suspended, unknown, not a refresh token")
@@ -325,8 +345,10 @@ def reuse(c, api):
         r1, d1 = api.refresh(rt)
         jti = jwt_parts(d1["refresh_token"])[1]["jti"]
         api.call("PATCH", f"/tokens/{jti}", {"status": "suspended"}, bearer=api.admin)
-        r, _ = api.refresh(d1["refresh_token"])
-        c.equal(api.error_of(r), (400, "invalid_grant"), "a suspended refresh token is refused")
+        refused = []
+        next_idx_unmoved(c, api, "a suspended refresh token's use",
+                         lambda: refused.append(api.refresh(d1["refresh_token"])))
+        c.equal(api.error_of(refused[0][0]), (400, "invalid_grant"), "a suspended refresh token is refused")
         c.equal(api.verify(d1["access_token"]), (True, "active"),
                 "a suspended refresh token is no reuse: its family stays active")
         api.call("PATCH", f"/tokens/{jti}", {"status": "active"}, bearer=api.admin)
