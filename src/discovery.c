@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hsmjwt/issue.h"
 #include "hsmjwt/json.h"
 #include "hsmjwt/jwk.h"
 
@@ -52,7 +53,7 @@ static json_t *discovery_id_algs(const struct config *cfg)
 	json_t *algs = json_array();
 
 	for (size_t i = 0; algs != NULL && i < cfg->algorithm_count; i++) {
-		if (cfg->algorithms[i] == JWS_ALG_HS256)
+		if (!issue_id_alg_allowed(cfg, cfg->algorithms[i]))
 			continue;
 		if (json_array_append_new(algs, json_string(jws_alg_name(cfg->algorithms[i]))) < 0) {
 			json_decref(algs);

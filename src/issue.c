@@ -216,6 +216,13 @@ static int issue_alg_configured(const struct config *cfg, enum jws_alg alg)
 	return 0;
 }
 
+int issue_id_alg_allowed(const struct config *cfg, enum jws_alg alg)
+{
+	/* An ID token is verified by its relying party with the published
+	 * keys; HS256's key is never published, so no client could. */
+	return alg != JWS_ALG_HS256 && issue_alg_configured(cfg, alg);
+}
+
 /* The algorithm a request signs with: its own choice or the type's default
  * (OIDC Core §3.1.3.7: an ID token is RS256 unless agreed otherwise).  Only
  * configured algorithms sign: a key left in the token from an earlier
@@ -229,6 +236,13 @@ static int issue_algorithm(const struct issue_ctx *ctx, const struct issue_reque
 		alg = request->type == ISSUE_ID ? JWS_ALG_RS256 : ctx->cfg->algorithms[0];
 	if (!issue_alg_configured(ctx->cfg, alg) || keys_signer_at(ctx->keys, alg, ctx->now) == NULL) {
 		snprintf(err, errlen, "alg is not one of this service's signing algorithms");
+		return -EINVAL;
+	}
+	/* Strict relying parties refuse an ID token whose alg the discovery
+	 * document does not list (SPEC §5.1): both come from one rule. */
+	if (request->type == ISSUE_ID && !issue_id_alg_allowed(ctx->cfg, alg)) {
+		snprintf(err, errlen, "alg is not one an ID token may carry "
+			 "(id_token_signing_alg_values_supported of the discovery document)");
 		return -EINVAL;
 	}
 	*ret_alg = alg;

@@ -17,7 +17,9 @@
  *   ["none"]: public clients, PKCE in place of a client secret.
  * - id_token_signing_alg_values_supported: every configured algorithm but
  *   HS256 (an HMAC key never leaves the token, so no client could verify),
- *   RS256 among them (config_load keeps it, OIDC Discovery requires it).
+ *   RS256 among them (config_load keeps it, OIDC Discovery requires it);
+ *   issue_id_alg_allowed decides, the same rule issue_token applies to ID
+ *   tokens.
  * - No scopes_supported: scopes are the deployment's own, carried as the
  *   login front end registers them, not a list this service knows.
  * - revocation_endpoint, introspection_endpoint: they take a management

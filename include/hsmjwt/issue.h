@@ -129,6 +129,12 @@ int issue_token(const struct issue_ctx *ctx, const struct issue_request *request
 		char *err, size_t errlen);
 void issue_result_clear(struct issue_result *result);
 
+/* 1 when an ID token may be signed with alg: a configured algorithm whose
+ * key is published, i.e. any but HS256.  The discovery document's
+ * id_token_signing_alg_values_supported lists exactly these, so that what
+ * is issued and what is advertised cannot drift apart. */
+int issue_id_alg_allowed(const struct config *cfg, enum jws_alg alg);
+
 /* The custom claims of a token this service issued — every member but the
  * registered ones, those the flows interpret, and roles — for a token
  * derived from it (the access token of a refresh grant, a parent's child).

@@ -380,6 +380,36 @@ static void test_only_configured_algorithms_sign(void **state)
 	json_decref(claims);
 }
 
+/* An ID token's alg is one the discovery document lists: HS256, whose key
+ * is never published, signs access tokens when configured, never an ID
+ * token; issue_id_alg_allowed is the rule discovery uses too. */
+static void test_id_tokens_never_hs256(void **state)
+{
+	json_t *claims = NULL;
+	enum jws_alg alg;
+
+	assert_non_null(keys_signer(keys, JWS_ALG_HS256));
+	cfg.algorithms[3] = JWS_ALG_HS256;
+	cfg.algorithm_count = 4;
+	assert_int_equal(build("{\"subject\":\"a\",\"alg\":\"HS256\"}", &issuer_caller, &claims, &alg), 0);
+	assert_int_equal(alg, JWS_ALG_HS256);
+	json_decref(claims);
+	expect_rejected("{\"subject\":\"a\",\"token_type\":\"id\",\"client_id\":\"web\",\"alg\":\"HS256\"}",
+			&issuer_caller, -EINVAL);
+	assert_false(issue_id_alg_allowed(&cfg, JWS_ALG_HS256));
+	assert_true(issue_id_alg_allowed(&cfg, JWS_ALG_RS256));
+	assert_true(issue_id_alg_allowed(&cfg, JWS_ALG_ES256));
+	/* Configured algorithms only, as for every token. */
+	assert_false(issue_id_alg_allowed(&cfg, JWS_ALG_ES384));
+	/* The asymmetric ones still sign ID tokens. */
+	assert_int_equal(build("{\"subject\":\"a\",\"token_type\":\"id\",\"client_id\":\"web\",\"alg\":\"ES256\"}",
+			       &issuer_caller, &claims, &alg), 0);
+	assert_int_equal(alg, JWS_ALG_ES256);
+	json_decref(claims);
+	cfg.algorithm_count = 3;
+	assert_false(issue_id_alg_allowed(&cfg, JWS_ALG_HS256));
+}
+
 /* Claims too big to sign are the client's mistake: 400, not 500. */
 static void test_oversized_claims_are_refused(void **state)
 {
@@ -533,19 +563,21 @@ int main(void)
 		cmocka_unit_test(test_unknown_members_are_refused),
 		cmocka_unit_test(test_named_token_record),
 		cmocka_unit_test(test_only_configured_algorithms_sign),
+		cmocka_unit_test(test_id_tokens_never_hs256),
 		cmocka_unit_test(test_oversized_claims_are_refused),
 		cmocka_unit_test(test_credentials_do_not_outlive_the_caller),
 		cmocka_unit_test(test_auth_records_the_callers_expiry),
 		cmocka_unit_test(test_auth_clamps_a_huge_exp),
 	};
-	const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_RS256 };
+	const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_RS256, JWS_ALG_HS256 };
 	struct config key_cfg;
 	int r = fixture_token_create(&tok);
 
 	if (r != 0)
 		return r == 77 ? 77 : 1;
-	/* Keys for ES256 and RS256 only (key_cfg); cfg adds PS256 below. */
-	if (config_init_defaults(&cfg) != 0 || fixture_config(&key_cfg, algs, 2) != 0 ||
+	/* Keys for ES256, RS256 and HS256 only (key_cfg); cfg configures
+	 * PS256 instead of HS256 below. */
+	if (config_init_defaults(&cfg) != 0 || fixture_config(&key_cfg, algs, 3) != 0 ||
 	    hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, tok.pin, tok.pin_len, &hsm) != 0 ||
 	    fixture_keys(hsm, &key_cfg, 1, &keys) != 0 || hsm_session_open(hsm, &session) != 0)
 		return 1;
