@@ -77,7 +77,7 @@ static const size_t config_string_fields[] = {
 	offsetof(struct config, issuer),        offsetof(struct config, default_audience),
 	offsetof(struct config, pkcs11_module), offsetof(struct config, token),
 	offsetof(struct config, pin_file),      offsetof(struct config, pin),
-	offsetof(struct config, state_dir),
+	offsetof(struct config, state_dir),     offsetof(struct config, authorization_endpoint),
 };
 #define CONFIG_STRING_COUNT (sizeof(config_string_fields) / sizeof(config_string_fields[0]))
 
@@ -246,7 +246,9 @@ static int config_set_int(struct config *cfg, const struct config_key *key, cons
 	return 0;
 }
 
-static int config_check_issuer(const char *value, const char **ret_why)
+/* An absolute http(s) URL with a host and without fragment or spaces; a
+ * query only where query_ok. */
+static int config_check_url(const char *value, int query_ok, const char **ret_why)
 {
 	const char *host;
 
@@ -258,14 +260,12 @@ static int config_check_issuer(const char *value, const char **ret_why)
 		*ret_why = "does not start with http:// or https://";
 		return -EINVAL;
 	}
-	if (*host == '\0' || *host == '/') {
+	if (*host == '\0' || strchr("/?#", *host) != NULL) {
 		*ret_why = "has no host";
 		return -EINVAL;
 	}
-	/* RFC 8414 §2: the issuer has no query or fragment, and relying parties
-	 * compare it byte for byte. */
-	if (strpbrk(value, "?# \t")) {
-		*ret_why = "contains a query, a fragment or a space";
+	if (strpbrk(value, query_ok ? "# \t" : "?# \t")) {
+		*ret_why = query_ok ? "contains a fragment or a space" : "contains a query, a fragment or a space";
 		return -EINVAL;
 	}
 	return 0;
@@ -311,7 +311,11 @@ static int config_set_string(struct config *cfg, const struct config_key *key, c
 			    config_show(shown, sizeof(shown), value, strlen(value)));
 		return -EINVAL;
 	}
-	if (key->offset == offsetof(struct config, issuer) && config_check_issuer(value, &why) < 0) {
+	/* RFC 8414 §2: the issuer has no query or fragment, and relying
+	 * parties compare it byte for byte; an authorization endpoint may
+	 * carry a query, never a fragment (RFC 6749 §3.1). */
+	if ((key->offset == offsetof(struct config, issuer) && config_check_url(value, 0, &why) < 0) ||
+	    (key->offset == offsetof(struct config, authorization_endpoint) && config_check_url(value, 1, &why) < 0)) {
 		config_errf(err, errlen, "%s: `%s' %s", key->name,
 			    config_show(shown, sizeof(shown), value, strlen(value)), why);
 		return -EINVAL;
@@ -631,6 +635,7 @@ static const struct config_key config_keys[] = {
 	KEY_FN(listen, config_set_listen),
 	KEY_FN(admin_listen, config_set_admin_listen),
 	KEY_STR(issuer, 0),
+	KEY_STR(authorization_endpoint, 1),
 	KEY_STR(default_audience, 0),
 	KEY_STR(pkcs11_module, 0),
 	KEY_STR(token, 0),

@@ -70,20 +70,23 @@ int discovery_document(const struct config *cfg, json_t **ret_doc)
 	static const char *const pkce[] = { "S256" };
 	static const char *const auth_methods[] = { "none" };
 	static const char *const subject_types[] = { "public" };
-	json_t *issuer = NULL, *doc;
+	json_t *issuer = NULL, *authorize = NULL, *doc = NULL;
+	int r;
 
 	if (cfg == NULL || cfg->issuer == NULL || ret_doc == NULL)
 		return -EINVAL;
-	if (json_utf8_string(cfg->issuer, strlen(cfg->issuer), &issuer) < 0)
-		return -EINVAL;
+	if (json_utf8_string(cfg->issuer, strlen(cfg->issuer), &issuer) < 0 ||
+	    (cfg->authorization_endpoint != NULL &&
+	     json_utf8_string(cfg->authorization_endpoint, strlen(cfg->authorization_endpoint), &authorize) < 0)) {
+		r = -EINVAL;
+		goto out;
+	}
 	/* "o" takes each reference, also when json_pack fails; a NULL one
 	 * (no memory) fails the pack. */
-	doc = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+	doc = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
 			"issuer", issuer,
 			"jwks_uri", discovery_url(cfg->issuer, "/.well-known/jwks.json"),
 			"token_endpoint", discovery_url(cfg->issuer, "/token"),
-			"revocation_endpoint", discovery_url(cfg->issuer, "/token/revoke"),
-			"introspection_endpoint", discovery_url(cfg->issuer, "/token/introspect"),
 			"response_types_supported", discovery_strings(response_types, 1),
 			"grant_types_supported", discovery_strings(grant_types, 2),
 			"code_challenge_methods_supported", discovery_strings(pkce, 1),
@@ -92,8 +95,26 @@ int discovery_document(const struct config *cfg, json_t **ret_doc)
 			"id_token_signing_alg_values_supported", discovery_id_algs(cfg),
 			"claims_supported",
 			discovery_strings(discovery_claims, sizeof(discovery_claims) / sizeof(discovery_claims[0])));
-	if (doc == NULL)
-		return -ENOMEM;
+	issuer = NULL;
+	if (doc == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (authorize != NULL) {
+		/* Taken, also when it fails. */
+		r = json_object_set_new(doc, "authorization_endpoint", authorize);
+		authorize = NULL;
+		if (r < 0) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
 	*ret_doc = doc;
-	return 0;
+	doc = NULL;
+	r = 0;
+out:
+	json_decref(issuer);
+	json_decref(authorize);
+	json_decref(doc);
+	return r;
 }

@@ -25,6 +25,9 @@ struct config {
 	struct config_listen admin_listen;
 	int admin_listen_set;
 	char *issuer;
+	/* The login front end's URL for discovery's authorization_endpoint
+	 * (RFC 8414 §2, OIDC Discovery §3); NULL: not advertised. */
+	char *authorization_endpoint;
 	char *default_audience;
 	char *pkcs11_module;
 	char *token;                      /* label or pkcs11: URI */

@@ -4,13 +4,14 @@
  * both, every URL derived from the configured issuer.
  *
  * What it says and why:
- * - No authorization_endpoint.  Users log in at a front end of the
- *   deployment's own, which registers codes with POST /codes; this service
- *   has no URL where a browser could be sent, and advertising one that
- *   cannot authorize would be worse than none.  RFC 8414 makes the member
- *   required when a grant uses it, and OIDC Discovery always: a client
- *   library that insists gets the login front end's URL from its own
- *   configuration.
+ * - authorization_endpoint: the configured authorization_endpoint (the
+ *   login front end's URL: users log in at a front end of the deployment's
+ *   own, which registers codes with POST /codes).  RFC 8414 §2 makes the
+ *   member required when a grant uses it, and OIDC Discovery §3 always, so
+ *   a deployment sets it; unset, the member is left out rather than made
+ *   up — this service has no URL where a browser could be sent, and one
+ *   that cannot authorize would be worse than none — and a client library
+ *   that insists takes it from its own configuration.
  * - response_types_supported ["code"], grant_types_supported
  *   [authorization_code, refresh_token], code_challenge_methods_supported
  *   [S256] (plain is refused), token_endpoint_auth_methods_supported
@@ -22,11 +23,13 @@
  *   tokens.
  * - No scopes_supported: scopes are the deployment's own, carried as the
  *   login front end registers them, not a list this service knows.
- * - revocation_endpoint, introspection_endpoint: they take a management
- *   bearer token of this service (SPEC §4.1), which is no client
- *   authentication method of the IANA registry, so their
- *   *_auth_methods_supported are left out rather than defaulting a reader to
- *   client_secret_basic by a wrong value. */
+ * - No revocation_endpoint, introspection_endpoint: POST /token/revoke and
+ *   /token/introspect take a management bearer token of this service with
+ *   roles (SPEC §4.1), not a client's credentials.  Advertised without
+ *   *_auth_methods_supported, RFC 8414 §2 would have clients assume
+ *   client_secret_basic, which is false, and there is no registered value
+ *   that is true: they are this service's management endpoints, documented
+ *   in the README, not endpoints of the clients this metadata is for. */
 #ifndef HSMJWT_DISCOVERY_H
 #define HSMJWT_DISCOVERY_H
 
@@ -35,7 +38,7 @@
 #include "hsmjwt/config.h"
 
 /* The metadata document for cfg: 0 and *ret_doc (new reference), -EINVAL
- * for an issuer that is not UTF-8, -ENOMEM. */
+ * for an issuer or authorization_endpoint that is not UTF-8, -ENOMEM. */
 int discovery_document(const struct config *cfg, json_t **ret_doc);
 
 #endif

@@ -37,6 +37,7 @@ ID_TTL = 300
 CLIENT = "web-app"
 REDIRECT = "https://app.example/callback"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+LOGIN = "https://login.example/authorize?tenant=t1"   # the login front end (authorization_endpoint)
 
 
 def import_verifiers():
@@ -160,9 +161,11 @@ def discovery(c, api):
     c.equal(oidc, docs["/.well-known/oauth-authorization-server"], "both documents are the same metadata")
     issuer = api.d.issuer
     c.equal(oidc.get("issuer"), issuer, "issuer is the configured issuer")
-    for name, path in (("jwks_uri", "/.well-known/jwks.json"), ("token_endpoint", "/token"),
-                       ("revocation_endpoint", "/token/revoke"), ("introspection_endpoint", "/token/introspect")):
+    for name, path in (("jwks_uri", "/.well-known/jwks.json"), ("token_endpoint", "/token")):
         c.equal(oidc.get(name), issuer + path, f"{name} derives from the issuer")
+    for name in ("revocation_endpoint", "introspection_endpoint"):
+        c.check(name not in oidc, f"no {name}: a management endpoint (bearer with roles), not a client's, "
+                "which RFC 8414's default client_secret_basic would misstate")
     jwks_path = urllib.parse.urlsplit(oidc.get("jwks_uri", "")).path
     r = api.call("GET", jwks_path)
     c.check(r.status == 200 and len((r.json() or {}).get("keys", [])) >= 2, "the jwks_uri fetches a JWKS "
@@ -175,7 +178,8 @@ def discovery(c, api):
     c.equal(oidc.get("code_challenge_methods_supported"), ["S256"], "code_challenge_methods_supported: S256 only")
     c.equal(oidc.get("token_endpoint_auth_methods_supported"), ["none"], "public clients with PKCE")
     c.equal(oidc.get("subject_types_supported"), ["public"], "subject_types_supported")
-    c.check("authorization_endpoint" not in oidc, "no authorization_endpoint (the login front end has it)")
+    c.equal(oidc.get("authorization_endpoint"), LOGIN,
+            "authorization_endpoint is the configured login front end (HSMJWT_AUTHORIZATION_ENDPOINT)")
     api.discovery = oidc
 
 
@@ -562,7 +566,8 @@ def run(build_dir, source_dir):
     token = Token(source_dir, os.path.join(work.path, "state"), "hsmjwt-oauth")
     daemon = Daemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"),
                     {"HSMJWT_ACCESS_TTL": str(ACCESS_TTL), "HSMJWT_REFRESH_TTL": str(REFRESH_TTL),
-                     "HSMJWT_ID_TTL": str(ID_TTL), "HSMJWT_FSYNC": "always"})
+                     "HSMJWT_ID_TTL": str(ID_TTL), "HSMJWT_FSYNC": "always",
+                     "HSMJWT_AUTHORIZATION_ENDPOINT": LOGIN})
     api = Api(c, daemon, jwt, jwcrypto)
 
     def body():

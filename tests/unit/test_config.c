@@ -49,6 +49,7 @@ static void assert_config_equal(const struct config *a, const struct config *b)
 	assert_int_equal(a->admin_listen_set, b->admin_listen_set);
 	assert_memory_equal(&a->admin_listen, &b->admin_listen, sizeof(a->admin_listen));
 	assert_true(str_eq(a->issuer, b->issuer));
+	assert_true(str_eq(a->authorization_endpoint, b->authorization_endpoint));
 	assert_true(str_eq(a->default_audience, b->default_audience));
 	assert_true(str_eq(a->pkcs11_module, b->pkcs11_module));
 	assert_true(str_eq(a->token, b->token));
@@ -88,6 +89,7 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg.listen_systemd, 0);
 	assert_int_equal(cfg.admin_listen_set, 0);
 	assert_string_equal(cfg.issuer, "http://127.0.0.1:8080");
+	assert_null(cfg.authorization_endpoint);
 	assert_string_equal(cfg.default_audience, "api");
 	assert_string_equal(cfg.pkcs11_module, HSMJWT_DEFAULT_MODULE);
 	assert_string_equal(cfg.token, "hsmjwt-dev");
@@ -126,6 +128,7 @@ static void test_every_key(void **state)
 		"listen = 0.0.0.0:9000, [::1]:9001\n"
 		"admin_listen = 127.0.0.1:9100\n"
 		"issuer = https://auth.example.com\n"
+		"authorization_endpoint = https://login.example.com/authorize?realm=a\n"
 		"default_audience = billing\n"
 		"pkcs11_module = /opt/hsm/lib/libvendor.so\n"
 		"token = pkcs11:token=prod;serial=42\n"
@@ -163,6 +166,7 @@ static void test_every_key(void **state)
 	assert_string_equal(cfg.admin_listen.host, "127.0.0.1");
 	assert_int_equal(cfg.admin_listen.port, 9100);
 	assert_string_equal(cfg.issuer, "https://auth.example.com");
+	assert_string_equal(cfg.authorization_endpoint, "https://login.example.com/authorize?realm=a");
 	assert_string_equal(cfg.default_audience, "billing");
 	assert_string_equal(cfg.pkcs11_module, "/opt/hsm/lib/libvendor.so");
 	assert_string_equal(cfg.token, "pkcs11:token=prod;serial=42");
@@ -206,6 +210,8 @@ static void test_every_key(void **state)
 	assert_null(cfg.pin);
 	assert_int_equal(config_set(&cfg, "admin_listen", "", err, ERRLEN), 0);
 	assert_int_equal(cfg.admin_listen_set, 0);
+	assert_int_equal(config_set(&cfg, "authorization_endpoint", "", err, ERRLEN), 0);
+	assert_null(cfg.authorization_endpoint);
 	config_free(&cfg);
 }
 
@@ -314,6 +320,13 @@ static const struct bad_case bad_values[] = {
 	{ "issuer", "https:///path", "`https:///path'" },
 	{ "issuer", "https://a.example/?x=1", "`https://a.example/?x=1'" },
 	{ "issuer", "\"\"", "empty" },
+	{ "authorization_endpoint", "/authorize", "`/authorize' does not start with http:// or https://" },
+	{ "authorization_endpoint", "login.example.com/authorize", "`login.example.com/authorize'" },
+	{ "authorization_endpoint", "ftp://login.example.com", "`ftp://login.example.com'" },
+	{ "authorization_endpoint", "https://", "`https://' has no host" },
+	{ "authorization_endpoint", "https://?x=1", "`https://?x=1' has no host" },
+	{ "authorization_endpoint", "https://login.example.com/a#frag", "contains a fragment" },
+	{ "authorization_endpoint", "\"https://login.example.com/a b\"", "contains a fragment or a space" },
 	{ "default_audience", "\"\"", "empty" },
 	{ "pkcs11_module", "\"\"", "empty" },
 	{ "token", "\"\"", "empty" },
@@ -590,6 +603,7 @@ static void test_env(void **state)
 		"HSMJWT_LEEWAY=7",
 		"HSMJWT_PIN_FILE=/run/pin",
 		"HSMJWT_ISSUER=https://env.example",
+		"HSMJWT_AUTHORIZATION_ENDPOINT=https://login.env.example/authorize",
 		"HSMJWT_ALGORITHMS=ES384 RS256",
 		"NOT_HSMJWT_FOO=1",
 		"HSMJWT_LISTEN=[::1]:1, 127.0.0.1:2",
@@ -607,6 +621,7 @@ static void test_env(void **state)
 	assert_int_equal(cfg.leeway, 7);
 	assert_string_equal(cfg.pin_file, "/run/pin");
 	assert_string_equal(cfg.issuer, "https://env.example");
+	assert_string_equal(cfg.authorization_endpoint, "https://login.env.example/authorize");
 	assert_int_equal(cfg.algorithm_count, 2);
 	assert_int_equal(cfg.algorithms[0], JWS_ALG_ES384);
 	assert_int_equal(cfg.listen_count, 2);

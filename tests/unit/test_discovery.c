@@ -1,8 +1,11 @@
 /* discovery: the metadata document of OIDC Discovery / RFC 8414 — every
  * URL derived from the issuer (with and without a trailing '/', with a
  * path), the members a client relies on with their exact values, HS256
- * never offered for ID tokens, RS256 always (config_load adds it), and no
- * authorization_endpoint (documented: the login front end has it). */
+ * never offered for ID tokens, RS256 always (config_load adds it),
+ * authorization_endpoint exactly as configured (from the file or
+ * HSMJWT_AUTHORIZATION_ENDPOINT) and absent when it is not, and no
+ * revocation or introspection endpoint (management endpoints, not a
+ * client's). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -68,10 +71,6 @@ static void test_urls_from_issuer(void **state)
 		assert_member(doc, "jwks_uri", want);
 		snprintf(want, sizeof(want), "%s/token", issuers[i][1]);
 		assert_member(doc, "token_endpoint", want);
-		snprintf(want, sizeof(want), "%s/token/revoke", issuers[i][1]);
-		assert_member(doc, "revocation_endpoint", want);
-		snprintf(want, sizeof(want), "%s/token/introspect", issuers[i][1]);
-		assert_member(doc, "introspection_endpoint", want);
 		json_decref(doc);
 	}
 }
@@ -101,11 +100,47 @@ static void test_members(void **state)
 		azp += strcmp(json_string_value(v), "azp") == 0;
 	}
 	assert_int_equal(nonce + auth_time + azp, 3);
-	/* Left out on purpose (see discovery.h). */
+	/* Left out on purpose (see discovery.h): no login front end is
+	 * configured here; the revocation and introspection endpoints take a
+	 * management bearer token, which RFC 8414's default
+	 * client_secret_basic would misstate. */
 	assert_null(json_object_get(doc, "authorization_endpoint"));
+	assert_null(json_object_get(doc, "revocation_endpoint"));
 	assert_null(json_object_get(doc, "revocation_endpoint_auth_methods_supported"));
+	assert_null(json_object_get(doc, "introspection_endpoint"));
+	assert_null(json_object_get(doc, "introspection_endpoint_auth_methods_supported"));
 	assert_null(json_object_get(doc, "scopes_supported"));
+	assert_int_equal(json_object_size(doc), 10);
 	json_decref(doc);
+}
+
+/* The login front end's URL, when configured, is the
+ * authorization_endpoint, byte for byte (a query kept). */
+static void test_authorization_endpoint(void **state)
+{
+	char *const envp[] = { "HSMJWT_AUTHORIZATION_ENDPOINT=https://login.example.com/authorize?tenant=7",
+			       "HSMJWT_ISSUER=https://b", "HSMJWT_PIN=1234", NULL };
+	struct config cfg;
+	char err[256];
+	json_t *doc = NULL;
+
+	assert_int_equal(config_load(&cfg, NULL, envp, err, sizeof(err)), 0);
+	assert_int_equal(discovery_document(&cfg, &doc), 0);
+	assert_member(doc, "authorization_endpoint", "https://login.example.com/authorize?tenant=7");
+	assert_int_equal(json_object_size(doc), 11);
+	json_decref(doc);
+	doc = NULL;
+	/* Unset again: the member goes. */
+	assert_int_equal(config_set(&cfg, "authorization_endpoint", "", err, sizeof(err)), 0);
+	assert_int_equal(discovery_document(&cfg, &doc), 0);
+	assert_null(json_object_get(doc, "authorization_endpoint"));
+	json_decref(doc);
+	doc = (json_t *)(uintptr_t)1;
+	/* Bytes that are no UTF-8 cannot be a JSON string. */
+	assert_int_equal(config_set(&cfg, "authorization_endpoint", "https://login\xff", err, sizeof(err)), 0);
+	assert_int_equal(discovery_document(&cfg, &doc), -EINVAL);
+	assert_ptr_equal(doc, (json_t *)(uintptr_t)1);
+	config_free(&cfg);
 }
 
 static void test_id_token_algorithms(void **state)
@@ -159,6 +194,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_urls_from_issuer),
 		cmocka_unit_test(test_members),
+		cmocka_unit_test(test_authorization_endpoint),
 		cmocka_unit_test(test_id_token_algorithms),
 		cmocka_unit_test(test_config_load_offers_rs256),
 		cmocka_unit_test(test_refusals),
