@@ -691,8 +691,9 @@ def run(build_dir, source_dir):
         c.check(not leaked, f"the daemon's log contains none of the {len(api.secrets)} tokens' signatures",
                 f"token #{leaked[:5]} found")
         c.check(token.pin not in log, "the log does not contain the PIN")
-        c.check('method=DELETE path="/authorize/api/orders/7"' in log,
-                "the daemon's log has the Envoy-shaped request's line (method, path without query)")
+        # The guarded API's path may carry a capability: only /authorize/ is logged.
+        c.check('method=DELETE path="/authorize/"' in log and "api/orders/7" not in log,
+                "the daemon's log has the Envoy-shaped request's line (method, /authorize/ without the API's path)")
         c.check('path="/authorize" status=200' in log and 'sub="alice"' in log,
                 "the daemon's log names the subject of a granted /authorize")
         if state["nginx"] is not None:
