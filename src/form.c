@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+
 #include "hsmjwt/json.h"
 #include "hsmjwt/log.h"
 
@@ -143,6 +145,10 @@ out:
 	json_decref(name_str);
 	json_decref(value_str);
 	json_decref(object);
+	/* It held the last pair decoded: a refresh token, a code, a
+	 * verifier. */
+	if (scratch != NULL)
+		OPENSSL_cleanse(scratch, len + 2);
 	free(scratch);
 	return r;
 }

@@ -22,6 +22,7 @@
 #include <event2/listener.h>
 #include <event2/thread.h>
 #include <event2/util.h>
+#include <openssl/crypto.h>
 
 #include "hsmjwt/api.h"
 #include "hsmjwt/form.h"
@@ -143,6 +144,10 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
 	struct evbuffer *out = evbuffer_new();
 	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	/* The text may hold the tokens just issued: wiped before it is
+	 * freed.  libevent's copies (the evbuffer, the connection's output
+	 * buffer) are freed unwiped once sent. */
+	size_t text_len = text ? strlen(text) : 0;
 
 	json_decref(body);
 	evhttp_add_header(headers, "Content-Type", "application/json");
@@ -152,13 +157,16 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body)
 		/* Out of memory: the status still tells the client what happened. */
 		evhttp_send_reply(req, code == 200 ? 500 : code, NULL, NULL);
 		evbuffer_free(out);
+		if (text != NULL)
+			OPENSSL_cleanse(text, text_len);
 		free(text);
 		return;
 	}
-	evbuffer_add(out, text, strlen(text));
+	evbuffer_add(out, text, text_len);
 	evbuffer_add(out, "\n", 1);
 	http_send(req, code, out);
 	evbuffer_free(out);
+	OPENSSL_cleanse(text, text_len);
 	free(text);
 }
 

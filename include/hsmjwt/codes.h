@@ -9,8 +9,15 @@
  * must talk to one replica.  A restart forgets every code (60 s of logins
  * redo theirs).
  *
- * Only SHA-256 of a code is kept, never the code: a memory dump cannot
- * redeem anything.  A code is 32 random bytes, base64url (43 characters).
+ * Only SHA-256 of a code is kept in the table, never the code: the table
+ * itself holds nothing that redeems.  The plaintext does pass through
+ * memory briefly — the POST /codes answer and the token request, in
+ * libevent's request and response buffers and jansson's strings, which
+ * are freed without being wiped — so a dump taken while a code is in
+ * flight may show it; the copies this service makes itself (the code in
+ * codes_issue, the serialized answer in http_reply_json, a form body's
+ * decoding buffer) are wiped.  A code is 32 random bytes, base64url (43
+ * characters).
  * It expires CODES_TTL seconds after it was registered (now >= issued +
  * CODES_TTL is expired); the first presentation consumes it, whatever the
  * rest of the request says (RFC 6749 §10.5), and leaves a tombstone that

@@ -1,7 +1,9 @@
 /* form: application/x-www-form-urlencoded bodies — decoding ('+', %XX),
  * empty pairs, and every refusal of the header (bad escape, NUL, invalid
  * UTF-8, empty name, repeated name, too many fields) with the output left
- * untouched, and a refusal's log line that never quotes the body. */
+ * untouched, a refusal's log line that never quotes the body, and the
+ * decoding buffer wiped (OPENSSL_cleanse, interposed below) before it is
+ * freed, whether the parse succeeds or not. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,12 +15,30 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 
 #include "fixture.h"
 #include "hsmjwt/form.h"
 #include "hsmjwt/log.h"
 
 #define SENTINEL ((json_t *)(uintptr_t)0x1)
+
+/* ---- OPENSSL_cleanse, interposed: the executable's definition is the one
+ * form.c links to.  It wipes as the real one does, and counts the wiped
+ * buffers that held cleanse_watch. ------------------------------------- */
+
+static const char *cleanse_watch;
+static int cleanse_hits;
+
+void OPENSSL_cleanse(void *ptr, size_t len)
+{
+	volatile unsigned char *p = ptr;
+
+	if (cleanse_watch != NULL && ptr != NULL && memmem(ptr, len, cleanse_watch, strlen(cleanse_watch)) != NULL)
+		cleanse_hits++;
+	for (size_t i = 0; i < len; i++)
+		p[i] = 0;
+}
 
 /* Parses buf[0..len) and expects the object that the JSON text want
  * spells, exactly (json_equal: same members, same values). */
@@ -283,6 +303,30 @@ static void test_refusal_log_never_quotes_the_body(void **state)
 	assert_null(strstr(text, "client_secret"));
 }
 
+/* The decoding buffer holds the last pair decoded — here a refresh token,
+ * and a code repeated, which is refused once it is decoded — and is wiped
+ * before it is freed. */
+static void test_scratch_wiped(void **state)
+{
+	static const char ok[] = "grant_type=refresh_token&refresh_token=eyJ.rt%2Dsecret.sig";
+	static const char bad[] = "grant_type=authorization_code&code=Qm9vc2VjcmV0Y29kZQ&code=Qm9vc2VjcmV0Y29kZQ";
+	json_t *got = NULL;
+
+	cleanse_watch = "eyJ.rt-secret.sig";
+	cleanse_hits = 0;
+	assert_int_equal(form_parse(ok, sizeof(ok) - 1, &got), 0);
+	assert_string_equal(json_string_value(json_object_get(got, "refresh_token")), "eyJ.rt-secret.sig");
+	assert_int_equal(cleanse_hits, 1);
+	json_decref(got);
+	got = SENTINEL;
+	cleanse_watch = "Qm9vc2VjcmV0Y29kZQ";
+	cleanse_hits = 0;
+	assert_int_equal(form_parse(bad, sizeof(bad) - 1, &got), -EINVAL);
+	assert_ptr_equal(got, SENTINEL);
+	assert_int_equal(cleanse_hits, 1);
+	cleanse_watch = NULL;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -296,6 +340,7 @@ int main(void)
 		cmocka_unit_test(test_field_limit),
 		cmocka_unit_test(test_out_of_memory_is_not_a_bad_request),
 		cmocka_unit_test(test_refusal_log_never_quotes_the_body),
+		cmocka_unit_test(test_scratch_wiped),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -30,6 +30,8 @@
 
 #include <cmocka.h>
 #include <event2/buffer.h>
+#include <event2/http.h>
+#include <openssl/crypto.h>
 
 #include "fixture.h"
 #include "hsmjwt/config.h"
@@ -233,6 +235,26 @@ unsigned char *evbuffer_pullup(struct evbuffer *buf, ev_ssize_t size)
 		return NULL;
 	*(void **)&real = dlsym(RTLD_NEXT, "evbuffer_pullup");
 	return real(buf, size);
+}
+
+/* ---- wiping ---------------------------------------------------------------- */
+
+/* OPENSSL_cleanse for the whole test binary: wipes as the real one does
+ * and counts the wiped buffers that held cleanse_watch (any thread). */
+static pthread_mutex_t cleanse_lock = PTHREAD_MUTEX_INITIALIZER;
+static const char *cleanse_watch;
+static int cleanse_hits;
+
+void OPENSSL_cleanse(void *ptr, size_t len)
+{
+	volatile unsigned char *p = ptr;
+
+	pthread_mutex_lock(&cleanse_lock);
+	if (cleanse_watch != NULL && ptr != NULL && memmem(ptr, len, cleanse_watch, strlen(cleanse_watch)) != NULL)
+		cleanse_hits++;
+	pthread_mutex_unlock(&cleanse_lock);
+	for (size_t i = 0; i < len; i++)
+		p[i] = 0;
 }
 
 /* ---- a tiny HTTP/1.1 client ------------------------------------------ */
@@ -2027,6 +2049,27 @@ static void test_admin_keys(void **state)
 	free(reader);
 }
 
+/* http_reply_json's serialized text, which holds whatever tokens the
+ * answer hands out, is wiped before it is freed.  A request without a
+ * connection: libevent frees it at the reply. */
+static void test_reply_json_text_wiped(void **state)
+{
+	struct evhttp_request *req = evhttp_request_new(NULL, NULL);
+	int hits;
+
+	assert_non_null(req);
+	pthread_mutex_lock(&cleanse_lock);
+	cleanse_watch = "{\"access_token\":\"eyJ.issued-token.sig\"";
+	cleanse_hits = 0;
+	pthread_mutex_unlock(&cleanse_lock);
+	http_reply_json(req, 200, json_pack("{s:s}", "access_token", "eyJ.issued-token.sig"));
+	pthread_mutex_lock(&cleanse_lock);
+	hits = cleanse_hits;
+	cleanse_watch = NULL;
+	pthread_mutex_unlock(&cleanse_lock);
+	assert_int_equal(hits, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2058,6 +2101,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_start_fails_on_taken_port, capture_teardown),
 		cmocka_unit_test_teardown(test_start_fails_on_claimed_address, capture_teardown),
 		cmocka_unit_test(test_admin_keys),
+		cmocka_unit_test(test_reply_json_text_wiped),
 	};
 	int r = fixture_token_create(&tok);
 
