@@ -164,6 +164,13 @@ void codes_free(struct codes *codes)
 			codes_queue_remove(queues[i], e);
 			codes_entry_free(e);
 		}
+	for (size_t b = 0; b < CODES_ORG_BUCKETS; b++)
+		while (codes->orgs[b] != NULL) {
+			struct codes_org *o = codes->orgs[b];
+
+			codes->orgs[b] = o->next;
+			free(o);
+		}
 	pthread_mutex_destroy(&codes->mutex);
 	free(codes->buckets);
 	free(codes->orgs);
