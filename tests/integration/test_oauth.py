@@ -372,6 +372,28 @@ def reuse(c, api):
             "unsupported_grant_type")
 
 
+def logout(c, api):
+    c.section("RFC 7009 logout with a rotated refresh token ends the grant")
+    rt0 = new_family(api, "logout family")
+    other = new_family(api, "a family left alone")
+    if not rt0 or not other:
+        return
+    r1, d1 = api.refresh(rt0)
+    r2, d2 = api.refresh(other)
+    if not c.check(r1.status == r2.status == 200, "a rotation in each family answers 200"):
+        return
+    # What a client holds after one rotation: not the family's first token.
+    r = api.call("POST", "/token/revoke", form={"token": d1["refresh_token"], "token_type_hint": "refresh_token"},
+                 bearer=api.admin)
+    c.equal(r.status, 200, "POST /token/revoke with the current refresh token answers 200")
+    for what, t in (("the refresh token revoked", d1["refresh_token"]),
+                    ("the access token of the rotation", d1["access_token"])):
+        c.equal(api.verify(t), (False, "revoked"), f"after the logout, {what} is revoked")
+    c.equal(api.error_of(api.refresh(d1["refresh_token"])[0]), (400, "invalid_grant"),
+            "the revoked refresh token no longer refreshes")
+    c.equal(api.verify(d2["access_token"]), (True, "active"), "the other family is untouched")
+
+
 def concurrent(c, api):
     c.section("refresh_token grant: two concurrent uses")
     for round_ in range(5):
@@ -579,6 +601,7 @@ def run(build_dir, source_dir):
         guarded(c, "issuance", issuance, c, api)
         guarded(c, "rotation", rotation, c, api)
         guarded(c, "reuse", reuse, c, api)
+        guarded(c, "logout", logout, c, api)
         guarded(c, "concurrent", concurrent, c, api)
         guarded(c, "code flow", code_flow, c, api, node_ok, work.path)
         guarded(c, "code failures", code_failures, c, api)
