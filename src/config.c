@@ -986,9 +986,11 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
 		}
 	}
 	/* Otherwise a parent's next child would be due before the current one
-	 * was even issued. */
-	if (cfg->renew_before < 0 || cfg->renew_before >= cfg->child_ttl) {
-		config_errf(err, errlen, "renew_before: %lld is not shorter than child_ttl (%lld)",
+	 * was even issued, and an auto-renewed parent renewed more often than
+	 * once per renew_before (POST /token-pairs holds child_expires_in to
+	 * the same floor). */
+	if (cfg->renew_before < 0 || cfg->renew_before > cfg->child_ttl / 2) {
+		config_errf(err, errlen, "renew_before: %lld is more than half of child_ttl (%lld)",
 			    (long long)cfg->renew_before, (long long)cfg->child_ttl);
 		return -EINVAL;
 	}

@@ -535,6 +535,16 @@ int issue_parse_pair_body(const struct issue_ctx *ctx, const json_t *body, const
 		}
 		pair.child_ttl = pair.parent.ttl;
 	}
+	/* Renewed renew_before before its exp (or at half its life when that
+	 * comes first), a shorter child would have its parent renewed — a
+	 * record and a status-list index each time — every second or so for
+	 * the parent's whole life.  A child as long as its parent has no
+	 * successor. */
+	if (pair.parent.auto_renew && pair.child_ttl < pair.parent.ttl && pair.child_ttl < 2 * cfg->renew_before) {
+		snprintf(err, errlen, "child_expires_in: with auto_renew at least %lld s (twice renew_before)",
+			 (long long)(2 * cfg->renew_before));
+		return -EINVAL;
+	}
 	*ret_pair = pair;
 	return 0;
 }

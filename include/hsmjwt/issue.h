@@ -97,8 +97,9 @@ struct issue_pair {
  * confinement, custom claims (no roles: parents and children never carry
  * them), lifetimes up to max_ttl and, for a parent addressed to this
  * service, the caller's exp.  An explicit child_expires_in past the
- * parent's lifetime is refused; the default is shortened to it.  The pair
- * borrows from body. */
+ * parent's lifetime is refused; the default is shortened to it.  With
+ * auto_renew, a child shorter than its parent and than twice renew_before
+ * is refused (-EINVAL).  The pair borrows from body. */
 int issue_parse_pair_body(const struct issue_ctx *ctx, const json_t *body, const struct auth_caller *caller,
 			  struct issue_pair *ret_pair, char *err, size_t errlen);
 

@@ -299,6 +299,10 @@ def pairs(c, api, root):
                              ({"subject": "a", "claims": {"roles": ["admin"]}}, 400, "roles in a parent"),
                              ({"subject": "a", "claims": {"parent_jti": random_jti()}}, 400, "a preset parent_jti"),
                              ({"subject": "a", "auto_renew": "yes"}, 400, "auto_renew not a boolean"),
+                             ({"subject": "a", "auto_renew": True, "child_expires_in": 1}, 400,
+                              "auto_renew and a child renewed every second"),
+                             ({"subject": "a", "auto_renew": True, "child_expires_in": 2 * RENEW_BEFORE - 1}, 400,
+                              "auto_renew and a child shorter than twice renew_before"),
                              ({"audience": "api"}, 400, "no subject")):
         r = api.call("POST", "/token-pairs", root, body)
         c.equal((r.status, (r.json() or {}).get("error")), (want, "invalid_request"), f"POST /token-pairs with {what}")

@@ -573,13 +573,16 @@ static void test_validate(void **state)
 	assert_int_equal(config_validate(&cfg, err, ERRLEN), -EINVAL);
 	assert_non_null(strstr(err, "refresh_ttl: 2592000"));
 	config_free(&cfg);
-	/* renew_before must be shorter than child_ttl. */
+	/* renew_before must be at most half of child_ttl. */
 	init(&cfg);
 	assert_int_equal(config_set(&cfg, "renew_before", "900", err, ERRLEN), 0);
 	assert_int_equal(config_validate(&cfg, err, ERRLEN), -EINVAL);
 	assert_non_null(strstr(err, "renew_before: 900"));
 	assert_non_null(strstr(err, "child_ttl"));
-	assert_int_equal(config_set(&cfg, "renew_before", "899", err, ERRLEN), 0);
+	assert_int_equal(config_set(&cfg, "renew_before", "451", err, ERRLEN), 0);
+	assert_int_equal(config_validate(&cfg, err, ERRLEN), -EINVAL);
+	assert_non_null(strstr(err, "renew_before: 451"));
+	assert_int_equal(config_set(&cfg, "renew_before", "450", err, ERRLEN), 0);
 	assert_int_equal(config_validate(&cfg, err, ERRLEN), 0);
 	config_free(&cfg);
 	/* rotation_period: 0, or at least publish_ahead. */

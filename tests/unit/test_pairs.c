@@ -97,7 +97,7 @@ static void test_members(void **state)
 
 	assert_int_equal(parse("{\"subject\":\"alice\",\"audience\":[\"api\",\"billing\"],\"scope\":\"read\","
 			       "\"client_id\":\"app\",\"org\":\"acme\",\"claims\":{\"tier\":3},\"parent_expires_in\":600,"
-			       "\"child_expires_in\":60,\"include_child\":false,\"auto_renew\":true}",
+			       "\"child_expires_in\":240,\"include_child\":false,\"auto_renew\":true}",
 			       &issuer_caller, &pair, &body, err, sizeof(err)), 0);
 	assert_int_equal(json_array_size(pair.parent.audience), 2);
 	assert_string_equal(pair.parent.scope, "read");
@@ -105,7 +105,7 @@ static void test_members(void **state)
 	assert_string_equal(pair.parent.org, "acme");
 	assert_int_equal(json_integer_value(json_object_get(pair.parent.claims, "tier")), 3);
 	assert_int_equal(pair.parent.ttl, 600);
-	assert_int_equal(pair.child_ttl, 60);
+	assert_int_equal(pair.child_ttl, 240);
 	assert_int_equal(pair.include_child, 0);
 	assert_int_equal(pair.parent.auto_renew, 1);
 	json_decref(body);
@@ -174,6 +174,45 @@ static void test_child_within_parent(void **state)
 	json_decref(body);
 }
 
+/* With auto_renew a child shorter than twice renew_before would have its
+ * parent renewed more often than once per renew_before (a record and a
+ * status-list index each time, for the parent's whole life). */
+static void test_auto_renew_child_floor(void **state)
+{
+	struct issue_pair pair;
+	json_t *body = NULL;
+	char err[160] = "";
+
+	assert_int_equal(cfg.renew_before, 120);
+	expect_refused("{\"subject\":\"a\",\"auto_renew\":true,\"child_expires_in\":1}", &issuer_caller, -EINVAL,
+		       "240");
+	expect_refused("{\"subject\":\"a\",\"auto_renew\":true,\"child_expires_in\":239}", &issuer_caller, -EINVAL,
+		       "child_expires_in");
+	assert_int_equal(parse("{\"subject\":\"a\",\"auto_renew\":true,\"child_expires_in\":240}", &issuer_caller,
+			       &pair, &body, err, sizeof(err)), 0);
+	assert_int_equal(pair.child_ttl, 240);
+	json_decref(body);
+	/* Without auto_renew nothing is renewed: any lifetime will do. */
+	assert_int_equal(parse("{\"subject\":\"a\",\"child_expires_in\":1}", &issuer_caller, &pair, &body, err,
+			       sizeof(err)), 0);
+	assert_int_equal(pair.child_ttl, 1);
+	json_decref(body);
+	/* A child living as long as its parent has no successor. */
+	assert_int_equal(parse("{\"subject\":\"a\",\"auto_renew\":true,\"parent_expires_in\":60}", &issuer_caller,
+			       &pair, &body, err, sizeof(err)), 0);
+	assert_int_equal(pair.child_ttl, 60);
+	json_decref(body);
+	expect_refused("{\"subject\":\"a\",\"auto_renew\":true,\"parent_expires_in\":60,\"child_expires_in\":59}",
+		       &issuer_caller, -EINVAL, "child_expires_in");
+	/* The floor follows renew_before. */
+	cfg.renew_before = 4;
+	assert_int_equal(parse("{\"subject\":\"a\",\"auto_renew\":true,\"child_expires_in\":8}", &issuer_caller, &pair, &body, err, sizeof(err)), 0);
+	json_decref(body);
+	expect_refused("{\"subject\":\"a\",\"auto_renew\":true,\"child_expires_in\":7}", &issuer_caller, -EINVAL,
+		       "8");
+	cfg.renew_before = 120;
+}
+
 static void test_org_confinement(void **state)
 {
 	struct issue_pair pair;
@@ -223,6 +262,7 @@ int main(void)
 		cmocka_unit_test(test_bad_values_refused),
 		cmocka_unit_test(test_reserved_claims_refused),
 		cmocka_unit_test(test_child_within_parent),
+		cmocka_unit_test(test_auto_renew_child_floor),
 		cmocka_unit_test(test_org_confinement),
 		cmocka_unit_test(test_bound_by_the_caller),
 	};
