@@ -204,16 +204,26 @@ static const char *verify_skip_ows(const char *p)
 static int64_t verify_delta_seconds(const char *s, size_t n, int64_t cap)
 {
 	int64_t v = 0;
+	int over = 0;
 
 	if (n == 0)
 		return -1;
 	for (size_t i = 0; i < n; i++) {
+		int d = s[i] - '0';
+
 		if (s[i] < '0' || s[i] > '9')
 			return -1;
-		if (v <= cap)
-			v = v * 10 + (s[i] - '0');
+		if (over)
+			continue;
+		/* Checked before multiplying: cap may be near INT64_MAX. */
+		if (v > (INT64_MAX - d) / 10) {
+			over = 1;
+			continue;
+		}
+		v = v * 10 + d;
+		over = v > cap;
 	}
-	return v > cap ? cap : v;
+	return over ? cap : v;
 }
 
 /* One directive's value: a token, or a quoted-string copied into buf when

@@ -384,6 +384,13 @@ static void test_cache_control(void **state)
 		{ "max-age=60", "-3", 3600, 60 },
 		{ NULL, "10", 3600, 3600 },                        /* Age only shortens a max-age */
 		{ "max-age=60", NULL, -5, 0 },
+		/* A cap near INT64_MAX: the digits saturate, never overflow
+		 * (UBSan watches). */
+		{ "max-age=99999999999999999999", NULL, INT64_MAX, INT64_MAX },
+		{ "max-age=9223372036854775807", NULL, INT64_MAX, INT64_MAX },
+		{ "max-age=9223372036854775806", NULL, INT64_MAX, INT64_MAX - 1 },
+		{ "max-age=9223372036854775807", "99999999999999999999", INT64_MAX, 0 },
+		{ "max-age=99999999999999999999", "7", INT64_MAX, INT64_MAX - 7 },
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
