@@ -83,10 +83,13 @@ extern "C" {
  * by verify_new.  New members are only ever appended (SOVERSION 0). */
 struct verify_options {
 	const char *jwks_url;        /* http://, https:// or file: URL ... */
-	const char *jwks_file;       /* ... or a file path: exactly one of the two */
+	const char *jwks_file;       /* ... or a file path: exactly one of the two.
+				      * Anything but a regular file (a FIFO, a device)
+				      * is a failed fetch, never waited on */
 	const char *cache_file;      /* NULL: none.  The last fetched JWKS, kept across
 				      * runs (written 0600, atomically; a file not owned
-				      * by the caller or writable by others is ignored) */
+				      * by the caller, writable by others, a symbolic
+				      * link or not a regular file is ignored) */
 	const char *ca_file;         /* PEM trust anchors for https; NULL: the system's */
 	int64_t refetch_interval;    /* seconds between fetch attempts beyond the
 				      * set's lifetime (unknown kid, failure); >= 0 */

@@ -932,6 +932,37 @@ static void test_cache_file_round_trip(void **state)
 	free(ta);
 }
 
+/* A FIFO at the cache path or the JWKS file path is refused at once: an
+ * open that waited for a writer would hang verify_new (and hsmjwtctl)
+ * forever.  SIGALRM ends the test if it hangs. */
+static void test_fifo_is_refused(void **state)
+{
+	struct rotation *rot = *state;
+	struct verify *v;
+	char *ta = token_by(&rot->a, NULL, T0 + 3600, NULL), cache[512], fifo[512];
+
+	snprintf(cache, sizeof(cache), "%s/cache-fifo", fixture_tmpdir);
+	snprintf(fifo, sizeof(fifo), "%s/jwks-fifo", fixture_tmpdir);
+	assert_int_equal(mkfifo(cache, 0600), 0);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	alarm(20);
+	rot->opts.cache_file = cache;
+	v = verify_at(&rot->opts);
+	assert_int_equal(stats_of(v).cache_file_loads, 0);
+	assert_int_equal(stats_of(v).keys, 0);
+	verify_free(v);
+	rot->opts.cache_file = NULL;
+	rot->opts.jwks_file = fifo;
+	v = verify_at(&rot->opts);
+	assert_string_equal(verdict(v, ta, NULL, NULL), "-5");   /* -EIO */
+	assert_int_equal(stats_of(v).fetch_failures, 1);
+	assert_string_equal(stats_of(v).last_error, "not a regular file");
+	verify_free(v);
+	alarm(0);
+	rot->opts.jwks_file = rot->path;
+	free(ta);
+}
+
 /* ---- threads ------------------------------------------------------------------------ */
 
 struct worker {
@@ -1005,6 +1036,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_refused_document_keeps_the_set, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_expectations_and_result, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_cache_file_round_trip, rotation_setup, rotation_teardown),
+		cmocka_unit_test_setup_teardown(test_fifo_is_refused, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_threads_share_a_context, rotation_setup, rotation_teardown),
 	};
 
