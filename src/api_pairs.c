@@ -118,6 +118,19 @@ static int api_parent_claims(struct api_ctx *ctx, struct evhttp_request *req, st
 	return 0;
 }
 
+/* A registration that failed: registry_add's -EPERM is a parent revoked
+ * (or suspended) since api_parent_claims looked, answered as if it had been
+ * then. */
+static void api_child_registry_failed(struct api_outcome *out, struct evhttp_request *req, int r)
+{
+	if (r != -EPERM) {
+		api_registry_failed(out, req, r);
+		return;
+	}
+	out->status = 401;
+	http_reply_unauthorized(req, 1, "the parent token is not usable: revoked");
+}
+
 /* An auto-renewal entry's parent, borrowing from claims. */
 static void api_renew_parent(const struct config *cfg, const json_t *claims, int64_t child_ttl,
 			     struct renew_parent *ret_parent)
@@ -355,7 +368,7 @@ void api_renew(struct api_ctx *ctx, struct evhttp_request *req, struct api_outco
 	}
 	r = registry_add(ctx->registry, &child.record, api_pending_done, pending);
 	if (r < 0) {
-		api_registry_failed(out, req, r);
+		api_child_registry_failed(out, req, r);
 		goto out;
 	}
 	api_pending_reply(pending, out, 200, answer);
@@ -830,7 +843,7 @@ static void api_adopt(struct api_ctx *ctx, struct evhttp_request *req, struct ap
 	r = registry_add(ctx->registry, &adopt->child.record, api_adopt_done, adopt);
 	if (r < 0) {
 		atomic_fetch_sub(&ctx->pending, 1);
-		api_registry_failed(out, req, r);
+		api_child_registry_failed(out, req, r);
 		goto fail;
 	}
 	out->deferred = 1;

@@ -295,6 +295,26 @@ static int registry_entry_of(struct registry *reg, const struct registry_record 
 	return 0;
 }
 
+/* Under the write lock: whether e's parent, known to the index, is no
+ * longer active.  Callers look at the parent before they issue, but a
+ * revocation cascade run in between would miss a child registered after
+ * it: this check and the link are one step.  An UNREGISTERED record binds
+ * as registry_check says.  A parent the index does not know is let be:
+ * the registry holds no judgement on it, and one compacted away had
+ * expired, as has every child of it (a child never outlives its parent). */
+static int registry_parent_refuses(const struct registry *reg, const struct registry_entry *e)
+{
+	const struct registry_rec *p;
+	const char *org;
+
+	if (e->parent[0] == '\0' || (p = registry_index_get(&reg->index, e->parent)) == NULL)
+		return 0;
+	org = registry_ix_string(&reg->index, p->org);
+	if (p->type == REGISTRY_TYPE_UNREGISTERED && org[0] != '\0' && strcmp(org, e->org) != 0)
+		return 0;
+	return p->status != REGISTRY_ACTIVE;
+}
+
 int registry_add(struct registry *reg, const struct registry_record *rec, registry_done_fn done, void *arg)
 {
 	struct registry_entry e;
@@ -308,6 +328,10 @@ int registry_add(struct registry *reg, const struct registry_record *rec, regist
 	r = registry_write_begin_new(reg, rec->jti);
 	if (r < 0)
 		return r;
+	if (registry_parent_refuses(reg, &e)) {
+		r = -EPERM;
+		goto out;
+	}
 	e.seq = reg->next_seq;
 	r = registry_encode(&e, frame, sizeof(frame), &len);
 	if (r < 0) {
@@ -345,6 +369,9 @@ static int registry_consume_check(struct registry *reg, const struct registry_en
 	for (size_t i = 0; i < n; i++)
 		if (registry_index_get(&reg->index, add[i].jti) != NULL)
 			return -EEXIST;
+	for (size_t i = 0; i < n; i++)
+		if (registry_parent_refuses(reg, &add[i]))
+			return -EPERM;
 	return 0;
 }
 

@@ -534,7 +534,14 @@ static void renew_run(struct renew *renew, const struct renew_job *job, int64_t 
 			pthread_cond_destroy(&wait.cond);
 		}
 	}
-	if (r == 0) {
+	if (r == -EPERM) {
+		/* The parent went between the look above and the registration
+		 * (registry_add refused the child): the entry goes as it would
+		 * have then.  Active again by now, it was suspended: revoking
+		 * is final. */
+		gone = renew_parent_gone(renew->registry, job->parent_jti, job->org);
+		renew_remove(renew, job->parent_jti, gone ? gone : "suspended");
+	} else if (r == 0) {
 		child = (struct renew_child){ result.token, result.jti, result.record.iat, result.exp };
 		renew_job_done(renew, job, 0, &child, now);
 		log_debug("\"child renewed\" parent_jti=%s jti=%s exp=%lld", job->parent_jti, result.jti,

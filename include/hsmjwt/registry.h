@@ -105,9 +105,14 @@ void registry_close(struct registry *reg);
 int registry_reserve_index(struct registry *reg, uint32_t *ret_idx);
 
 /* Registers a token (rec->seq, status_at and reason are ignored; status must
- * be ACTIVE).  -EEXIST if the jti is known, -EINVAL for a bad field, -ENOSPC
- * past REGISTRY_MAX_RECORDS, -EIO when the registry has failed.  On 0, done
- * will be called. */
+ * be ACTIVE).  -EEXIST if the jti is known, -EPERM when rec->parent names a
+ * record that is not ACTIVE (revoked, deleted, suspended: checked with the
+ * registration under one lock, so that a child registered after its
+ * parent's revocation cascade is refused instead of left active; a parent
+ * the registry does not know is let be: it holds no status for it, and one
+ * compacted away had expired), -EINVAL for a bad field, -ENOSPC past
+ * REGISTRY_MAX_RECORDS, -EIO when the registry has failed.  On 0, done will
+ * be called. */
 int registry_add(struct registry *reg, const struct registry_record *rec, registry_done_fn done, void *arg);
 
 /* Consumes a single-use token and registers what replaces it, as one change
@@ -121,7 +126,8 @@ int registry_add(struct registry *reg, const struct registry_record *rec, regist
  * replacements registered, so that a revocation of the family made then
  * reaches them.  -EALREADY when jti's record is not ACTIVE (*ret_status, may
  * be NULL, gets its status), -ENOENT when jti is unknown, -EEXIST when a jti
- * of add is known (or given twice), -EINVAL for a bad record or more than
+ * of add is known (or given twice), -EPERM when a parent of add is not
+ * ACTIVE (as registry_add), -EINVAL for a bad record or more than
  * REGISTRY_CONSUME_MAX records; nothing has changed then.  -ENOMEM may leave
  * a prefix of add registered (tokens never handed out) and jti unconsumed.
  * On 0, done will be called once. */

@@ -525,6 +525,75 @@ static void test_cascade(void **state)
 	registry_close(reg);
 }
 
+/* A child registered after its parent's cascade would stay active: the
+ * parent's status is looked at with the registration, under one lock. */
+static void test_add_under_an_inactive_parent(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct registry_record child, rec, add[2];
+	struct registry_stats before, after;
+	struct registry_wait w;
+	size_t changed = 0;
+	int found = 0, r;
+	enum registry_status status;
+
+	add_dep(reg, "P", "acme", REGISTRY_TYPE_PARENT, "", "");
+	add_dep(reg, "C1", "acme", REGISTRY_TYPE_CHILD, "P", "");
+	assert_int_equal(set_wait(reg, "P", NULL, REGISTRY_REVOKED, "compromised", &changed), 0);
+	assert_int_equal(changed, 2);
+
+	registry_get_stats(reg, &before);
+	child = make_rec("C2", "acme", "alice", REGISTRY_TYPE_CHILD, NOW + HOUR);
+	snprintf(child.parent, sizeof(child.parent), "P");
+	assert_int_equal(add_wait(reg, &child), -EPERM);
+	/* Nothing registered, nothing queued for the file. */
+	assert_int_equal(registry_get(reg, "C2", NULL, &rec), -ENOENT);
+	assert_int_equal(registry_check(reg, "C2", "acme", &found, &status), 0);
+	assert_int_equal(found, 0);
+	registry_get_stats(reg, &after);
+	assert_int_equal(after.records, before.records);
+	assert_int_equal(after.frames, before.frames);
+	/* registry_consume registers as registry_add does. */
+	add[0] = make_rec("A9", "acme", "alice", REGISTRY_TYPE_ACCESS, NOW + HOUR);
+	add[1] = child;
+	registry_wait_init(&w);
+	r = registry_consume(reg, NULL, NOW, NULL, add, 2, registry_wait_done, &w, NULL);
+	if (r == 0)
+		registry_wait(&w);
+	assert_int_equal(r, -EPERM);
+	assert_int_equal(registry_get(reg, "A9", NULL, &rec), -ENOENT);
+
+	/* Suspended is not active either; reactivated, it may have children. */
+	add_dep(reg, "Q", "acme", REGISTRY_TYPE_PARENT, "", "");
+	assert_int_equal(set_wait(reg, "Q", NULL, REGISTRY_SUSPENDED, NULL, NULL), 0);
+	snprintf(child.parent, sizeof(child.parent), "Q");
+	assert_int_equal(add_wait(reg, &child), -EPERM);
+	assert_int_equal(set_wait(reg, "Q", NULL, REGISTRY_ACTIVE, NULL, NULL), 0);
+	assert_int_equal(add_wait(reg, &child), 0);
+	assert_int_equal(status_of(reg, "C2"), REGISTRY_ACTIVE);
+	assert_int_equal(registry_get(reg, "C2", NULL, &rec), 0);
+	assert_string_equal(rec.parent, "Q");
+
+	/* An offline revocation of the parent's jti binds its own org's
+	 * children (registry_check's rule), not another org's. */
+	registry_wait_init(&w);
+	assert_int_equal(registry_revoke_unregistered(reg, "U", "beta", NOW + HOUR, NOW, NULL, registry_wait_done, &w),
+			 0);
+	assert_int_equal(registry_wait(&w), 0);
+	child = make_rec("C3", "acme", "alice", REGISTRY_TYPE_CHILD, NOW + HOUR);
+	snprintf(child.parent, sizeof(child.parent), "U");
+	assert_int_equal(add_wait(reg, &child), 0);
+	child = make_rec("C4", "beta", "alice", REGISTRY_TYPE_CHILD, NOW + HOUR);
+	snprintf(child.parent, sizeof(child.parent), "U");
+	assert_int_equal(add_wait(reg, &child), -EPERM);
+
+	/* A parent the registry does not know: registered as before. */
+	child = make_rec("C5", "acme", "alice", REGISTRY_TYPE_CHILD, NOW + HOUR);
+	snprintf(child.parent, sizeof(child.parent), "nobody");
+	assert_int_equal(add_wait(reg, &child), 0);
+	registry_close(reg);
+}
+
 static void test_revoke_subject(void **state)
 {
 	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
@@ -1821,6 +1890,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_check_unregistered, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_transitions, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_cascade, fixture_tmpdir_setup, fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_add_under_an_inactive_parent, fixture_tmpdir_setup,
+						fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_revoke_subject, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_list_pagination, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_list_filters, fixture_tmpdir_setup, fixture_tmpdir_teardown),
