@@ -793,6 +793,11 @@ static void verify_fetch_once(struct verify_call *call, const char *etag, const 
 		/* A file says nothing about its freshness. */
 		lifetime = v->source.scheme == VERIFY_FILE ?
 			v->max_lifetime : verify_cache_lifetime(cache_control, got.age, v->max_lifetime);
+		/* A shorter one would let every verification fetch (no-cache:
+		 * one request per token): refetch_interval is the least time
+		 * between two requests while a set is held. */
+		if (lifetime < v->refetch_interval)
+			lifetime = v->refetch_interval;
 		if (v->cache_file != NULL)
 			verify_cache_store(v, set ? set : call->set, call->now, verify_add_sat(call->now, lifetime),
 					   got.etag, cache_control);
@@ -861,9 +866,12 @@ static void verify_refresh(struct verify_call *call, enum verify_why why)
 		pthread_mutex_unlock(&v->lock);
 		return;
 	}
-	/* A clock that went back counts as long enough ago. */
+	/* A clock that went back counts as long enough ago.  While a set is
+	 * held (even a stale one) no fetch starts within refetch_interval of
+	 * the last attempt, whatever caused it; without one, only a failed
+	 * attempt holds the next one back. */
 	too_soon = v->attempted && call->now >= v->last_attempt && call->now - v->last_attempt < v->refetch_interval;
-	if (why == VERIFY_WHY_KID ? too_soon : too_soon && v->last_failed) {
+	if (too_soon && (why == VERIFY_WHY_KID || v->set != NULL || v->last_failed)) {
 		if (why == VERIFY_WHY_KID)
 			v->stats.kid_refetches_refused++;
 		verify_adopt(call);

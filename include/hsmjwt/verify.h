@@ -12,11 +12,14 @@
  *  - It is read on first need (not by verify_new), and from cache_file when
  *    verify_new finds a copy there made for the same source.
  *  - Its lifetime is Cache-Control max-age less Age, capped at max_lifetime;
- *    no-cache or no-store give 0 (the copy serves the verification that
- *    fetched it; the next one fetches again); no usable max-age, and a file
- *    source, give max_lifetime.  A refetch sends If-None-Match with the
- *    ETag; a 304 renews the copy held, for its own max-age or, when it has
- *    no Cache-Control, for the held copy's (RFC 9111 §4.3.4).
+ *    no-cache or no-store give 0; no usable max-age, and a file source,
+ *    give max_lifetime.  A lifetime shorter than refetch_interval (0
+ *    included) is stretched to it: while a set is held no two fetch
+ *    attempts are less than refetch_interval apart, whatever the server
+ *    says (refetch_interval 0: none stretched).  A refetch sends
+ *    If-None-Match with the ETag; a 304 renews the copy held, for its own
+ *    max-age or, when it has no Cache-Control, for the held copy's (RFC
+ *    9111 §4.3.4).
  *  - A verification that meets an expired set fetches.  When that fails it
  *    goes on with the expired ("stale") set — public keys only, and the
  *    result says stale — for at most max_stale seconds past its expiry, and
@@ -91,8 +94,9 @@ struct verify_options {
 				      * by the caller, writable by others, a symbolic
 				      * link or not a regular file is ignored) */
 	const char *ca_file;         /* PEM trust anchors for https; NULL: the system's */
-	int64_t refetch_interval;    /* seconds between fetch attempts beyond the
-				      * set's lifetime (unknown kid, failure); >= 0 */
+	int64_t refetch_interval;    /* seconds: the least time between two fetch
+				      * attempts while a set is held or after a
+				      * failure, so also the least lifetime; >= 0 */
 	int64_t max_lifetime;        /* seconds: the cap on max-age, and the lifetime
 				      * without one; >= 0 */
 	int64_t max_stale;           /* seconds a stale set may still be used; >= 0 */

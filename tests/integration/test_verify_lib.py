@@ -20,8 +20,10 @@ outside, with the If-None-Match it sent and the Cache-Control it got.
               and chunked), an answer after the timeout, a 304 to an
               unconditional request, a body that is no JWKS — each is a
               failed fetch with its reason, retried no sooner than the
-              interval; no-store, max-age with Age, no Cache-Control, a huge
-              max-age; a failed refetch keeps the stale set.
+              interval; no-store, no-cache, max-age with Age, no
+              Cache-Control, a huge max-age (a lifetime under the refetch
+              interval stretched to it: made-up kids cost no request); a
+              failed refetch keeps the stale set.
   https       a private CA: accepted with ca_file; refused against the
               system store, and for a certificate naming another host.
   hsmjwtctl   `hsmjwtctl verify` with the daemon's configuration but a token
@@ -448,19 +450,28 @@ class Scenario:
         c.equal(p.close(), 0, "verify_probe exits 0")
         proxy.static_body = jwks
 
-        c.section("http: Cache-Control and Age")
-        for headers, want in (({"Cache-Control": "no-store"}, 0), ({"Cache-Control": "public, max-age=100", "Age": "40"}, 60),
+        c.section("http: Cache-Control and Age; a lifetime under the refetch interval is stretched to it")
+        for headers, want in (({"Cache-Control": "no-store"}, INTERVAL), ({"Cache-Control": "no-cache"}, INTERVAL),
+                              ({"Cache-Control": "max-age=300", "Age": "400"}, INTERVAL),
+                              ({"Cache-Control": "public, max-age=100", "Age": "40"}, 60),
                               ({}, 3600), ({"Cache-Control": "max-age=99999999999"}, 3600),
-                              ({"Cache-Control": "max-age=oops"}, 0)):
+                              ({"Cache-Control": "max-age=oops"}, INTERVAL)):
             p = fresh("static", **headers)
+            p.ask("freeze")
             before = len(proxy.requests())
             a = p.verify(ta, AUDIENCE)
             c.equal((self.verdict(a), a["stats"]["expires_at"] - a["stats"]["fetched_at"]), ("valid", want),
                     f"{headers or 'no Cache-Control'}: valid, kept {want} s")
+            for _ in range(5):
+                a = p.verify(made_up_token(), AUDIENCE)
             a = p.verify(ta, AUDIENCE)
-            c.equal(len(proxy.requests()) - before, 2 if want == 0 else 1,
-                    f"{headers or 'no Cache-Control'}: the next verification " +
-                    ("fetches again" if want == 0 else "fetches nothing"))
+            c.equal((self.verdict(a), a.get("stale"), len(proxy.requests()) - before), ("valid", False, 1),
+                    f"{headers or 'no Cache-Control'}: the next verifications (5 made-up kids among them) "
+                    "fetch nothing, the set fresh")
+            p.advance(want)
+            a = p.verify(ta, AUDIENCE)
+            c.equal((self.verdict(a), len(proxy.requests()) - before), ("valid", 2),
+                    f"{headers or 'no Cache-Control'}: {want} s on, one refetch")
             c.equal(p.close(), 0, "verify_probe exits 0")
 
         c.section("http: a 304 without Cache-Control leaves the held one in force")
@@ -482,19 +493,19 @@ class Scenario:
                 "at its end: one conditional request, 304 without Cache-Control")
         c.equal((self.verdict(a), a["stats"]["expires_at"] - a["stats"]["fetched_at"], a["stats"]["not_modified"]),
                 ("valid", 60, 1), "renewed for the held max-age=60, not the default lifetime")
-        proxy.not_modified_headers = {"Cache-Control": "max-age=20"}
+        proxy.not_modified_headers = {"Cache-Control": "max-age=40"}
         p.advance(60)
         a = p.verify(ta, AUDIENCE)
-        c.equal((self.verdict(a), a["stats"]["expires_at"] - a["stats"]["fetched_at"]), ("valid", 20),
-                "a 304 with its own max-age=20: kept 20 s")
+        c.equal((self.verdict(a), a["stats"]["expires_at"] - a["stats"]["fetched_at"]), ("valid", 40),
+                "a 304 with its own max-age=40: kept 40 s")
         c.equal(p.close(), 0, "verify_probe exits 0")
 
         c.section("http: a failed refetch keeps the stale set")
-        p = fresh("static", **{"Cache-Control": "max-age=5"})
+        p = fresh("static", **{"Cache-Control": "max-age=45"})
         p.ask("freeze")
-        c.equal(self.verdict(p.verify(ta, AUDIENCE)), "valid", "valid with a 5 s copy")
+        c.equal(self.verdict(p.verify(ta, AUDIENCE)), "valid", "valid with a 45 s copy")
         proxy.mode = "status500"
-        p.advance(5)
+        p.advance(45)
         a = p.verify(ta, AUDIENCE)
         c.equal((self.verdict(a), a.get("stale"), a["stats"]["fetch_failures"]), ("valid", True, 1),
                 "the refetch fails: still valid, marked stale")

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include <openssl/rand.h>
 #include <openssl/rsa.h>
 
 #include "fixture.h"
@@ -736,6 +737,60 @@ static void test_expiry_and_stale_set(void **state)
 	verify_free(v);
 }
 
+/* A lifetime of 0 (no-cache, max-age=0, an Age past max-age, or
+ * max_lifetime 0 as here) is stretched to refetch_interval: 200 tokens with
+ * made-up kids cost one fetch within the interval, not 200. */
+static void test_zero_lifetime_is_stretched(void **state)
+{
+	struct rotation *rot = *state;
+	struct verify *v;
+	char *ta = token_by(&rot->a, NULL, T0 + 100000, NULL);
+	struct verify_stats st;
+	int stale = -1;
+
+	rot->opts.max_lifetime = 0;
+	v = verify_at(&rot->opts);
+	for (int i = 0; i < 200; i++) {
+		unsigned char raw[16];
+		char kid[2 * sizeof(raw) + 1], *t;
+
+		assert_int_equal(RAND_bytes(raw, (int)sizeof(raw)), 1);
+		for (size_t j = 0; j < sizeof(raw); j++)
+			snprintf(kid + 2 * j, 3, "%02x", raw[j]);
+		t = token_by(&rot->a, kid, T0 + 100000, NULL);
+		fake_now = T0 + i % 30;
+		assert_string_equal(verdict(v, t, NULL, NULL), "unknown_kid");
+		free(t);
+	}
+	st = stats_of(v);
+	assert_int_equal(st.fetches, 1);
+	assert_int_equal(st.kid_refetches, 0);
+	assert_int_equal(st.kid_refetches_refused, 199);
+	assert_int_equal(st.fetched_at, T0);
+	assert_int_equal(st.expires_at, T0 + 30);
+	/* Within the interval a known kid is valid and fresh, no fetch. */
+	fake_now = T0 + 29;
+	assert_string_equal(verdict(v, ta, NULL, &stale), "valid");
+	assert_false(stale);
+	assert_int_equal(stats_of(v).fetches, 1);
+	/* At its end: one refetch, stretched again. */
+	fake_now = T0 + 30;
+	assert_string_equal(verdict(v, ta, NULL, &stale), "valid");
+	assert_false(stale);
+	st = stats_of(v);
+	assert_int_equal(st.fetches, 2);
+	assert_int_equal(st.expires_at, T0 + 60);
+	verify_free(v);
+	/* refetch_interval 0 asks for no stretching: every expiry fetches. */
+	rot->opts.refetch_interval = 0;
+	v = verify_at(&rot->opts);
+	assert_string_equal(verdict(v, ta, NULL, NULL), "valid");
+	assert_string_equal(verdict(v, ta, NULL, NULL), "valid");
+	assert_int_equal(stats_of(v).fetches, 2);
+	verify_free(v);
+	free(ta);
+}
+
 /* No set at all and the source unreachable: no verdict, and the next
  * attempt waits for refetch_interval. */
 static void test_no_set_at_all(void **state)
@@ -987,7 +1042,8 @@ static void *worker_run(void *arg)
 	return NULL;
 }
 
-/* Four threads on one context whose set expires at once (max_lifetime 0):
+/* Four threads on one context whose set expires at once (max_lifetime 0,
+ * and refetch_interval 0 so that it is not stretched):
  * every verification refetches or goes on with the set held while another
  * fetches; every verdict is valid (ASan/TSan watch the rest). */
 static void test_threads_share_a_context(void **state)
@@ -1001,6 +1057,7 @@ static void test_threads_share_a_context(void **state)
 
 	rot->opts.clock = NULL;
 	rot->opts.max_lifetime = 0;
+	rot->opts.refetch_interval = 0;
 	v = verify_at(&rot->opts);
 	for (int i = 0; i < 4; i++) {
 		w[i] = (struct worker){ .v = v, .token = ta };
@@ -1032,6 +1089,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unknown_kid_refetch_rate_limit, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_no_fetch_without_need, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_expiry_and_stale_set, rotation_setup, rotation_teardown),
+		cmocka_unit_test_setup_teardown(test_zero_lifetime_is_stretched, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_no_set_at_all, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_refused_document_keeps_the_set, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_expectations_and_result, rotation_setup, rotation_teardown),
