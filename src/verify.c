@@ -571,6 +571,11 @@ static void verify_cache_load(struct verify *v)
 		verify_keyset_unref(set);
 		goto out;
 	}
+	/* The copy was kept under the options of its writer: a max_lifetime
+	 * lowered since applies to it too.  expires_at >= fetched_at > 0, so
+	 * neither the difference nor the sum can overflow. */
+	if (expires_at - fetched_at > v->max_lifetime)
+		expires_at = fetched_at + v->max_lifetime;
 	v->set = set;
 	v->fetched_at = fetched_at;
 	v->expires_at = expires_at;

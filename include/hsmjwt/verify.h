@@ -10,7 +10,8 @@
  *
  * The key set (RFC 9111, the part a JWKS needs):
  *  - It is read on first need (not by verify_new), and from cache_file when
- *    verify_new finds a copy there made for the same source.
+ *    verify_new finds a copy there made for the same source (its lifetime
+ *    capped at this context's max_lifetime).
  *  - Its lifetime is Cache-Control max-age less Age, capped at max_lifetime;
  *    no-cache or no-store give 0; no usable max-age, and a file source,
  *    give max_lifetime.  A lifetime shorter than refetch_interval (0

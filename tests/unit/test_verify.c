@@ -987,6 +987,46 @@ static void test_cache_file_round_trip(void **state)
 	free(ta);
 }
 
+/* A copy's lifetime is capped by the max_lifetime of the context that
+ * reads it: lowering the option takes effect on the copy already kept. */
+static void test_cache_file_lifetime_capped(void **state)
+{
+	struct rotation *rot = *state;
+	struct verify *v;
+	char *ta = token_by(&rot->a, NULL, T0 + 100000, NULL), cache[512];
+	struct verify_stats vs;
+
+	snprintf(cache, sizeof(cache), "%s/cache.json", fixture_tmpdir);
+	rot->opts.cache_file = cache;
+	v = verify_at(&rot->opts);
+	assert_string_equal(verdict(v, ta, NULL, NULL), "valid");
+	assert_int_equal(stats_of(v).expires_at, T0 + 300);
+	verify_free(v);
+	rot->opts.max_lifetime = 60;
+	fake_now = T0 + 10;
+	v = verify_at(&rot->opts);
+	vs = stats_of(v);
+	assert_int_equal(vs.cache_file_loads, 1);
+	assert_int_equal(vs.fetched_at, T0);
+	assert_int_equal(vs.expires_at, T0 + 60);
+	fake_now = T0 + 59;
+	assert_string_equal(verdict(v, ta, NULL, NULL), "valid");
+	assert_int_equal(stats_of(v).fetches, 0);
+	fake_now = T0 + 60;
+	assert_string_equal(verdict(v, ta, NULL, NULL), "valid");
+	assert_int_equal(stats_of(v).fetches, 1);
+	verify_free(v);
+	/* A larger max_lifetime does not lengthen a copy (the one just
+	 * refetched: 60 s from T0 + 60). */
+	rot->opts.max_lifetime = 100000;
+	v = verify_at(&rot->opts);
+	assert_int_equal(stats_of(v).cache_file_loads, 1);
+	assert_int_equal(stats_of(v).expires_at, T0 + 120);
+	verify_free(v);
+	rot->opts.cache_file = NULL;
+	free(ta);
+}
+
 /* A FIFO at the cache path or the JWKS file path is refused at once: an
  * open that waited for a writer would hang verify_new (and hsmjwtctl)
  * forever.  SIGALRM ends the test if it hangs. */
@@ -1094,6 +1134,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_refused_document_keeps_the_set, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_expectations_and_result, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_cache_file_round_trip, rotation_setup, rotation_teardown),
+		cmocka_unit_test_setup_teardown(test_cache_file_lifetime_capped, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_fifo_is_refused, rotation_setup, rotation_teardown),
 		cmocka_unit_test_setup_teardown(test_threads_share_a_context, rotation_setup, rotation_teardown),
 	};
