@@ -348,6 +348,7 @@ void api_renew(struct api_ctx *ctx, struct evhttp_request *req, struct api_outco
 	struct api_pending *pending = NULL;
 	json_t *body = NULL, *claims = NULL, *answer = NULL;
 	const char *token = NULL;
+	size_t live = 0;
 	int r;
 
 	if (api_read_body(ctx, req, out, 0, &body) < 0)
@@ -357,8 +358,22 @@ void api_renew(struct api_ctx *ctx, struct evhttp_request *req, struct api_outco
 		api_error(out, req, 400, "invalid_request", "expected {\"parent_token\": string}");
 		goto out;
 	}
-	if (api_parent_claims(ctx, req, out, token, strlen(token), &claims) < 0 ||
-	    api_issue_child(ctx, req, out, claims, ctx->cfg->child_ttl, &child) < 0)
+	if (api_parent_claims(ctx, req, out, token, strlen(token), &claims) < 0)
+		goto out;
+	/* Checked, then issued: concurrent requests may pass it together,
+	 * one per worker at most. */
+	r = registry_count_children(ctx->registry, json_plain_string(json_object_get(claims, "jti")), api_now(),
+				    &live);
+	if (r < 0) {
+		api_error(out, req, 500, "server_error", "the parent's children could not be counted");
+		goto out;
+	}
+	if (live >= RENEW_MAX_LIVE_CHILDREN) {
+		api_error(out, req, 429, "rate_limited", "this parent has as many live children as it may; retry "
+			  "when one expires");
+		goto out;
+	}
+	if (api_issue_child(ctx, req, out, claims, ctx->cfg->child_ttl, &child) < 0)
 		goto out;
 	snprintf(out->jti, sizeof(out->jti), "%s", child.jti);
 	answer = api_child_json(child.token, child.jti, child.exp, api_now());

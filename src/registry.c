@@ -794,6 +794,23 @@ int registry_get(struct registry *reg, const char *jti, const char *org_scope, s
 	return r;
 }
 
+int registry_count_children(struct registry *reg, const char *parent_jti, int64_t now, size_t *ret_count)
+{
+	const struct registry_group *children;
+	size_t n = 0;
+
+	if (reg == NULL || parent_jti == NULL || ret_count == NULL)
+		return -EINVAL;
+	pthread_rwlock_rdlock(&reg->lock);
+	children = registry_map_find(&reg->index.parents, &reg->index.key, parent_jti);
+	for (uint32_t k = 0; children != NULL && k < children->vec.count; k++)
+		if (children->vec.items[k]->status == REGISTRY_ACTIVE && children->vec.items[k]->exp > now)
+			n++;
+	pthread_rwlock_unlock(&reg->lock);
+	*ret_count = n;
+	return 0;
+}
+
 int registry_check(struct registry *reg, const char *jti, const char *token_org, int *ret_found,
 		   enum registry_status *ret_status)
 {

@@ -161,6 +161,11 @@ int registry_revoke_unregistered(struct registry *reg, const char *jti, const ch
 int registry_revoke_subject(struct registry *reg, const char *subject, const char *org_scope, int64_t now,
 			    registry_done_fn done, void *arg, size_t *ret_count);
 
+/* The children of parent_jti (records naming it as their parent) that are
+ * ACTIVE and unexpired at now, whatever their org: *ret_count (0 for a
+ * parent without any, or unknown).  Bounds POST /renew per parent. */
+int registry_count_children(struct registry *reg, const char *parent_jti, int64_t now, size_t *ret_count);
+
 /* One record within org_scope: 0 and *ret_record, or -ENOENT. */
 int registry_get(struct registry *reg, const char *jti, const char *org_scope, struct registry_record *ret_record);
 

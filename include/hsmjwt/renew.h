@@ -54,6 +54,10 @@
 /* Subscribers (SSE streams) in all (503 beyond) and per parent (429). */
 #define RENEW_MAX_SUBSCRIBERS 1024
 #define RENEW_MAX_SUBSCRIBERS_PER_PARENT 8
+/* POST /renew refuses (429) a parent with this many active, unexpired
+ * children: each is a record and a status-list index, and /renew asks for
+ * no role.  Auto-renewal and pairs make one child at a time. */
+#define RENEW_MAX_LIVE_CHILDREN 8
 #define RENEW_TICK_MS 250
 #define RENEW_CHECK_SECONDS 1
 #define RENEW_BACKOFF_MIN_SECONDS 1

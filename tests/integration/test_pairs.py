@@ -44,6 +44,7 @@ CHILD_TTL = 8           # the daemon's child_ttl: the SSE section's children
 RENEW_BEFORE = 4        # the daemon's renew_before
 LEEWAY = 2
 LONG_CHILD = 600        # children that must outlive a section
+LIVE_CHILDREN = 8       # RENEW_MAX_LIVE_CHILDREN: /renew's bound per parent
 STREAMS_PER_PARENT = 8  # RENEW_MAX_SUBSCRIBERS_PER_PARENT
 EVENT_DEADLINE = 30.0   # longest wait for an event that must come (seconds)
 STOP_DEADLINE = 15.0    # SIGTERM with a stream open: "promptly"
@@ -354,6 +355,26 @@ def renewal(c, api, root):
                        ({"parent_token": 5}, "a number")):
         r = api.call("POST", "/renew", None, body)
         c.equal(r.status, 400, f"POST /renew with {what}: 400")
+
+    c.section(f"POST /renew: {LIVE_CHILDREN} live children per parent, the next is 429")
+    doc = api.pair(root, "for the /renew bound", include_child=False)
+    if doc:
+        start = time.monotonic()
+        got = [api.renew(doc["parent_token"]) for _ in range(LIVE_CHILDREN + 1)]
+        elapsed = time.monotonic() - start
+        # The children live CHILD_TTL s: slower than that, the first would
+        # have expired and freed a place, and the 429 would prove nothing.
+        c.check(elapsed < CHILD_TTL - 1, f"{LIVE_CHILDREN + 1} renewals within the children's lifetime",
+                f"{elapsed:.1f} s")
+        c.equal([r.status for r in got[:LIVE_CHILDREN]], [200] * LIVE_CHILDREN,
+                f"the first {LIVE_CHILDREN} /renew answer 200")
+        last = got[LIVE_CHILDREN]
+        c.equal((last.status, (last.json() or {}).get("error")), (429, "rate_limited"),
+                f"/renew number {LIVE_CHILDREN + 1} answers 429 rate_limited")
+        c.check((last.header("Retry-After") or "").isdigit(), "with Retry-After", repr(last.header("Retry-After")))
+        other = api.pair(root, "another parent, not bounded by the first", include_child=False)
+        if other:
+            c.equal(api.renew(other["parent_token"]).status, 200, "another parent's /renew still answers 200")
 
     c.section("revoking a parent revokes every child (POST /token/revoke with the parent token)")
     doc = api.pair(root, "to revoke by token", child_expires_in=LONG_CHILD)

@@ -594,6 +594,48 @@ static void test_add_under_an_inactive_parent(void **state)
 	registry_close(reg);
 }
 
+/* What bounds POST /renew: a parent's active, unexpired children. */
+static void test_count_children(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct registry_record child;
+	size_t n = 99;
+
+	assert_int_equal(registry_count_children(reg, "P", NOW, &n), 0);
+	assert_int_equal(n, 0);
+	add_dep(reg, "P", "acme", REGISTRY_TYPE_PARENT, "", "");
+	assert_int_equal(registry_count_children(reg, "P", NOW, &n), 0);
+	assert_int_equal(n, 0);
+	add_dep(reg, "C1", "acme", REGISTRY_TYPE_CHILD, "P", "");
+	add_dep(reg, "C2", "acme", REGISTRY_TYPE_CHILD, "P", "");
+	add_dep(reg, "C3", "acme", REGISTRY_TYPE_CHILD, "P", "");
+	add_dep(reg, "C4", "acme", REGISTRY_TYPE_CHILD, "P", "");
+	/* Another parent's child, and a grandchild, are not P's. */
+	add_dep(reg, "Q", "acme", REGISTRY_TYPE_PARENT, "", "");
+	add_dep(reg, "D1", "acme", REGISTRY_TYPE_CHILD, "Q", "");
+	add_dep(reg, "G1", "acme", REGISTRY_TYPE_CHILD, "C1", "");
+	/* Expired by NOW. */
+	child = make_rec("C5", "acme", "alice", REGISTRY_TYPE_CHILD, NOW);
+	snprintf(child.parent, sizeof(child.parent), "P");
+	assert_int_equal(add_wait(reg, &child), 0);
+	assert_int_equal(registry_count_children(reg, "P", NOW, &n), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(registry_count_children(reg, "P", NOW - 1, &n), 0);
+	assert_int_equal(n, 5);
+	assert_int_equal(registry_count_children(reg, "Q", NOW, &n), 0);
+	assert_int_equal(n, 1);
+	/* Revoked or suspended children are not live. */
+	assert_int_equal(set_wait(reg, "C2", NULL, REGISTRY_REVOKED, NULL, NULL), 0);
+	assert_int_equal(set_wait(reg, "C3", NULL, REGISTRY_SUSPENDED, NULL, NULL), 0);
+	assert_int_equal(registry_count_children(reg, "P", NOW, &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(registry_count_children(reg, "P", NOW + HOUR, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(registry_count_children(NULL, "P", NOW, &n), -EINVAL);
+	assert_int_equal(registry_count_children(reg, NULL, NOW, &n), -EINVAL);
+	registry_close(reg);
+}
+
 static void test_revoke_subject(void **state)
 {
 	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
@@ -1892,6 +1934,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_cascade, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_add_under_an_inactive_parent, fixture_tmpdir_setup,
 						fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_count_children, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_revoke_subject, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_list_pagination, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_list_filters, fixture_tmpdir_setup, fixture_tmpdir_teardown),
