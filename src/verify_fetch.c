@@ -32,6 +32,9 @@
 #endif
 
 #define VERIFY_AGE_MAX 32
+/* What the connection may hold unparsed beyond the body and the headers:
+ * a chunk's framing and what one read adds. */
+#define VERIFY_INPUT_SLACK (64 * 1024)
 
 void verify_fetched_clear(struct verify_fetched *fetched)
 {
@@ -91,7 +94,9 @@ out:
 struct verify_http {
 	struct event_base *base;
 	size_t max;
+	size_t max_input;                 /* bytes the connection may buffer */
 	int done;
+	int overflow;                     /* it buffered more: given up */
 	int failed;                       /* no response, see error */
 	int has_error;
 	enum evhttp_request_error error;
@@ -137,6 +142,19 @@ static int verify_http_headers(struct evhttp_request *req, struct verify_fetched
 	if (have_cache && (out->cache_control = strdup(cache)) == NULL)
 		return -ENOMEM;
 	return 0;
+}
+
+/* evbuffer_cb_func on the connection's input.  evhttp bounds the headers
+ * and the body, but buffers a chunk-size line until its CRLF: endless hex
+ * digits would grow it (and the rescans of it) until the timeout. */
+static void verify_http_input(struct evbuffer *input, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct verify_http *h = arg;
+
+	if (info->n_added > 0 && !h->overflow && evbuffer_get_length(input) > h->max_input) {
+		h->overflow = 1;
+		event_base_loopbreak(h->base);
+	}
 }
 
 static void verify_http_done(struct evhttp_request *req, void *arg)
@@ -257,6 +275,10 @@ static int verify_http_failure(const struct verify_http *h, SSL *ssl, const stru
 			 X509_verify_cert_error_string(verify));
 		return -EACCES;
 	}
+	if (h->overflow) {
+		snprintf(err, err_len, "over %zu bytes received unparsed (a chunk-size line without end)", h->max_input);
+		return -E2BIG;
+	}
 	if (!h->done || (h->has_error && h->error == EVREQ_HTTP_TIMEOUT)) {
 		snprintf(err, err_len, "no answer from %s:%d within %lld ms", src->host, src->port, (long long)timeout_ms);
 		return -ETIMEDOUT;
@@ -282,7 +304,9 @@ static int verify_http_failure(const struct verify_http *h, SSL *ssl, const stru
 static int verify_fetch_http(const struct verify_source *src, const char *ca_file, const char *etag,
 			     int64_t timeout_ms, size_t max, struct verify_fetched *ret, char *err, size_t err_len)
 {
-	struct verify_http h = { .max = max };
+	struct verify_http h = { .max = max, .max_input = max + VERIFY_MAX_HEADERS_BYTES + VERIFY_INPUT_SLACK };
+	struct evbuffer *input = NULL;
+	struct evbuffer_cb_entry *input_cb = NULL;
 	struct evdns_base *dns = NULL;
 	struct evhttp_connection *conn = NULL;
 	struct evhttp_request *req;
@@ -316,6 +340,10 @@ static int verify_fetch_http(const struct verify_source *src, const char *ca_fil
 	evhttp_connection_set_timeout_tv(conn, &tv);
 	evhttp_connection_set_max_body_size(conn, (ev_ssize_t)max);
 	evhttp_connection_set_max_headers_size(conn, VERIFY_MAX_HEADERS_BYTES);
+	input = bufferevent_get_input(evhttp_connection_get_bufferevent(conn));
+	input_cb = evbuffer_add_cb(input, verify_http_input, &h);
+	if (input_cb == NULL)
+		goto out;
 	req = evhttp_request_new(verify_http_done, &h);
 	if (req == NULL)
 		goto out;
@@ -346,7 +374,7 @@ static int verify_fetch_http(const struct verify_source *src, const char *ca_fil
 	}
 	event_base_loopexit(h.base, &tv);
 	event_base_dispatch(h.base);
-	if (!h.done || h.failed || (h.status != 200 && h.status != 304)) {
+	if (!h.done || h.overflow || h.failed || (h.status != 200 && h.status != 304)) {
 		r = verify_http_failure(&h, bev ? bufferevent_openssl_get_ssl(bev) : NULL, src, timeout_ms, err,
 					err_len);
 		goto out;
@@ -357,6 +385,8 @@ static int verify_fetch_http(const struct verify_source *src, const char *ca_fil
 out:
 	if (r == -ENOMEM && err[0] == '\0')
 		snprintf(err, err_len, "out of memory");
+	if (input_cb != NULL)
+		evbuffer_remove_cb_entry(input, input_cb);
 	/* Freeing the connection cancels a request still pending (timeout). */
 	if (conn != NULL)
 		evhttp_connection_free(conn);

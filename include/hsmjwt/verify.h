@@ -33,7 +33,9 @@
  *    fetch (the service always names the key).  A malformed token, or one
  *    whose alg is refused by name, never causes a fetch.
  *  - The JWKS is at most max_jwks_bytes and VERIFY_MAX_KEYS entries, else
- *    refused whole.  Entries the library cannot use are skipped, not fatal:
+ *    refused whole; an answer that makes the connection hold more than
+ *    that (plus headers and a little slack) unparsed, as a chunk-size line
+ *    without end does, is a failed fetch at once.  Entries the library cannot use are skipped, not fatal:
  *    unknown kty or alg, "use" other than "sig" or key_ops without
  *    "verify", symmetric ("oct") keys — a published document never carries
  *    a secret — keys without kid, keys the server's rules refuse (RSA under

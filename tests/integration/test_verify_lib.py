@@ -192,6 +192,24 @@ class RecorderHandler(http.server.BaseHTTPRequestHandler):
             entry.update(status=200)
             body = b'{"keys":[' + b" " * (2 * MAX_BYTES) + b"]}"
             self.reply(200, body, {"Content-Type": "application/json"}, chunked=mode == "big-chunked")
+        elif mode == "endless-chunk":
+            # A chunk-size line that never ends: hex digits, no CRLF, until
+            # the client hangs up (or 20 s, 1 GiB: the test's own bound).
+            entry.update(status=200)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            digits = b"f" * 65536
+            end = time.monotonic() + 20
+            try:
+                for _ in range(16384):
+                    if time.monotonic() > end:
+                        break
+                    self.wfile.write(digits)
+            except OSError:
+                pass
+            self.close_connection = True
         elif mode == "slow":
             entry.update(status=200)
             time.sleep(3.0)
@@ -443,6 +461,31 @@ class Scenario:
             c.equal((a.get("r"), len(proxy.requests()) - before, a["stats"]["fetches"]), (EIO, 1, 1),
                     f"{mode}: asked again at once: no request")
             c.equal(p.close(), 0, f"{mode}: verify_probe exits 0")
+
+        c.section("http: a chunk-size line that never ends is refused, its buffer bounded")
+
+        def peak_kib(proc):
+            with open(f"/proc/{proc.pid}/status") as f:
+                return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1))
+
+        proxy.mode = "endless-chunk"
+        # A long timeout, so that only the bound can end the fetch early.
+        p = self.probe("--jwks", proxy.url, "--timeout-ms", "8000")
+        before = len(proxy.requests())
+        p.stats()
+        peak_before = peak_kib(p.proc)
+        a = p.verify(ta, AUDIENCE)
+        peak_after = peak_kib(p.proc)
+        print(f"  verify_probe's peak RSS {peak_before} kB before the fetch, {peak_after} kB after")
+        c.equal((a.get("r"), len(proxy.requests()) - before), (EIO, 1), "endless-chunk: one request, no verdict (-EIO)")
+        c.check("unparsed" in a["stats"]["last_error"], "endless-chunk: failed for the unparsed bytes, not the timeout",
+                repr(a["stats"]["last_error"]))
+        # The bound is max_jwks_bytes plus headers and slack; sanitizers
+        # double what is allocated at most.
+        c.check(peak_after - peak_before < 3 * MAX_BYTES // 1024 + 4096, "endless-chunk: the probe's RSS grew by a few MiB at most",
+                f"{peak_after - peak_before} kB")
+        c.equal(p.close(), 0, "endless-chunk: verify_probe exits 0")
+
         p = fresh("static")
         proxy.static_body = b"<html>not a jwks</html>"
         a = p.verify(ta, AUDIENCE)
