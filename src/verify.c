@@ -479,45 +479,6 @@ out:
 
 /* ---- the cache file ------------------------------------------------------ */
 
-/* Reads the whole of a file this user alone can have written: a copy
- * someone else could plant would be a key set they chose. */
-static int verify_cache_read(const char *path, size_t max, char **ret_buf, size_t *ret_len)
-{
-	struct stat st;
-	char *buf = NULL;
-	size_t len = 0;
-	ssize_t n;
-	int fd, r;
-
-	/* O_NONBLOCK: a FIFO planted here must not hang the open; it is
-	 * refused below, and a regular file reads the same either way. */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0)
-		return -errno;
-	r = -EPERM;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022) != 0)
-		goto out;
-	r = -E2BIG;
-	if ((uint64_t)st.st_size > max)
-		goto out;
-	r = -ENOMEM;
-	buf = malloc((size_t)st.st_size + 1);
-	if (buf == NULL)
-		goto out;
-	/* The size may change under us: read at most what was promised. */
-	while (len < (size_t)st.st_size && (n = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
-		len += (size_t)n;
-	buf[len] = '\0';
-	*ret_buf = buf;
-	*ret_len = len;
-	buf = NULL;
-	r = 0;
-out:
-	free(buf);
-	close(fd);
-	return r;
-}
-
 /* A copy made for this source, parsed; anything wrong is logged and the
  * file is ignored: the source is asked instead. */
 static void verify_cache_load(struct verify *v)
@@ -530,13 +491,13 @@ static void verify_cache_load(struct verify *v)
 	struct verify_keyset *set = NULL;
 	int r;
 
-	r = verify_cache_read(v->cache_file, VERIFY_CACHE_FILE_MAX(v->max_bytes), &text, &len);
+	r = verify_read_file(v->cache_file, 1, VERIFY_CACHE_FILE_MAX(v->max_bytes), &text, &len);
 	if (r == -ENOENT)
 		return;
 	if (r < 0) {
 		log_warn("\"JWKS cache file ignored\" file=%s reason=%s",
 			 log_quote(quoted, sizeof(quoted), v->cache_file),
-			 r == -EPERM ? "not_a_private_file" : r == -E2BIG ? "too_large" : "unreadable");
+			 r == -EPERM || r == -EINVAL ? "not_a_private_file" : r == -E2BIG ? "too_large" : "unreadable");
 		goto out;
 	}
 	r = json_strict_parse(text, len, 2, &root);

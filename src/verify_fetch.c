@@ -44,7 +44,7 @@ void verify_fetched_clear(struct verify_fetched *fetched)
 	memset(fetched, 0, sizeof(*fetched));
 }
 
-static int verify_fetch_file(const char *path, size_t max, struct verify_fetched *ret, char *err, size_t err_len)
+int verify_read_file(const char *path, int private_copy, size_t max, char **ret_buf, size_t *ret_len)
 {
 	struct stat st;
 	char *buf = NULL;
@@ -53,39 +53,51 @@ static int verify_fetch_file(const char *path, size_t max, struct verify_fetched
 	int fd, r;
 
 	/* O_NONBLOCK: a FIFO or a device must not hang the open; it is
-	 * refused below, and a regular file reads the same either way.  A
-	 * symbolic link is followed: the path is the caller's choice. */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0) {
-		r = -errno;
-		snprintf(err, err_len, "cannot open the file: %s", strerror(errno));
-		return r;
-	}
+	 * refused below, and a regular file reads the same either way. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | (private_copy ? O_NOFOLLOW : 0));
+	if (fd < 0)
+		return -errno;
 	r = -EINVAL;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		snprintf(err, err_len, "not a regular file");
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 		goto out;
-	}
+	/* A copy someone else could plant would be a key set they chose. */
+	r = -EPERM;
+	if (private_copy && (st.st_uid != geteuid() || (st.st_mode & 022) != 0))
+		goto out;
 	r = -E2BIG;
-	if ((uint64_t)st.st_size > max) {
-		snprintf(err, err_len, "the file is over %zu bytes", max);
+	if ((uint64_t)st.st_size > max)
 		goto out;
-	}
 	r = -ENOMEM;
 	buf = malloc((size_t)st.st_size + 1);
 	if (buf == NULL)
 		goto out;
+	/* The size may change under us: read at most what was promised. */
 	while (len < (size_t)st.st_size && (n = read(fd, buf + len, (size_t)st.st_size - len)) > 0)
 		len += (size_t)n;
 	buf[len] = '\0';
-	ret->status = VERIFY_FETCH_OK;
-	ret->body = buf;
-	ret->body_len = len;
+	*ret_buf = buf;
+	*ret_len = len;
 	buf = NULL;
 	r = 0;
 out:
 	free(buf);
 	close(fd);
+	return r;
+}
+
+static int verify_fetch_file(const char *path, size_t max, struct verify_fetched *ret, char *err, size_t err_len)
+{
+	/* A symbolic link is followed: the path is the caller's choice. */
+	int r = verify_read_file(path, 0, max, &ret->body, &ret->body_len);
+
+	if (r == -EINVAL)
+		snprintf(err, err_len, "not a regular file");
+	else if (r == -E2BIG)
+		snprintf(err, err_len, "the file is over %zu bytes", max);
+	else if (r < 0)
+		snprintf(err, err_len, "cannot open the file: %s", strerror(-r));
+	else
+		ret->status = VERIFY_FETCH_OK;
 	return r;
 }
 

@@ -81,6 +81,13 @@ struct verify_fetched {
 	char etag[VERIFY_ETAG_MAX + 1];  /* "" when absent or longer than VERIFY_ETAG_MAX */
 };
 
+/* Reads the whole of a regular file of at most max bytes into a malloc'd,
+ * NUL-terminated buffer; never waits on a FIFO or device.  private_copy: a
+ * cache file — no symbolic link, owned by this user, not group/other
+ * writable (-EPERM), since a copy someone else could plant would be a key
+ * set they chose.  -EINVAL for a file that is not regular, -E2BIG. */
+int verify_read_file(const char *path, int private_copy, size_t max, char **ret_buf, size_t *ret_len);
+
 /* Reads source: a regular file of at most max_bytes, or one GET (with
  * If-None-Match: etag when etag is not empty) that must answer 200 with a
  * body of at most max_bytes, or 304, within timeout_ms.  0 and *ret (clear
