@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 SKIP = 77
 HEALTH_TIMEOUT = 90.0   # key generation under ASan on 2 shared cores is slow
@@ -104,6 +105,28 @@ def jwt_parts(token):
     """(header, claims) of a compact JWS, unverified."""
     h, p, _ = token.split(".")
     return json.loads(b64url_decode(h)), json.loads(b64url_decode(p))
+
+
+def guarded(c, name, fn, *args):
+    """A section that raises is a failed check, and the rest still run."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 — reported, never swallowed
+        traceback.print_exc()
+        c.check(False, f"{name} ran to its end", f"{type(e).__name__}: {e}")
+        return None
+
+
+def import_pyjwt():
+    try:
+        import jwt  # PyJWT
+    except ImportError as e:
+        raise Skip(f"PyJWT is missing ({e}); apt-get install python3-jwt")
+    return jwt
+
+
+def random_jti():
+    return b64url_encode(os.urandom(16))
 
 
 class Checker:

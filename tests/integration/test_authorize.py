@@ -31,11 +31,10 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Response, Skip, Token, Workdir, free_port,  # noqa: E402
-                            jwt_parts, main_with_dirs, require_tools, run_daemon_test)
+from hsmjwt_harness import (Checker, Daemon, Response, Skip, Token, Workdir, free_port, guarded, jwt_parts,  # noqa: E402
+                            main_with_dirs, require_tools, run_daemon_test)
 
 ALGORITHMS = ["ES256"]
 TTL = 3600
@@ -46,16 +45,6 @@ CHALLENGE_INVALID = 'Bearer realm="hsmjwt", error="invalid_token"'
 CHALLENGE_SCOPE = 'Bearer realm="hsmjwt", error="insufficient_scope"'
 X_AUTH = ("x-auth-subject", "x-auth-org", "x-auth-scope", "x-auth-jti")
 NGINX_START_ATTEMPTS = 5
-
-
-def guarded(c, name, fn, *args):
-    """A section that raises is a failed check, and the rest still run."""
-    try:
-        return fn(*args)
-    except Exception as e:  # noqa: BLE001 — reported, never swallowed
-        traceback.print_exc()
-        c.check(False, f"{name} ran to its end", f"{type(e).__name__}: {e}")
-        return None
 
 
 def raw_request(port, method, path, header_list, body=None, timeout=30):

@@ -15,7 +15,6 @@ nor the daemon's log may contain one.
 Usage: test_oauth.py BUILD_DIR SOURCE_DIR     (exit 0 pass, 1 fail, 77 skip)
 """
 
-import base64
 import hashlib
 import json
 import os
@@ -23,11 +22,10 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, b64url_encode, jwt_parts,  # noqa: E402
+from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, b64url_encode, guarded, jwt_parts,  # noqa: E402
                             main_with_dirs, require_tools, run_daemon_test)
 
 ALGORITHMS = ["ES256"]          # config_load adds RS256 for ID tokens
@@ -48,16 +46,6 @@ def import_verifiers():
     except ImportError as e:
         raise Skip(f"a Python JWT library is missing ({e}); apt-get install python3-jwt python3-jwcrypto")
     return jwt, jwcrypto
-
-
-def guarded(c, name, fn, *args):
-    """A section that raises is a failed check, and the rest still run."""
-    try:
-        return fn(*args)
-    except Exception as e:  # noqa: BLE001 — reported, never swallowed
-        traceback.print_exc()
-        c.check(False, f"{name} ran to its end", f"{type(e).__name__}: {e}")
-        return None
 
 
 def pkce_pair():

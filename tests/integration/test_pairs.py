@@ -32,12 +32,10 @@ import os
 import socket
 import sys
 import time
-import traceback
-import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, b64url_encode, faultp11_command,  # noqa: E402
-                            jwt_parts, require_tools, run_daemon_test, run_main)
+from hsmjwt_harness import (Checker, Daemon, Token, Workdir, faultp11_command, guarded, import_pyjwt,  # noqa: E402
+                            jwt_parts, random_jti, require_tools, run_daemon_test, run_main)
 
 ALGORITHMS = ["ES256"]
 CHILD_TTL = 8           # the daemon's child_ttl: the SSE section's children
@@ -49,18 +47,6 @@ STREAMS_PER_PARENT = 8  # RENEW_MAX_SUBSCRIBERS_PER_PARENT
 EVENT_DEADLINE = 30.0   # longest wait for an event that must come (seconds)
 STOP_DEADLINE = 15.0    # SIGTERM with a stream open: "promptly"
 RECOVERY_DEADLINE = 90.0  # keyring recovery (backoff to 8 s) + the renewal's (to 16 s), under ASan
-
-
-def import_pyjwt():
-    try:
-        import jwt  # PyJWT
-    except ImportError as e:
-        raise Skip(f"PyJWT is missing ({e}); apt-get install python3-jwt")
-    return jwt
-
-
-def random_jti():
-    return b64url_encode(os.urandom(16))
 
 
 class SseStream:
@@ -224,16 +210,6 @@ class Api:
             return None
         self.c.check(True, f"{what}: PyJWT verifies it against the JWKS")
         return claims
-
-
-def guarded(c, name, fn, *args):
-    """A section that raises is a failed check, and the rest still run."""
-    try:
-        return fn(*args)
-    except Exception as e:  # noqa: BLE001 — reported, never swallowed
-        traceback.print_exc()
-        c.check(False, f"{name} ran to its end", f"{type(e).__name__}: {e}")
-        return None
 
 
 # ---------------------------------------------------------------------------

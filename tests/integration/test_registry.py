@@ -16,13 +16,12 @@ import json
 import os
 import sys
 import time
-import traceback
 import urllib.parse
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, b64url_decode, b64url_encode,  # noqa: E402
-                            jwt_parts, main_with_dirs, require_tools, run_daemon_test)
+from hsmjwt_harness import (Checker, Daemon, Token, Workdir, b64url_decode, guarded, import_pyjwt, jwt_parts,  # noqa: E402
+                            main_with_dirs, random_jti, require_tools, run_daemon_test)
 
 ALGORITHMS = ["ES256"]
 TTL = 3600
@@ -37,18 +36,6 @@ LIST_BITS = {"active": 0, "suspended": 2, "revoked": 1, "deleted": 1}
 # /token/verify per registry status: (valid, status or error).
 VERIFY_OUTCOME = {"active": (True, "active"), "suspended": (False, "suspended"), "revoked": (False, "revoked"),
                   "deleted": (False, "revoked"), "unregistered": (True, "unregistered")}
-
-
-def import_pyjwt():
-    try:
-        import jwt  # PyJWT
-    except ImportError as e:
-        raise Skip(f"PyJWT is missing ({e}); apt-get install python3-jwt")
-    return jwt
-
-
-def random_jti():
-    return b64url_encode(os.urandom(16))
 
 
 class Entry:
@@ -1039,16 +1026,6 @@ def restart(c, api, jwt, root, lists_before, used):
 
 
 # ---------------------------------------------------------------------------
-
-
-def guarded(c, name, fn, *args):
-    """A section that raises is a failed check, and the rest still run."""
-    try:
-        return fn(*args)
-    except Exception as e:  # noqa: BLE001 — reported, never swallowed
-        traceback.print_exc()
-        c.check(False, f"{name} ran to its end", f"{type(e).__name__}: {e}")
-        return None
 
 
 def run(build_dir, source_dir):
