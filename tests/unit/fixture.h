@@ -101,4 +101,11 @@ struct fixture_rules {
 struct fixture_rules *fixture_rules_build(void);
 void fixture_rules_free(struct fixture_rules *rules);
 
+/* base64url of bytes or of a string, and "h.p.sig" with sig encoded: for
+ * building tokens by hand in rule tests (fixture_rules.c).  malloc'd; a
+ * failure fails the test. */
+char *fixture_b64_bytes(const uint8_t *buf, size_t len);
+char *fixture_b64(const char *text);
+char *fixture_assemble(const char *h, const char *p, const uint8_t *sig, size_t sig_len);
+
 #endif

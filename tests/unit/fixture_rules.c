@@ -53,7 +53,7 @@ static char kid[K_COUNT][JWK_KID_MAX + 1];
 
 /* ---- tokens ------------------------------------------------------------ */
 
-static char *b64_bytes(const uint8_t *buf, size_t len)
+char *fixture_b64_bytes(const uint8_t *buf, size_t len)
 {
 	char *s = NULL;
 
@@ -61,14 +61,14 @@ static char *b64_bytes(const uint8_t *buf, size_t len)
 	return s;
 }
 
-static char *b64(const char *text)
+char *fixture_b64(const char *text)
 {
-	return b64_bytes((const uint8_t *)text, strlen(text));
+	return fixture_b64_bytes((const uint8_t *)text, strlen(text));
 }
 
-static char *assemble(const char *h, const char *p, const uint8_t *sig, size_t sig_len)
+char *fixture_assemble(const char *h, const char *p, const uint8_t *sig, size_t sig_len)
 {
-	char *s = b64_bytes(sig, sig_len), *token = NULL;
+	char *s = fixture_b64_bytes(sig, sig_len), *token = NULL;
 
 	assert_true(asprintf(&token, "%s.%s.%s", h, p, s) > 0);
 	free(s);
@@ -92,14 +92,14 @@ static char *signed_b64(enum key_id k, enum jws_alg alg, const char *h, const ch
 
 	assert_true(asprintf(&input, "%s.%s", h, p) > 0);
 	sign_raw(k, alg, input, sig, &sig_len);
-	token = assemble(h, p, sig, sig_len);
+	token = fixture_assemble(h, p, sig, sig_len);
 	free(input);
 	return token;
 }
 
 static char *signed_json(enum key_id k, enum jws_alg alg, const char *header, const char *payload)
 {
-	char *h = b64(header), *p = b64(payload), *token;
+	char *h = fixture_b64(header), *p = fixture_b64(payload), *token;
 
 	token = signed_b64(k, alg, h, p);
 	free(h);
@@ -173,20 +173,20 @@ static struct fixture_rule *add_json(int want, enum key_id k, enum jws_alg alg, 
 static void cases_algorithms(void)
 {
 	const uint8_t junk[4] = { 1, 2, 3, 4 };
-	char *h, *p = b64(PAYLOAD), *t = NULL;
+	char *h, *p = fixture_b64(PAYLOAD), *t = NULL;
 
 	for (enum key_id k = 0; k < K_RSA_ANY; k++)
 		add(0, good(k, ""), "control: %s signed by its key", jws_alg_name(key_alg[k]));
 	add(0, signed_json(K_RSA_ANY, JWS_ALG_RS256, "{\"alg\":\"RS256\",\"kid\":\"rsa-any\"}", PAYLOAD),
 	    "control: RS256 on the RSA key published without alg");
 
-	h = b64("{\"alg\":\"none\",\"kid\":\"rsa-any\"}");
-	add(JWS_E_UNSUPPORTED_ALG, assemble(h, p, junk, sizeof(junk)), "alg none");
+	h = fixture_b64("{\"alg\":\"none\",\"kid\":\"rsa-any\"}");
+	add(JWS_E_UNSUPPORTED_ALG, fixture_assemble(h, p, junk, sizeof(junk)), "alg none");
 	free(h);
-	h = b64("{\"alg\":\"None\",\"kid\":\"rsa-any\"}");
-	add(JWS_E_UNSUPPORTED_ALG, assemble(h, p, junk, sizeof(junk)), "alg None");
+	h = fixture_b64("{\"alg\":\"None\",\"kid\":\"rsa-any\"}");
+	add(JWS_E_UNSUPPORTED_ALG, fixture_assemble(h, p, junk, sizeof(junk)), "alg None");
 	free(h);
-	h = b64("{\"alg\":\"none\"}");
+	h = fixture_b64("{\"alg\":\"none\"}");
 	assert_true(asprintf(&t, "%s.%s.", h, p) > 0);
 	add(JWS_E_MALFORMED, t, "alg none, unsecured form (empty signature)");
 	free(h);
@@ -248,10 +248,10 @@ static void cases_algorithms(void)
 
 		assert_true(der_len > 0);
 		h = header_alg(JWS_ALG_HS256, k, "");
-		hb = b64(h);
+		hb = fixture_b64(h);
 		assert_true(asprintf(&input, "%s.%s", hb, p) > 0);
 		assert_non_null(HMAC(EVP_sha256(), der, der_len, (const uint8_t *)input, strlen(input), mac, &mac_len));
-		add(JWS_E_UNSUPPORTED_ALG, assemble(hb, p, mac, mac_len),
+		add(JWS_E_UNSUPPORTED_ALG, fixture_assemble(hb, p, mac, mac_len),
 		    "HS256 keyed with the RSA public key (alg confusion), key %s",
 		    k == K_RSA_ANY ? "published without alg" : "with its alg");
 		free(input);
@@ -264,13 +264,13 @@ static void cases_algorithms(void)
 	{
 		uint8_t secret[32], mac[32];
 		unsigned int mac_len = 0;
-		char *hb = b64("{\"alg\":\"HS256\",\"kid\":\"hs256-in-the-token\"}"), *input = NULL;
+		char *hb = fixture_b64("{\"alg\":\"HS256\",\"kid\":\"hs256-in-the-token\"}"), *input = NULL;
 
 		memset(secret, 0x5a, sizeof(secret));
 		assert_true(asprintf(&input, "%s.%s", hb, p) > 0);
 		assert_non_null(HMAC(EVP_sha256(), secret, sizeof(secret), (const uint8_t *)input, strlen(input), mac,
 				     &mac_len));
-		add(JWS_E_UNKNOWN_KID, assemble(hb, p, mac, mac_len), "HS256 under a kid no JWKS holds");
+		add(JWS_E_UNKNOWN_KID, fixture_assemble(hb, p, mac, mac_len), "HS256 under a kid no JWKS holds");
 		free(input);
 		free(hb);
 	}
@@ -331,7 +331,7 @@ static void cases_header_shape(void)
 	for (size_t i = 0; i < sizeof(headers) / sizeof(headers[0]); i++)
 		add_json(JWS_E_MALFORMED, K_P256, JWS_ALG_ES256, headers[i], PAYLOAD, "header not a JSON object");
 	{
-		char *p = b64(PAYLOAD);
+		char *p = fixture_b64(PAYLOAD);
 		add(JWS_E_MALFORMED, signed_b64(K_P256, JWS_ALG_ES256, "", p), "empty header part");
 		free(p);
 	}
@@ -390,7 +390,7 @@ enum part { PART_HEADER, PART_PAYLOAD };
 static char *respelled(enum part which, char *(*respell)(const char *))
 {
 	char *h = header_for(K_P256, ",\"typ\":\"JWT\",\"x\":\"~~~~~~~~~\"");
-	char *hb = b64(h), *pb = b64("{\"sub\":\"alice\",\"exp\":1700003600,\"x\":\"~~~~~~~\"}"), *token, *changed;
+	char *hb = fixture_b64(h), *pb = fixture_b64("{\"sub\":\"alice\",\"exp\":1700003600,\"x\":\"~~~~~~~\"}"), *token, *changed;
 
 	changed = respell(which == PART_HEADER ? hb : pb);
 	token = which == PART_HEADER ? signed_b64(K_P256, JWS_ALG_ES256, changed, pb) :
@@ -577,7 +577,7 @@ static void cases_limits(void)
 /* An ES256 token whose signature mangle changes. */
 static char *es256_with_sig(void (*mangle)(uint8_t *sig, size_t *sig_len))
 {
-	char *h = header_for(K_P256, ""), *hb = b64(h), *p = b64(PAYLOAD), *input = NULL, *token;
+	char *h = header_for(K_P256, ""), *hb = fixture_b64(h), *p = fixture_b64(PAYLOAD), *input = NULL, *token;
 	uint8_t sig[200];
 	size_t sig_len = 64;
 
@@ -585,7 +585,7 @@ static char *es256_with_sig(void (*mangle)(uint8_t *sig, size_t *sig_len))
 	sign_raw(K_P256, JWS_ALG_ES256, input, sig, &sig_len);
 	assert_int_equal(sig_len, 64);
 	mangle(sig, &sig_len);
-	token = assemble(hb, p, sig, sig_len);
+	token = fixture_assemble(hb, p, sig, sig_len);
 	free(input);
 	free(hb);
 	free(h);
@@ -632,7 +632,7 @@ static void cases_ecdsa(void)
 		add(JWS_E_BAD_SIGNATURE, es256_with_sig(mangles[i].fn), "ES256 signature %s", mangles[i].what);
 	/* DER (what OpenSSL produces natively) is not the JOSE form. */
 	{
-		char *h = header_for(K_P256, ""), *hb = b64(h), *p = b64(PAYLOAD), *input = NULL;
+		char *h = header_for(K_P256, ""), *hb = fixture_b64(h), *p = fixture_b64(PAYLOAD), *input = NULL;
 		EVP_MD_CTX *md = EVP_MD_CTX_new();
 		uint8_t der[80];
 		size_t der_len = sizeof(der);
@@ -641,7 +641,7 @@ static void cases_ecdsa(void)
 		assert_int_equal(EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pk[K_P256]), 1);
 		assert_int_equal(EVP_DigestSign(md, der, &der_len, (const uint8_t *)input, strlen(input)), 1);
 		assert_int_equal(der[0], 0x30);
-		add(JWS_E_BAD_SIGNATURE, assemble(hb, p, der, der_len), "ES256 signature in DER");
+		add(JWS_E_BAD_SIGNATURE, fixture_assemble(hb, p, der, der_len), "ES256 signature in DER");
 		EVP_MD_CTX_free(md);
 		free(input);
 		free(hb);
@@ -651,7 +651,7 @@ static void cases_ecdsa(void)
 	/* Another payload under a genuine signature, for every public alg. */
 	for (enum key_id k = 0; k < K_RSA_ANY; k++) {
 		char *g = good(k, ""), *first = strchr(g, '.'), *dot = strrchr(g, '.'), *t = NULL;
-		char *p = b64("{\"sub\":\"mallory\",\"exp\":1700003600}");
+		char *p = fixture_b64("{\"sub\":\"mallory\",\"exp\":1700003600}");
 
 		assert_true(asprintf(&t, "%.*s.%s%s", (int)(first - g), g, p, dot) > 0);
 		add(JWS_E_BAD_SIGNATURE, t, "%s signature over another payload", jws_alg_name(key_alg[k]));
@@ -665,7 +665,7 @@ static void cases_ecdsa(void)
  * length, for PKCS#1 v1.5 and PSS alike. */
 static void cases_rsa_length(enum key_id k)
 {
-	char *h = header_for(k, ""), *hb = b64(h);
+	char *h = header_for(k, ""), *hb = fixture_b64(h);
 	int found = 0;
 
 	for (int i = 0; i < 20000 && !found; i++) {
@@ -674,19 +674,19 @@ static void cases_rsa_length(enum key_id k)
 		size_t sig_len = JWS_MAX_SIG;
 
 		snprintf(claims, sizeof(claims), "{\"exp\":1700003600,\"n\":%d}", i);
-		p = b64(claims);
+		p = fixture_b64(claims);
 		assert_true(asprintf(&input, "%s.%s", hb, p) > 0);
 		sign_raw(k, key_alg[k], input, sig, &sig_len);
 		assert_int_equal(sig_len, 256);
 		if (sig[0] == 0) {
 			found = 1;
-			add(0, assemble(hb, p, sig, sig_len), "control: %s signature starting with a zero byte",
+			add(0, fixture_assemble(hb, p, sig, sig_len), "control: %s signature starting with a zero byte",
 			    jws_alg_name(key_alg[k]));
-			add(JWS_E_BAD_SIGNATURE, assemble(hb, p, sig + 1, sig_len - 1),
+			add(JWS_E_BAD_SIGNATURE, fixture_assemble(hb, p, sig + 1, sig_len - 1),
 			    "%s signature without its leading zero byte", jws_alg_name(key_alg[k]));
 			memmove(sig + 1, sig, sig_len);
 			sig[0] = 0;
-			add(JWS_E_BAD_SIGNATURE, assemble(hb, p, sig, sig_len + 1), "%s signature with a zero byte more",
+			add(JWS_E_BAD_SIGNATURE, fixture_assemble(hb, p, sig, sig_len + 1), "%s signature with a zero byte more",
 			    jws_alg_name(key_alg[k]));
 		}
 		free(input);
@@ -705,7 +705,7 @@ struct pss_params {
 
 static char *ps256_token(enum key_id k, const char *header, const struct pss_params *pp)
 {
-	char *hb = b64(header), *p = b64(PAYLOAD), *input = NULL, *token;
+	char *hb = fixture_b64(header), *p = fixture_b64(PAYLOAD), *input = NULL, *token;
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	EVP_PKEY_CTX *pctx = NULL;
 	uint8_t sig[512];
@@ -717,7 +717,7 @@ static char *ps256_token(enum key_id k, const char *header, const struct pss_par
 	assert_int_equal(EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, pp->mgf1), 1);
 	assert_int_equal(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, pp->saltlen), 1);
 	assert_int_equal(EVP_DigestSign(md, sig, &sig_len, (const uint8_t *)input, strlen(input)), 1);
-	token = assemble(hb, p, sig, sig_len);
+	token = fixture_assemble(hb, p, sig, sig_len);
 	EVP_MD_CTX_free(md);
 	free(input);
 	free(hb);
@@ -750,7 +750,7 @@ static void cases_rsa(void)
 
 static void cases_eddsa(void)
 {
-	char *h = header_for(K_ED, ""), *hb = b64(h), *p = b64(PAYLOAD), *input = NULL;
+	char *h = header_for(K_ED, ""), *hb = fixture_b64(h), *p = fixture_b64(PAYLOAD), *input = NULL;
 	uint8_t sig[80];
 	size_t sig_len = sizeof(sig);
 
@@ -758,8 +758,8 @@ static void cases_eddsa(void)
 	sign_raw(K_ED, JWS_ALG_EDDSA, input, sig, &sig_len);
 	assert_int_equal(sig_len, 64);
 	sig[64] = 0;
-	add(JWS_E_BAD_SIGNATURE, assemble(hb, p, sig, 65), "EdDSA signature of 65 bytes");
-	add(JWS_E_BAD_SIGNATURE, assemble(hb, p, sig, 63), "EdDSA signature of 63 bytes");
+	add(JWS_E_BAD_SIGNATURE, fixture_assemble(hb, p, sig, 65), "EdDSA signature of 65 bytes");
+	add(JWS_E_BAD_SIGNATURE, fixture_assemble(hb, p, sig, 63), "EdDSA signature of 63 bytes");
 	free(input);
 	free(hb);
 	free(h);
@@ -969,7 +969,7 @@ static void cases_payload_json(void)
 	add_json(JWS_E_MALFORMED, K_P256, JWS_ALG_ES256, h, "{\"exp\":1700003600} {}", "payload with trailing JSON");
 	add_json(JWS_E_MALFORMED, K_P256, JWS_ALG_ES256, h, "not json at all", "payload not JSON");
 	{
-		char *hb = b64(h);
+		char *hb = fixture_b64(h);
 		add(JWS_E_MALFORMED, signed_b64(K_P256, JWS_ALG_ES256, hb, ""), "empty payload");
 		free(hb);
 	}

@@ -113,29 +113,6 @@ static void sign_raw(enum jws_alg alg, const char *data, size_t len, uint8_t *si
 	}
 }
 
-static char *b64_bytes(const uint8_t *buf, size_t len)
-{
-	char *s = NULL;
-
-	assert_int_equal(b64url_encode_alloc(buf, len, &s), 0);
-	return s;
-}
-
-static char *b64(const char *text)
-{
-	return b64_bytes((const uint8_t *)text, strlen(text));
-}
-
-/* "h.p.sig" with sig given. */
-static char *assemble(const char *h, const char *p, const uint8_t *sig, size_t sig_len)
-{
-	char *s = b64_bytes(sig, sig_len), *token = NULL;
-
-	assert_true(asprintf(&token, "%s.%s.%s", h, p, s) > 0);
-	free(s);
-	return token;
-}
-
 /* Signs the encoded parts as they stand, however they are spelled. */
 static char *token_from_b64(enum jws_alg alg, const char *h, const char *p)
 {
@@ -145,14 +122,14 @@ static char *token_from_b64(enum jws_alg alg, const char *h, const char *p)
 
 	assert_true(asprintf(&input, "%s.%s", h, p) > 0);
 	sign_raw(alg, input, strlen(input), sig, &sig_len);
-	token = assemble(h, p, sig, sig_len);
+	token = fixture_assemble(h, p, sig, sig_len);
 	free(input);
 	return token;
 }
 
 static char *token_from_json(enum jws_alg alg, const char *header, const char *payload)
 {
-	char *h = b64(header), *p = b64(payload), *token;
+	char *h = fixture_b64(header), *p = fixture_b64(payload), *token;
 
 	token = token_from_b64(alg, h, p);
 	free(h);
@@ -236,7 +213,7 @@ static int setup(void **state)
 	add_key("p384", public_jwk_key(pk_p384));
 	add_key("p521", public_jwk_key(pk_p521));
 	add_key("ed", public_jwk_key(pk_ed));
-	k = b64_bytes(hmac_secret, sizeof(hmac_secret));
+	k = fixture_b64_bytes(hmac_secret, sizeof(hmac_secret));
 	jwk = json_pack("{s:s, s:s}", "kty", "oct", "k", k);
 	free(k);
 	if (jwk_key_from_json(jwk, &oct) != 0)
@@ -297,7 +274,7 @@ static void test_round_trip_every_alg(void **state)
 		assert_true(asprintf(&expected_h, "{\"alg\":\"%s\",\"kid\":\"%s\",\"typ\":\"JWT\"}", jws_alg_name(alg),
 				     kid_for(alg)) > 0);
 		{
-			char *h = b64(expected_h);
+			char *h = fixture_b64(expected_h);
 			assert_memory_equal(token, h, strlen(h));
 			assert_int_equal(token[strlen(h)], '.');
 			free(h);
@@ -316,7 +293,7 @@ static void test_round_trip_every_alg(void **state)
 
 		/* Another payload under the same signature does not verify. */
 		{
-			char *p = b64("{\"sub\":\"mallory\",\"exp\":2000000000}"), *forged = NULL;
+			char *p = fixture_b64("{\"sub\":\"mallory\",\"exp\":2000000000}"), *forged = NULL;
 			char *first_dot = strchr(token, '.');
 			assert_true(asprintf(&forged, "%.*s.%s%s", (int)(first_dot - token), token, p, dot) > 0);
 			assert_int_equal(verify(forged), JWS_E_BAD_SIGNATURE);
@@ -333,7 +310,7 @@ static void test_round_trip_every_alg(void **state)
 			memcpy(sig, tmp->signature, tmp->signature_len);
 			sig[tmp->signature_len / 2] ^= 0x01;
 			*second = '\0';
-			flipped = assemble(h_p, second + 1, sig, tmp->signature_len);
+			flipped = fixture_assemble(h_p, second + 1, sig, tmp->signature_len);
 			assert_int_equal(verify(flipped), JWS_E_BAD_SIGNATURE);
 			free(flipped);
 			free(h_p);
@@ -357,7 +334,7 @@ static void test_payload_is_opaque(void **state)
 	free(token);
 	/* An empty payload is a JWS too. */
 	{
-		char *hb = b64(h);
+		char *hb = fixture_b64(h);
 		token = token_from_b64(JWS_ALG_ES256, hb, "");
 		free(hb);
 	}
@@ -415,14 +392,14 @@ static void test_alg_confusion_hs256_with_rsa_public_key(void **state)
 	const char *input_h = "{\"alg\":\"HS256\",\"kid\":\"rsa\"}";
 	uint8_t *der = NULL, mac[32];
 	unsigned int mac_len = 0;
-	char *h = b64(input_h), *p = b64("{\"sub\":\"admin\"}"), *input = NULL, *token;
+	char *h = fixture_b64(input_h), *p = fixture_b64("{\"sub\":\"admin\"}"), *input = NULL, *token;
 	int der_len = i2d_PUBKEY(pk_rsa, &der);
 	const struct jwk_key *rsa_key = lookup(NULL, "rsa");
 
 	assert_true(der_len > 0);
 	assert_true(asprintf(&input, "%s.%s", h, p) > 0);
 	assert_non_null(HMAC(EVP_sha256(), der, der_len, (const uint8_t *)input, strlen(input), mac, &mac_len));
-	token = assemble(h, p, mac, mac_len);
+	token = fixture_assemble(h, p, mac, mac_len);
 	/* The token's verdict is a shared rule case; here, jws_verify_signature
 	 * called directly with the RSA key. */
 	assert_int_equal(jws_verify_signature(JWS_ALG_HS256, rsa_key, (const uint8_t *)input, strlen(input), mac,
@@ -555,7 +532,7 @@ static void test_ecdsa_range_check(void **state)
 
 static void test_hmac_rules(void **state)
 {
-	char *h = b64("{\"alg\":\"HS256\",\"kid\":\"oct\"}"), *p = b64("{\"sub\":\"alice\"}"), *input = NULL, *t;
+	char *h = fixture_b64("{\"alg\":\"HS256\",\"kid\":\"oct\"}"), *p = fixture_b64("{\"sub\":\"alice\"}"), *input = NULL, *t;
 	uint8_t mac[64], other_key[64];
 	unsigned int mac_len = 0;
 	size_t len = sizeof(mac);
@@ -564,18 +541,18 @@ static void test_hmac_rules(void **state)
 	sign_raw(JWS_ALG_HS256, input, strlen(input), mac, &len);
 	assert_int_equal(len, 32);
 	/* Truncated MAC. */
-	expect_pair(assemble(h, p, mac, 32), assemble(h, p, mac, 16), JWS_E_BAD_SIGNATURE);
+	expect_pair(fixture_assemble(h, p, mac, 32), fixture_assemble(h, p, mac, 16), JWS_E_BAD_SIGNATURE);
 	/* MAC under another secret. */
 	memset(other_key, 0x42, sizeof(other_key));
 	assert_non_null(HMAC(EVP_sha256(), other_key, sizeof(other_key), (const uint8_t *)input, strlen(input), mac,
 			     &mac_len));
-	t = assemble(h, p, mac, mac_len);
+	t = fixture_assemble(h, p, mac, mac_len);
 	assert_int_equal(verify(t), JWS_E_BAD_SIGNATURE);
 	free(t);
 	/* The same secret behind a 32-byte key refuses HS512. */
 	{
 		struct jwk_key *short_key = NULL;
-		char *k = b64_bytes(hmac_secret, 32);
+		char *k = fixture_b64_bytes(hmac_secret, 32);
 		json_t *jwk = json_pack("{s:s, s:s}", "kty", "oct", "k", k);
 		uint8_t mac512[64];
 		unsigned int mac512_len = 0;
