@@ -203,23 +203,6 @@ void api_pending_answer(struct api_pending *p, int code, json_t *body, const cha
 	api_pending_done(p, 0);
 }
 
-/* token_type of /token/verify → the header typ of SPEC §5.1. */
-static const char *api_typ_for(const char *token_type)
-{
-	if (strcmp(token_type, "access") == 0)
-		return "at+jwt";
-	if (strcmp(token_type, "refresh") == 0)
-		return "rt+jwt";
-	if (strcmp(token_type, "id") == 0)
-		return "JWT";
-	if (strcmp(token_type, "parent") == 0)
-		return "parent+jwt";
-	/* A child is its API's bearer token, as an access token is. */
-	if (strcmp(token_type, "child") == 0)
-		return "at+jwt";
-	return NULL;
-}
-
 static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
 		       const char *segment)
 {
@@ -239,7 +222,7 @@ static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct a
 		goto out;
 	}
 	if (token_type != NULL) {
-		expect.typ = api_typ_for(token_type);
+		expect.typ = issue_typ_for(token_type);
 		expect.token_type = token_type;
 		if (expect.typ == NULL) {
 			api_error(out, req, 400, "invalid_request", "token_type must be access, refresh, id, parent or child");

@@ -55,6 +55,14 @@ static const struct {
 	[ISSUE_CHILD] = { "child", "at+jwt", "child_token", REGISTRY_TYPE_CHILD },
 };
 
+const char *issue_typ_for(const char *name)
+{
+	for (size_t i = 0; i < sizeof(issue_types) / sizeof(issue_types[0]); i++)
+		if (strcmp(name, issue_types[i].name) == 0)
+			return issue_types[i].typ;
+	return NULL;
+}
+
 const char *issue_response_member(enum issue_type type)
 {
 	return issue_types[type].member;

@@ -14,30 +14,19 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "hsmjwt/issue.h"
 #include "hsmjwt/log.h"
 #include "hsmjwt/verify.h"
 
 #include "hsmjwtctl.h"
 
 #define CTL_VERIFY_USAGE "usage: hsmjwtctl verify TOKEN|- [--jwks URL|FILE] [--audience A] [--issuer I] " \
-			 "[--token-type access|refresh|id] [--cache FILE]\n"
+			 "[--token-type access|refresh|id|parent|child] [--cache FILE]\n"
 
 static int ctl_is_url(const char *s)
 {
 	return strncasecmp(s, "http://", 7) == 0 || strncasecmp(s, "https://", 8) == 0 ||
 	       strncasecmp(s, "file:", 5) == 0;
-}
-
-/* The header typ POST /token/verify demands with each token_type (the
- * service issues access tokens as at+jwt, RFC 9068). */
-static const char *ctl_typ_of(const char *token_type)
-{
-	static const char *const pairs[][2] = { { "access", "at+jwt" }, { "refresh", "rt+jwt" }, { "id", "JWT" } };
-
-	for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
-		if (strcmp(token_type, pairs[i][0]) == 0)
-			return pairs[i][1];
-	return NULL;
 }
 
 static int ctl_mkdir_private(const char *dir)
@@ -139,9 +128,9 @@ int cmd_verify(struct ctl *ctl, int argc, char **argv)
 	expect.issuer = ctl_option(argc - 1, argv + 1, NULL, "--issuer");
 	if (token_type != NULL) {
 		expect.token_type = token_type;
-		expect.typ = ctl_typ_of(token_type);
+		expect.typ = issue_typ_for(token_type);
 		if (expect.typ == NULL) {
-			fprintf(stderr, "hsmjwtctl: --token-type `%s' must be access, refresh or id\n", token_type);
+			fprintf(stderr, "hsmjwtctl: --token-type `%s' must be access, refresh, id, parent or child\n", token_type);
 			return 2;
 		}
 	}

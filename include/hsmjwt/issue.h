@@ -142,6 +142,11 @@ int issue_id_alg_allowed(const struct config *cfg, enum jws_alg alg);
  * *ret_custom: a new object (maybe empty). */
 int issue_custom_claims_of(const json_t *claims, json_t **ret_custom);
 
+/* The header typ of the family whose token_type claim is name ("access",
+ * "refresh", "id", "parent", "child"), or NULL for any other name: what a
+ * verifier demands when it is told which family to expect. */
+const char *issue_typ_for(const char *name);
+
 /* The response member a token is handed out under ("access_token",
  * "refresh_token", "id_token", "parent_token", "child_token"). */
 const char *issue_response_member(enum issue_type type);

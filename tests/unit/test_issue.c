@@ -168,6 +168,15 @@ static void test_claims_of_refresh_and_id_tokens(void **state)
 	assert_int_equal(json_integer_value(json_object_get(claims, "exp")), ictx.now + cfg.id_ttl);
 	json_decref(claims);
 
+	/* What a verifier told the family demands of the header. */
+	assert_string_equal(issue_typ_for("access"), "at+jwt");
+	assert_string_equal(issue_typ_for("refresh"), "rt+jwt");
+	assert_string_equal(issue_typ_for("id"), "JWT");
+	assert_string_equal(issue_typ_for("parent"), "parent+jwt");
+	assert_string_equal(issue_typ_for("child"), "at+jwt");
+	assert_null(issue_typ_for("Access"));
+	assert_null(issue_typ_for(""));
+
 	/* OIDC's default algorithm, not the service's first. */
 	assert_int_equal(build("{\"subject\":\"alice\",\"token_type\":\"id\",\"client_id\":\"web\"}", &issuer_caller,
 			       &claims, &alg), 0);
