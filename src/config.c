@@ -78,6 +78,7 @@ static const size_t config_string_fields[] = {
 	offsetof(struct config, pkcs11_module), offsetof(struct config, token),
 	offsetof(struct config, pin_file),      offsetof(struct config, pin),
 	offsetof(struct config, state_dir),     offsetof(struct config, authorization_endpoint),
+	offsetof(struct config, log_file),
 };
 #define CONFIG_STRING_COUNT (sizeof(config_string_fields) / sizeof(config_string_fields[0]))
 
@@ -173,6 +174,7 @@ int config_init_defaults(struct config *cfg)
 	c.workers = cpus < 1 ? 1 : cpus > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : (unsigned)cpus;
 	c.max_body = 65536;
 	c.rate_limit = 0;
+	c.max_connections = 10000;
 	c.fsync_always = 1;
 	c.log_level = LOG_LEVEL_INFO;
 	*cfg = c;
@@ -657,8 +659,10 @@ static const struct config_key config_keys[] = {
 	KEY_INT(workers, CONFIG_UNSIGNED, 1, CONFIG_MAX_WORKERS),
 	KEY_INT(max_body, CONFIG_SIZE, 1024, 16 * 1024 * 1024),
 	KEY_INT(rate_limit, CONFIG_UNSIGNED, 0, 1000000),
+	KEY_INT(max_connections, CONFIG_UNSIGNED, 1, 1000000),
 	KEY_FN(fsync, config_set_fsync),
 	KEY_FN(log_level, config_set_log_level),
+	KEY_STR(log_file, 1),
 };
 
 static const struct config_key *config_find_key(const char *name, size_t len)
@@ -963,6 +967,11 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
 				return -EINVAL;
 			}
 		}
+	}
+	if (cfg->max_connections < cfg->workers) {
+		config_errf(err, errlen, "max_connections: %u is fewer than one per worker (workers = %u)",
+			    cfg->max_connections, cfg->workers);
+		return -EINVAL;
 	}
 	if (cfg->algorithm_count == 0 || cfg->algorithm_count > CONFIG_MAX_ALGS) {
 		config_errf(err, errlen, "algorithms: at least one algorithm is needed");

@@ -19,13 +19,19 @@
 #include "hsmjwt/issue.h"
 #include "hsmjwt/keyring.h"
 #include "hsmjwt/keys.h"
+#include "hsmjwt/ratelimit.h"
 #include "hsmjwt/registry.h"
 #include "hsmjwt/renew.h"
 #include "hsmjwt/statuslist.h"
 
 /* What one worker thread serves with. */
 struct api_ctx {
+	/* The config version this worker serves with: api_dispatch adopts the
+	 * newest from live (config.h) before each request.  live NULL: cfg is
+	 * fixed (unit tests). */
 	const struct config *cfg;
+	struct config_live *live;
+	struct ratelimit *ratelimit;            /* shared by the workers; NULL: no limit */
 	struct hsm *hsm;
 	struct keyring *keyring;
 	/* The key set of the request being served: api_dispatch holds a
@@ -53,6 +59,7 @@ struct api_outcome {
 	int status;
 	int deferred;                 /* the reply goes out later (see above) */
 	unsigned worker;
+	const char *route;            /* the route matched (its pattern, static), or NULL */
 	struct timespec start;        /* CLOCK_MONOTONIC, when it was read */
 	char sub[AUTH_SUB_MAX + 1];   /* the caller, when authenticated */
 	char jti[AUTH_JTI_MAX + 1];   /* the token issued or acted on */

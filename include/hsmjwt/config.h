@@ -46,8 +46,16 @@ struct config {
 	unsigned workers;
 	size_t max_body;
 	unsigned rate_limit;
+	/* Open connections the daemon keeps at once, all workers together
+	 * (each worker takes its share); at the limit a worker stops accepting
+	 * until one of its connections closes — the rest wait in the kernel's
+	 * backlog. */
+	unsigned max_connections;
 	int fsync_always;                 /* fsync = always (1) or interval (0) */
 	enum log_level log_level;
+	/* Where log lines go instead of stderr (appended, 0600); SIGUSR1 and a
+	 * reload reopen it, for logrotate.  NULL: stderr (the journal). */
+	char *log_file;
 };
 
 /* Fills cfg with the built-in defaults (workers = number of CPUs). */
@@ -80,5 +88,50 @@ int config_validate(const struct config *cfg, char *err, size_t errlen);
 int config_load(struct config *cfg, const char *path, char *const *envp, char *err, size_t errlen);
 
 void config_free(struct config *cfg);
+
+/* ---- reload (SIGHUP, config_live.c) -----------------------------------
+ *
+ * The daemon's config is replaced whole by a reload while other threads
+ * read it.  Each reader (a worker, the renewal thread) holds a reference to
+ * the version it uses and adopts the newest between units of work — one
+ * request, one renewal round — so a unit of work never sees two versions,
+ * and a version is freed once the last reader has moved on.
+ *
+ * Only some keys may change by reload: log_level, log_file, rate_limit,
+ * access_ttl, refresh_ttl, id_ttl, parent_ttl, child_ttl, renew_before,
+ * default_audience, authorization_endpoint.  The others shaped what was
+ * built at start (sockets, the token session, the registry, the key
+ * lifecycle the keyring enforces — max_ttl and leeway decide when a retired
+ * key may be destroyed — and the issuer every token and discovery carry):
+ * a reload that changes one of them is refused whole, naming the key, and
+ * the running config stays (restart to apply it). */
+struct config_live;
+
+/* Takes over *cfg (moved: *cfg is left zeroed, config_free on it is a
+ * no-op).  That first version is the boot config: pinned until
+ * config_live_free, for what is built once at start. */
+int config_live_new(struct config *cfg, struct config_live **ret_live);
+const struct config *config_live_boot(const struct config_live *live);
+/* NULL when next may replace current by reload, else the name of the
+ * first key that differs and cannot change without a restart. */
+const char *config_reload_blocker(const struct config *current, const struct config *next);
+/* Publishes *next (moved, as above) as the current version: readers adopt
+ * it at their next config_live_adopt.  -EPERM (and *next untouched) when
+ * config_reload_blocker objects; *ret_blocker (may be NULL) names the key. */
+int config_live_publish(struct config_live *live, struct config *next, const char **ret_blocker);
+/* Reader side: *slot is the version the reader uses (NULL before its
+ * first adopt).  When another version is current, takes a reference to it,
+ * drops the one *slot held and points *slot at it.  One atomic load when
+ * nothing changed.  live NULL (unit tests with a plain config): no-op. */
+void config_live_adopt(struct config_live *live, const struct config **slot);
+/* A reader that stops: drops *slot's reference and sets it NULL. */
+void config_live_leave(struct config_live *live, const struct config **slot);
+/* One more reference, for work that outlives the reader's next adopt (a
+ * step finished on a later callback); each is released once.  live NULL:
+ * cfg itself, no counting. */
+const struct config *config_live_retain(struct config_live *live, const struct config *cfg);
+void config_live_release(struct config_live *live, const struct config *cfg);
+/* Frees live and every version; no reader may hold one any more. */
+void config_live_free(struct config_live *live);
 
 #endif

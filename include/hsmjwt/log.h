@@ -32,6 +32,14 @@ void log_write(enum log_level level, const char *fmt, ...) __attribute__((format
 void log_limited(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_limited_flush(void);
 
+/* log_file (config.h): makes path, opened for appending (created 0600),
+ * the process's standard error, so that these lines and anything else
+ * written there (libevent's, a library's) land in it.  Each call opens the
+ * path afresh: after logrotate has moved the file away, SIGUSR1 calls it
+ * again and lines go to the new file.  The old descriptor is replaced in
+ * one dup2, so no line is lost or split.  Returns 0 or -errno (logged). */
+int log_open_file(const char *path);
+
 /* Copies src into buf (size n) as a double-quoted value with ", \ and control
  * characters escaped, truncated to fit; returns buf. */
 const char *log_quote(char *buf, size_t n, const char *src);
