@@ -47,25 +47,6 @@ static void wait_for_stop(const sigset_t *set)
 	}
 }
 
-/* Keys this build parses but does not act on yet.  Running without them
- * would look like protection that is not there (rate limiting, /health kept
- * off the public port), so the daemon refuses instead of ignoring them. */
-static int refuse_unimplemented(const struct config *cfg)
-{
-	const char *key = NULL;
-
-	if (cfg->admin_listen_set)
-		key = "admin_listen";
-	else if (cfg->rate_limit != 0)
-		key = "rate_limit";
-	else if (cfg->listen_systemd)
-		key = "listen = systemd";
-	if (key == NULL)
-		return 0;
-	fprintf(stderr, "hsmjwt: configuration error: %s: not supported by this build yet\n", key);
-	return -ENOTSUP;
-}
-
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -100,10 +81,6 @@ int main(int argc, char **argv)
 	}
 	if (service_load_config(&cfg, config_path) < 0)
 		return 1;
-	if (refuse_unimplemented(&cfg) < 0) {
-		config_free(&cfg);
-		return 1;
-	}
 	if (check_only) {
 		printf("configuration OK\n");
 		config_free(&cfg);

@@ -63,6 +63,9 @@ void metrics_http_request(const char *route, int code);
 void metrics_key_rotation(void);
 void metrics_rate_limited(void);
 void metrics_config_reload(int ok);
+/* The open-connections gauge, kept by http.c's connection accounting:
+ * +1 when a connection is accepted, -1 when it is closed. */
+void metrics_http_connections_add(int delta);
 
 /* What the scrape reads from the objects that own it. */
 struct metrics_gauges {
@@ -70,7 +73,6 @@ struct metrics_gauges {
 	uint64_t keys[3][JWS_ALG_COUNT];
 	uint64_t registry_records;
 	uint64_t parent_tokens_active;
-	uint64_t http_connections;
 };
 
 /* The whole exposition: 0 and *ret_text (malloc'd, NUL-terminated, the
