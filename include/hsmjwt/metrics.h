@@ -6,8 +6,9 @@
  * a new time series: a path is counted by its route ("/tokens/*"), a path
  * no route matches as "other".  Counting is one atomic add and never
  * allocates or locks on the hot path.  Gauges (keys by state, registry
- * records, active parents, open connections) are read at scrape time from
- * the objects that own them and handed to metrics_render.
+ * records, active parents) are read at scrape time from the objects that
+ * own them and handed to metrics_render; open connections are a counter
+ * http.c moves both ways.
  *
  * hsmjwtctl links the same code; its counters simply are never rendered.
  *

@@ -36,8 +36,9 @@ def config_checks(c, build_dir, work):
         ({"HSMJWT_BOGUS": "1"}, "HSMJWT_BOGUS"),
         ({"HSMJWT_ACCESS_TTL": "99999999", "HSMJWT_MAX_TTL": "3600"}, "access_ttl"),
         ({"HSMJWT_ALGORITHMS": "ES256 ES512"}, "algorithms"),   # a JWS alg hsmjwt holds no keys for
-        ({"HSMJWT_RATE_LIMIT": "5"}, "rate_limit"),
-        ({"HSMJWT_ADMIN_LISTEN": "127.0.0.1:9999"}, "admin_listen"),
+        ({"HSMJWT_RATE_LIMIT": "-5"}, "rate_limit"),
+        ({"HSMJWT_MAX_CONNECTIONS": "1", "HSMJWT_WORKERS": "2"}, "max_connections"),
+        ({"HSMJWT_ADMIN_LISTEN": "127.0.0.1:9999", "HSMJWT_LISTEN": "127.0.0.1:9999"}, "admin_listen"),
     ]
     for env, key in cases:
         out = check_config(build_dir, env)
