@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -23,6 +24,7 @@
 #include <event2/thread.h>
 #include <event2/util.h>
 #include <openssl/crypto.h>
+#include <systemd/sd-daemon.h>
 
 #include "hsmjwt/api.h"
 #include "hsmjwt/form.h"
@@ -42,7 +44,7 @@
 
 /* One worker's listening socket for one listen address. */
 struct http_listener {
-	size_t index;                 /* into cfg->listen */
+	size_t index;                 /* into cfg->listen, or the passed sockets (http_listen_addr) */
 	struct evconnlistener *lev;   /* owned by the worker's evhttp */
 	struct event *retry;          /* re-enables lev after backoff_ms */
 	unsigned backoff_ms;          /* 0: accepting */
@@ -83,6 +85,11 @@ struct http_server {
 	 * freed last, after the connections whose streams subscribe to it. */
 	struct renew *renew;
 	struct http_address *addresses;   /* one per cfg->listen */
+	/* listen = systemd: the sockets systemd passed, and the address each
+	 * is bound to (for log lines).  Each worker accepts on its own dup. */
+	int passed_fds[CONFIG_MAX_LISTEN];
+	struct config_listen passed[CONFIG_MAX_LISTEN];
+	size_t passed_count;
 	struct http_worker *workers;
 	unsigned worker_count;
 };
@@ -466,6 +473,100 @@ fail:
 	return -err;
 }
 
+/* ---- socket activation (listen = systemd) ------------------------------ */
+
+static size_t http_listen_count(const struct http_server *server)
+{
+	return server->cfg->listen_systemd ? server->passed_count : server->cfg->listen_count;
+}
+
+/* The address a listener accepts on, for log lines. */
+static const struct config_listen *http_listen_addr(const struct http_server *server, size_t index)
+{
+	return server->cfg->listen_systemd ? &server->passed[index] : &server->cfg->listen[index];
+}
+
+/* Takes the sockets systemd passed (sd_listen_fds unsets LISTEN_FDS, so no
+ * child inherits them).  Each must be a listening TCP socket: evhttp serves
+ * nothing else, and the rate limit keys anonymous callers by their IP
+ * address; a datagram or unix socket in the .socket unit is refused at the
+ * start, not found by the first client.  No probe and no claim here:
+ * systemd owns these addresses and hands them to one service only. */
+static int http_take_passed(struct http_server *server)
+{
+	int n = sd_listen_fds(1), r;
+
+	if (n < 0) {
+		log_error("\"listen = systemd: cannot read the passed sockets\" error=\"%s\"", strerror(-n));
+		return n;
+	}
+	if (n == 0) {
+		log_error("\"listen = systemd, but no socket was passed (no LISTEN_FDS for this process): start hsmjwtd through "
+			  "hsmjwtd.socket or set listen to host:port\"");
+		return -ENOENT;
+	}
+	if (n > CONFIG_MAX_LISTEN) {
+		log_error("\"listen = systemd: too many passed sockets\" count=%d max=%d", n, CONFIG_MAX_LISTEN);
+		return -E2BIG;
+	}
+	for (int i = 0; i < n; i++) {
+		int fd = SD_LISTEN_FDS_START + i;
+		struct config_listen *a = &server->passed[i];
+		struct sockaddr_storage sa;
+		socklen_t len = sizeof(sa);
+		char numeric[INET6_ADDRSTRLEN] = "?";
+
+		r = sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0);
+		if (r <= 0) {
+			log_error("\"listen = systemd: a passed socket is not a listening TCP socket\" fd=%d", fd);
+			return r < 0 ? r : -ENOTSOCK;
+		}
+		if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+			r = -errno;
+			log_error("\"listen = systemd: cannot read a passed socket's address\" fd=%d error=\"%s\"", fd,
+				  strerror(-r));
+			return r;
+		}
+		if (sa.ss_family == AF_INET6) {
+			const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&sa;
+			inet_ntop(AF_INET6, &in6->sin6_addr, numeric, sizeof(numeric));
+			a->port = ntohs(in6->sin6_port);
+		} else {
+			const struct sockaddr_in *in4 = (const struct sockaddr_in *)&sa;
+			inet_ntop(AF_INET, &in4->sin_addr, numeric, sizeof(numeric));
+			a->port = ntohs(in4->sin_port);
+		}
+		snprintf(a->host, sizeof(a->host), "%s", numeric);
+		server->passed_fds[i] = fd;
+		server->passed_count++;
+	}
+	return 0;
+}
+
+/* One worker's descriptor for a passed socket: its own dup, which its
+ * evhttp closes on free, while the original stays until http_stop. */
+static int http_passed_socket(const struct http_server *server, size_t index, evutil_socket_t *ret_fd)
+{
+	const struct config_listen *a = &server->passed[index];
+	int fd, err;
+
+	fd = fcntl(server->passed_fds[index], F_DUPFD_CLOEXEC, 3);
+	if (fd < 0)
+		goto fail;
+	/* libevent accepts until EAGAIN; a blocking socket would stall the
+	 * loop.  The flag belongs to the shared file description. */
+	if (evutil_make_socket_nonblocking(fd) < 0)
+		goto fail;
+	*ret_fd = fd;
+	return 0;
+fail:
+	err = errno;
+	if (fd >= 0)
+		close(fd);
+	log_error("\"cannot use a passed socket\" host=%s port=%u error=\"%s\"", a->host, a->port, strerror(err));
+	return -err;
+}
+
 /* ---- accepting under resource exhaustion ------------------------------- */
 
 /* The pause after the one before (0: none yet). */
@@ -514,7 +615,7 @@ static void http_accept_error(struct evconnlistener *lev, void *arg)
 				 strerror(err));
 		return;
 	}
-	addr = &worker->server->cfg->listen[listener->index];
+	addr = http_listen_addr(worker->server, listener->index);
 	if (listener->backoff_ms == 0)
 		log_limited(LOG_LEVEL_WARN,
 				 "\"cannot accept connections, pausing the listener\" errno=%s error=\"%s\" "
@@ -541,7 +642,7 @@ static struct bufferevent *http_accepted(struct event_base *base, void *arg)
 		if (listener->backoff_ms != 0 && !evtimer_pending(listener->retry, NULL)) {
 			listener->backoff_ms = 0;
 			log_limited(LOG_LEVEL_INFO, "\"accepting connections again\" port=%u worker=%u",
-					 worker->server->cfg->listen[listener->index].port, worker->index);
+					 http_listen_addr(worker->server, listener->index)->port, worker->index);
 		}
 	}
 	return NULL;
@@ -580,11 +681,12 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 					     EVHTTP_REQ_OPTIONS);
 	evhttp_set_gencb(worker->http, http_handle, worker);
 	evhttp_set_bevcb(worker->http, http_accepted, worker);
-	for (size_t i = 0; i < cfg->listen_count; i++) {
+	for (size_t i = 0; i < http_listen_count(worker->server); i++) {
 		struct http_listener *listener = &worker->listeners[i];
 		struct evhttp_bound_socket *bound;
 		evutil_socket_t fd = -1;
-		r = http_listen_socket(&cfg->listen[i], &worker->server->addresses[i], &fd);
+		r = cfg->listen_systemd ? http_passed_socket(worker->server, i, &fd) :
+			http_listen_socket(&cfg->listen[i], &worker->server->addresses[i], &fd);
 		if (r < 0)
 			return r;
 		bound = evhttp_accept_socket_with_handle(worker->http, fd);
@@ -688,6 +790,8 @@ void http_stop(struct http_server *server)
 	for (size_t i = 0; server->addresses && i < server->cfg->listen_count; i++)
 		if (server->addresses[i].claimed)
 			close(server->addresses[i].claim_fd);
+	for (size_t i = 0; i < server->passed_count; i++)
+		close(server->passed_fds[i]);
 	free(server->addresses);
 	free(server);
 	log_limited_flush();
@@ -716,21 +820,26 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyrin
 		log_error("\"cannot enable libevent threading\"");
 		return -ENOMEM;
 	}
-	if (cfg->listen_systemd || cfg->listen_count == 0) {
-		log_error("\"socket activation is not supported yet\" listen=systemd");
-		return -ENOTSUP;
-	}
 	server = calloc(1, sizeof(*server));
 	if (server == NULL)
 		return -ENOMEM;
 	server->cfg = cfg;
 	server->workers = calloc(cfg->workers, sizeof(*server->workers));
-	server->addresses = calloc(cfg->listen_count, sizeof(*server->addresses));
+	/* Never calloc(0): listen = systemd has no address of its own. */
+	server->addresses = calloc(CONFIG_MAX_LISTEN, sizeof(*server->addresses));
 	if (server->workers == NULL || server->addresses == NULL) {
 		http_stop(server);
 		return -ENOMEM;
 	}
 	server->worker_count = cfg->workers;
+	/* Before any thread starts: without its sockets the daemon stops here. */
+	if (cfg->listen_systemd) {
+		r = http_take_passed(server);
+		if (r < 0) {
+			http_stop(server);
+			return r;
+		}
+	}
 	r = statuslist_cache_new(&server->statuslists);
 	if (r == 0)
 		r = codes_new(&server->codes);
@@ -762,9 +871,9 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyrin
 		}
 		w->started = 1;
 	}
-	for (size_t i = 0; i < cfg->listen_count; i++)
-		log_info("\"listening\" address=%s port=%u workers=%u", cfg->listen[i].host, cfg->listen[i].port,
-			 cfg->workers);
+	for (size_t i = 0; i < http_listen_count(server); i++)
+		log_info("\"listening\" address=%s port=%u workers=%u%s", http_listen_addr(server, i)->host,
+			 http_listen_addr(server, i)->port, cfg->workers, cfg->listen_systemd ? " from=systemd" : "");
 	*ret_server = server;
 	return 0;
 fail:
