@@ -3,7 +3,7 @@
  * Counters are relaxed atomics in fixed arrays indexed by label values that
  * come from closed sets — a token family, an algorithm, a verification
  * reason, a route of the API's table, a status code — so no request can make
- * a new time series: a path is counted by its route ("/tokens/*"), a path
+ * a new time series: a path is counted by its route (/tokens/{jti} as "/tokens/\*"), a path
  * no route matches as "other".  Counting is one atomic add and never
  * allocates or locks on the hot path.  Gauges (keys by state, registry
  * records, active parents) are read at scrape time from the objects that
