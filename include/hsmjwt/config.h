@@ -115,9 +115,16 @@ const struct config *config_live_boot(const struct config_live *live);
 /* NULL when next may replace current by reload, else the name of the
  * first key that differs and cannot change without a restart. */
 const char *config_reload_blocker(const struct config *current, const struct config *next);
+/* For the reload's log line: how many reloadable keys differ, their names
+ * written comma-separated into buf (size n, truncated to fit). */
+size_t config_reload_changes(const struct config *current, const struct config *next, char *buf, size_t n);
 /* Publishes *next (moved, as above) as the current version: readers adopt
  * it at their next config_live_adopt.  -EPERM (and *next untouched) when
- * config_reload_blocker objects; *ret_blocker (may be NULL) names the key. */
+ * config_reload_blocker objects — compared with the boot version, whose
+ * restart-only keys every version keeps; *ret_blocker (may be NULL) names
+ * the key.  The published version's development pin is wiped and dropped
+ * once compared: only the boot version keeps one (a recovery logs in with
+ * it). */
 int config_live_publish(struct config_live *live, struct config *next, const char **ret_blocker);
 /* Reader side: *slot is the version the reader uses (NULL before its
  * first adopt).  When another version is current, takes a reference to it,
@@ -131,6 +138,9 @@ void config_live_leave(struct config_live *live, const struct config **slot);
  * cfg itself, no counting. */
 const struct config *config_live_retain(struct config_live *live, const struct config *cfg);
 void config_live_release(struct config_live *live, const struct config *cfg);
+/* Versions still allocated: the boot one, the current one and those
+ * readers still hold (tests count them). */
+size_t config_live_versions(struct config_live *live);
 /* Frees live and every version; no reader may hold one any more. */
 void config_live_free(struct config_live *live);
 
