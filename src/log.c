@@ -1,12 +1,14 @@
 #include "hsmjwt/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static enum log_level current_level = LOG_LEVEL_INFO;
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
@@ -152,4 +154,56 @@ void log_limited_flush(void)
 	log_limit.suppressed = 0;
 	pthread_mutex_unlock(&log_limit_lock);
 	log_report_suppressed(suppressed);
+}
+
+/* The standard error the process started with (the journal, a terminal),
+ * kept at the first redirection so that a reload dropping log_file can go
+ * back to it.  Touched by the main thread only. */
+static int log_original_stderr = -1;
+static int log_original_kept;
+
+int log_open_file(const char *path)
+{
+	char quoted[512];
+	int fd, e;
+
+	if (path == NULL) {
+		if (log_original_stderr < 0)
+			return 0;
+		fd = log_original_stderr;
+	} else {
+		fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+		if (fd < 0) {
+			e = errno;
+			log_error("\"cannot open log_file\" log_file=%s error=\"%s\"",
+				  log_quote(quoted, sizeof(quoted), path), strerror(e));
+			return -e;
+		}
+		/* Only before the first redirection is descriptor 2 the original
+		 * (a process started without one has none to go back to). */
+		if (!log_original_kept) {
+			if (fd != STDERR_FILENO)
+				log_original_stderr = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+			if (fd != STDERR_FILENO && log_original_stderr < 0 && errno != EBADF) {
+				e = errno;
+				close(fd);
+				log_error("\"cannot keep standard error\" error=\"%s\"", strerror(e));
+				return -e;
+			}
+			log_original_kept = 1;
+		}
+	}
+	/* dup2 swaps the descriptor in one step: a write already under way
+	 * finishes on the old file, the next one goes to the new file, and
+	 * log_write's one write per line never straddles the two. */
+	if (fd != STDERR_FILENO && dup2(fd, STDERR_FILENO) < 0) {
+		e = errno;
+		if (path != NULL)
+			close(fd);
+		log_error("\"cannot redirect standard error\" error=\"%s\"", strerror(e));
+		return -e;
+	}
+	if (path != NULL && fd != STDERR_FILENO)
+		close(fd);
+	return 0;
 }

@@ -37,7 +37,9 @@ void log_limited_flush(void);
  * written there (libevent's, a library's) land in it.  Each call opens the
  * path afresh: after logrotate has moved the file away, SIGUSR1 calls it
  * again and lines go to the new file.  The old descriptor is replaced in
- * one dup2, so no line is lost or split.  Returns 0 or -errno (logged). */
+ * one dup2, so no line is lost or split.  path NULL (a reload that drops
+ * log_file): back to the standard error the process started with.  Returns
+ * 0 or -errno (logged).  Main thread only. */
 int log_open_file(const char *path);
 
 /* Copies src into buf (size n) as a double-quoted value with ", \ and control
