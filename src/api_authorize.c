@@ -25,6 +25,7 @@
 #include "hsmjwt/http.h"
 #include "hsmjwt/json.h"
 #include "hsmjwt/jwt.h"
+#include "hsmjwt/metrics.h"
 
 #include "api_internal.h"
 
@@ -144,7 +145,7 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 	json_t *header = NULL, *claims = NULL;
 	const char *audience, *token, *status, *reason, *jti;
 	char description[96];
-	int r;
+	int r, verdict = 1;   /* 1: no token was judged (for the metrics) */
 
 	if (api_authorize_audience(ctx, in, &audience) < 0) {
 		api_error(out, req, 400, "invalid_request",
@@ -165,6 +166,7 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 	}
 	r = jwt_verify(token, strlen(token), keys_lookup, &ctx->view, &expect, &header, &claims);
 	if (r == JWS_E_UNAVAILABLE) {
+		verdict = r;
 		/* An HS256 token while the token is down: no verdict either way. */
 		api_error(out, req, 503, "hsm_unavailable", "this token's key verifies in the token, which cannot be reached");
 		goto out;
@@ -179,6 +181,7 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 		api_error(out, req, 500, "server_error", "the token could not be checked");
 		goto out;
 	}
+	verdict = r;
 	if (r < 0) {
 		snprintf(description, sizeof(description), "bearer token rejected: %s", jws_error_reason(r));
 		out->status = 401;
@@ -186,6 +189,11 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 		goto out;
 	}
 	if (api_authorize_claims(claims, &reason) < 0) {
+		const char *type = json_plain_string(json_object_get(claims, "token_type"));
+
+		/* Not a token for APIs, or claims no header can carry. */
+		verdict = type && (strcmp(type, "access") == 0 || strcmp(type, "child") == 0) ? JWS_E_MALFORMED
+											      : JWS_E_WRONG_TYPE;
 		out->status = 401;
 		http_reply_unauthorized(req, 1, reason);
 		goto out;
@@ -193,6 +201,7 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 	snprintf(out->sub, sizeof(out->sub), "%s", json_string_value(json_object_get(claims, "sub")));
 	expect.audience = audience;
 	r = jwt_check_claims(header, claims, &expect);
+	verdict = r;
 	if (r == JWS_E_WRONG_AUDIENCE) {
 		/* RFC 6750 §3.1: a sound token that does not cover this use. */
 		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
@@ -214,6 +223,8 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 	}
 	api_json(out, req, 200, json_object());
 out:
+	if (verdict <= 0)
+		metrics_verification(verdict);
 	json_decref(header);
 	json_decref(claims);
 }

@@ -9,21 +9,26 @@
 #include "hsmjwt/http.h"
 #include "hsmjwt/json.h"
 #include "hsmjwt/jwt.h"
+#include "hsmjwt/metrics.h"
 
 #include "api_internal.h"
 
 /* ---- RFC 7009 revocation and RFC 7662 introspection ------------------- */
 
 /* A token of ours, genuinely signed and unexpired: its claims, or NULL for
- * anything else (RFC 7009 §2.2 and RFC 7662 §2.2 answer both alike). */
-static json_t *api_own_token_claims(struct api_ctx *ctx, const char *token, size_t len)
+ * anything else (RFC 7009 §2.2 and RFC 7662 §2.2 answer both alike).
+ * *ret_result (may be NULL): jwt_verify's verdict, for the metrics. */
+static json_t *api_own_token_claims(struct api_ctx *ctx, const char *token, size_t len, int *ret_result)
 {
 	struct jwt_expect expect = { .now = api_now(), .leeway = ctx->cfg->leeway, .issuer = ctx->cfg->issuer };
 	json_t *header = NULL, *claims = NULL;
+	int r = jwt_verify(token, len, keys_lookup, &ctx->view, &expect, &header, &claims);
 
-	if (jwt_verify(token, len, keys_lookup, &ctx->view, &expect, &header, &claims) < 0)
+	if (r < 0)
 		claims = NULL;
 	json_decref(header);
+	if (ret_result != NULL)
+		*ret_result = r;
 	return claims;
 }
 
@@ -95,7 +100,7 @@ void api_revoke(struct api_ctx *ctx, struct evhttp_request *req, struct api_outc
 		goto out;
 	}
 	if (token != NULL) {
-		claims = api_own_token_claims(ctx, token, strlen(token));
+		claims = api_own_token_claims(ctx, token, strlen(token), NULL);
 		if (claims != NULL && api_in_scope(&caller, claims) &&
 		    json_plain_string(json_object_get(claims, "jti")) != NULL) {
 			const char *org = json_plain_string(json_object_get(claims, "org"));
@@ -173,6 +178,7 @@ void api_introspect(struct api_ctx *ctx, struct evhttp_request *req, struct api_
 	struct auth_caller caller;
 	const char *token = NULL, *status;
 	json_t *body = NULL, *claims = NULL;
+	int r;
 
 	if (api_authorize(ctx, req, AUTH_ROLE_TOKENS_INTROSPECT, &caller, out) < 0 ||
 	    api_read_body(ctx, req, out, 1, &body) < 0)
@@ -181,10 +187,15 @@ void api_introspect(struct api_ctx *ctx, struct evhttp_request *req, struct api_
 		api_error(out, req, 400, "invalid_request", "expected token (string), token_type_hint?");
 		goto out;
 	}
-	claims = api_own_token_claims(ctx, token, strlen(token));
+	claims = api_own_token_claims(ctx, token, strlen(token), &r);
+	if (r == 0)
+		r = api_registry_verdict(ctx, claims, &status);
+	/* The token's own verdict, whoever may see it: POST /token/verify
+	 * tells anyone as much. */
+	metrics_verification(r);
 	/* RFC 7662 §2.2: whatever makes a token unusable, and a token the
 	 * caller may not see, is {"active": false} and nothing more. */
-	if (claims == NULL || !api_in_scope(&caller, claims) || api_registry_verdict(ctx, claims, &status) < 0) {
+	if (r < 0 || !api_in_scope(&caller, claims)) {
 		api_json(out, req, 200, json_pack("{s:b}", "active", 0));
 		goto out;
 	}

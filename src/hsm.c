@@ -18,6 +18,7 @@
 #include "hsm_internal.h"
 #include "hsmjwt/clock.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/metrics.h"
 
 const char *hsm_ckr_name(CK_RV rv)
 {
@@ -303,6 +304,7 @@ int hsm_login(struct hsm *hsm, const char *pin, size_t pin_len)
 		return HSM_E_LOGIN;
 	}
 	rv = hsm->f->C_Login(hsm->login_session, CKU_USER, (CK_UTF8CHAR *)pin, pin_len);
+	metrics_hsm_operation(METRICS_HSM_LOGIN, rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
 	if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
 		log_error("\"login failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));
 		return HSM_E_LOGIN;
@@ -609,6 +611,7 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	const uint8_t *input = data;
 	CK_ULONG input_len = data_len;
 	CK_ULONG out_len = *sig_len;
+	struct timespec t0, t1;
 	CK_RV rv;
 	int r;
 
@@ -651,9 +654,13 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	r = hsm_session_begin(session, key);
 	if (r < 0)
 		return r;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	rv = hsm->f->C_SignInit(session->handle, &mech, key->private_handle);
 	if (rv == CKR_OK)
 		rv = hsm->f->C_Sign(session->handle, (CK_BYTE *)input, input_len, sig, &out_len);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	metrics_hsm_sign_ns((uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec)));
+	metrics_hsm_operation(METRICS_HSM_SIGN, rv == CKR_OK);
 	if (rv != CKR_OK) {
 		log_error("\"sign failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
 		/* Before the end of the operation: it may probe the token. */
@@ -683,6 +690,8 @@ int hsm_verify(struct hsm_session *session, const struct hsm_key *key,
 	if (rv == CKR_OK)
 		rv = hsm->f->C_Verify(session->handle, (CK_BYTE *)data, data_len, (CK_BYTE *)sig, sig_len);
 	/* A bad MAC is the token's verdict on the input, not a failure. */
+	metrics_hsm_operation(METRICS_HSM_VERIFY,
+			      rv == CKR_OK || rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE);
 	if (rv == CKR_SIGNATURE_INVALID || rv == CKR_SIGNATURE_LEN_RANGE) {
 		r = -EBADMSG;
 	} else if (rv != CKR_OK) {

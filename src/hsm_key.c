@@ -17,6 +17,7 @@
 
 #include "hsm_internal.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/metrics.h"
 
 /* DER of the curve parameters that CKA_EC_PARAMS takes. */
 const uint8_t hsm_oid_p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
@@ -798,6 +799,7 @@ int hsm_find_keys(struct hsm_session *session, struct hsm_key **ret_keys, size_t
 		return r;
 	r = hsm_find_keys_locked(session, ret_keys, ret_count);
 	hsm_session_end_admin(session, &call);
+	metrics_hsm_operation(METRICS_HSM_FIND, r == 0);
 	return r;
 }
 
@@ -857,6 +859,7 @@ static int hsm_destroy_key_locked(struct hsm *hsm, const struct hsm_key *key)
 			r = d;
 	}
 	hsm->f->C_CloseSession(s);
+	metrics_hsm_operation(METRICS_HSM_DESTROY, r == 0);
 	if (r < 0)
 		return r;
 	log_info("\"key destroyed\" kid=%s records=%zu", key->kid, records);

@@ -15,6 +15,7 @@
 #include "hsm_internal.h"
 #include "hsmjwt/b64url.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/metrics.h"
 
 static int hsm_set_name(struct hsm *hsm, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 			const char *label, const uint8_t *id, size_t id_len)
@@ -257,6 +258,7 @@ out:
 	}
 	EVP_PKEY_free(key.public_key);
 	hsm->f->C_CloseSession(s);
+	metrics_hsm_operation(METRICS_HSM_GENERATE, r == 0);
 	return r;
 }
 

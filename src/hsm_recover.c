@@ -12,6 +12,7 @@
 #include "hsm_internal.h"
 #include "hsmjwt/clock.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/metrics.h"
 
 int hsm_available(const struct hsm *hsm)
 {
@@ -172,6 +173,7 @@ int hsm_recover(struct hsm *hsm, unsigned wait_ms)
 	struct timespec deadline;
 	char label[33] = { 0 };
 	unsigned generation;
+	int attempted = 0;
 	CK_RV rv;
 	int r;
 
@@ -190,6 +192,7 @@ int hsm_recover(struct hsm *hsm, unsigned wait_ms)
 		r = 0;
 		goto out;
 	}
+	attempted = 1;
 	/* Every session of this process on the token goes, the login with
 	 * them; the sessions reopen themselves in the new generation. */
 	hsm->f->C_CloseAllSessions(hsm->slot);
@@ -236,5 +239,8 @@ int hsm_recover(struct hsm *hsm, unsigned wait_ms)
 	log_info("\"token recovered\" token=%s generation=%u", hsm->token_label, generation);
 out:
 	pthread_rwlock_unlock(&hsm->lock);
+	/* Another thread's recovery, found done, is not one more. */
+	if (attempted)
+		metrics_hsm_operation(METRICS_HSM_RECOVER, r == 0);
 	return r;
 }

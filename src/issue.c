@@ -11,6 +11,7 @@
 #include "hsmjwt/json.h"
 #include "hsmjwt/jws.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/metrics.h"
 #include "hsmjwt/statuslist.h"
 
 #define ISSUE_MAX_AUDIENCES 16
@@ -747,6 +748,7 @@ int issue_token(const struct issue_ctx *ctx, const struct issue_request *request
 	result.exp = result.record.exp;
 	result.expires_in = result.record.exp - ctx->now;
 	result.alg = built.alg;
+	metrics_token_issued(issue_types[request->type].name, built.alg);
 	*ret_result = result;
 out:
 	json_decref(built.claims);

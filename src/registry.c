@@ -21,6 +21,7 @@
 
 #include "hsmjwt/clock.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/metrics.h"
 #include "registry_internal.h"
 
 /* Queued bytes beyond which writers wait for the flusher: a slow disk slows
@@ -469,6 +470,7 @@ int registry_consume(struct registry *reg, const char *jti, int64_t now, const c
 		registry_apply_status(reg, rec, REGISTRY_REVOKED, now, reason_id);
 		if (registry_queue_entry(&reg->queue, &s) < 0)
 			registry_fail(reg, "encode", EINVAL);
+		metrics_revocations(1);
 	}
 	if (r == 0)
 		registry_queue_waiter(&reg->queue, done, arg);
@@ -524,6 +526,14 @@ static void registry_unmark(struct registry_vec *plan)
 		plan->items[i]->mark = 0;
 }
 
+/* Whether a change from `from` to `to` revokes a record (metrics): a live
+ * record that becomes revoked or deleted. */
+static int registry_revokes(unsigned from, enum registry_status to)
+{
+	return (from == REGISTRY_ACTIVE || from == REGISTRY_SUSPENDED) &&
+	       (to == REGISTRY_REVOKED || to == REGISTRY_DELETED);
+}
+
 /* Applies plan: plan->items[i] takes statuses[i] (or, with statuses NULL,
  * status) at now, one STATUS frame each, and one waiter for the whole
  * change.  Nothing changes unless all of it can. */
@@ -534,6 +544,7 @@ static int registry_commit(struct registry *reg, struct registry_vec *plan, enum
 	struct registry_index *ix = &reg->index;
 	struct registry_entry e;
 	uint32_t reason_id;
+	uint64_t revoked = 0;
 	int r;
 
 	if (registry_intern_add(&ix->strings, &ix->key, reason, &reason_id) < 0)
@@ -558,6 +569,8 @@ static int registry_commit(struct registry *reg, struct registry_vec *plan, enum
 		struct registry_rec *rec = plan->items[i];
 
 		e.status = statuses ? (enum registry_status)statuses[i] : status;
+		/* Deleting a revoked record revokes nothing more. */
+		revoked += registry_revokes(rec->status, e.status);
 		registry_apply_status(reg, rec, e.status, now, reason_id);
 		e.seq = reg->next_seq++;
 		memcpy(e.jti, rec->str, strlen(rec->str) + 1);
@@ -569,6 +582,7 @@ static int registry_commit(struct registry *reg, struct registry_vec *plan, enum
 	registry_queue_waiter(&reg->queue, done, arg);
 	pthread_cond_signal(&reg->qwork);
 	pthread_mutex_unlock(&reg->qmutex);
+	metrics_revocations(revoked);
 	return 0;
 }
 
@@ -725,6 +739,8 @@ int registry_revoke_unregistered(struct registry *reg, const char *jti, const ch
 		reg->next_seq += status_len > 0 ? 2 : 1;
 		registry_queue_waiter(&reg->queue, done, arg);
 		pthread_cond_signal(&reg->qwork);
+		/* A record born revoked: a revocation all the same. */
+		metrics_revocations(1);
 	}
 	pthread_mutex_unlock(&reg->qmutex);
 out:
@@ -806,6 +822,22 @@ int registry_count_children(struct registry *reg, const char *parent_jti, int64_
 	for (uint32_t k = 0; children != NULL && k < children->vec.count; k++)
 		if (children->vec.items[k]->status == REGISTRY_ACTIVE && children->vec.items[k]->exp > now)
 			n++;
+	pthread_rwlock_unlock(&reg->lock);
+	*ret_count = n;
+	return 0;
+}
+
+int registry_count_active_parents(struct registry *reg, int64_t now, uint64_t *ret_count)
+{
+	const struct registry_vec *parents;
+	uint64_t n = 0;
+
+	if (reg == NULL || ret_count == NULL)
+		return -EINVAL;
+	pthread_rwlock_rdlock(&reg->lock);
+	parents = &reg->index.parent_recs;
+	for (uint32_t k = 0; k < parents->count; k++)
+		n += parents->items[k]->status == REGISTRY_ACTIVE && parents->items[k]->exp > now;
 	pthread_rwlock_unlock(&reg->lock);
 	*ret_count = n;
 	return 0;

@@ -402,6 +402,7 @@ void registry_index_free(struct registry_index *ix)
 	registry_map_free(&ix->subjects);
 	registry_map_free(&ix->parents);
 	registry_map_free(&ix->families);
+	free(ix->parent_recs.items);
 	memset(ix, 0, sizeof(*ix));
 }
 
@@ -544,7 +545,8 @@ int registry_index_link(struct registry_index *ix, struct registry_rec *rec)
 	    (parent[0] && (registry_map_group(&ix->parents, &ix->key, parent, &gp) < 0 ||
 			   registry_vec_reserve(&ix->parents.groups[gp].vec, 1) < 0)) ||
 	    (family[0] && (registry_map_group(&ix->families, &ix->key, family, &gf) < 0 ||
-			   registry_vec_reserve(&ix->families.groups[gf].vec, 1) < 0)))
+			   registry_vec_reserve(&ix->families.groups[gf].vec, 1) < 0)) ||
+	    (rec->type == REGISTRY_TYPE_PARENT && registry_vec_reserve(&ix->parent_recs, 1) < 0))
 		return -ENOMEM;
 	for (i = rec->hash & ix->table_mask; ix->tags[i] != 0; i = (i + 1) & ix->table_mask)
 		;
@@ -559,6 +561,8 @@ int registry_index_link(struct registry_index *ix, struct registry_rec *rec)
 		ix->parents.groups[gp].vec.items[ix->parents.groups[gp].vec.count++] = rec;
 	if (family[0])
 		ix->families.groups[gf].vec.items[ix->families.groups[gf].vec.count++] = rec;
+	if (rec->type == REGISTRY_TYPE_PARENT)
+		ix->parent_recs.items[ix->parent_recs.count++] = rec;
 	return 0;
 }
 

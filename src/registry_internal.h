@@ -152,6 +152,9 @@ struct registry_index {
 	struct registry_vec *by_org;   /* by interned org id */
 	uint32_t by_org_len;
 	struct registry_map subjects, parents, families;
+	/* Records of type PARENT, so that the active-parents gauge walks
+	 * these and not every record. */
+	struct registry_vec parent_recs;
 };
 
 static inline const char *registry_ix_string(const struct registry_index *ix, uint32_t id)

@@ -166,6 +166,11 @@ int registry_revoke_subject(struct registry *reg, const char *subject, const cha
  * parent without any, or unknown).  Bounds POST /renew per parent. */
 int registry_count_children(struct registry *reg, const char *parent_jti, int64_t now, size_t *ret_count);
 
+/* Parent tokens (type PARENT) ACTIVE and unexpired at now, in every org:
+ * *ret_count, for the hsmjwt_parent_tokens_active gauge.  The index keeps
+ * the parent records apart, so this walks them only, not every record. */
+int registry_count_active_parents(struct registry *reg, int64_t now, uint64_t *ret_count);
+
 /* One record within org_scope: 0 and *ret_record, or -ENOENT. */
 int registry_get(struct registry *reg, const char *jti, const char *org_scope, struct registry_record *ret_record);
 
