@@ -14,6 +14,7 @@
 #include "hsmjwt/json.h"
 #include "hsmjwt/jwt.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/metrics.h"
 
 #include "api_internal.h"
 
@@ -233,6 +234,7 @@ static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct a
 	r = jwt_verify(token, json_string_length(json_object_get(body, "token")), keys_lookup, &ctx->view, &expect,
 		       &header, &claims);
 	if (r == JWS_E_UNAVAILABLE) {
+		metrics_verification(r);
 		/* An HS256 token while the token is down: no verdict either way. */
 		api_error(out, req, 503, "hsm_unavailable", "this token's key verifies in the token, which cannot be reached");
 		goto out;
@@ -242,6 +244,7 @@ static void api_verify(struct api_ctx *ctx, struct evhttp_request *req, struct a
 			 json_plain_string(json_object_get(claims, "jti")) : "");
 		r = api_registry_verdict(ctx, claims, &status);
 	}
+	metrics_verification(r);
 	if (r < 0) {
 		api_json(out, req, 200, json_pack("{s:b, s:s}", "valid", 0, "error", jws_error_reason(r)));
 		goto out;
@@ -386,6 +389,7 @@ static const struct {
 	{ "/.well-known/oauth-authorization-server", EVHTTP_REQ_GET, api_discovery },
 	{ "/codes", EVHTTP_REQ_POST, api_codes },
 	{ "/health", EVHTTP_REQ_GET, api_health },
+	{ "/metrics", EVHTTP_REQ_GET, api_metrics },
 	{ "/authorize", API_ANY_METHOD, api_authorize_proxy },
 	{ "/authorize/**", API_ANY_METHOD, api_authorize_proxy },
 	{ "/tokens/*", EVHTTP_REQ_GET, api_tokens_get },
@@ -396,6 +400,13 @@ static const struct {
 	{ "/admin/keys", EVHTTP_REQ_GET, api_admin_keys },
 	{ "/admin/rotate-keys", EVHTTP_REQ_POST, api_admin_rotate },
 };
+
+/* The routes that, with admin_listen set, are served there and only there
+ * (SPEC §3). */
+static int api_route_admin(api_handler handler)
+{
+	return handler == api_health || handler == api_metrics;
+}
 
 /* Whether path (path_len bytes, no query) matches pattern; *ret_segment
  * points at the raw segment a '*' matched. */
@@ -462,7 +473,12 @@ static void api_route(struct api_ctx *ctx, struct evhttp_request *req, struct ap
 
 		if (!api_route_match(api_routes[i].path, uri, path_len, &segment, &segment_len))
 			continue;
+		/* The admin listener serves its routes alone; with one set, the
+		 * public listeners know them no more. */
+		if (api_route_admin(api_routes[i].handler) != ctx->admin && (ctx->admin || ctx->cfg->admin_listen_set))
+			continue;
 		path_known = 1;
+		out->route = api_routes[i].path;
 		/* HEAD is GET without the body (http_send drops it). */
 		if (api_routes[i].method != method && api_routes[i].method != API_ANY_METHOD &&
 		    !(api_routes[i].method == EVHTTP_REQ_GET && method == EVHTTP_REQ_HEAD)) {

@@ -82,6 +82,8 @@ void api_tokens_latest(struct api_ctx *ctx, struct evhttp_request *req, struct a
 		       const char *segment);
 void api_tokens_stream(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
 		       const char *segment);
+/* GET /metrics (api_metrics.c): Prometheus text, gauges read at the scrape. */
+void api_metrics(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 /* Key administration (api_keys.c). */
 void api_admin_keys(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment);
 void api_admin_rotate(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,

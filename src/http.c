@@ -30,6 +30,7 @@
 #include "hsmjwt/form.h"
 #include "hsmjwt/json.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/metrics.h"
 
 #define HTTP_BACKLOG 1024
 #define HTTP_REALM "hsmjwt"
@@ -41,6 +42,9 @@
  * their change durable, and how often it looks. */
 #define HTTP_DRAIN_MS 10000
 #define HTTP_DRAIN_POLL_MS 10
+
+/* http_listener.index of the admin thread's one listener (admin_listen). */
+#define HTTP_ADMIN_LISTENER ((size_t)CONFIG_MAX_LISTEN)
 
 /* One worker's listening socket for one listen address. */
 struct http_listener {
@@ -92,6 +96,10 @@ struct http_server {
 	size_t passed_count;
 	struct http_worker *workers;
 	unsigned worker_count;
+	/* admin_listen: a thread of its own (a worker without a token
+	 * session) serving /metrics and /health there; NULL when unset. */
+	struct http_worker *admin;
+	struct http_address admin_address;
 };
 
 /* libevent's own messages, which it would print to stderr unstructured and
@@ -340,6 +348,7 @@ void http_log_request(struct evhttp_request *req, const struct api_outcome *outc
 		 http_method_name(evhttp_request_get_command(req)), path, outcome->status,
 		 http_elapsed_ms(&outcome->start), outcome->sub[0] ? log_quote(sub, sizeof(sub), outcome->sub) : "-",
 		 outcome->jti[0] ? log_quote(jti, sizeof(jti), outcome->jti) : "-", outcome->worker);
+	metrics_http_request(outcome->route, outcome->status);
 }
 
 static void http_handle(struct evhttp_request *req, void *arg)
@@ -483,6 +492,8 @@ static size_t http_listen_count(const struct http_server *server)
 /* The address a listener accepts on, for log lines. */
 static const struct config_listen *http_listen_addr(const struct http_server *server, size_t index)
 {
+	if (index == HTTP_ADMIN_LISTENER)
+		return &server->cfg->admin_listen;
 	return server->cfg->listen_systemd ? &server->passed[index] : &server->cfg->listen[index];
 }
 
@@ -681,12 +692,15 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 					     EVHTTP_REQ_OPTIONS);
 	evhttp_set_gencb(worker->http, http_handle, worker);
 	evhttp_set_bevcb(worker->http, http_accepted, worker);
-	for (size_t i = 0; i < http_listen_count(worker->server); i++) {
+	for (size_t i = 0; i < (worker->api.admin ? 1 : http_listen_count(worker->server)); i++) {
 		struct http_listener *listener = &worker->listeners[i];
 		struct evhttp_bound_socket *bound;
 		evutil_socket_t fd = -1;
-		r = cfg->listen_systemd ? http_passed_socket(worker->server, i, &fd) :
-			http_listen_socket(&cfg->listen[i], &worker->server->addresses[i], &fd);
+		if (worker->api.admin)
+			r = http_listen_socket(&cfg->admin_listen, &worker->server->admin_address, &fd);
+		else
+			r = cfg->listen_systemd ? http_passed_socket(worker->server, i, &fd) :
+				http_listen_socket(&cfg->listen[i], &worker->server->addresses[i], &fd);
 		if (r < 0)
 			return r;
 		bound = evhttp_accept_socket_with_handle(worker->http, fd);
@@ -694,7 +708,7 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 			close(fd);
 			return -ENOMEM;
 		}
-		listener->index = i;
+		listener->index = worker->api.admin ? HTTP_ADMIN_LISTENER : i;
 		listener->lev = evhttp_bound_socket_get_listener(bound);
 		listener->retry = evtimer_new(worker->base, http_accept_retry, listener);
 		if (listener->retry == NULL)
@@ -712,6 +726,9 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	worker->api.base = worker->base;
 	worker->api.worker = worker->index;
 	atomic_init(&worker->api.pending, 0);
+	/* The admin thread never signs nor verifies in the token. */
+	if (worker->api.admin)
+		return 0;
 	return hsm_session_open(hsm, &worker->api.session);
 }
 
@@ -766,6 +783,28 @@ void http_quiesce(struct http_server *server)
 			pthread_join(w->thread, NULL);
 		w->joined = 1;
 	}
+	/* The admin thread holds nothing back: its drain stops accepting
+	 * and ends the loop. */
+	if (server->admin != NULL && server->admin->base != NULL && !server->admin->joined) {
+		struct http_worker *w = server->admin;
+		if (!w->started || event_base_once(w->base, -1, EV_TIMEOUT, http_drain, w, &now) < 0)
+			event_base_loopexit(w->base, NULL);
+		if (w->started)
+			pthread_join(w->thread, NULL);
+		w->joined = 1;
+	}
+}
+
+/* A worker's loop, listeners and session, once its thread has ended. */
+static void http_worker_free(struct http_worker *w)
+{
+	for (size_t j = 0; j < w->listener_count; j++)
+		event_free(w->listeners[j].retry);
+	if (w->http)
+		evhttp_free(w->http);
+	if (w->base)
+		event_base_free(w->base);
+	hsm_session_close(w->api.session);
 }
 
 void http_stop(struct http_server *server)
@@ -773,16 +812,13 @@ void http_stop(struct http_server *server)
 	if (server == NULL)
 		return;
 	http_quiesce(server);
-	for (unsigned i = 0; i < server->worker_count; i++) {
-		struct http_worker *w = &server->workers[i];
-		for (size_t j = 0; j < w->listener_count; j++)
-			event_free(w->listeners[j].retry);
-		if (w->http)
-			evhttp_free(w->http);
-		if (w->base)
-			event_base_free(w->base);
-		hsm_session_close(w->api.session);
-	}
+	for (unsigned i = 0; i < server->worker_count; i++)
+		http_worker_free(&server->workers[i]);
+	if (server->admin != NULL)
+		http_worker_free(server->admin);
+	free(server->admin);
+	if (server->admin_address.claimed)
+		close(server->admin_address.claim_fd);
 	renew_free(server->renew);
 	free(server->workers);
 	statuslist_cache_free(server->statuslists);
@@ -795,6 +831,41 @@ void http_stop(struct http_server *server)
 	free(server->addresses);
 	free(server);
 	log_limited_flush();
+}
+
+/* admin_listen (SPEC §3): its address probed and claimed as a listen
+ * address is, and its thread started. */
+static int http_admin_start(struct http_server *server, struct hsm *hsm, struct keyring *keyring,
+			    struct registry *registry)
+{
+	const struct config *cfg = server->cfg;
+	struct http_worker *admin;
+	int r;
+
+	r = http_listen_probe(&cfg->admin_listen, &server->admin_address);
+	if (r == 0)
+		r = http_claim(&cfg->admin_listen, &server->admin_address);
+	if (r < 0)
+		return r;
+	admin = calloc(1, sizeof(*admin));
+	if (admin == NULL)
+		return -ENOMEM;
+	server->admin = admin;
+	admin->server = server;
+	admin->index = cfg->workers;
+	admin->api.admin = 1;
+	r = http_worker_init(admin, hsm, keyring, registry);
+	if (r < 0)
+		return r;
+	r = -pthread_create(&admin->thread, NULL, http_worker_main, admin);
+	if (r < 0) {
+		log_error("\"cannot start the admin_listen thread\" error=\"%s\"", strerror(-r));
+		return r;
+	}
+	admin->started = 1;
+	log_info("\"listening for /metrics and /health\" address=%s port=%u", cfg->admin_listen.host,
+		 cfg->admin_listen.port);
+	return 0;
 }
 
 static pthread_once_t http_once = PTHREAD_ONCE_INIT;
@@ -859,6 +930,11 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyrin
 		w->server = server;
 		w->index = i;
 		r = http_worker_init(w, hsm, keyring, registry);
+		if (r < 0)
+			goto fail;
+	}
+	if (cfg->admin_listen_set) {
+		r = http_admin_start(server, hsm, keyring, registry);
 		if (r < 0)
 			goto fail;
 	}

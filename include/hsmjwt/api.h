@@ -44,6 +44,10 @@ struct api_ctx {
 	struct codes *codes;                    /* authorization codes, shared by the workers */
 	struct event_base *base;                /* the worker's loop */
 	unsigned worker;
+	/* The admin_listen thread's context: only GET/HEAD /metrics and
+	 * /health, no token session (it never signs).  The workers' contexts
+	 * (0) answer those two 404 while admin_listen is set. */
+	int admin;
 	atomic_uint pending;                    /* deferred replies not yet sent */
 	/* Auto-renewal (renew.h), shared by the workers; and this worker's
 	 * open Server-Sent Events streams (api_pairs.c), touched on its loop
