@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "fixture.h"
+#include "hsmjwt/metrics.h"
 #include "hsmjwt/registry.h"
 #include "hsmjwt/registry_codec.h"
 #include "../../src/registry_internal.h"
@@ -633,6 +634,125 @@ static void test_count_children(void **state)
 	assert_int_equal(n, 0);
 	assert_int_equal(registry_count_children(NULL, "P", NOW, &n), -EINVAL);
 	assert_int_equal(registry_count_children(reg, NULL, NOW, &n), -EINVAL);
+	registry_close(reg);
+}
+
+/* The hsmjwt_parent_tokens_active gauge: parents ACTIVE and unexpired, in
+ * every org, from the index's own list of parents (rebuilt at open and by
+ * compaction). */
+static void test_count_active_parents(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct registry_record rec;
+	uint64_t n = 99;
+
+	assert_int_equal(registry_count_active_parents(reg, NOW, &n), 0);
+	assert_int_equal(n, 0);
+	add_dep(reg, "P1", "acme", REGISTRY_TYPE_PARENT, "", "");
+	add_dep(reg, "P2", "beta", REGISTRY_TYPE_PARENT, "", "");
+	add_dep(reg, "P3", "acme", REGISTRY_TYPE_PARENT, "", "");
+	add_dep(reg, "P4", "", REGISTRY_TYPE_PARENT, "", "");
+	/* Children, an access token: not parents. */
+	add_dep(reg, "C1", "acme", REGISTRY_TYPE_CHILD, "P1", "");
+	add_dep(reg, "C2", "acme", REGISTRY_TYPE_CHILD, "P3", "");
+	add_dep(reg, "A1", "acme", REGISTRY_TYPE_ACCESS, "", "");
+	/* Expired by NOW. */
+	rec = make_rec("P5", "acme", "alice", REGISTRY_TYPE_PARENT, NOW);
+	assert_int_equal(add_wait(reg, &rec), 0);
+	assert_int_equal(registry_count_active_parents(reg, NOW, &n), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(registry_count_active_parents(reg, NOW - 1, &n), 0);
+	assert_int_equal(n, 5);
+	assert_int_equal(set_wait(reg, "P2", NULL, REGISTRY_SUSPENDED, NULL, NULL), 0);
+	assert_int_equal(set_wait(reg, "P3", NULL, REGISTRY_REVOKED, NULL, NULL), 0);
+	assert_int_equal(registry_count_active_parents(reg, NOW, &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(set_wait(reg, "P2", NULL, REGISTRY_ACTIVE, NULL, NULL), 0);
+	assert_int_equal(registry_count_active_parents(reg, NOW, &n), 0);
+	assert_int_equal(n, 3);
+	registry_close(reg);
+
+	/* Rebuilt from the file. */
+	reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	assert_int_equal(registry_count_active_parents(reg, NOW - 1, &n), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(registry_count_active_parents(reg, NOW, &n), 0);
+	assert_int_equal(n, 3);
+	/* Compaction drops P5 (expired past the leeway) and keeps the rest. */
+	assert_int_equal(registry_compact(reg, NOW + LEEWAY + 1, NULL), 0);
+	assert_int_equal(registry_get(reg, "P5", NULL, &rec), -ENOENT);
+	assert_int_equal(registry_count_active_parents(reg, NOW, &n), 0);
+	assert_int_equal(n, 3);
+	add_dep(reg, "P6", "acme", REGISTRY_TYPE_PARENT, "", "");
+	assert_int_equal(registry_count_active_parents(reg, NOW, &n), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(registry_count_active_parents(reg, NOW + HOUR, &n), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(registry_count_active_parents(NULL, NOW, &n), -EINVAL);
+	registry_close(reg);
+}
+
+/* hsmjwt_revocations_total: one per record a change revokes, cascades
+ * included, nothing for a record revoked already. */
+static uint64_t revocations_counted(void)
+{
+	struct metrics_gauges g;
+	char *text = NULL, *line;
+	size_t len;
+	unsigned long long v = 0;
+
+	memset(&g, 0, sizeof(g));
+	assert_int_equal(metrics_render(&g, &text, &len), 0);
+	line = strstr(text, "\nhsmjwt_revocations_total ");
+	assert_non_null(line);
+	assert_int_equal(sscanf(line, "\nhsmjwt_revocations_total %llu", &v), 1);
+	free(text);
+	return v;
+}
+
+static void test_revocations_counted(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct registry_record add;
+	struct registry_wait w;
+	size_t changed = 0;
+
+	add_dep(reg, "P", "acme", REGISTRY_TYPE_PARENT, "", "");
+	add_dep(reg, "C1", "acme", REGISTRY_TYPE_CHILD, "P", "");
+	add_dep(reg, "C2", "acme", REGISTRY_TYPE_CHILD, "P", "");
+	add_dep(reg, "G1", "acme", REGISTRY_TYPE_CHILD, "C2", "");
+	add_dep(reg, "A1", "acme", REGISTRY_TYPE_ACCESS, "", "");
+	add_dep(reg, "F1", "acme", REGISTRY_TYPE_REFRESH, "", "F1");
+	metrics_reset();
+	/* Suspending revokes nothing; revoking a suspended record does. */
+	assert_int_equal(set_wait(reg, "C1", NULL, REGISTRY_SUSPENDED, NULL, NULL), 0);
+	assert_int_equal(revocations_counted(), 0);
+	assert_int_equal(set_wait(reg, "P", NULL, REGISTRY_REVOKED, NULL, &changed), 0);
+	assert_int_equal(changed, 4);
+	assert_int_equal(revocations_counted(), 4);
+	/* Again, and deleting a revoked record: nothing more is revoked. */
+	assert_int_equal(set_wait(reg, "P", NULL, REGISTRY_REVOKED, NULL, NULL), 0);
+	assert_int_equal(set_wait(reg, "C2", NULL, REGISTRY_DELETED, NULL, NULL), 0);
+	assert_int_equal(revocations_counted(), 4);
+	/* Deleting an active record revokes it. */
+	assert_int_equal(set_wait(reg, "A1", NULL, REGISTRY_DELETED, NULL, NULL), 0);
+	assert_int_equal(revocations_counted(), 5);
+	/* A refresh token consumed by its rotation, and an offline jti. */
+	add = make_rec("F2", "acme", "alice", REGISTRY_TYPE_REFRESH, NOW + HOUR);
+	snprintf(add.family, sizeof(add.family), "F1");
+	registry_wait_init(&w);
+	assert_int_equal(registry_consume(reg, "F1", NOW, "rotated", &add, 1, registry_wait_done, &w, NULL), 0);
+	assert_int_equal(registry_wait(&w), 0);
+	assert_int_equal(revocations_counted(), 6);
+	registry_wait_init(&w);
+	assert_int_equal(registry_revoke_unregistered(reg, "U", "", NOW + HOUR, NOW, NULL, registry_wait_done, &w),
+			 0);
+	assert_int_equal(registry_wait(&w), 0);
+	assert_int_equal(revocations_counted(), 7);
+	registry_close(reg);
+	/* Replaying the file at open counts nothing: those happened before. */
+	reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	assert_int_equal(revocations_counted(), 7);
 	registry_close(reg);
 }
 
@@ -1935,6 +2055,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_add_under_an_inactive_parent, fixture_tmpdir_setup,
 						fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_count_children, fixture_tmpdir_setup, fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_count_active_parents, fixture_tmpdir_setup,
+						fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_revocations_counted, fixture_tmpdir_setup,
+						fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_revoke_subject, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_list_pagination, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_list_filters, fixture_tmpdir_setup, fixture_tmpdir_teardown),
