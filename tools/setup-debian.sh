@@ -24,7 +24,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # Debian 12 (bookworm) package names.
 runtime_packages="build-essential cmake pkg-config libp11-kit-dev libssl-dev libevent-dev
 libjansson-dev libsystemd-dev zlib1g-dev softhsm2 curl"
-test_packages="libcmocka-dev libp11-dev python3 python3-jwt python3-jwcrypto python3-prometheus-client nodejs npm nginx"
+# systemd, man-db, groff-base, libseccomp2: integration.install checks the
+# installed units, man pages and sandbox (a container may lack them).
+test_packages="libcmocka-dev libp11-dev python3 python3-jwt python3-jwcrypto python3-prometheus-client nodejs npm nginx
+systemd man-db groff-base libseccomp2"
 
 packages=$runtime_packages
 [ "$flavour" = test ] && packages="$packages $test_packages"
