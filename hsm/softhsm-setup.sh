@@ -5,6 +5,8 @@
 #   STATE_DIR/pin             the user PIN, mode 0600
 # and prints `SOFTHSM2_CONF=...` on stdout for the caller to export.
 # Usage: hsm/softhsm-setup.sh STATE_DIR [LABEL]
+# For production PKCS#11 modules (YubiHSM, Nitrokey, network HSMs, cloud KMS)
+# and the PIN as a systemd credential, see hsm/README.md.
 set -eu
 
 state_dir=${1:?usage: softhsm-setup.sh STATE_DIR [LABEL]}
