@@ -510,6 +510,8 @@ void api_dispatch(struct api_ctx *ctx, struct evhttp_request *req, struct api_ou
 	 * meanwhile: a token is verified and signed against one view. */
 	struct keys *keys = keyring_acquire(ctx->keyring);
 
+	/* Likewise one config version (a reload publishes the next one). */
+	config_live_adopt(ctx->live, &ctx->cfg);
 	ctx->keys = keys;
 	ctx->view = (struct keys_view){ keys, ctx->session };
 	api_route(ctx, req, out);

@@ -152,8 +152,11 @@ struct api_pair_join {
 	atomic_int result;            /* the first failure */
 	struct api_pending *pending;
 	struct renew *renew;
-	/* With auto_renew: the entry to add once the pair is durable. */
+	/* With auto_renew: the entry to add once the pair is durable.  cfg is
+	 * the request's version, retained: the worker may adopt a newer one
+	 * before the registry calls back (on its flusher thread). */
 	int auto_renew;
+	struct config_live *live;
 	const struct config *cfg;
 	json_t *parent_claims;
 	int64_t child_ttl;
@@ -164,6 +167,7 @@ struct api_pair_join {
 
 static void api_pair_join_free(struct api_pair_join *join)
 {
+	config_live_release(join->live, join->cfg);
 	if (join->child_token != NULL) {
 		OPENSSL_cleanse(join->child_token, strlen(join->child_token));
 		free(join->child_token);
@@ -281,7 +285,8 @@ void api_token_pairs(struct api_ctx *ctx, struct evhttp_request *req, struct api
 	}
 	join->pending = pending;
 	join->renew = ctx->renew;
-	join->cfg = ctx->cfg;
+	join->live = ctx->live;
+	join->cfg = config_live_retain(ctx->live, ctx->cfg);
 	atomic_init(&join->left, 2);
 	atomic_init(&join->result, 0);
 	r = registry_add(ctx->registry, &parent.record, api_pair_done, join);
@@ -769,6 +774,9 @@ void api_quiesce(struct api_ctx *ctx)
  * stream) on its worker's loop. */
 struct api_adopt {
 	struct api_ctx *ctx;
+	/* The request's config version, retained for api_adopt_done on the
+	 * registry's flusher thread (ctx->cfg moves with the worker). */
+	const struct config *cfg;
 	struct evhttp_request *req;
 	struct api_outcome outcome;
 	int stream;
@@ -779,6 +787,8 @@ struct api_adopt {
 
 static void api_adopt_free(struct api_adopt *adopt)
 {
+	if (adopt->cfg != NULL)
+		config_live_release(adopt->ctx->live, adopt->cfg);
 	issue_result_clear(&adopt->child);
 	json_decref(adopt->parent_claims);
 	free(adopt);
@@ -817,7 +827,7 @@ static void api_adopt_done(void *arg, int result)
 		struct renew_parent parent;
 		struct renew_child child = { adopt->child.token, adopt->child.jti, adopt->child.record.iat,
 					     adopt->child.exp };
-		api_renew_parent(adopt->ctx->cfg, adopt->parent_claims, 0, &parent);
+		api_renew_parent(adopt->cfg, adopt->parent_claims, 0, &parent);
 		result = renew_add(adopt->ctx->renew, &parent, &child, api_now());
 		/* Another request made it first: its child is as good. */
 		if (result == -EEXIST)
@@ -850,6 +860,7 @@ static void api_adopt(struct api_ctx *ctx, struct evhttp_request *req, struct ap
 	if (api_issue_child(ctx, req, out, claims, ctx->cfg->child_ttl, &adopt->child) < 0)
 		goto fail;
 	adopt->ctx = ctx;
+	adopt->cfg = config_live_retain(ctx->live, ctx->cfg);
 	adopt->req = req;
 	adopt->stream = stream;
 	adopt->parent_claims = claims;

@@ -107,7 +107,7 @@ void config_free(struct config *cfg)
 }
 
 /* Deep copy, so that a parse can fail without touching the caller's config. */
-static int config_copy(struct config *dst, const struct config *src)
+int config_copy(struct config *dst, const struct config *src)
 {
 	*dst = *src;
 	for (size_t i = 0; i < CONFIG_STRING_COUNT; i++) {

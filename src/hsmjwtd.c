@@ -1,7 +1,9 @@
 /* hsmjwtd: the token service daemon. */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,7 @@
 #include "hsmjwt/keyring.h"
 #include "hsmjwt/keys.h"
 #include "hsmjwt/log.h"
+#include "hsmjwt/metrics.h"
 #include "hsmjwt/registry.h"
 #include "hsmjwt/service.h"
 
@@ -30,16 +33,95 @@ static void usage(FILE *out)
 		"Every key can also be set as HSMJWT_<KEY> in the environment.\n");
 }
 
-/* Waits for SIGTERM/SIGINT in the main thread; the workers never see signals
- * because the mask is set before they start. */
-static void wait_for_stop(const sigset_t *set)
+/* SIGHUP (SPEC §8): the config read again as the start read it (the same
+ * --config path and environment) and published for the workers' next
+ * requests.  A file that does not load, a bad value or a restart-only key
+ * changed keeps the running config; systemd hears why in STATUS=.
+ * *current is the main thread's own version (config_live_adopt). */
+static void reload(struct config_live *live, const char *path, const struct config **current)
+{
+	const struct config *boot = config_live_boot(live);
+	struct config next;
+	struct timespec now;
+	char err[512] = "", quoted[600], changed[256];
+	const char *blocker = NULL;
+	size_t n_changed = 0;
+	int r;
+
+	memset(&next, 0, sizeof(next));
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64,
+		   (uint64_t)now.tv_sec * 1000000 + (uint64_t)now.tv_nsec / 1000);
+	r = service_reload_config(boot, &next, path, err, sizeof(err));
+	if (r < 0)
+		goto out;
+	blocker = config_reload_blocker(boot, &next);
+	if (blocker != NULL) {
+		snprintf(err, sizeof(err), "%s: cannot change without a restart", blocker);
+		r = -EPERM;
+		goto out;
+	}
+	/* Before anything is published: a log_file that cannot be opened is
+	 * a bad value like any other (log_open_file has logged why). */
+	if (next.log_file != NULL)
+		r = log_open_file(next.log_file);
+	else if ((*current)->log_file != NULL)
+		r = log_open_file(NULL);
+	if (r < 0) {
+		snprintf(err, sizeof(err), "log_file: `%s' cannot be opened: %s", next.log_file ? next.log_file : "",
+			 strerror(-r));
+		goto out;
+	}
+	n_changed = config_reload_changes(*current, &next, changed, sizeof(changed));
+	r = config_live_publish(live, &next, &blocker);
+	if (r < 0)
+		snprintf(err, sizeof(err), "%s", blocker ? blocker : "out of memory");
+out:
+	/* Published, next is empty; refused, it is still ours (its pin wiped
+	 * with it). */
+	config_free(&next);
+	metrics_config_reload(r == 0);
+	if (r < 0) {
+		log_error("\"configuration reload failed, the running configuration stays\" error=%s",
+			  log_quote(quoted, sizeof(quoted), err));
+		sd_notifyf(0, "READY=1\nSTATUS=serving with the previous configuration: reload failed: %s", err);
+		return;
+	}
+	config_live_adopt(live, current);
+	log_set_level((*current)->log_level);
+	log_info("\"configuration reloaded\" changed=%s", n_changed ? changed : "none");
+	sd_notify(0, "READY=1\nSTATUS=serving; configuration reloaded");
+}
+
+/* SIGUSR1: logrotate has moved log_file away; lines go to a new file at
+ * the path from now on. */
+static void reopen_log(const struct config *current)
+{
+	char quoted[600];
+
+	if (current->log_file == NULL) {
+		log_info("\"SIGUSR1: no log_file to reopen, logging to standard error\"");
+		return;
+	}
+	if (log_open_file(current->log_file) == 0)
+		log_info("\"log file reopened\" log_file=%s", log_quote(quoted, sizeof(quoted), current->log_file));
+}
+
+/* Serves signals in the main thread until SIGTERM/SIGINT; the workers never
+ * see signals because the mask is set before they start. */
+static void wait_for_stop(const sigset_t *set, struct config_live *live, const char *path,
+			  const struct config **current)
 {
 	for (;;) {
 		int sig = 0;
 		if (sigwait(set, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			log_warn("\"SIGHUP ignored: configuration reload is not supported yet\"");
+			reload(live, path, current);
+			continue;
+		}
+		if (sig == SIGUSR1) {
+			reopen_log(*current);
 			continue;
 		}
 		log_info("\"stopping\" signal=%s", strsignal(sig));
@@ -57,6 +139,8 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct config cfg;
+	struct config_live *live = NULL;
+	const struct config *boot = NULL, *current = NULL;
 	struct hsm *hsm = NULL;
 	struct keys *keys = NULL;
 	struct keyring *keyring = NULL;
@@ -91,7 +175,12 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	/* Before anything worth keeping is logged (log_open_file has logged
+	 * why it cannot). */
+	if (cfg.log_file != NULL && log_open_file(cfg.log_file) < 0)
+		goto out;
 
 	r = service_lock_state_dir(cfg.state_dir, &lock_fd);
 	if (r < 0)
@@ -105,27 +194,35 @@ int main(int argc, char **argv)
 	r = service_open_token(&cfg, 1, &hsm);
 	if (r < 0)
 		goto out;
+	/* From here on the config is versions a reload replaces; what is built
+	 * once follows the boot version, the PIN source of a recovery too. */
+	r = config_live_new(&cfg, &live);
+	if (r < 0)
+		goto out;
+	boot = config_live_boot(live);
+	service_set_pin_source(hsm, boot);
+	config_live_adopt(live, &current);
 	/* The lifecycle first: a configured algorithm without a key gets one,
 	 * so a fresh token serves at once; due activations, retirements and
 	 * destructions are written before the first request. */
-	r = keys_sync(hsm, &cfg, (int64_t)time(NULL), KEYS_SYNC_GENERATE | KEYS_SYNC_ROTATE | KEYS_SYNC_DESTROY, NULL);
+	r = keys_sync(hsm, boot, (int64_t)time(NULL), KEYS_SYNC_GENERATE | KEYS_SYNC_ROTATE | KEYS_SYNC_DESTROY, NULL);
 	if (r == 0)
-		r = keys_load(hsm, &cfg, (int64_t)time(NULL), &keys);
+		r = keys_load(hsm, boot, (int64_t)time(NULL), &keys);
 	if (r < 0) {
 		/* The hsm module logged the Cryptoki failure; this is the decision. */
 		log_error("\"not starting: the token's keys cannot be loaded\" error=%d", r);
 		goto out;
 	}
 	log_info("\"keys loaded\" count=%zu", keys->count);
-	r = keyring_start(&cfg, hsm, keys, &keyring);
+	r = keyring_start(boot, hsm, keys, &keyring);
 	keys = NULL; /* the keyring's now, even on failure */
 	if (r < 0)
 		goto out;
-	r = http_start(&cfg, hsm, keyring, registry, &server);
+	r = http_start(live, hsm, keyring, registry, &server);
 	if (r < 0)
 		goto out;
 	sd_notify(0, "READY=1\nSTATUS=serving");
-	wait_for_stop(&set);
+	wait_for_stop(&set, live, config_path, &current);
 	sd_notify(0, "STOPPING=1");
 	status = 0;
 out:
@@ -139,6 +236,8 @@ out:
 	http_stop(server);
 	keys_release(keys);
 	hsm_close(hsm);
+	config_live_leave(live, &current);
+	config_live_free(live);
 	config_free(&cfg);
 	if (lock_fd >= 0)
 		close(lock_fd);

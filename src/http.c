@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
@@ -42,6 +43,9 @@
  * their change durable, and how often it looks. */
 #define HTTP_DRAIN_MS 10000
 #define HTTP_DRAIN_POLL_MS 10
+/* A worker's unwritten replies are swept for vanished connections when
+ * their number doubles, and at least at this many. */
+#define HTTP_INFLIGHT_SWEEP_MIN 64
 
 /* http_listener.index of the admin thread's one listener (admin_listen). */
 #define HTTP_ADMIN_LISTENER ((size_t)CONFIG_MAX_LISTEN)
@@ -66,6 +70,24 @@ struct http_worker {
 	size_t listener_count;
 	unsigned drain_waited_ms;
 	int joined;                   /* its loop has ended (http_quiesce) */
+	/* Requests handed to the API whose reply has not been written yet
+	 * (http_inflight_track), touched on the worker's loop only. */
+	struct http_inflight *inflight;
+	size_t inflight_count, inflight_sweep_at;
+};
+
+/* One request between http_handle and the last byte of its reply leaving
+ * the connection's output buffer — what a stop must wait for (SPEC §8:
+ * finish in-flight requests), and what api_ctx.pending alone cannot tell:
+ * it drops to 0 when the reply is handed to evhttp, whose bytes are
+ * written on a later turn of the loop. */
+struct http_inflight {
+	struct http_worker *worker;
+	/* The connection's bufferevent, with a reference of ours so that it
+	 * stays readable after evhttp has freed the connection: its callback
+	 * argument, the connection while there is one, is NULL from then on. */
+	struct bufferevent *bev;
+	struct http_inflight *next, **prevp;
 };
 
 /* The worker whose loop runs on this thread: a listener's error callback
@@ -81,7 +103,8 @@ struct http_address {
 };
 
 struct http_server {
-	const struct config *cfg;
+	const struct config *cfg;         /* the boot version of live: what is built once */
+	struct config_live *live;
 	struct statuslist_cache *statuslists;
 	struct codes *codes;              /* authorization codes, for every worker */
 	/* Auto-renewal of pairs: its thread stops first in http_quiesce (it
@@ -351,11 +374,82 @@ void http_log_request(struct evhttp_request *req, const struct api_outcome *outc
 	metrics_http_request(outcome->route, outcome->status);
 }
 
+/* ---- replies not yet written ------------------------------------------- */
+
+static void http_inflight_drop(struct http_inflight *f)
+{
+	*f->prevp = f->next;
+	if (f->next != NULL)
+		f->next->prevp = f->prevp;
+	f->worker->inflight_count--;
+	bufferevent_decref(f->bev);
+	free(f);
+}
+
+/* on_complete: evhttp_send_done calls it once the output buffer holding
+ * the reply has been written out whole, before it frees the request. */
+static void http_inflight_written(struct evhttp_request *req, void *arg)
+{
+	http_inflight_drop(arg);
+}
+
+/* Drops the requests whose connection evhttp has freed: it failed before
+ * the reply was written (the client left; a deferred reply to it is then
+ * dropped by evhttp and counts in api_ctx.pending until then), or a stream
+ * took the request over (api_pairs.c sets its own on_complete) and ended
+ * with its connection. */
+static void http_inflight_sweep(struct http_worker *worker)
+{
+	for (struct http_inflight *f = worker->inflight, *next; f != NULL; f = next) {
+		void *conn = NULL;
+		next = f->next;
+		bufferevent_getcb(f->bev, NULL, NULL, NULL, &conn);
+		if (conn == NULL)
+			http_inflight_drop(f);
+	}
+	worker->inflight_sweep_at = worker->inflight_count * 2 > HTTP_INFLIGHT_SWEEP_MIN ?
+		worker->inflight_count * 2 : HTTP_INFLIGHT_SWEEP_MIN;
+}
+
+static void http_inflight_track(struct http_worker *worker, struct evhttp_request *req)
+{
+	struct evhttp_connection *conn = evhttp_request_get_connection(req);
+	struct http_inflight *f;
+
+	if (worker->inflight_count >= worker->inflight_sweep_at)
+		http_inflight_sweep(worker);
+	f = conn != NULL ? calloc(1, sizeof(*f)) : NULL;
+	if (f == NULL) {
+		/* Served all the same; a stop just cannot wait for its bytes. */
+		if (conn != NULL)
+			log_limited(LOG_LEVEL_WARN, "\"request not tracked for the stop: out of memory\" worker=%u",
+				    worker->index);
+		return;
+	}
+	f->worker = worker;
+	f->bev = evhttp_connection_get_bufferevent(conn);
+	bufferevent_incref(f->bev);
+	f->next = worker->inflight;
+	if (f->next != NULL)
+		f->next->prevp = &f->next;
+	f->prevp = &worker->inflight;
+	worker->inflight = f;
+	worker->inflight_count++;
+	evhttp_request_set_on_complete_cb(req, http_inflight_written, f);
+}
+
+static void http_inflight_clear(struct http_worker *worker)
+{
+	while (worker->inflight != NULL)
+		http_inflight_drop(worker->inflight);
+}
+
 static void http_handle(struct evhttp_request *req, void *arg)
 {
 	struct http_worker *worker = arg;
 	struct api_outcome outcome;
 
+	http_inflight_track(worker, req);
 	memset(&outcome, 0, sizeof(outcome));
 	clock_gettime(CLOCK_MONOTONIC, &outcome.start);
 	outcome.worker = worker->index;
@@ -716,7 +810,9 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 		worker->listener_count++;
 		evconnlistener_set_error_cb(listener->lev, http_accept_error);
 	}
-	worker->api.cfg = cfg;
+	/* The worker's own reference, moved on by api_dispatch. */
+	worker->api.live = worker->server->live;
+	config_live_adopt(worker->api.live, &worker->api.cfg);
 	worker->api.hsm = hsm;
 	worker->api.keyring = keyring;
 	worker->api.registry = registry;
@@ -733,9 +829,10 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 }
 
 /* Runs on the worker's own loop (listeners are not thread-safe): stops
- * accepting, then ends the loop once no deferred reply is outstanding, or
- * after HTTP_DRAIN_MS whatever happens, so a stuck disk cannot hold the
- * stop forever. */
+ * accepting, then ends the loop once no deferred reply is outstanding and
+ * every reply has been written out (or lost its connection), or after
+ * HTTP_DRAIN_MS whatever happens, so a stuck disk or a client that does
+ * not read cannot hold the stop forever. */
 static void http_drain(evutil_socket_t fd, short what, void *arg)
 {
 	struct http_worker *worker = arg;
@@ -748,10 +845,13 @@ static void http_drain(evutil_socket_t fd, short what, void *arg)
 	/* Open event streams end now; each counts as pending until its end
 	 * is written. */
 	api_quiesce(&worker->api);
-	if (atomic_load(&worker->api.pending) == 0 || worker->drain_waited_ms >= HTTP_DRAIN_MS) {
-		if (atomic_load(&worker->api.pending) != 0)
-			log_warn("\"stopping with replies still waiting for the registry\" worker=%u pending=%u",
-				 worker->index, atomic_load(&worker->api.pending));
+	http_inflight_sweep(worker);
+	if ((atomic_load(&worker->api.pending) == 0 && worker->inflight == NULL) ||
+	    worker->drain_waited_ms >= HTTP_DRAIN_MS) {
+		if (atomic_load(&worker->api.pending) != 0 || worker->inflight != NULL)
+			log_warn("\"stopping with replies still waiting for the registry or not yet written\" "
+				 "worker=%u pending=%u unwritten=%zu",
+				 worker->index, atomic_load(&worker->api.pending), worker->inflight_count);
 		event_base_loopexit(worker->base, NULL);
 		return;
 	}
@@ -798,6 +898,10 @@ void http_quiesce(struct http_server *server)
 /* A worker's loop, listeners and session, once its thread has ended. */
 static void http_worker_free(struct http_worker *w)
 {
+	/* Before evhttp_free: the loop still exists for the bufferevents'
+	 * finalisation. */
+	http_inflight_clear(w);
+	config_live_leave(w->api.live, &w->api.cfg);
 	for (size_t j = 0; j < w->listener_count; j++)
 		event_free(w->listeners[j].retry);
 	if (w->http)
@@ -879,9 +983,10 @@ static void http_init_once(void)
 	http_once_result = evthread_use_pthreads();
 }
 
-int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
+int http_start(struct config_live *live, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
 	       struct http_server **ret_server)
 {
+	const struct config *cfg = config_live_boot(live);
 	struct http_server *server;
 	int r;
 
@@ -895,6 +1000,7 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyrin
 	if (server == NULL)
 		return -ENOMEM;
 	server->cfg = cfg;
+	server->live = live;
 	server->workers = calloc(cfg->workers, sizeof(*server->workers));
 	/* Never calloc(0): listen = systemd has no address of its own. */
 	server->addresses = calloc(CONFIG_MAX_LISTEN, sizeof(*server->addresses));
@@ -915,7 +1021,7 @@ int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyrin
 	if (r == 0)
 		r = codes_new(&server->codes);
 	if (r == 0)
-		r = renew_start(cfg, hsm, keyring, registry, &server->renew);
+		r = renew_start(live, hsm, keyring, registry, &server->renew);
 	if (r < 0)
 		goto fail;
 	for (size_t i = 0; i < cfg->listen_count; i++) {

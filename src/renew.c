@@ -54,7 +54,10 @@ struct renew_look {
 };
 
 struct renew {
+	/* The renewal thread's config version, adopted once per round (live
+	 * NULL: a fixed config, renew_new's). */
 	const struct config *cfg;
+	struct config_live *live;
 	struct hsm *hsm;
 	struct keyring *keyring;
 	struct registry *registry;
@@ -64,6 +67,9 @@ struct renew {
 	size_t count;
 	size_t sub_count;                   /* subscriptions not yet unsubscribed */
 	int stopping;
+	/* cfg->renew_before as of the thread's last round, for renew_set_child
+	 * on whichever thread adds an entry. */
+	int64_t renew_before;
 	atomic_int stop_now;                /* the thread's view of stopping, without the lock */
 	pthread_t thread;
 	int thread_started;
@@ -211,7 +217,7 @@ static int renew_set_child(const struct renew *renew, struct renew_entry *e, con
 	snprintf(e->child_jti, sizeof(e->child_jti), "%s", child->jti);
 	e->child_iat = child->iat;
 	e->child_exp = child->exp;
-	e->due = renew_next_due(child->iat, child->exp, e->parent_exp, renew->cfg->renew_before);
+	e->due = renew_next_due(child->iat, child->exp, e->parent_exp, renew->renew_before);
 	e->backoff = 0;
 	e->retry_at = 0;
 	return 0;
@@ -556,9 +562,18 @@ static void renew_run(struct renew *renew, const struct renew_job *job, int64_t 
 
 static void renew_round(struct renew *renew)
 {
+	const struct config *before = renew->cfg;
 	struct renew_job job;
 	int64_t now = (int64_t)time(NULL);
 
+	/* One config version for the whole round (a reload may change
+	 * renew_before and the lifetimes). */
+	config_live_adopt(renew->live, &renew->cfg);
+	if (renew->cfg != before) {
+		pthread_mutex_lock(&renew->lock);
+		renew->renew_before = renew->cfg->renew_before;
+		pthread_mutex_unlock(&renew->lock);
+	}
 	renew_sweep(renew, now);
 	while (!atomic_load(&renew->stop_now) && renew_next_job(renew, now, &job) == 0) {
 		renew_run(renew, &job, now);
@@ -600,6 +615,7 @@ int renew_new(const struct config *cfg, struct registry *registry, struct renew 
 		return -ENOMEM;
 	}
 	renew->cfg = cfg;
+	renew->renew_before = cfg->renew_before;
 	renew->registry = registry;
 	pthread_mutex_init(&renew->lock, NULL);
 	atomic_init(&renew->stop_now, 0);
@@ -607,17 +623,22 @@ int renew_new(const struct config *cfg, struct registry *registry, struct renew 
 	return 0;
 }
 
-int renew_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
+int renew_start(struct config_live *live, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
 		struct renew **ret_renew)
 {
 	struct renew *renew = NULL;
 	int r;
 
-	if (registry == NULL || keyring == NULL || hsm == NULL)
+	if (live == NULL || registry == NULL || keyring == NULL || hsm == NULL)
 		return -EINVAL;
-	r = renew_new(cfg, registry, &renew);
+	r = renew_new(config_live_boot(live), registry, &renew);
 	if (r < 0)
 		return r;
+	/* From here on the thread's own reference (renew_free leaves it). */
+	renew->live = live;
+	renew->cfg = NULL;
+	config_live_adopt(live, &renew->cfg);
+	renew->renew_before = renew->cfg->renew_before;
 	renew->hsm = hsm;
 	renew->keyring = keyring;
 	r = hsm_session_open(hsm, &renew->session);
@@ -669,6 +690,7 @@ void renew_free(struct renew *renew)
 				s->entry = NULL;
 			renew_entry_free(e);
 		}
+	config_live_leave(renew->live, &renew->cfg);
 	pthread_cond_destroy(&renew->wake);
 	pthread_mutex_destroy(&renew->lock);
 	free(renew->look);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,16 +17,25 @@
 
 extern char **environ;
 
+/* HSMJWT_PIN was in the environment when the config was first loaded: a
+ * reload, which no longer finds it there, keeps the value it gave. */
+static int service_pin_from_env;
+
 /* Wipes the value of every "name=" entry in place (the environment may hold
- * one name twice, and the config applies the last), then drops them. */
-static void service_wipe_env(const char *name)
+ * one name twice, and the config applies the last), then drops them.
+ * Whether there was one. */
+static int service_wipe_env(const char *name)
 {
 	size_t n = strlen(name);
+	int found = 0;
 
 	for (char **e = environ; e && *e; e++)
-		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=') {
 			OPENSSL_cleanse(*e + n + 1, strlen(*e + n + 1));
+			found = 1;
+		}
 	unsetenv(name);
+	return found;
 }
 
 int service_load_config(struct config *cfg, const char *path)
@@ -36,12 +46,34 @@ int service_load_config(struct config *cfg, const char *path)
 	r = config_load(cfg, path, environ, err, sizeof(err));
 	/* The development PIN variable is in cfg now (or refused): wipe it from
 	 * the environment, which /proc/PID/environ and child processes show. */
-	service_wipe_env("HSMJWT_PIN");
+	if (service_wipe_env("HSMJWT_PIN"))
+		service_pin_from_env = 1;
 	if (r < 0) {
 		fprintf(stderr, "hsmjwt: configuration error: %s\n", err);
 		return r;
 	}
 	log_set_level(cfg->log_level);
+	return 0;
+}
+
+int service_reload_config(const struct config *boot, struct config *cfg, const char *path, char *err, size_t errlen)
+{
+	struct config work;
+	int r;
+
+	r = config_load(&work, path, environ, err, errlen);
+	if (r < 0)
+		return r;
+	if (service_pin_from_env) {
+		/* The environment is the start's, which set the pin last. */
+		pin_forget(&work);
+		if (boot->pin != NULL && (work.pin = strdup(boot->pin)) == NULL) {
+			config_free(&work);
+			snprintf(err, errlen, "out of memory");
+			return -ENOMEM;
+		}
+	}
+	*cfg = work;
 	return 0;
 }
 
@@ -67,10 +99,16 @@ int service_open_token(struct config *cfg, int recoverable, struct hsm **ret_hsm
 		r = hsm_open(cfg->pkcs11_module, cfg->token, pin, pin_len, ret_hsm);
 	pin_free(pin, pin_len);
 	if (r == 0 && recoverable)
-		hsm_set_pin_source(*ret_hsm, service_pin_read, service_pin_release, cfg);
+		service_set_pin_source(*ret_hsm, cfg);
 	else
 		pin_forget(cfg);
 	return r;
+}
+
+void service_set_pin_source(struct hsm *hsm, const struct config *cfg)
+{
+	/* pin_read only reads cfg. */
+	hsm_set_pin_source(hsm, service_pin_read, service_pin_release, (void *)(uintptr_t)cfg);
 }
 
 int service_lock_state_dir(const char *state_dir, int *ret_fd)

@@ -88,6 +88,8 @@ int config_validate(const struct config *cfg, char *err, size_t errlen);
 int config_load(struct config *cfg, const char *path, char *const *envp, char *err, size_t errlen);
 
 void config_free(struct config *cfg);
+/* Deep copy: 0 and *dst with strings of its own, or -ENOMEM (*dst empty). */
+int config_copy(struct config *dst, const struct config *src);
 
 /* ---- reload (SIGHUP, config_live.c) -----------------------------------
  *

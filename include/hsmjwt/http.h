@@ -35,13 +35,16 @@ struct api_outcome;
 struct http_server;
 
 /* Binds every listen address once per worker and starts the workers, which
- * take the key set from keyring for each request.  cfg, hsm, keyring and
- * registry must outlive the server. */
-int http_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
+ * take the key set from keyring and the newest config version from live
+ * (config.h) for each request; what is built once (sockets, workers, body
+ * limit) follows live's boot version.  live, hsm, keyring and registry must
+ * outlive the server. */
+int http_start(struct config_live *live, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
 	       struct http_server **ret_server);
 /* Stops the auto-renewal thread (renew.h: the server starts it), stops
  * accepting, ends the open event streams, waits (at most 10 s) for replies
- * held back for the registry and for the streams' last events, lets each
+ * held back for the registry, for the streams' last events and for every
+ * reply already sent to be written out whole (or its client gone), lets each
  * worker finish its loop and joins them; the loops and their contexts
  * stay allocated, so a registry callback still in flight
  * (a disk stuck past the 10 s) lands on a live event base and is dropped

@@ -106,9 +106,11 @@ typedef void (*renew_notify_fn)(void *arg, const struct renew_event *event);
  * renew_next_job and renew_job_done with their own clock).  registry may be
  * NULL: no registry checks then. */
 int renew_new(const struct config *cfg, struct registry *registry, struct renew **ret_renew);
-/* renew_new plus the renewal thread and its token session.  cfg, hsm,
- * keyring and registry must outlive renew_stop. */
-int renew_start(const struct config *cfg, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
+/* renew_new plus the renewal thread and its token session.  The thread
+ * adopts live's newest config version at the start of each round (a reload
+ * changes renew_before and the lifetimes from the next round on).  live,
+ * hsm, keyring and registry must outlive renew_free. */
+int renew_start(struct config_live *live, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
 		struct renew **ret_renew);
 /* Stops the thread (a renewal in progress finishes first, registration
  * included: call it before registry_close) and closes its session; from

@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -62,6 +63,7 @@ static struct keys *keys;
 static struct keyring *keyring;
 static struct keys_view view;
 static struct config cfg;
+static struct config_live *live;   /* the server's, made from a copy of cfg */
 static struct http_server *server;
 static uint16_t port;
 static struct issue_ctx ictx;
@@ -1818,10 +1820,28 @@ static int bound_socket(int do_listen, int reuseport, uint16_t *ret_port)
 /* A port another socket listens on — a plain one, or one with SO_REUSEPORT
  * as a second hsmjwtd's would have, which the workers' own SO_REUSEPORT
  * sockets would silently share — is refused, naming the address. */
+/* http_start on a config_live made from a copy of c; *ret_live (freed after
+ * http_stop) stays NULL when the start fails. */
+static int start_copy(const struct config *c, struct config_live **ret_live, struct http_server **ret_server)
+{
+	struct config copy;
+	struct config_live *l = NULL;
+	int r = config_copy(&copy, c);
+
+	if (r == 0 && (r = config_live_new(&copy, &l)) < 0)
+		config_free(&copy);
+	if (r == 0 && (r = http_start(l, hsm, keyring, registry, ret_server)) < 0)
+		config_live_free(l);
+	if (r == 0)
+		*ret_live = l;
+	return r;
+}
+
 static void test_start_fails_on_taken_port(void **state)
 {
 	for (int reuseport = 0; reuseport <= 1; reuseport++) {
 		struct http_server *other = NULL;
+		struct config_live *other_live = NULL;
 		struct config taken = cfg;   /* shares cfg's strings: never config_free'd */
 		struct capture c;
 		char *log, want[64];
@@ -1831,11 +1851,12 @@ static void test_start_fails_on_taken_port(void **state)
 		assert_true(fd >= 0);
 		taken.listen[0].port = p;
 		capture_start(&c);
-		r = http_start(&taken, hsm, keyring, registry, &other);
+		r = start_copy(&taken, &other_live, &other);
 		log = capture_text(&c);
 		capture_stop(&c);
 		close(fd);
 		http_stop(other);
+		config_live_free(other_live);
 		assert_true(r < 0);
 		assert_null(other);
 		snprintf(want, sizeof(want), " host=\"127.0.0.1\" port=%u ", p);
@@ -1853,6 +1874,7 @@ static void test_start_fails_on_taken_port(void **state)
 static void test_start_fails_on_claimed_address(void **state)
 {
 	struct http_server *other = NULL;
+	struct config_live *other_live = NULL;
 	struct config taken = cfg;   /* shares cfg's strings: never config_free'd */
 	struct sockaddr_un un;
 	struct capture c;
@@ -1871,19 +1893,184 @@ static void test_start_fails_on_claimed_address(void **state)
 			      (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)), 0);
 	taken.listen[0].port = p;
 	capture_start(&c);
-	r = http_start(&taken, hsm, keyring, registry, &other);
+	r = start_copy(&taken, &other_live, &other);
 	log = capture_text(&c);
 	capture_stop(&c);
 	close(holder);
 	http_stop(other);
+	config_live_free(other_live);
 	assert_true(r < 0);
 	assert_null(other);
 	assert_non_null(strstr(log, "msg=\"cannot listen: another hsmjwtd is listening there\""));
 	free(log);
 	/* Once the name is free the same address serves. */
-	assert_int_equal(http_start(&taken, hsm, keyring, registry, &other), 0);
+	assert_int_equal(start_copy(&taken, &other_live, &other), 0);
 	http_stop(other);
+	config_live_free(other_live);
 	test_health(state);
+}
+
+
+/* ---- a stop finishes the replies it has sent ---------------------------- */
+
+#define DRAIN_RECORDS 100
+#define DRAIN_SNDBUF 4096
+#define DRAIN_HELD_MS 300
+
+struct quiesce_run {
+	pthread_t thread;
+	struct http_server *server;
+	atomic_int done;
+};
+
+static void *quiesce_main(void *arg)
+{
+	struct quiesce_run *q = arg;
+
+	http_quiesce(q->server);
+	atomic_store(&q->done, 1);
+	return NULL;
+}
+
+/* Small send buffers on every socket listening on port: the connections
+ * accepted there inherit them (the kernel copies a listener's SO_SNDBUF),
+ * so a reply bigger than that stays in evhttp's output buffer until the
+ * client reads — a client on a slow link, made deterministic. */
+static int shrink_listeners(uint16_t p)
+{
+	int n = 0, size = DRAIN_SNDBUF;
+
+	for (int fd = 0; fd < 1024; fd++) {
+		struct sockaddr_in sa;
+		socklen_t len = sizeof(sa);
+		int listening = 0;
+		socklen_t ilen = sizeof(listening);
+		if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0 || sa.sin_family != AF_INET ||
+		    ntohs(sa.sin_port) != p ||
+		    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ilen) < 0 || !listening)
+			continue;
+		if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)) == 0)
+			n++;
+	}
+	return n;
+}
+
+/* SPEC §8: a reply being written when the stop comes goes out whole.  The
+ * reply (a listing of DRAIN_RECORDS records with long descriptions) is far
+ * bigger than the socket buffers, and the client does not read until the
+ * stop has begun: the stop must wait for it (it ended the loop as soon as
+ * no reply was held back for the registry before, with the bytes still in
+ * the output buffer, and the client got a cut reply). */
+static void test_stop_finishes_written_replies(void **state)
+{
+	struct config drain_cfg = cfg;   /* shares cfg's strings: copied by start_copy */
+	struct config_live *drain_live = NULL;
+	struct quiesce_run q = { .done = 0 };
+	struct registry_wait waits[DRAIN_RECORDS];
+	struct keys *current = keyring_acquire(keyring);
+	struct issue_ctx now_ctx = ictx;
+	json_t *roles = json_pack("[s]", "tokens:read"), *body;
+	char *token = NULL, *request = NULL, *reply, *headers_end, *cl;
+	size_t got = 0, cap = 4 * 1024 * 1024, want;
+	struct timeval tv = { CLIENT_TIMEOUT_SECONDS, 0 };
+	int rcvbuf = 4096, fd, n;
+	uint16_t p = 0;
+	char peek;
+
+	/* The records, all in one org of their own. */
+	for (int i = 0; i < DRAIN_RECORDS; i++) {
+		struct registry_record rec;
+		memset(&rec, 0, sizeof(rec));
+		assert_int_equal(issue_new_jti(rec.jti), 0);
+		rec.type = REGISTRY_TYPE_ACCESS;
+		rec.status = REGISTRY_ACTIVE;
+		snprintf(rec.org, sizeof(rec.org), "drain");
+		snprintf(rec.subject, sizeof(rec.subject), "drain-%d", i);
+		snprintf(rec.name, sizeof(rec.name), "drain-%d", i);
+		memset(rec.description, 'd', REGISTRY_DESCRIPTION_MAX);
+		rec.description[REGISTRY_DESCRIPTION_MAX] = '\0';
+		rec.iat = (int64_t)time(NULL);
+		rec.exp = rec.iat + 600;
+		rec.status_idx = REGISTRY_NO_INDEX;
+		registry_wait_init(&waits[i]);
+		assert_int_equal(registry_add(registry, &rec, registry_wait_done, &waits[i]), 0);
+	}
+	for (int i = 0; i < DRAIN_RECORDS; i++)
+		assert_int_equal(registry_wait(&waits[i]), 0);
+	now_ctx.keys = current;
+	assert_non_null(roles);
+	assert_int_equal(issue_mint(&now_ctx, "ops", "drain", roles, 600, &token), 0);
+	keys_release(current);
+	json_decref(roles);
+	add_secret(token);
+
+	/* A server of its own, to stop while the others go on. */
+	for (int attempt = 0; attempt < START_ATTEMPTS && drain_live == NULL; attempt++) {
+		int probe = bound_socket(0, 0, &p);
+		assert_true(probe >= 0);
+		close(probe);
+		drain_cfg.listen[0].port = p;
+		if (start_copy(&drain_cfg, &drain_live, &q.server) != 0)
+			q.server = NULL;
+	}
+	assert_non_null(drain_live);
+	assert_int_equal(shrink_listeners(p), (int)cfg.workers);
+
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	{
+		struct sockaddr_in sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sin_family = AF_INET;
+		sa.sin_port = htons(p);
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	}
+	n = asprintf(&request, "GET /tokens?limit=%d HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n",
+		     DRAIN_RECORDS, token);
+	assert_true(n > 0);
+	assert_int_equal(send(fd, request, (size_t)n, MSG_NOSIGNAL), n);
+	free(request);
+	/* Its first bytes have come: the reply is sent, most of it waiting. */
+	assert_int_equal(recv(fd, &peek, 1, MSG_PEEK), 1);
+
+	assert_int_equal(pthread_create(&q.thread, NULL, quiesce_main, &q), 0);
+	usleep(DRAIN_HELD_MS * 1000);
+	assert_int_equal(atomic_load(&q.done), 0);
+
+	reply = malloc(cap);
+	assert_non_null(reply);
+	for (;;) {
+		ssize_t r = recv(fd, reply + got, cap - 1 - got, 0);
+		assert_true(r >= 0);
+		got += (size_t)r;
+		reply[got] = '\0';
+		headers_end = strstr(reply, "\r\n\r\n");
+		cl = headers_end ? strcasestr(reply, "\r\nContent-Length: ") : NULL;
+		if (r == 0 || (cl != NULL && got >= (size_t)(headers_end + 4 - reply) +
+						     strtoul(cl + strlen("\r\nContent-Length: "), NULL, 10)))
+			break;
+	}
+	assert_non_null(headers_end);
+	assert_non_null(cl);
+	assert_int_equal(strncmp(reply, "HTTP/1.1 200", 12), 0);
+	want = strtoul(cl + strlen("\r\nContent-Length: "), NULL, 10);
+	assert_true(want > (size_t)DRAIN_RECORDS * REGISTRY_DESCRIPTION_MAX);
+	assert_int_equal(got - (size_t)(headers_end + 4 - reply), want);
+	body = json_loads(headers_end + 4, 0, NULL);
+	assert_non_null(body);
+	assert_int_equal(json_array_size(json_object_get(body, "records")), DRAIN_RECORDS);
+	json_decref(body);
+	free(reply);
+
+	/* Written whole: the stop ends now, well within its 10 s. */
+	assert_int_equal(pthread_join(q.thread, NULL), 0);
+	assert_int_equal(atomic_load(&q.done), 1);
+	close(fd);
+	http_stop(q.server);
+	config_live_free(drain_live);
 }
 
 /* ---- set-up ------------------------------------------------------------- */
@@ -1934,7 +2121,7 @@ static int group_setup(void **state)
 			return -1;
 		close(fd);
 		cfg.listen[0].port = port;
-		r = http_start(&cfg, hsm, keyring, registry, &server);
+		r = start_copy(&cfg, &live, &server);
 	}
 	if (r != 0)
 		return -1;
@@ -1950,6 +2137,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	http_stop(server);
+	config_live_free(live);
 	keyring_stop(keyring);
 	registry_close(registry);
 	fixture_tmpdir_teardown(state);
@@ -2102,6 +2290,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_start_fails_on_claimed_address, capture_teardown),
 		cmocka_unit_test(test_admin_keys),
 		cmocka_unit_test(test_reply_json_text_wiped),
+		cmocka_unit_test(test_stop_finishes_written_replies),
 	};
 	int r = fixture_token_create(&tok);
 
