@@ -244,8 +244,9 @@ class Daemon:
     state_dir: the daemon's own state_dir (registry, lock) when several
     daemons share one token as replicas; the token's directory by default."""
 
-    def __init__(self, build_dir, token, algorithms, log_path, extra_env=None, state_dir=None):
+    def __init__(self, build_dir, token, algorithms, log_path, extra_env=None, state_dir=None, args=None):
         self.build_dir = build_dir
+        self.args = list(args or [])   # hsmjwtd's command line, e.g. ["--config", FILE]
         self.token = token
         self.state_dir = state_dir or token.state_dir
         self.algorithms = algorithms
@@ -315,7 +316,7 @@ class Daemon:
             if not keep_port:
                 self.port = free_port()
             log = open(self.log_path, "a" if keep_port else "w")
-            self.proc = subprocess.Popen([os.path.join(self.build_dir, "hsmjwtd")], env=self.env(),
+            self.proc = subprocess.Popen([os.path.join(self.build_dir, "hsmjwtd"), *self.args], env=self.env(),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             log.close()
             state = self._wait_healthy()
