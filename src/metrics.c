@@ -159,7 +159,8 @@ static unsigned metrics_route_row(const char *route)
 			goto out;
 		}
 	row = metrics_route_row_locked(route);
-	if (n < METRICS_MAX_ROUTE_KEYS && row != METRICS_ROUTE_OTHER) {
+	/* Kept even when it maps to "other": the next lookup is lock-free. */
+	if (n < METRICS_MAX_ROUTE_KEYS) {
 		metrics_route_keys[n].key = route;
 		metrics_route_keys[n].row = row;
 		atomic_store_explicit(&metrics_route_key_count, n + 1, memory_order_release);
