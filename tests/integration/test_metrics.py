@@ -29,6 +29,7 @@ import collections
 import hashlib
 import os
 import re
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -560,6 +561,7 @@ def admin_run(c, build_dir, source_dir, work, parse):
                 m.value("hsmjwt_tokens_issued_total", type="access", alg="ES256"), 1,
                 "the admin port's metrics see the public port's issuance")
         guarded(c, "flows", exercise, c, d, flow)
+        guarded(c, "a second daemon", second_admin, c, build_dir, d, work)
 
     def checks(log):
         if "flow" in state:
@@ -567,6 +569,34 @@ def admin_run(c, build_dir, source_dir, work, parse):
             log_checks(c, log, d, state["flow"], token.pin, "pin_file")
 
     return _run(c, d, body, checks)
+
+
+def second_admin(c, build_dir, d, work):
+    """admin_listen is claimed like a listen address: a second daemon (its
+    own state_dir and public port, the same token) asking for the same
+    admin address fails to start, naming it."""
+    c.section("admin_listen held by another daemon")
+    env = d.env()
+    env["HSMJWT_LISTEN"] = f"127.0.0.1:{free_port()}"
+    env["HSMJWT_STATE_DIR"] = os.path.join(work.path, "b2")
+    os.makedirs(env["HSMJWT_STATE_DIR"], mode=0o700)
+    log_path = os.path.join(work.path, "b2.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([os.path.join(build_dir, "hsmjwtd")], env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        code = proc.wait(timeout=ANSWER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = None
+    with open(log_path, errors="replace") as f:
+        text = f.read()
+    c.equal(code, 1, "a second daemon on the same admin_listen exits 1 (and leaks nothing on the way out)")
+    c.check("cannot listen" in text and f"port={d.admin_port}" in text, "its log names the admin address held",
+            text[-600:])
+    r = d.admin_request("GET", "/health")
+    c.equal(r.status, 200, "the first daemon's admin port still answers")
 
 
 def _run(c, d, body, checks):
