@@ -2033,6 +2033,7 @@ static void test_stop_finishes_written_replies(void **state)
 	assert_true(n > 0);
 	assert_int_equal(send(fd, request, (size_t)n, MSG_NOSIGNAL), n);
 	free(request);
+	free(token);
 	/* Its first bytes have come: the reply is sent, most of it waiting. */
 	assert_int_equal(recv(fd, &peek, 1, MSG_PEEK), 1);
 
