@@ -1,6 +1,8 @@
 #include "hsmjwt/api.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +52,116 @@ int api_read_body(struct api_ctx *ctx, struct evhttp_request *req, struct api_ou
 	return r;
 }
 
+/* ---- rate_limit (SPEC §3) ---------------------------------------------------- */
+
+int api_rate_key_address(const char *peer, char *buf, size_t n, size_t *ret_len)
+{
+	struct in6_addr a6;
+	char text[INET6_ADDRSTRLEN];
+	const char *suffix = "";
+	int len;
+
+	if (inet_pton(AF_INET6, peer, &a6) == 1) {
+		if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+			if (inet_ntop(AF_INET, &a6.s6_addr[12], text, sizeof(text)) == NULL)
+				return -EINVAL;
+		} else {
+			/* A host is handed a whole /64 and picks addresses in
+			 * it at will: a key per address would be a bucket per
+			 * request. */
+			memset(&a6.s6_addr[8], 0, 8);
+			if (inet_ntop(AF_INET6, &a6, text, sizeof(text)) == NULL)
+				return -EINVAL;
+			suffix = "/64";
+		}
+		peer = text;
+	}
+	len = snprintf(NULL, 0, "a:%s%s", peer, suffix);
+	if (len < 0 || (size_t)len >= n)
+		return -ENOBUFS;
+	snprintf(buf, n, "a:%s%s", peer, suffix);
+	*ret_len = (size_t)len;
+	return 0;
+}
+
+int api_rate_key_caller(const char *org, const char *sub, char *buf, size_t n, size_t *ret_len)
+{
+	size_t org_len = strlen(org), sub_len = strlen(sub), len = 2 + org_len + 1 + sub_len;
+
+	if (len > n)
+		return -ENOBUFS;
+	memcpy(buf, "s:", 2);
+	memcpy(buf + 2, org, org_len);
+	buf[2 + org_len] = '\0';
+	memcpy(buf + 3 + org_len, sub, sub_len);
+	*ret_len = len;
+	return 0;
+}
+
+/* One token from key's bucket, at the rate the config says now (a reload
+ * may change it): 0, or -EBUSY with the 429 sent. */
+static int api_rate_take(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *key,
+			 size_t key_len)
+{
+	struct timespec now;
+	unsigned retry_after = 1;
+
+	if (ctx->ratelimit == NULL || ctx->cfg->rate_limit == 0)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (ratelimit_take(ctx->ratelimit, ctx->cfg->rate_limit, key, key_len,
+			   (int64_t)now.tv_sec * 1000000000 + now.tv_nsec, &retry_after) == 0)
+		return 0;
+	metrics_rate_limited();
+	out->status = 429;
+	http_reply_retry_after(req, 429, "rate_limited", "more requests than rate_limit allows this caller; retry later",
+			       retry_after);
+	return -EBUSY;
+}
+
+/* Charges the client's address. */
+static int api_rate_address(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	char *peer = NULL, key[2 + INET6_ADDRSTRLEN + 4 + 256];
+	ev_uint16_t port;
+	size_t key_len;
+
+	if (ctx->ratelimit == NULL || ctx->cfg->rate_limit == 0)
+		return 0;
+	if (evcon != NULL)
+		evhttp_connection_get_peer(evcon, &peer, &port);
+	/* A name too long for the key (never an address): one bucket for
+	 * all of those. */
+	if (api_rate_key_address(peer ? peer : "", key, sizeof(key), &key_len) < 0)
+		api_rate_key_address("", key, sizeof(key), &key_len);
+	return api_rate_take(ctx, req, out, key, key_len);
+}
+
+int api_rate_unverified(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	/* Without the header, api_route charged it already. */
+	if (evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization") == NULL)
+		return 0;
+	return api_rate_address(ctx, req, out);
+}
+
+int api_rate_caller(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *org,
+		    const char *sub)
+{
+	char key[2 + AUTH_ORG_MAX + 1 + AUTH_SUB_MAX];
+	size_t key_len;
+	int r;
+
+	if (api_rate_key_caller(org, sub, key, sizeof(key), &key_len) < 0)
+		return api_rate_address(ctx, req, out);
+	r = api_rate_take(ctx, req, out, key, key_len);
+	/* The log line names who was refused. */
+	if (r < 0)
+		snprintf(out->sub, sizeof(out->sub), "%s", sub);
+	return r;
+}
+
 /* Whether an Authorization value carries a bearer token at all: RFC 6750
  * §3.1 answers a request without one (no header, another scheme, an empty
  * token) with a challenge but no error code. */
@@ -70,6 +182,11 @@ int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role
 
 	int r = auth_bearer(authorization, &ctx->view, ctx->cfg, api_now(), ret_caller, err, sizeof(err));
 
+	/* rate_limit: a caller that verified is charged by name, before its
+	 * roles are looked at; any other request by its address. */
+	if ((r == 0 ? api_rate_caller(ctx, req, out, ret_caller->org, ret_caller->sub)
+		    : api_rate_unverified(ctx, req, out)) < 0)
+		return -EBUSY;
 	if (r == -EAGAIN) {
 		api_error(out, req, 503, "hsm_unavailable", "the caller's token verifies in the token, which cannot be reached");
 		return r;
@@ -401,6 +518,26 @@ static const struct {
 	{ "/admin/rotate-keys", EVHTTP_REQ_POST, api_admin_rotate },
 };
 
+/* The handlers that verify the request's bearer token themselves (through
+ * api_authorize, or /authorize's own check) and charge rate_limit to its
+ * caller (api_rate_caller), or to the address when it does not verify
+ * (api_rate_unverified).  A handler missing here is charged to the address
+ * before it runs and again to the caller; one listed here that never
+ * verifies would not be charged at all. */
+static int api_route_bearer(api_handler handler)
+{
+	static const api_handler bearer[] = {
+		api_token, api_tokens_create, api_tokens_list, api_tokens_get, api_tokens_patch, api_tokens_delete,
+		api_user_tokens_delete, api_revocations, api_revoke, api_introspect, api_token_pairs, api_codes,
+		api_admin_keys, api_admin_rotate, api_authorize_proxy,
+	};
+
+	for (size_t i = 0; i < sizeof(bearer) / sizeof(bearer[0]); i++)
+		if (handler == bearer[i])
+			return 1;
+	return 0;
+}
+
 /* The routes that, with admin_listen set, are served there and only there
  * (SPEC §3). */
 static int api_route_admin(api_handler handler)
@@ -488,13 +625,26 @@ static void api_route(struct api_ctx *ctx, struct evhttp_request *req, struct ap
 			continue;
 		}
 		if (segment != NULL && (decoded = api_decode_segment(segment, segment_len)) == NULL) {
-			api_error(out, req, 404, "not_found", "no such resource");
+			if (api_rate_address(ctx, req, out) == 0)
+				api_error(out, req, 404, "not_found", "no such resource");
+			return;
+		}
+		/* rate_limit, once the route is known (its 429 is counted
+		 * under it): a handler that verifies bearer tokens charges a
+		 * request carrying an Authorization header itself; any other
+		 * request is its address's, with the header or without. */
+		if ((!api_route_bearer(api_routes[i].handler) ||
+		     evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization") == NULL) &&
+		    api_rate_address(ctx, req, out) < 0) {
+			free(decoded);
 			return;
 		}
 		api_routes[i].handler(ctx, req, out, decoded);
 		free(decoded);
 		return;
 	}
+	if (api_rate_address(ctx, req, out) < 0)
+		return;
 	if (path_known) {
 		/* RFC 9110 §15.5.6: a 405 must list the methods the path takes. */
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);

@@ -143,28 +143,41 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 	struct jwt_expect expect = { .now = api_now(), .leeway = ctx->cfg->leeway, .issuer = ctx->cfg->issuer,
 				     .typ = "at+jwt" };
 	json_t *header = NULL, *claims = NULL;
-	const char *audience, *token, *status, *reason, *jti;
+	const char *audience, *token, *status, *reason, *jti, *org, *sub;
 	char description[96];
 	int r, verdict = 1;   /* 1: no token was judged (for the metrics) */
 
+	/* rate_limit: a request refused before its token is verified is its
+	 * address's (api_rate_unverified), a verified token's its caller's. */
 	if (api_authorize_audience(ctx, in, &audience) < 0) {
+		if (api_rate_unverified(ctx, req, out) < 0)
+			return;
 		api_error(out, req, 400, "invalid_request",
 			  "x-auth-audience must be one non-empty header without control characters, at most 1024 bytes");
 		return;
 	}
 	/* Which of two credentials would count is anyone's guess: neither. */
 	if (api_authorize_header_count(in, "Authorization") > 1) {
+		if (api_rate_unverified(ctx, req, out) < 0)
+			return;
 		out->status = 401;
 		http_reply_unauthorized(req, 1, "more than one Authorization header");
 		return;
 	}
 	if (auth_bearer_token(authorization, &token) < 0) {
+		if (api_rate_unverified(ctx, req, out) < 0)
+			return;
 		out->status = 401;
 		http_reply_unauthorized(req, 0, authorization == NULL ? "missing bearer token"
 								      : "authorization must be the Bearer scheme and a token");
 		return;
 	}
 	r = jwt_verify(token, strlen(token), keys_lookup, &ctx->view, &expect, &header, &claims);
+	org = json_plain_string(json_object_get(claims, "org"));
+	sub = json_plain_string(json_object_get(claims, "sub"));
+	if ((r == 0 && sub != NULL ? api_rate_caller(ctx, req, out, org ? org : "", sub)
+				   : api_rate_unverified(ctx, req, out)) < 0)
+		goto out;
 	if (r == JWS_E_UNAVAILABLE) {
 		verdict = r;
 		/* An HS256 token while the token is down: no verdict either way. */

@@ -18,9 +18,27 @@ void api_error(struct api_outcome *out, struct evhttp_request *req, int code, co
 int api_read_body(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, int oauth,
 		  json_t **ret_body);
 /* Authenticates the caller (a revoked or suspended caller token fails) and
- * checks one role; replies 401/403 itself. */
+ * checks one role; replies 401/403 itself, and 429 when rate_limit refuses
+ * the caller (or, for a credential that fails, the client's address). */
 int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role, struct auth_caller *ret_caller,
 		  struct api_outcome *out);
+/* rate_limit (SPEC §3), charged once per request: api_route charges the
+ * client's address before the handler runs, except for a request with an
+ * Authorization header to a handler that verifies bearer tokens, which
+ * charges it itself — to the caller once its token verified
+ * (api_rate_caller), else to the address (api_rate_unverified, which
+ * charges only a request api_route left to the handler).  0, or -EBUSY
+ * with the 429 sent. */
+int api_rate_caller(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *org,
+		    const char *sub);
+int api_rate_unverified(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out);
+/* The keys: "a:" and the client's address — an IPv6 client by its /64,
+ * a v4-mapped one by its IPv4 address, anything else as it is — or "s:",
+ * the caller's org, a NUL and its sub (neither holds a NUL: no two callers
+ * share a key, and no caller an address's).  0 and the key's length, or
+ * -ENOBUFS when buf (n bytes) is too small. */
+int api_rate_key_address(const char *peer, char *buf, size_t n, size_t *ret_len);
+int api_rate_key_caller(const char *org, const char *sub, char *buf, size_t n, size_t *ret_len);
 /* The org a caller's registry calls are confined to: NULL for a caller
  * without org (an unconfined admin sees every org). */
 const char *api_scope(const struct auth_caller *caller);

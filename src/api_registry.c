@@ -152,9 +152,11 @@ void api_token(struct api_ctx *ctx, struct evhttp_request *req, struct api_outco
 	 * an issuance request, JSON only, for a caller with tokens:issue. */
 	if (api_read_body(ctx, req, out, 1, &body) < 0)
 		return;
-	if (json_is_object(body) && json_object_get(body, "grant_type") != NULL)
-		api_grant(ctx, req, out, body);
-	else if (api_body_is_form(req))
+	if (json_is_object(body) && json_object_get(body, "grant_type") != NULL) {
+		/* No caller token to charge rate_limit to: the address. */
+		if (api_rate_unverified(ctx, req, out) == 0)
+			api_grant(ctx, req, out, body);
+	} else if (api_body_is_form(req))
 		api_error(out, req, 400, "invalid_request", "grant_type is required (a form body is an OAuth grant)");
 	else
 		api_issue_registered(ctx, req, out, 0, body);

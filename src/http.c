@@ -107,6 +107,7 @@ struct http_server {
 	struct config_live *live;
 	struct statuslist_cache *statuslists;
 	struct codes *codes;              /* authorization codes, for every worker */
+	struct ratelimit *ratelimit;      /* rate_limit's buckets, for every worker */
 	/* Auto-renewal of pairs: its thread stops first in http_quiesce (it
 	 * registers children and notifies streams on the workers' loops);
 	 * freed last, after the connections whose streams subscribe to it. */
@@ -221,10 +222,24 @@ static void http_add_challenge(struct evhttp_request *req, const char *error)
 	evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", value);
 }
 
+void http_reply_retry_after(struct evhttp_request *req, int code, const char *error, const char *description,
+			    unsigned seconds)
+{
+	char value[16];
+
+	/* RFC 9110 §10.2.3: 0 would invite the retry at once. */
+	snprintf(value, sizeof(value), "%u", seconds > 0 ? seconds : 1);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", value);
+	http_reply_json(req, code, json_pack("{s:s, s:s}", "error", error, "error_description",
+					     description ? description : ""));
+}
+
 static void http_reply_error_body(struct evhttp_request *req, int code, const char *error, const char *description)
 {
-	if (code == 429 || code == 503)
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+	if (code == 429 || code == 503) {
+		http_reply_retry_after(req, code, error, description, 1);
+		return;
+	}
 	http_reply_json(req, code, json_pack("{s:s, s:s}", "error", error, "error_description",
 					     description ? description : ""));
 }
@@ -818,6 +833,9 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	worker->api.registry = registry;
 	worker->api.statuslists = worker->server->statuslists;
 	worker->api.codes = worker->server->codes;
+	/* The admin port is the operator's: a scrape is never refused for
+	 * what clients of the same address did on the public one. */
+	worker->api.ratelimit = worker->api.admin ? NULL : worker->server->ratelimit;
 	worker->api.renew = worker->server->renew;
 	worker->api.base = worker->base;
 	worker->api.worker = worker->index;
@@ -927,6 +945,7 @@ void http_stop(struct http_server *server)
 	free(server->workers);
 	statuslist_cache_free(server->statuslists);
 	codes_free(server->codes);
+	ratelimit_free(server->ratelimit);
 	for (size_t i = 0; server->addresses && i < server->cfg->listen_count; i++)
 		if (server->addresses[i].claimed)
 			close(server->addresses[i].claim_fd);
@@ -1020,6 +1039,9 @@ int http_start(struct config_live *live, struct hsm *hsm, struct keyring *keyrin
 	r = statuslist_cache_new(&server->statuslists);
 	if (r == 0)
 		r = codes_new(&server->codes);
+	/* Made whatever rate_limit says: a reload may turn it on. */
+	if (r == 0)
+		r = ratelimit_new(RATELIMIT_MAX_KEYS, &server->ratelimit);
 	if (r == 0)
 		r = renew_start(live, hsm, keyring, registry, &server->renew);
 	if (r < 0)

@@ -64,6 +64,10 @@ void http_reply_json(struct evhttp_request *req, int code, json_t *body);
  * 429/503, and for 401 the challenge of a rejected credential:
  * WWW-Authenticate: Bearer realm="hsmjwt", error="<error>". */
 void http_reply_error(struct evhttp_request *req, int code, const char *error, const char *description);
+/* The same error form with Retry-After: seconds (0 is sent as 1), for a
+ * 429 or 503 that knows when to come back (rate_limit's bucket). */
+void http_reply_retry_after(struct evhttp_request *req, int code, const char *error, const char *description,
+			    unsigned seconds);
 /* 401 with the body {"error":"invalid_token",...} of SPEC §4.  RFC 6750
  * §3.1: the challenge carries error="invalid_token" only when token_sent (a
  * bearer token came and was rejected); a request without one gets the bare

@@ -7,7 +7,8 @@
  * used one, and the least recently used one when none has refilled; keys
  * compared by length and bytes and cut at RATELIMIT_MAX_KEY; 4 threads on
  * one key admitting exactly the burst, and 4 threads adding keys to a
- * small table never holding more than max_keys. */
+ * small table never holding more than max_keys.  Then the keys api.c
+ * charges: an address (an IPv6 client by its /64) and an org + sub. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -21,6 +22,8 @@
 #include <cmocka.h>
 
 #include "hsmjwt/ratelimit.h"
+
+#include "../../src/api_internal.h"
 
 #define SEC 1000000000LL
 #define MS 1000000LL
@@ -319,6 +322,55 @@ static void test_threads_bound(void **state)
 	ratelimit_free(rl);
 }
 
+/* ---- the keys api.c charges ----------------------------------------------- */
+
+static const char *address_key(const char *peer)
+{
+	static char buf[96];
+	size_t len = 0;
+
+	assert_int_equal(api_rate_key_address(peer, buf, sizeof(buf), &len), 0);
+	assert_int_equal(len, strlen(buf));
+	return buf;
+}
+
+static void test_address_keys(void **state)
+{
+	char small[8];
+	size_t len = 99;
+
+	assert_string_equal(address_key("127.0.0.1"), "a:127.0.0.1");
+	/* One /64 is one client: a host holds the whole of it. */
+	assert_string_equal(address_key("2001:db8:1:2:3:4:5:6"), "a:2001:db8:1:2::/64");
+	assert_string_equal(address_key("2001:db8:1:2:ffff::1"), "a:2001:db8:1:2::/64");
+	assert_string_equal(address_key("2001:db8:1:3::1"), "a:2001:db8:1:3::/64");
+	/* A v4 client on a dual-stack socket is its v4 address. */
+	assert_string_equal(address_key("::ffff:192.0.2.1"), "a:192.0.2.1");
+	/* Not an address (a unix socket's name, say): itself. */
+	assert_string_equal(address_key("unix:/run/x"), "a:unix:/run/x");
+	assert_int_equal(api_rate_key_address("127.0.0.1", small, sizeof(small), &len), -ENOBUFS);
+	assert_int_equal(len, 99);
+}
+
+static void test_caller_keys(void **state)
+{
+	char a[64], b[64];
+	size_t a_len = 0, b_len = 0;
+
+	assert_int_equal(api_rate_key_caller("acme", "alice", a, sizeof(a), &a_len), 0);
+	assert_int_equal(a_len, 2 + 4 + 1 + 5);
+	assert_memory_equal(a, "s:acme\0alice", a_len);
+	/* Where the org ends is part of the key. */
+	assert_int_equal(api_rate_key_caller("acm", "ealice", b, sizeof(b), &b_len), 0);
+	assert_int_equal(b_len, a_len);
+	assert_true(memcmp(a, b, a_len) != 0);
+	/* No org: still its own key, and never an address's. */
+	assert_int_equal(api_rate_key_caller("", "127.0.0.1", b, sizeof(b), &b_len), 0);
+	assert_memory_equal(b, "s:\0" "127.0.0.1", b_len);
+	assert_int_equal(api_rate_key_caller("acme", "alice", a, 8, &a_len), -ENOBUFS);
+	assert_int_equal(a_len, 12);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -333,6 +385,8 @@ int main(void)
 		cmocka_unit_test(test_bound_after_reload),
 		cmocka_unit_test(test_threads_one_key),
 		cmocka_unit_test(test_threads_bound),
+		cmocka_unit_test(test_address_keys),
+		cmocka_unit_test(test_caller_keys),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
