@@ -652,7 +652,7 @@ static void api_stream_done(struct api_stream *stream)
 static void api_stream_complete(struct evhttp_request *req, void *arg)
 {
 	/* The connection may live on (keep-alive): it no longer concerns us. */
-	evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
+	http_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
 	api_stream_done(arg);
 }
 
@@ -744,7 +744,7 @@ static int api_stream_open(struct api_ctx *ctx, struct evhttp_request *req, stru
 		http_log_request(req, out);
 	evhttp_send_reply_start(req, 200, "OK");
 	evhttp_request_set_on_complete_cb(req, api_stream_complete, stream);
-	evhttp_connection_set_closecb(evhttp_request_get_connection(req), api_stream_closed, stream);
+	http_connection_set_closecb(evhttp_request_get_connection(req), api_stream_closed, stream);
 	/* evhttp's timeouts are a request's: a stream is idle by nature (no
 	 * read timeout; the read side only notices the client leaving, with
 	 * what it may send capped), and only a write making no progress ends

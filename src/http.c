@@ -58,6 +58,19 @@ struct http_listener {
 	unsigned backoff_ms;          /* 0: accepting */
 };
 
+/* max_connections: the connections a worker holds (see http_conn_accept
+ * for how they are counted), touched on its loop only. */
+struct http_conns {
+	unsigned open;                /* accepted and not yet closed */
+	unsigned limit;               /* its share of max_connections */
+	int paused;                   /* the listeners are off for the limit */
+	int final;                    /* stopping: never turned on again */
+	struct http_conn *adopting;   /* accepted; their evhttp connection not yet looked up */
+	struct event *adopt;          /* runs http_conn_adopt on the loop */
+	struct http_conn **by_evcon;  /* adopted ones, for http_connection_set_closecb */
+	size_t by_evcon_mask;
+};
+
 struct http_worker {
 	struct http_server *server;
 	unsigned index;
@@ -66,6 +79,7 @@ struct http_worker {
 	struct event_base *base;
 	struct evhttp *http;
 	struct api_ctx api;
+	struct http_conns conns;
 	struct http_listener listeners[CONFIG_MAX_LISTEN];
 	size_t listener_count;
 	unsigned drain_waited_ms;
@@ -705,7 +719,11 @@ static int http_accept_starved(int err)
 static void http_accept_retry(evutil_socket_t fd, short what, void *arg)
 {
 	struct http_listener *listener = arg;
+	struct http_worker *worker = http_worker_self;
 
+	/* At max_connections the close that makes room turns it on. */
+	if (worker != NULL && (worker->conns.paused || worker->conns.final))
+		return;
 	/* Still starved, the next accept() fails at once and pauses again. */
 	evconnlistener_enable(listener->lev);
 }
@@ -749,8 +767,240 @@ static void http_accept_error(struct evconnlistener *lev, void *arg)
 	evtimer_add(listener->retry, &tv);
 }
 
+/* ---- max_connections ----------------------------------------------------- *
+ *
+ * libevent 2.1 (Debian 12 ships 2.1.12) has neither evhttp_set_newreqcb
+ * nor evhttp_set_max_connections (2.2), so a connection is counted at the
+ * two moments 2.1's evhttp lets us see, each of which happens exactly once
+ * per connection (read in 2.1's http.c and bufferevent.c):
+ *
+ * +1  the bevcb (http_accepted).  evhttp_get_request_connection calls it
+ *     once per accepted socket, after name_from_addr and before anything
+ *     that can fail.  We make the bufferevent ourselves, take a reference
+ *     on it and set its callback argument to our record, and queue the
+ *     record for http_conn_adopt, which the loop runs after this callback
+ *     (event_active: before any read event of the new socket).
+ * adopt  the bufferevent's callback argument tells what evhttp did with it:
+ *     - still our record: evhttp failed before bufferevent_setcb (out of
+ *       memory in evhttp_connection_base_bufferevent_new) and closed the
+ *       socket itself; the bufferevent is ours alone — freed, -1;
+ *     - NULL: evhttp made the connection and already freed it
+ *       (evhttp_connection_free calls bufferevent_free, which clears the
+ *       callbacks; our reference kept the bufferevent readable) — -1;
+ *     - else it is the evhttp_connection (evhttp sets itself as the
+ *       argument and never anything else on a server connection): we
+ *       set its closecb, which counts -1.
+ *     Then our reference goes.
+ * -1  the closecb.  evhttp_connection_free calls it first thing when the
+ *     connection's fd is set and evhttp_connected() holds: a server
+ *     connection has its fd from the start and is in a reading or writing
+ *     state until freed (only evhttp_connection_reset_, which client
+ *     connections alone reach, sets EVCON_DISCONNECTED), and every server
+ *     connection ends in evhttp_connection_free — a reply with
+ *     "Connection: close", a client gone or timed out, a bad request after
+ *     its 400, evhttp_free at the stop.  There is one closecb per
+ *     connection: a handler that wants one too (api_pairs.c's streams)
+ *     goes through http_connection_set_closecb, which we chain.
+ *
+ * BEV_OPT_CLOSE_ON_FREE: evhttp's own bufferevent is made without it and
+ * evhttp closes the socket when it frees the connection; with a reference
+ * of ours still held the bufferevent's events would stay on a closed
+ * descriptor whose number the next accept may reuse.  With the option the
+ * socket is closed by the bufferevent's finalisation, after its events
+ * are deleted, whoever lets go last.
+ *
+ * At the limit the worker turns its listeners off (libevent 2.1.12's
+ * listener loop stops accepting at once when its callback disables it) and
+ * the kernel's backlog holds the next connections; the close that brings
+ * the count under the limit turns them on again. */
+
+struct http_conn {
+	struct http_worker *worker;
+	struct bufferevent *bev;             /* until adopted */
+	struct evhttp_connection *evcon;     /* once adopted */
+	/* A handler's callback for the connection's end (http.h). */
+	void (*closecb)(struct evhttp_connection *, void *);
+	void *closecb_arg;
+	struct http_conn *next;              /* adopting queue, then by_evcon chain */
+};
+
+static struct http_conn **http_conn_slot(struct http_worker *worker, const struct evhttp_connection *evcon)
+{
+	/* Fibonacci hashing of the address; its low bits are alignment. */
+	uint64_t h = ((uint64_t)(uintptr_t)evcon >> 4) * 0x9e3779b97f4a7c15ull;
+
+	return &worker->conns.by_evcon[(h >> 32) & worker->conns.by_evcon_mask];
+}
+
+static void http_conns_pause(struct http_worker *worker)
+{
+	for (size_t i = 0; i < worker->listener_count; i++)
+		evconnlistener_disable(worker->listeners[i].lev);
+	worker->conns.paused = 1;
+	log_limited(LOG_LEVEL_WARN,
+		    "\"max_connections reached: not accepting until a connection closes\" worker=%u connections=%u "
+		    "max_connections=%u",
+		    worker->index, worker->conns.open, worker->server->cfg->max_connections);
+}
+
+static void http_conns_resume(struct http_worker *worker)
+{
+	worker->conns.paused = 0;
+	for (size_t i = 0; i < worker->listener_count; i++)
+		/* One waiting out an accept failure comes back on its timer. */
+		if (!evtimer_pending(worker->listeners[i].retry, NULL))
+			evconnlistener_enable(worker->listeners[i].lev);
+}
+
+/* A connection less: -1, and room again at the limit. */
+static void http_conn_gone(struct http_worker *worker)
+{
+	worker->conns.open--;
+	metrics_http_connections_add(-1);
+	if (worker->conns.paused && !worker->conns.final && worker->conns.open < worker->conns.limit)
+		http_conns_resume(worker);
+}
+
+/* The connection's closecb (see above): its end, counted. */
+static void http_conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+	struct http_conn *c = arg, **p;
+
+	if (c->closecb != NULL)
+		c->closecb(evcon, c->closecb_arg);
+	/* evhttp_connection_free does not turn the bufferevent off, and a
+	 * reference held elsewhere (http_inflight) keeps it, and with
+	 * BEV_OPT_CLOSE_ON_FREE its socket, past this: nothing is to be read
+	 * or written on it any more. */
+	bufferevent_disable(evhttp_connection_get_bufferevent(evcon), EV_READ | EV_WRITE);
+	for (p = http_conn_slot(c->worker, evcon); *p != c; p = &(*p)->next)
+		;
+	*p = c->next;
+	http_conn_gone(c->worker);
+	free(c);
+}
+
+/* Looks up what evhttp made of each bufferevent handed out since the last
+ * time (see above).  final: evhttp_free has run, no closecb is set. */
+static void http_conn_adopt_all(struct http_worker *worker, int final)
+{
+	struct http_conn *c;
+
+	while ((c = worker->conns.adopting) != NULL) {
+		void *arg = NULL;
+		worker->conns.adopting = c->next;
+		bufferevent_getcb(c->bev, NULL, NULL, NULL, &arg);
+		if (arg == c) {
+			/* Never evhttp's: both references are ours. */
+			bufferevent_free(c->bev);
+			bufferevent_decref(c->bev);
+		} else if (arg == NULL || final) {
+			bufferevent_decref(c->bev);
+		} else {
+			struct bufferevent *bev = c->bev;
+			struct http_conn **slot;
+			c->evcon = arg;
+			c->bev = NULL;
+			slot = http_conn_slot(worker, c->evcon);
+			c->next = *slot;
+			*slot = c;
+			evhttp_connection_set_closecb(c->evcon, http_conn_closed, c);
+			/* evhttp's reference alone keeps it now. */
+			bufferevent_decref(bev);
+			continue;
+		}
+		http_conn_gone(worker);
+		free(c);
+	}
+}
+
+static void http_conn_adopt(evutil_socket_t fd, short what, void *arg)
+{
+	http_conn_adopt_all(arg, 0);
+}
+
+/* The bevcb's part: +1 (see above).  NULL (evhttp then makes its own, the
+ * connection served uncounted) only when memory runs out here. */
+static struct bufferevent *http_conn_accept(struct http_worker *worker)
+{
+	struct http_conn *c = calloc(1, sizeof(*c));
+	struct bufferevent *bev = c != NULL ? bufferevent_socket_new(worker->base, -1, BEV_OPT_CLOSE_ON_FREE) : NULL;
+
+	if (bev == NULL) {
+		free(c);
+		log_limited(LOG_LEVEL_WARN, "\"connection not counted for max_connections: out of memory\" worker=%u",
+			    worker->index);
+		return NULL;
+	}
+	c->worker = worker;
+	c->bev = bev;
+	bufferevent_setcb(bev, NULL, NULL, NULL, c);
+	bufferevent_incref(bev);
+	c->next = worker->conns.adopting;
+	worker->conns.adopting = c;
+	event_active(worker->conns.adopt, EV_TIMEOUT, 0);
+	worker->conns.open++;
+	metrics_http_connections_add(1);
+	if (worker->conns.open >= worker->conns.limit && !worker->conns.paused)
+		http_conns_pause(worker);
+	return bev;
+}
+
+void http_connection_set_closecb(struct evhttp_connection *evcon, void (*cb)(struct evhttp_connection *, void *),
+				 void *arg)
+{
+	struct http_worker *worker = http_worker_self;
+	struct http_conn *c = NULL;
+
+	if (worker != NULL && worker->conns.by_evcon != NULL) {
+		/* A handler runs after its connection's adoption (event_active
+		 * comes before the socket's first read); adopting here makes
+		 * sure of it. */
+		http_conn_adopt_all(worker, 0);
+		for (c = *http_conn_slot(worker, evcon); c != NULL && c->evcon != evcon; c = c->next)
+			;
+	}
+	if (c == NULL) {
+		/* Not one of ours (not counted, or no server around it). */
+		evhttp_connection_set_closecb(evcon, cb, arg);
+		return;
+	}
+	c->closecb = cb;
+	c->closecb_arg = arg;
+}
+
+/* The worker's part of max_connections, before its listeners open. */
+static int http_conns_init(struct http_worker *worker, const struct config *cfg)
+{
+	size_t heads = 16;
+
+	worker->conns.limit = (cfg->max_connections + cfg->workers - 1) / cfg->workers;
+	if (worker->conns.limit == 0)
+		worker->conns.limit = 1;
+	while (heads < worker->conns.limit)
+		heads *= 2;
+	worker->conns.by_evcon = calloc(heads, sizeof(*worker->conns.by_evcon));
+	worker->conns.by_evcon_mask = heads - 1;
+	worker->conns.adopt = event_new(worker->base, -1, 0, http_conn_adopt, worker);
+	if (worker->conns.by_evcon == NULL || worker->conns.adopt == NULL)
+		return -ENOMEM;
+	return 0;
+}
+
+/* After evhttp_free, whose closecbs counted the adopted connections: the
+ * ones handed out since the loop last ran. */
+static void http_conns_free(struct http_worker *worker)
+{
+	worker->conns.final = 1;
+	if (worker->conns.adopt != NULL)
+		http_conn_adopt_all(worker, 1);
+	if (worker->conns.adopt != NULL)
+		event_free(worker->conns.adopt);
+	free(worker->conns.by_evcon);
+}
+
 /* evhttp asks for each accepted connection's bufferevent: the sign that
- * accept() works again.  NULL lets evhttp make its usual one. */
+ * accept() works again, and where a connection is counted. */
 static struct bufferevent *http_accepted(struct event_base *base, void *arg)
 {
 	struct http_worker *worker = arg;
@@ -765,7 +1015,7 @@ static struct bufferevent *http_accepted(struct event_base *base, void *arg)
 					 http_listen_addr(worker->server, listener->index)->port, worker->index);
 		}
 	}
-	return NULL;
+	return http_conn_accept(worker);
 }
 
 static void *http_worker_main(void *arg)
@@ -801,6 +1051,9 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 					     EVHTTP_REQ_OPTIONS);
 	evhttp_set_gencb(worker->http, http_handle, worker);
 	evhttp_set_bevcb(worker->http, http_accepted, worker);
+	r = http_conns_init(worker, cfg);
+	if (r < 0)
+		return r;
 	for (size_t i = 0; i < (worker->api.admin ? 1 : http_listen_count(worker->server)); i++) {
 		struct http_listener *listener = &worker->listeners[i];
 		struct evhttp_bound_socket *bound;
@@ -856,6 +1109,8 @@ static void http_drain(evutil_socket_t fd, short what, void *arg)
 	struct http_worker *worker = arg;
 	struct timeval tv = { 0, HTTP_DRAIN_POLL_MS * 1000 };
 
+	/* No close turns a listener on again (max_connections). */
+	worker->conns.final = 1;
 	for (size_t i = 0; i < worker->listener_count; i++) {
 		evconnlistener_disable(worker->listeners[i].lev);
 		event_del(worker->listeners[i].retry);
@@ -920,10 +1175,12 @@ static void http_worker_free(struct http_worker *w)
 	 * finalisation. */
 	http_inflight_clear(w);
 	config_live_leave(w->api.live, &w->api.cfg);
+	w->conns.final = 1;
 	for (size_t j = 0; j < w->listener_count; j++)
 		event_free(w->listeners[j].retry);
 	if (w->http)
 		evhttp_free(w->http);
+	http_conns_free(w);
 	if (w->base)
 		event_base_free(w->base);
 	hsm_session_close(w->api.session);

@@ -6,7 +6,11 @@
  * Because SO_REUSEPORT would as quietly share the port with a second daemon,
  * each address is first bound once without it: an address someone else
  * holds fails the start.
- * Every connection is bounded: header size, body size, idle time.
+ * Every connection is bounded: header size, body size, idle time; and
+ * their number: each worker holds at most its share of max_connections
+ * (rounded up; the admin_listen thread a share too) and at that count
+ * turns its listeners off, the kernel's backlog keeping the next ones,
+ * until one of its connections closes (one log line per episode).
  * Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), accept()
  * would fail again at once for as long as a connection waits: the failing
  * listener pauses instead, 100 ms doubling to 2 s until a connection is
@@ -53,6 +57,13 @@ int http_start(struct config_live *live, struct hsm *hsm, struct keyring *keyrin
 void http_quiesce(struct http_server *server);
 /* http_quiesce if not done yet, then frees everything. */
 void http_stop(struct http_server *server);
+
+/* evhttp_connection_set_closecb for a handler on a server connection:
+ * the server keeps the connection's own closecb (it counts connections
+ * for max_connections) and calls cb from it.  One per connection, as
+ * evhttp's; cb NULL removes it.  On the worker's loop. */
+void http_connection_set_closecb(struct evhttp_connection *evcon, void (*cb)(struct evhttp_connection *, void *),
+				 void *arg);
 
 /* Sends code with body (may be NULL; not freed).  For HEAD only the headers
  * go out, with the Content-Length a GET would get: evhttp 2.1 itself would

@@ -1,0 +1,420 @@
+#!/usr/bin/python3
+"""rate_limit and max_connections (issue 6, SPEC §3) against the real daemon.
+
+Rate limit (rate_limit = 5, burst 5): every request comes from 127.0.0.1, so
+the callers are told apart by the sub of their tokens.  A burst is sent
+pipelined on raw sockets — written whole before any answer is read — so the
+daemon sees it within milliseconds; the verdicts still never lean on that:
+over a burst that took T seconds on the test's clock (which encloses the
+daemon's), a full bucket admits at least 5 and at most 5 + ceil(5 T)
+requests, and exactly 5 when T < 1/5 s.  A bucket is full after one second
+of quiet, which the test waits before a burst that needs it.  Checked: a
+caller's burst is refused past the burst with 429 rate_limited and a
+Retry-After >= 1, while another sub and an unauthenticated client are
+admitted; after Retry-After seconds the caller is admitted again;
+unauthenticated requests on two connections share the address's one bucket;
+POST /authorize charges the sub of the token it checks; bad bearer tokens
+(and a junk Authorization header on a public route) are charged to the
+address and limited; hsmjwt_rate_limited_total counts each 429 (when
+/metrics exists); rate_limit = 0 admits 50 of each.
+
+Connections (workers = 1, max_connections = 3): with three idle keep-alive
+connections held, a fourth connection's request gets no answer (looked for
+during a second: a code that is right cannot answer it), and is answered once
+one of the three closes.  Then 500 connections opened and closed — silent,
+half a request, a full request, a request whose answer is never read, a reset,
+garbage — after which three parallel clients are served and a fourth is again
+held back (the count drifted neither up nor down), and hsmjwt_http_connections
+equals the connections open.
+
+Usage: test_limits.py BUILD_DIR SOURCE_DIR     (exit 0 pass, 1 fail, 77 skip)
+"""
+
+import json
+import math
+import os
+import re
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hsmjwt_harness import (Checker, Daemon, Token, Workdir, guarded, main_with_dirs,  # noqa: E402
+                            require_tools, run_daemon_test)
+
+ALGORITHMS = ["ES256"]
+RATE = 5
+BURST_REQUESTS = 10     # pipelined per burst: twice the burst
+QUIET = 1.05            # an empty bucket is full again after 1 s
+MAX_CONNECTIONS = 3
+CHURN = 500
+HELD_BACK_WAIT = 1.0    # how long a held-back request is watched for an answer
+ANSWER_TIMEOUT = 30.0   # a request that must be answered (ASan, 2 shared cores)
+
+
+def http_bytes(method, path, bearer=None, headers=None, body=b""):
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if bearer is not None:
+        lines.append(f"Authorization: Bearer {bearer}")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class Answer:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers      # lower-cased names
+        self.body = body
+
+    def json(self):
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+class Raw:
+    """One client connection: requests written as they are, answers parsed
+    one by one (evhttp always sends Content-Length)."""
+
+    def __init__(self, port, timeout=ANSWER_TIMEOUT):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the daemon closed the connection")
+        self.buf += chunk
+
+    def answer(self, timeout=ANSWER_TIMEOUT):
+        self.sock.settimeout(timeout)
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(self.buf) < length:
+            self._fill()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return Answer(status, headers, body)
+
+    def close(self):
+        self.sock.close()
+
+    def reset(self):
+        """Closes with an RST instead of a FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+class Limits:
+    def __init__(self, c, daemon):
+        self.c = c
+        self.d = daemon
+        self.limited = 0            # 429 rate_limited answers seen
+
+    def burst(self, per_connection):
+        """per_connection: one list of request bytes per connection.  Every
+        request is written before any answer is read; returns (the answers,
+        one list per connection in order, elapsed seconds from the first
+        write to the last answer)."""
+        conns = [Raw(self.d.port) for _ in per_connection]
+        start = time.monotonic()
+        try:
+            for conn, reqs in zip(conns, per_connection):
+                conn.send(b"".join(reqs))
+            answers = [[conn.answer() for _ in reqs] for conn, reqs in zip(conns, per_connection)]
+        finally:
+            elapsed = time.monotonic() - start
+            for conn in conns:
+                conn.close()
+        self.limited += sum(1 for each in answers for a in each
+                            if a.status == 429 and (a.json() or {}).get("error") == "rate_limited")
+        return answers, elapsed
+
+    def check_burst(self, what, per_connection, elapsed, admitted_status):
+        """A full bucket's verdict on a burst (see the module's comment)."""
+        c = self.c
+        answers = [a for each in per_connection for a in each]
+        admitted = sum(1 for a in answers if a.status == admitted_status)
+        refused = [a for a in answers if a.status == 429]
+        most = RATE + math.ceil(RATE * elapsed)
+        c.check(RATE <= admitted <= most,
+                f"{what}: {admitted} of {len(answers)} admitted ({admitted_status}) in {elapsed:.3f} s "
+                f"(a full bucket admits {RATE}..{most})")
+        if elapsed < 1.0 / RATE:
+            c.equal(admitted, RATE, f"{what}: exactly the burst of {RATE} admitted (the burst took under 1/{RATE} s)")
+        c.equal(admitted + len(refused), len(answers), f"{what}: every other answer is 429")
+        c.check(all((a.json() or {}).get("error") == "rate_limited" for a in refused),
+                f"{what}: each 429 is {{\"error\": \"rate_limited\"}}")
+        retry = [a.headers.get("retry-after", "") for a in refused]
+        c.check(refused and all(r.isdigit() and int(r) >= 1 for r in retry),
+                f"{what}: each 429 has Retry-After >= 1", repr(retry[:3]))
+        if elapsed < 1.0 / RATE:
+            # No token came back during the burst; a connection's requests
+            # are taken in order.
+            rest = [each[next((i for i, a in enumerate(each) if a.status == 429), len(each)):]
+                    for each in per_connection]
+            c.check(all(a.status == 429 for each in rest for a in each),
+                    f"{what}: once refused, a connection's next requests are refused")
+        return int(retry[0]) if refused and retry[0].isdigit() else 1
+
+    def one(self, method, path, bearer=None, headers=None, body=b""):
+        conn = Raw(self.d.port)
+        try:
+            conn.send(http_bytes(method, path, bearer, headers, body))
+            return conn.answer()
+        finally:
+            conn.close()
+
+
+def metric(text, name):
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    return None if m is None else float(m.group(1))
+
+
+def scrape(d):
+    """/metrics' text, or None when this build has no /metrics."""
+    r = d.request("GET", "/metrics")
+    if r.status == 404:
+        return None
+    if r.status != 200:
+        raise RuntimeError(f"GET /metrics answered {r.status}")
+    return r.body.decode()
+
+
+def issue_access(c, lim, issuer, sub):
+    r = lim.d.request("POST", "/token", {"subject": sub, "expires_in": 600},
+                      {"Authorization": f"Bearer {issuer}"})
+    token = (r.json() or {}).get("access_token")
+    if not c.check(r.status == 200 and isinstance(token, str), f"POST /token issues an access token for {sub}",
+                   f"{r.status} {r.body[:200]!r}"):
+        raise RuntimeError("cannot issue")
+    return token
+
+
+def rate_checks(c, lim, tokens):
+    d = lim.d
+    reader_x, reader_y, token_p, token_q = tokens
+
+    c.section("a caller's burst")
+    time.sleep(QUIET)
+    answers, elapsed = lim.burst([[http_bytes("GET", "/tokens?limit=1", reader_x)] * BURST_REQUESTS])
+    retry_after = lim.check_burst("GET /tokens by sub limits-x", answers, elapsed, 200)
+    c.equal(lim.one("GET", "/tokens?limit=1", reader_y).status, 200,
+            "another caller (sub limits-y) from the same address is admitted meanwhile")
+    c.equal(lim.one("GET", "/.well-known/jwks.json").status, 200,
+            "so is an unauthenticated request: the caller's calls were charged to its sub, not the address")
+    time.sleep(retry_after)
+    c.equal(lim.one("GET", "/tokens?limit=1", reader_x).status, 200,
+            f"after Retry-After ({retry_after} s) limits-x is admitted again")
+
+    c.section("unauthenticated requests share the address's bucket")
+    time.sleep(QUIET)
+    jwks = http_bytes("GET", "/.well-known/jwks.json")
+    answers, elapsed = lim.burst([[jwks] * 4, [jwks] * 6])
+    lim.check_burst("GET /.well-known/jwks.json on two connections", answers, elapsed, 200)
+    admitted = sum(1 for each in answers for a in each if a.status == 200)
+    if RATE + math.ceil(RATE * elapsed) < 4 + RATE:
+        c.check(admitted < 4 + RATE, f"the two connections got {admitted}, not a bucket each (4 + {RATE})")
+
+    c.section("POST /authorize charges the token's sub")
+    time.sleep(QUIET)
+    answers, elapsed = lim.burst([[http_bytes("POST", "/authorize", token_p)] * BURST_REQUESTS])
+    lim.check_burst("POST /authorize with sub limits-p's token", answers, elapsed, 200)
+    c.equal(lim.one("POST", "/authorize", token_q).status, 200,
+            "POST /authorize with another sub's token (limits-q) is admitted meanwhile")
+    c.equal(lim.one("GET", "/.well-known/jwks.json").status, 200,
+            "and an unauthenticated request: /authorize charged the sub, not the address")
+
+    c.section("bad bearer tokens are charged to the address")
+    time.sleep(QUIET)
+    bad = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    mixed = [http_bytes("GET", "/tokens", bad), http_bytes("POST", "/authorize", bad)] * (BURST_REQUESTS // 2)
+    answers, elapsed = lim.burst([mixed])
+    lim.check_burst("a flood of invalid bearer tokens (GET /tokens, POST /authorize)", answers, elapsed, 401)
+    c.equal(lim.one("GET", "/tokens?limit=1", reader_y).status, 200,
+            "a valid caller from the same address is still admitted")
+    time.sleep(QUIET)
+    answers, elapsed = lim.burst([[http_bytes("GET", "/.well-known/jwks.json", "junk")] * BURST_REQUESTS])
+    lim.check_burst("a public route with a junk Authorization header", answers, elapsed, 200)
+
+    c.section("hsmjwt_rate_limited_total")
+    time.sleep(QUIET)
+    text = scrape(d)
+    if text is None:
+        print("  note: this build has no /metrics; hsmjwt_rate_limited_total not checked")
+    else:
+        c.equal(metric(text, "hsmjwt_rate_limited_total"), float(lim.limited),
+                f"hsmjwt_rate_limited_total counts the {lim.limited} answers 429 rate_limited")
+
+
+def rate_zero_checks(c, lim, reader_x):
+    c.section("rate_limit = 0")
+    answers, _ = lim.burst([[http_bytes("GET", "/.well-known/jwks.json")] * 50])
+    c.equal([a.status for a in answers[0]].count(200), 50, "50 pipelined unauthenticated requests: all 200")
+    answers, _ = lim.burst([[http_bytes("GET", "/tokens?limit=1", reader_x)] * 50])
+    c.equal([a.status for a in answers[0]].count(200), 50, "50 pipelined calls by one caller: all 200")
+    answers, _ = lim.burst([[http_bytes("GET", "/tokens", "junk")] * 50])
+    c.equal([a.status for a in answers[0]].count(401), 50, "50 bad bearer tokens: all 401, none 429")
+
+
+def held_back(conn):
+    """Whether conn's request goes unanswered for HELD_BACK_WAIT seconds."""
+    try:
+        conn.answer(timeout=HELD_BACK_WAIT)
+    except socket.timeout:
+        return True
+    except ConnectionError:
+        return False
+    return False
+
+
+def open_served(c, port, n, what):
+    """n keep-alive connections, each with one request answered."""
+    conns = [Raw(port) for _ in range(n)]
+    for conn in conns:
+        conn.send(http_bytes("GET", "/health"))
+    statuses = [conn.answer().status for conn in conns]
+    c.equal(statuses, [200] * n, what)
+    return conns
+
+
+def churn_one(port, kind):
+    conn = Raw(port)
+    full = http_bytes("GET", "/health")
+    if kind == "silent":
+        conn.close()
+    elif kind == "half":
+        conn.send(full[:len(full) // 2])
+        conn.close()
+    elif kind == "full":
+        conn.send(full)
+        status = conn.answer().status
+        conn.close()
+        return status
+    elif kind == "unread":
+        conn.send(full)
+        conn.close()
+    elif kind == "reset":
+        conn.send(full[:10])
+        conn.reset()
+    elif kind == "garbage":
+        conn.send(b"\x16\x03\x01 not http at all\r\n\r\n")
+        conn.close()
+    return None
+
+
+def connection_checks(c, d):
+    port = d.port
+    text = scrape(d)
+
+    c.section(f"max_connections = {MAX_CONNECTIONS}, workers = 1")
+    held = open_served(c, port, MAX_CONNECTIONS, f"{MAX_CONNECTIONS} keep-alive connections are served")
+    fourth = Raw(port)
+    fourth.send(http_bytes("GET", "/health"))
+    c.check(held_back(fourth), f"a 4th connection's request gets no answer in {HELD_BACK_WAIT} s while they stay open")
+    held.pop(0).close()
+    c.equal(fourth.answer().status, 200, "once one of them closes, the 4th is answered")
+    for conn in held + [fourth]:
+        conn.close()
+
+    c.section(f"{CHURN} connections opened and closed")
+    kinds = ["silent", "half", "full", "unread", "reset", "garbage"]
+    served = 0
+    for i in range(CHURN):
+        served += churn_one(port, kinds[i % len(kinds)]) == 200
+    c.equal(served, len([i for i in range(CHURN) if kinds[i % len(kinds)] == "full"]),
+            "every full request among them was answered 200")
+
+    c.section("no drift")
+    held = open_served(c, port, MAX_CONNECTIONS,
+                       f"then {MAX_CONNECTIONS} parallel clients are served (the count did not drift up)")
+    fourth = Raw(port)
+    fourth.send(http_bytes("GET", "/health"))
+    c.check(held_back(fourth), "and a 4th is held back again (nor down)")
+    held.pop(0).close()
+    c.equal(fourth.answer().status, 200, "until one of them closes")
+    if text is None:
+        print("  note: this build has no /metrics; hsmjwt_http_connections not checked")
+    else:
+        # The 4th was accepted once the count fell under the limit: it and
+        # the two held are all there is.
+        fourth.send(http_bytes("GET", "/metrics"))
+        a = fourth.answer()
+        c.equal(metric(a.body.decode(), "hsmjwt_http_connections"), float(MAX_CONNECTIONS),
+                f"hsmjwt_http_connections is {MAX_CONNECTIONS}: the two held and the scrape's own")
+        for conn in held:
+            conn.close()
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        value = None
+        while time.monotonic() < deadline:
+            fourth.send(http_bytes("GET", "/metrics"))
+            value = metric(fourth.answer().body.decode(), "hsmjwt_http_connections")
+            if value == 1.0:
+                break
+            time.sleep(0.1)
+        c.equal(value, 1.0, "once the two close, hsmjwt_http_connections comes back to 1 (the scrape's own)")
+        held = []
+    for conn in held + [fourth]:
+        conn.close()
+
+
+def run(build_dir, source_dir):
+    require_tools(["softhsm2-util"])
+    for exe in ("hsmjwtd", "hsmjwtctl"):
+        if not os.access(os.path.join(build_dir, exe), os.X_OK):
+            print(f"test_limits: FAILED: {build_dir}/{exe} is not built")
+            return False
+    c = Checker("test_limits")
+    work = Workdir("hsmjwt-limits-")
+    token = Token(source_dir, os.path.join(work.path, "state"), "hsmjwt-limits")
+    daemon = Daemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"),
+                    {"HSMJWT_RATE_LIMIT": str(RATE)})
+    lim = Limits(c, daemon)
+    state = {"conn_log": ""}
+
+    def body():
+        c.section("start")
+        daemon.start()
+        c.check(True, f"hsmjwtd is healthy on {daemon.issuer} with rate_limit = {RATE} (pid {daemon.proc.pid})")
+        reader_x = daemon.mint("tokens:read", sub="limits-x")
+        reader_y = daemon.mint("tokens:read", sub="limits-y")
+        issuer = daemon.mint("tokens:issue", sub="limits-issuer")
+        tokens = (reader_x, reader_y, issue_access(c, lim, issuer, "limits-p"),
+                  issue_access(c, lim, issuer, "limits-q"))
+        guarded(c, "rate limit", rate_checks, c, lim, tokens)
+
+        c.section("restart with rate_limit = 0")
+        c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")
+        daemon.extra_env["HSMJWT_RATE_LIMIT"] = "0"
+        daemon.start(keep_port=True)
+        guarded(c, "rate_limit = 0", rate_zero_checks, c, lim, reader_x)
+
+        c.section("restart with workers = 1, max_connections = 3")
+        c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")
+        daemon.extra_env.update({"HSMJWT_WORKERS": "1", "HSMJWT_MAX_CONNECTIONS": str(MAX_CONNECTIONS)})
+        daemon.start(keep_port=True)
+        guarded(c, "connection limit", connection_checks, c, daemon)
+
+    def log_checks(log):
+        c.check("max_connections reached" in log, "the log says when max_connections holds connections back")
+        c.check(token.pin not in log, "the log does not contain the PIN")
+
+    return run_daemon_test(c, work, daemon, body, log_checks)
+
+
+if __name__ == "__main__":
+    main_with_dirs("test_limits", run)
