@@ -6,6 +6,10 @@
  * Because SO_REUSEPORT would as quietly share the port with a second daemon,
  * each address is first bound once without it: an address someone else
  * holds fails the start.
+ * listen = systemd (socket activation): no address of its own; the
+ * listening TCP sockets systemd passed (LISTEN_FDS) are taken instead, each
+ * worker accepting on its own dup of every one, and none probed: systemd
+ * owns them.  Without them http_start fails (-ENOENT), saying so.
  * Every connection is bounded: header size, body size, idle time; and
  * their number: each worker holds at most its share of max_connections
  * (rounded up; the admin_listen thread a share too) and at that count
