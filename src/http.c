@@ -772,14 +772,17 @@ static void http_accept_error(struct evconnlistener *lev, void *arg)
  * libevent 2.1 (Debian 12 ships 2.1.12) has neither evhttp_set_newreqcb
  * nor evhttp_set_max_connections (2.2), so a connection is counted at the
  * two moments 2.1's evhttp lets us see, each of which happens exactly once
- * per connection (read in 2.1's http.c and bufferevent.c):
+ * per connection.  Read in libevent 2.1's http.c and bufferevent.c (those
+ * of 2.1.8: 2.1.12's own source was not at hand, so what follows is also
+ * measured on Debian's 2.1.12, by integration.limits):
  *
  * +1  the bevcb (http_accepted).  evhttp_get_request_connection calls it
- *     once per accepted socket, after name_from_addr and before anything
- *     that can fail.  We make the bufferevent ourselves, take a reference
- *     on it and set its callback argument to our record, and queue the
- *     record for http_conn_adopt, which the loop runs after this callback
- *     (event_active: before any read event of the new socket).
+ *     once per accepted socket, after name_from_addr (whose failure skips
+ *     it) and before the connection is made.  We make the bufferevent
+ *     ourselves, take a reference on it, set its callback argument to our
+ *     record and queue the record for http_conn_adopt, which the loop runs
+ *     after this callback (event_active: before any read event of the new
+ *     socket).
  * adopt  the bufferevent's callback argument tells what evhttp did with it:
  *     - still our record: evhttp failed before bufferevent_setcb (out of
  *       memory in evhttp_connection_base_bufferevent_new) and closed the
