@@ -62,15 +62,15 @@ def main_with_dirs(name, run):
     run_main(name, lambda: run(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])))
 
 
-def run_daemon_test(c, work, daemon, body, log_checks=None):
-    """Runs body() against daemon and returns the verdict.  A RuntimeError
-    (the daemon would not start or answer) is one failed check, so the checks
-    made so far still print.  Whatever happens, the daemon is then stopped: a
-    non-zero exit on SIGTERM is what a sanitizer report looks like, so it is a
-    failure.  log_checks(log) then checks the daemon's whole log ("" when
-    there is none) for what must never be in it; and when anything failed,
-    the log's excerpt is printed, for the sanitizer report is in it.  Another
-    exception propagates after the stop, with the work directory kept."""
+def run_daemon_body(c, daemon, body, log_checks=None):
+    """Runs body() against daemon.  A RuntimeError (the daemon would not
+    start or answer) is one failed check, so the checks made so far still
+    print.  Whatever happens, the daemon is then stopped: a non-zero exit on
+    SIGTERM is what a sanitizer report looks like, so it is a failure.
+    log_checks(log) then checks the daemon's whole log ("" when there is
+    none) for what must never be in it; and when anything failed, the log's
+    excerpt is printed, for the sanitizer report is in it.  Another exception
+    propagates after the stop."""
     try:
         body()
     except RuntimeError as e:
@@ -86,6 +86,12 @@ def run_daemon_test(c, work, daemon, body, log_checks=None):
         if c.failed and log:
             print("-- daemon log (sanitizer report or tail)")
             print(daemon.log_excerpt())
+
+
+def run_daemon_test(c, work, daemon, body, log_checks=None):
+    """Runs body() against daemon (run_daemon_body) and returns the verdict,
+    finishing work with it."""
+    run_daemon_body(c, daemon, body, log_checks)
     ok = c.summary()
     work.finish(ok)
     return ok

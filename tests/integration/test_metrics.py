@@ -36,7 +36,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, free_port, guarded, jwt_parts,  # noqa: E402
-                            main_with_dirs, require_tools)
+                            main_with_dirs, require_tools, run_daemon_body)
 
 ALGORITHMS = ["ES256", "RS256", "EdDSA"]
 CLIENT = "metrics-app"
@@ -521,7 +521,7 @@ def metrics_run(c, build_dir, source_dir, work, parse):
         if "flow" in state:
             log_checks(c, log, d, state["flow"], token.pin, "HSMJWT_PIN")
 
-    return _run(c, d, body, checks)
+    return run_daemon_body(c, d, body, checks)
 
 
 def admin_run(c, build_dir, source_dir, work, parse):
@@ -568,7 +568,7 @@ def admin_run(c, build_dir, source_dir, work, parse):
             c.check("listening for /metrics and /health" in log, "the admin listener is logged")
             log_checks(c, log, d, state["flow"], token.pin, "pin_file")
 
-    return _run(c, d, body, checks)
+    return run_daemon_body(c, d, body, checks)
 
 
 def second_admin(c, build_dir, d, work):
@@ -597,25 +597,6 @@ def second_admin(c, build_dir, d, work):
             text[-600:])
     r = d.admin_request("GET", "/health")
     c.equal(r.status, 200, "the first daemon's admin port still answers")
-
-
-def _run(c, d, body, checks):
-    """run_daemon_test's stop and log handling, for a daemon of this file,
-    without its summary (both runs share one checker)."""
-    try:
-        body()
-    except RuntimeError as e:
-        c.check(False, "the daemon runs", str(e))
-    finally:
-        c.section("stop")
-        if d.proc is not None:
-            pid = d.proc.pid
-            c.equal(d.stop(), 0, f"hsmjwtd (pid {pid}) exits 0 on SIGTERM (sanitizers find nothing)")
-        log = d.log_text() if os.path.exists(d.log_path) else ""
-        checks(log)
-        if c.failed and log:
-            print("-- daemon log (sanitizer report or tail)")
-            print(d.log_excerpt())
 
 
 def run(build_dir, source_dir):

@@ -420,7 +420,7 @@ static void test_threads_exact(void **state)
 	assert_true(value_of(e, "hsmjwt_hsm_sign_seconds_count", "") == THREADS * ROUNDS);
 	assert_true(value_of(e, "hsmjwt_http_requests_total", "path=/token/verify,code=200") == THREADS * ROUNDS);
 	for (int t = 0; t < THREADS; t++) {
-		char labels[64];
+		char labels[128];
 		snprintf(labels, sizeof(labels), "path=%s,code=201", own[t]);
 		assert_true(value_of(e, "hsmjwt_http_requests_total", labels) == ROUNDS);
 	}
