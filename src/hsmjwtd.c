@@ -74,8 +74,12 @@ static void reload(struct config_live *live, const char *path, const struct conf
 	}
 	n_changed = config_reload_changes(*current, &next, changed, sizeof(changed));
 	r = config_live_publish(live, &next, &blocker);
-	if (r < 0)
+	if (r < 0) {
 		snprintf(err, sizeof(err), "%s", blocker ? blocker : "out of memory");
+		/* Lines go where the running config says, not where the refused
+		 * one would have sent them. */
+		log_open_file((*current)->log_file);
+	}
 out:
 	/* Published, next is empty; refused, it is still ours (its pin wiped
 	 * with it). */
