@@ -172,45 +172,67 @@ static int api_bearer_sent(const char *authorization)
 	return auth_bearer_token(authorization, &token) == 0;
 }
 
-int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role, struct auth_caller *ret_caller,
-		  struct api_outcome *out)
+int api_authenticate(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		     struct api_auth *ret_auth)
 {
 	const char *authorization = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-	enum registry_status status;
-	char err[128];
+	struct api_auth auth;
 	int found = 0;
 
-	int r = auth_bearer(authorization, &ctx->view, ctx->cfg, api_now(), ret_caller, err, sizeof(err));
-
-	/* rate_limit: a caller that verified is charged by name, before its
-	 * roles are looked at; any other request by its address. */
-	if ((r == 0 ? api_rate_caller(ctx, req, out, ret_caller->org, ret_caller->sub)
-		    : api_rate_unverified(ctx, req, out)) < 0)
-		return -EBUSY;
-	if (r == -EAGAIN) {
-		api_error(out, req, 503, "hsm_unavailable", "the caller's token verifies in the token, which cannot be reached");
-		return r;
-	}
-	if (r < 0) {
-		out->status = 401;
-		http_reply_unauthorized(req, api_bearer_sent(authorization), err);
-		return -EACCES;
-	}
+	memset(&auth, 0, sizeof(auth));
+	auth.token_sent = api_bearer_sent(authorization);
+	auth.result = auth_bearer(authorization, &ctx->view, ctx->cfg, api_now(), &auth.caller, auth.err,
+				  sizeof(auth.err));
 	/* SPEC §4.1: a management token must not be revoked or suspended. */
-	if (ret_caller->jti[0] != '\0' &&
-	    registry_check(ctx->registry, ret_caller->jti, ret_caller->org, &found, &status) == 0 && found &&
-	    status != REGISTRY_ACTIVE) {
+	if (auth.result == 0 && auth.caller.jti[0] != '\0' &&
+	    registry_check(ctx->registry, auth.caller.jti, auth.caller.org, &found, &auth.status) == 0 && found &&
+	    auth.status != REGISTRY_ACTIVE)
+		auth.result = -EKEYREVOKED;
+	/* rate_limit: a caller is charged by name only once the registry has
+	 * not refused its token — a leaked token that was revoked must not
+	 * drain its owner's bucket; anything else is its address's. */
+	if ((auth.result == 0 ? api_rate_caller(ctx, req, out, auth.caller.org, auth.caller.sub)
+			      : api_rate_unverified(ctx, req, out)) < 0)
+		return -EBUSY;
+	*ret_auth = auth;
+	return 0;
+}
+
+int api_authorize_as(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		     const struct api_auth *auth, unsigned role, struct auth_caller *ret_caller)
+{
+	if (auth->result == -EAGAIN) {
+		api_error(out, req, 503, "hsm_unavailable", "the caller's token verifies in the token, which cannot be reached");
+		return -EAGAIN;
+	}
+	if (auth->result == -EKEYREVOKED) {
 		out->status = 401;
-		http_reply_unauthorized(req, 1, status == REGISTRY_SUSPENDED ? "bearer token rejected: suspended"
-									  : "bearer token rejected: revoked");
+		http_reply_unauthorized(req, 1, auth->status == REGISTRY_SUSPENDED ? "bearer token rejected: suspended"
+										   : "bearer token rejected: revoked");
 		return -EACCES;
 	}
-	snprintf(out->sub, sizeof(out->sub), "%s", ret_caller->sub);
-	if (!auth_allows(ret_caller, role)) {
+	if (auth->result < 0) {
+		out->status = 401;
+		http_reply_unauthorized(req, auth->token_sent, auth->err);
+		return -EACCES;
+	}
+	snprintf(out->sub, sizeof(out->sub), "%s", auth->caller.sub);
+	if (!auth_allows(&auth->caller, role)) {
 		api_error(out, req, 403, "insufficient_scope", "the caller's roles do not grant this call");
 		return -EACCES;
 	}
+	*ret_caller = auth->caller;
 	return 0;
+}
+
+int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role, struct auth_caller *ret_caller,
+		  struct api_outcome *out)
+{
+	struct api_auth auth;
+
+	if (api_authenticate(ctx, req, out, &auth) < 0)
+		return -EBUSY;
+	return api_authorize_as(ctx, req, out, &auth, role, ret_caller);
 }
 
 const char *api_scope(const struct auth_caller *caller)

@@ -148,7 +148,8 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 	int r, verdict = 1;   /* 1: no token was judged (for the metrics) */
 
 	/* rate_limit: a request refused before its token is verified is its
-	 * address's (api_rate_unverified), a verified token's its caller's. */
+	 * address's (api_rate_unverified), a verified token's its caller's
+	 * once the registry has not refused it. */
 	if (api_authorize_audience(ctx, in, &audience) < 0) {
 		if (api_rate_unverified(ctx, req, out) < 0)
 			return;
@@ -173,6 +174,14 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 		return;
 	}
 	r = jwt_verify(token, strlen(token), keys_lookup, &ctx->view, &expect, &header, &claims);
+	if (r == 0) {
+		jti = json_plain_string(json_object_get(claims, "jti"));
+		snprintf(out->jti, sizeof(out->jti), "%s", jti ? jti : "");
+		/* Revoked, suspended, or a child whose parent is no longer active. */
+		r = api_registry_verdict(ctx, claims, &status);
+	}
+	/* Charged by sub only once the registry has not refused the token: a
+	 * leaked token that was revoked must not drain its owner's bucket. */
 	org = json_plain_string(json_object_get(claims, "org"));
 	sub = json_plain_string(json_object_get(claims, "sub"));
 	if ((r == 0 && sub != NULL ? api_rate_caller(ctx, req, out, org ? org : "", sub)
@@ -183,12 +192,6 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 		/* An HS256 token while the token is down: no verdict either way. */
 		api_error(out, req, 503, "hsm_unavailable", "this token's key verifies in the token, which cannot be reached");
 		goto out;
-	}
-	if (r == 0) {
-		jti = json_plain_string(json_object_get(claims, "jti"));
-		snprintf(out->jti, sizeof(out->jti), "%s", jti ? jti : "");
-		/* Revoked, suspended, or a child whose parent is no longer active. */
-		r = api_registry_verdict(ctx, claims, &status);
 	}
 	if (r < 0 && (r > JWS_E_MALFORMED || r < JWS_E_UNAVAILABLE)) {
 		api_error(out, req, 500, "server_error", "the token could not be checked");

@@ -19,14 +19,38 @@ int api_read_body(struct api_ctx *ctx, struct evhttp_request *req, struct api_ou
 		  json_t **ret_body);
 /* Authenticates the caller (a revoked or suspended caller token fails) and
  * checks one role; replies 401/403 itself, and 429 when rate_limit refuses
- * the caller (or, for a credential that fails, the client's address). */
+ * the caller (or, for a credential that fails, the client's address).
+ * api_authenticate then api_authorize_as. */
 int api_authorize(struct api_ctx *ctx, struct evhttp_request *req, unsigned role, struct auth_caller *ret_caller,
 		  struct api_outcome *out);
+/* What api_authenticate learned of the request's credential. */
+struct api_auth {
+	/* 0: the bearer token verified and the registry holds it active or
+	 * does not know it; -EKEYREVOKED: it verified, but its record is
+	 * revoked or suspended (status); else auth_bearer's -EACCES (err) or
+	 * -EAGAIN. */
+	int result;
+	int token_sent;               /* a bearer token came at all (RFC 6750 §3.1) */
+	enum registry_status status;
+	struct auth_caller caller;    /* result 0 or -EKEYREVOKED */
+	char err[128];
+};
+/* The first half: verifies the Authorization header and the caller's
+ * record, and charges rate_limit — the caller when result is 0, else the
+ * client's address (api_rate_unverified).  Replies only a 429 (-EBUSY);
+ * 0 and *ret_auth otherwise, whatever the verdict. */
+int api_authenticate(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		     struct api_auth *ret_auth);
+/* The second half: replies 503/401/403 for a credential auth refuses or
+ * whose roles lack role (negative), else 0 and *ret_caller. */
+int api_authorize_as(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
+		     const struct api_auth *auth, unsigned role, struct auth_caller *ret_caller);
 /* rate_limit (SPEC §3), charged once per request: api_route charges the
  * client's address before the handler runs, except for a request with an
  * Authorization header to a handler that verifies bearer tokens, which
- * charges it itself — to the caller once its token verified
- * (api_rate_caller), else to the address (api_rate_unverified, which
+ * charges it itself — to the caller once its token verified and the
+ * registry did not refuse it (api_rate_caller), else to the address
+ * (api_rate_unverified, which
  * charges only a request api_route left to the handler).  0, or -EBUSY
  * with the 429 sent. */
 int api_rate_caller(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *org,

@@ -16,7 +16,11 @@ unauthenticated requests on two connections share the address's one bucket;
 POST /authorize charges the sub of the token it checks; bad bearer tokens
 (and a junk Authorization header on a public route) are charged to the
 address and limited; hsmjwt_rate_limited_total counts each 429 (when
-/metrics exists); rate_limit = 0 admits 50 of each.
+/metrics exists).  A token that verifies but whose record is revoked or
+suspended (or a child of a suspended parent), replayed 30 times from
+127.0.0.2 at /authorize and GET /tokens, is charged to that address: the
+sub's fresh token, from 127.0.0.1 right after, gets its whole burst.
+rate_limit = 0 admits 50 of each.
 
 Connections (workers = 1, max_connections = 3): with three idle keep-alive
 connections held, a fourth connection's request gets no answer (looked for
@@ -80,8 +84,11 @@ class Raw:
     """One client connection: requests written as they are, answers parsed
     one by one (evhttp always sends Content-Length)."""
 
-    def __init__(self, port, timeout=ANSWER_TIMEOUT):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=ANSWER_TIMEOUT, source=None):
+        # source: another loopback address (127.0.0.0/8 is all local) is
+        # another client to the rate limit, whose buckets are per address.
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
 
     def send(self, data):
@@ -125,12 +132,12 @@ class Limits:
         self.d = daemon
         self.limited = 0            # 429 rate_limited answers seen
 
-    def burst(self, per_connection):
+    def burst(self, per_connection, source=None):
         """per_connection: one list of request bytes per connection.  Every
         request is written before any answer is read; returns (the answers,
         one list per connection in order, elapsed seconds from the first
-        write to the last answer)."""
-        conns = [Raw(self.d.port) for _ in per_connection]
+        write to the last answer).  source: the client's address."""
+        conns = [Raw(self.d.port, source=source) for _ in per_connection]
         start = time.monotonic()
         try:
             for conn, reqs in zip(conns, per_connection):
@@ -171,8 +178,8 @@ class Limits:
                     f"{what}: once refused, a connection's next requests are refused")
         return int(retry[0]) if refused and retry[0].isdigit() else 1
 
-    def one(self, method, path, bearer=None, headers=None, body=b""):
-        conn = Raw(self.d.port)
+    def one(self, method, path, bearer=None, headers=None, body=b"", source=None):
+        conn = Raw(self.d.port, source=source)
         try:
             conn.send(http_bytes(method, path, bearer, headers, body))
             return conn.answer()
@@ -259,6 +266,53 @@ def rate_checks(c, lim, tokens):
     else:
         c.equal(metric(text, "hsmjwt_rate_limited_total"), float(lim.limited),
                 f"hsmjwt_rate_limited_total counts the {lim.limited} answers 429 rate_limited")
+
+
+def json_post(lim, path, bearer, body, method="POST"):
+    r = lim.d.request(method, path, body, {"Authorization": f"Bearer {bearer}"})
+    if r.status != 200:
+        raise RuntimeError(f"{method} {path} answered {r.status}: {r.body[:200]!r}")
+    return r.json() or {}
+
+
+def inactive_checks(c, lim, admins):
+    """A token that verifies but that the registry says is revoked or
+    suspended (or a child of a suspended parent) is charged to the address
+    it comes from, never to its sub: replaying a leaked token that was
+    revoked must not lock its owner's new token out."""
+    d = lim.d
+    c.section("revoked and suspended tokens are charged to their address, not their sub")
+    time.sleep(QUIET)
+    # Three calls per admin: each stays within its sub's burst.
+    admin_a, admin_b = admins
+    reader = {"subject": "limits-v", "audience": d.issuer, "claims": {"roles": ["tokens:read"]}, "expires_in": 300}
+    revoked = json_post(lim, "/token", admin_a, reader)
+    suspended = json_post(lim, "/token", admin_a, reader)
+    pair = json_post(lim, "/token-pairs", admin_a, {"subject": "limits-v"})
+    json_post(lim, "/token/revoke", admin_b, {"jti": revoked["jti"]})
+    json_post(lim, f"/tokens/{suspended['jti']}", admin_b, {"status": "suspended"}, method="PATCH")
+    json_post(lim, f"/tokens/{pair['parent_jti']}", admin_b, {"status": "suspended"}, method="PATCH")
+    c.equal(lim.one("POST", "/authorize", revoked["access_token"]).status, 401,
+            "the revoked token is refused at POST /authorize")
+    fresh = d.mint("tokens:read", sub="limits-v")
+    time.sleep(QUIET)
+
+    # An attacker's replays, from 127.0.0.2: 30 requests pipelined.
+    replays = ([http_bytes("POST", "/authorize", revoked["access_token"])] * 10 +
+               [http_bytes("GET", "/tokens?limit=1", revoked["access_token"])] * 10 +
+               [http_bytes("GET", "/tokens?limit=1", suspended["access_token"])] * 5 +
+               [http_bytes("POST", "/authorize", pair["child_token"])] * 5)
+    answers, elapsed = lim.burst([replays], source="127.0.0.2")
+    lim.check_burst("30 replays of a revoked, a suspended and a suspended parent's child token (127.0.0.2)",
+                    answers, elapsed, 401)
+    # The owner at once, from 127.0.0.1, with a token minted afresh.
+    audience = {"X-Auth-Audience": d.issuer}
+    mine = ([http_bytes("GET", "/tokens?limit=1", fresh)] * 3 +
+            [http_bytes("POST", "/authorize", fresh, audience)] * 2)
+    answers, _ = lim.burst([mine])
+    c.equal([a.status for a in answers[0]], [200] * RATE,
+            f"then limits-v's fresh token gets its whole burst of {RATE} (GET /tokens, POST /authorize): "
+            "the replays never touched its sub's bucket")
 
 
 def rate_zero_checks(c, lim, reader_x):
@@ -396,6 +450,9 @@ def run(build_dir, source_dir):
         tokens = (reader_x, reader_y, issue_access(c, lim, issuer, "limits-p"),
                   issue_access(c, lim, issuer, "limits-q"))
         guarded(c, "rate limit", rate_checks, c, lim, tokens)
+        admins = (daemon.mint("admin", ttl=3600, sub="limits-admin-a"),
+                  daemon.mint("admin", ttl=3600, sub="limits-admin-b"))
+        guarded(c, "inactive tokens", inactive_checks, c, lim, admins)
 
         c.section("restart with rate_limit = 0")
         c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")
