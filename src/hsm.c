@@ -48,6 +48,8 @@ const char *hsm_ckr_name(CK_RV rv)
 		{ CKR_PIN_INCORRECT, "CKR_PIN_INCORRECT" },
 		{ CKR_PIN_LOCKED, "CKR_PIN_LOCKED" },
 		{ CKR_PIN_EXPIRED, "CKR_PIN_EXPIRED" },
+		{ CKR_PIN_INVALID, "CKR_PIN_INVALID" },
+		{ CKR_PIN_LEN_RANGE, "CKR_PIN_LEN_RANGE" },
 		{ CKR_SESSION_CLOSED, "CKR_SESSION_CLOSED" },
 		{ CKR_SESSION_COUNT, "CKR_SESSION_COUNT" },
 		{ CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID" },
@@ -286,7 +288,21 @@ out:
 	return r;
 }
 
-int hsm_login(struct hsm *hsm, const char *pin, size_t pin_len)
+int hsm_pin_refused(CK_RV rv)
+{
+	switch (rv) {
+	case CKR_PIN_INCORRECT:
+	case CKR_PIN_INVALID:
+	case CKR_PIN_LEN_RANGE:
+	case CKR_PIN_EXPIRED:
+	case CKR_PIN_LOCKED:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+int hsm_login(struct hsm *hsm, const char *pin, size_t pin_len, int recovery)
 {
 	CK_TOKEN_INFO info;
 	CK_RV rv;
@@ -305,6 +321,23 @@ int hsm_login(struct hsm *hsm, const char *pin, size_t pin_len)
 	}
 	rv = hsm->f->C_Login(hsm->login_session, CKU_USER, (CK_UTF8CHAR *)pin, pin_len);
 	metrics_hsm_operation(METRICS_HSM_LOGIN, rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN);
+	/* Real tokens lock the user PIN after a few wrong tries (a Nitrokey
+	 * HSM after 3), an outage only the security officer ends: a refused
+	 * PIN is never tried again, by a restart either (hsmjwtd exits
+	 * EX_CONFIG, which its unit does not restart). */
+	if (hsm_pin_refused(rv) && recovery) {
+		log_error("\"token recovery: the token refused the PIN; no further login until hsmjwtd restarts, "
+			  "signing stays unavailable\" token=%s rv=%s hint=\"fix the PIN source (pin_file, the pin "
+			  "credential), then restart hsmjwtd: every wrong try counts towards the token locking the PIN\"",
+			  hsm->token_label, hsm_ckr_name(rv));
+		return HSM_E_PIN;
+	}
+	if (hsm_pin_refused(rv)) {
+		log_error("\"the token refused the PIN; it is not tried again\" token=%s rv=%s hint=\"fix the PIN "
+			  "source (pin_file, the pin credential, HSMJWT_PIN), then start again: every wrong try counts "
+			  "towards the token locking the PIN\"", hsm->token_label, hsm_ckr_name(rv));
+		return HSM_E_PIN;
+	}
 	if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
 		log_error("\"login failed\" token=%s rv=%s", hsm->token_label, hsm_ckr_name(rv));
 		return HSM_E_LOGIN;
@@ -380,7 +413,7 @@ int hsm_open(const char *module_path, const char *token_spec, const char *pin, s
 		r = hsm_error_from_rv(rv);
 		goto fail;
 	}
-	r = hsm_login(hsm, pin, pin_len);
+	r = hsm_login(hsm, pin, pin_len, 0);
 	if (r < 0)
 		goto fail;
 	log_info("\"token opened\" token=%s module=%s", hsm->token_label, module_path);

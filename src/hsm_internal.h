@@ -58,6 +58,9 @@ struct hsm {
 	hsm_pin_read_fn pin_read;
 	hsm_pin_release_fn pin_release;
 	void *pin_ctx;
+	/* A recovery's login was refused for its PIN: hsm_recover's own (one
+	 * thread), which never logs in again. */
+	int pin_rejected;
 };
 
 struct hsm_session {
@@ -83,9 +86,16 @@ CK_RV hsm_initialize(struct hsm *hsm);
 /* The slot of the token token_spec names, and its label (33 bytes): at
  * hsm_open, and again at recovery (a slot id may change). */
 int hsm_find_slot(struct hsm *hsm, const char *token_spec, CK_SLOT_ID *ret_slot, char *ret_label);
+/* Whether C_Login's answer rv refuses the PIN itself (CKR_PIN_INCORRECT,
+ * _INVALID, _LEN_RANGE, _EXPIRED, _LOCKED): the same PIN would be refused
+ * again, and each try counts towards the token locking it.  Pure. */
+int hsm_pin_refused(CK_RV rv);
 /* Logs the login session in with pin when the token requires it: at
- * hsm_open, and at recovery with a PIN from the source. */
-int hsm_login(struct hsm *hsm, const char *pin, size_t pin_len);
+ * hsm_open (recovery 0), and at recovery with a PIN from the source
+ * (recovery 1).  HSM_E_PIN when the token refused the PIN, logged naming
+ * the CKR and what the operator must do, as each of the two callers then
+ * goes on; HSM_E_LOGIN for another failure (logged). */
+int hsm_login(struct hsm *hsm, const char *pin, size_t pin_len, int recovery);
 
 /* The bracket around an operation on a session: HSM_E_DEVICE at once while
  * the token is failed; HSM_E_STALE for a key (may be NULL) from another

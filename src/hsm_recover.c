@@ -162,7 +162,7 @@ static int hsm_recover_login(struct hsm *hsm)
 		log_error("\"token recovery: cannot read the PIN\" token=%s error=%d", hsm->token_label, r);
 		return r == -ENOENT ? HSM_E_LOGIN : r;
 	}
-	r = hsm_login(hsm, pin, pin_len);
+	r = hsm_login(hsm, pin, pin_len, 1);
 	if (hsm->pin_release != NULL)
 		hsm->pin_release(hsm->pin_ctx, pin, pin_len);
 	return r;
@@ -179,6 +179,9 @@ int hsm_recover(struct hsm *hsm, unsigned wait_ms)
 
 	if (hsm_available(hsm))
 		return 0;
+	/* hsm_login has said why, once: another try could lock the PIN. */
+	if (hsm->pin_rejected)
+		return HSM_E_PIN;
 	deadline = clock_deadline(wait_ms);
 	r = pthread_rwlock_clockwrlock(&hsm->lock, CLOCK_MONOTONIC, &deadline);
 	if (r == ETIMEDOUT) {
@@ -231,6 +234,10 @@ int hsm_recover(struct hsm *hsm, unsigned wait_ms)
 	if (r < 0) {
 		hsm->f->C_CloseSession(hsm->login_session);
 		hsm->login_session = CK_INVALID_HANDLE;
+		if (r == HSM_E_PIN) {
+			hsm->pin_rejected = 1;
+			atomic_store_explicit(&hsm->failure, "pin_rejected", memory_order_release);
+		}
 		goto out;
 	}
 	generation = atomic_fetch_add(&hsm->generation, 1) + 1;

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -185,7 +186,7 @@ static void keyring_turn(struct keyring *keyring, struct keyring_request *req)
 {
 	int64_t now_ms = keyring_now_ms();
 	struct keys *current;
-	int due;
+	int due, r;
 
 	if (!hsm_available(keyring->hsm)) {
 		if (req->pending) {
@@ -194,7 +195,15 @@ static void keyring_turn(struct keyring *keyring, struct keyring_request *req)
 		}
 		if (now_ms < keyring->next_recover_ms)
 			return;
-		if (hsm_recover(keyring->hsm, KEYRING_RECOVER_WAIT_MS) < 0) {
+		r = hsm_recover(keyring->hsm, KEYRING_RECOVER_WAIT_MS);
+		/* The token refused the PIN: no more turns (hsm_recover would
+		 * refuse them anyway) until a restart; the workers serve on
+		 * degraded. */
+		if (r == HSM_E_PIN) {
+			keyring->next_recover_ms = INT64_MAX;
+			return;
+		}
+		if (r < 0) {
 			keyring->backoff_ms = keyring->backoff_ms == 0 ? KEYRING_BACKOFF_MIN_MS :
 					      keyring->backoff_ms * 2 > KEYRING_BACKOFF_MAX_MS ? KEYRING_BACKOFF_MAX_MS :
 					      keyring->backoff_ms * 2;

@@ -56,11 +56,14 @@
 enum hsm_error {
 	HSM_E_MODULE   = -2001, /* module cannot be loaded or initialised */
 	HSM_E_NO_TOKEN = -2002, /* no token matches the label / URI */
-	HSM_E_LOGIN    = -2003, /* PIN wrong, locked, or missing */
+	HSM_E_LOGIN    = -2003, /* no PIN, or the login failed for a reason not the PIN's */
 	HSM_E_DEVICE   = -2004, /* session or device failed: retry after recovery */
 	HSM_E_FAILED   = -2005, /* the operation failed for another reason */
 	HSM_E_STALE    = -2006, /* a key handle from before a recovery, or of a key
 				 * destroyed since (by another process): reload the keys */
+	HSM_E_PIN      = -2007, /* the token refused the PIN (CKR_PIN_INCORRECT,
+				 * _INVALID, _LEN_RANGE, _EXPIRED, _LOCKED): never
+				 * tried again, a token locks its PIN after a few */
 };
 
 /* A lifecycle record's value is at most this long; a key keeps at most
@@ -95,8 +98,10 @@ int hsm_alg_supported(enum jws_alg alg);
 
 /* Loads module_path, finds the token named by token_spec (a label, or an RFC
  * 7512 pkcs11: URI with token=, serial=, slot-id=, model=, manufacturer=),
- * and logs in with pin when the token requires a login.  The caller wipes pin
- * afterwards.  0 and *ret_hsm, or an hsm_error. */
+ * and logs in with pin when the token requires a login: one C_Login, never
+ * repeated.  The caller wipes pin afterwards.  0 and *ret_hsm, or an
+ * hsm_error: HSM_E_PIN (logged with the CKR) when the token refused the
+ * PIN, which the caller must not try again. */
 int hsm_open(const char *module_path, const char *token_spec,
 	     const char *pin, size_t pin_len, struct hsm **ret_hsm);
 /* Closes sessions, logs out and finalises the module — the last two only
@@ -190,8 +195,9 @@ int hsm_verify(struct hsm_session *session, const struct hsm_key *key,
 int hsm_available(const struct hsm *hsm);
 /* The current generation (incremented by every successful recovery). */
 unsigned hsm_generation(const struct hsm *hsm);
-/* Why the token was marked failed: a CKR name, "hung", or "" when it has
- * not.  A static string. */
+/* Why the token was marked failed: a CKR name, "hung", "pin_rejected" once
+ * a recovery's login was refused for its PIN (for good: see hsm_recover),
+ * or "" when it has not.  A static string. */
 const char *hsm_failure(const struct hsm *hsm);
 
 /* Where hsm_recover gets the PIN to log in again: read returns a fresh copy
@@ -220,7 +226,12 @@ int hsm_watchdog(struct hsm *hsm, unsigned call_hang_ms, unsigned admin_hang_ms)
  * finds the token again, opens the login session and logs in (PIN from the
  * source above), and marks the token available under a new generation.
  * Logged at each step that fails.  0, or a negative error: the caller tries
- * again later, with backoff.  Called from one thread. */
+ * again later, with backoff — except HSM_E_PIN: the token refused the PIN
+ * (one error line naming the CKR), the failure becomes "pin_rejected", and
+ * from then on hsm_recover answers HSM_E_PIN at once, without a call into
+ * the module or a PIN read, for the life of this hsm: each wrong try counts
+ * towards the token locking the PIN (3 on a Nitrokey HSM), and the PIN
+ * source needs an operator and a restart.  Called from one thread. */
 int hsm_recover(struct hsm *hsm, unsigned wait_ms);
 
 /* Name of a Cryptoki return value for log lines ("CKR_PIN_INCORRECT"). */

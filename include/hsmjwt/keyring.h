@@ -11,8 +11,10 @@
  *   - every KEYRING_TICK_MS it runs the hang watchdog and, once the token
  *     has failed, hsm_recover with backoff (KEYRING_BACKOFF_MIN_MS doubling
  *     to KEYRING_BACKOFF_MAX_MS), then reloads the keys under the new
- *     generation.  Meanwhile the workers keep the last set: verification
- *     goes on from its public keys, and signing answers 503;
+ *     generation — never again once the token refused the PIN (HSM_E_PIN:
+ *     a retry could lock it), until a restart.  Meanwhile the workers keep
+ *     the last set: verification goes on from its public keys, and signing
+ *     answers 503;
  *   - it carries out rotations asked for over HTTP, off the workers' event
  *     loops (generating an RSA key takes seconds).
  * Workers take the current set for each request (keyring_acquire, then

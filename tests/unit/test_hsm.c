@@ -308,11 +308,32 @@ static int own_token_teardown(void **state)
 static const enum jws_alg algs[] = { JWS_ALG_ES256, JWS_ALG_ES384, JWS_ALG_RS256, JWS_ALG_PS256, JWS_ALG_EDDSA };
 static const size_t sig_sizes[] = { 64, 96, 256, 256, 64 };
 
+static int count_lines_with(const char *text, const char *needle);
+
+#define WRONG_PIN "Wrong-Pin-7391"
+
+static int open_with_wrong_pin(void *arg)
+{
+	return hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, WRONG_PIN, strlen(WRONG_PIN), arg);
+}
+
+/* A PIN the token refuses is HSM_E_PIN (hsmjwtd exits EX_CONFIG on it, and
+ * its unit does not restart it): one error line naming the CKR and what to
+ * do, never the PIN. */
 static void test_wrong_pin_is_refused(void **state)
 {
 	struct hsm *hsm = NULL;
-	assert_int_equal(hsm_open(fixture_module(), FIXTURE_TOKEN_LABEL, "0000", 4, &hsm), HSM_E_LOGIN);
+	const char *log;
+	int r;
+
+	log = fixture_capture_stderr(open_with_wrong_pin, &hsm, &r);
+	assert_int_equal(r, HSM_E_PIN);
 	assert_null(hsm);
+	assert_int_equal(count_lines_with(log, "level=error"), 1);
+	assert_int_equal(count_lines_with(log, "the token refused the PIN; it is not tried again"), 1);
+	assert_non_null(strstr(log, "rv=CKR_PIN_INCORRECT"));
+	assert_non_null(strstr(log, "fix the PIN source"));
+	assert_null(strstr(log, WRONG_PIN));
 }
 
 static void test_missing_pin_is_refused(void **state)
@@ -1386,6 +1407,8 @@ static struct {
 	CK_RV keygen_rv;         /* not CKR_OK: what they answer, without generating */
 	CK_RV create_rv;         /* not CKR_OK: what C_CreateObject answers, without creating */
 	CK_OBJECT_HANDLE undestroyable; /* C_DestroyObject refuses it (CKR_ACTION_PROHIBITED) */
+	int logins;              /* C_Login calls */
+	CK_RV login_rv;          /* not CKR_OK: what C_Login answers, without logging in */
 } wrap;
 
 static CK_RV wrap_set_attribute_value(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
@@ -1508,6 +1531,15 @@ static CK_RV wrap_destroy_object(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
 	return real_f->C_DestroyObject(s, obj);
 }
 
+static CK_RV wrap_login(CK_SESSION_HANDLE s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+	wrap.calls++;
+	wrap.logins++;
+	if (wrap.login_rv != CKR_OK)
+		return wrap.login_rv;
+	return real_f->C_Login(s, user, pin, len);
+}
+
 static void wrap_install(struct hsm *hsm)
 {
 	memset(&wrap, 0, sizeof(wrap));
@@ -1525,6 +1557,7 @@ static void wrap_install(struct hsm *hsm)
 	wrapped.C_GenerateKeyPair = wrap_generate_key_pair;
 	wrapped.C_GenerateKey = wrap_generate_key;
 	wrapped.C_DestroyObject = wrap_destroy_object;
+	wrapped.C_Login = wrap_login;
 	hsm->f = &wrapped;
 }
 
@@ -1956,6 +1989,88 @@ static void test_device_failure_and_recovery(void **state)
 	jwk_key_free(verify);
 	assert_int_equal(hsm_session_check(own.session), 0);
 	hsm_keys_free(found, 1);
+	wrap_remove(own.hsm);
+	own_close();
+}
+
+/* A recovery whose login the token refuses for the PIN — each of the five
+ * CKR_PIN_* answers — tries once: one C_Login, one PIN read, one error line
+ * naming the CKR and the remedy, failure "pin_rejected"; every later
+ * hsm_recover answers HSM_E_PIN at once, with no call into the module and
+ * no PIN read, even once the token would take the PIN again (a real token
+ * counts each wrong try towards locking it).  Any other refusal of the
+ * login keeps recovery going: the next try logs in. */
+static void test_pin_refused_at_recovery_is_not_retried(void **state)
+{
+	static const CK_RV refused[] = { CKR_PIN_INCORRECT, CKR_PIN_INVALID, CKR_PIN_LEN_RANGE, CKR_PIN_EXPIRED,
+					 CKR_PIN_LOCKED };
+	char rv_field[64];
+	const char *log;
+	int r;
+
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		own_open();
+		wrap_install(own.hsm);
+		pin_reads = pin_releases = 0;
+		hsm_set_pin_source(own.hsm, test_pin_read, test_pin_release, &tok);
+		assert_int_equal(real_f->C_CloseAllSessions(own.hsm->slot), CKR_OK);
+		assert_int_equal(hsm_session_check(own.session), HSM_E_DEVICE);
+		assert_false(hsm_available(own.hsm));
+
+		wrap.login_rv = refused[i];
+		log = fixture_capture_stderr(recover_now, NULL, &r);
+		assert_int_equal(r, HSM_E_PIN);
+		assert_int_equal(wrap.logins, 1);
+		assert_int_equal(pin_reads, 1);
+		assert_int_equal(pin_releases, 1);
+		assert_int_equal(count_lines_with(log, "level=error"), 1);
+		assert_int_equal(count_lines_with(log, "the token refused the PIN; no further login until hsmjwtd "
+						       "restarts"), 1);
+		snprintf(rv_field, sizeof(rv_field), "rv=%s ", hsm_ckr_name(refused[i]));
+		assert_non_null(strstr(log, rv_field));
+		assert_non_null(strstr(log, "then restart hsmjwtd"));
+		assert_null(strstr(log, tok.pin));
+		assert_false(hsm_available(own.hsm));
+		assert_string_equal(hsm_failure(own.hsm), "pin_rejected");
+		assert_int_equal(hsm_generation(own.hsm), 1);
+
+		/* The token would take the PIN now: it is never asked. */
+		wrap.login_rv = CKR_OK;
+		wrap.calls = 0;
+		for (int k = 0; k < 3; k++) {
+			log = fixture_capture_stderr(recover_now, NULL, &r);
+			assert_int_equal(r, HSM_E_PIN);
+			assert_string_equal(log, "");
+		}
+		assert_int_equal(wrap.calls, 0);
+		assert_int_equal(wrap.logins, 1);
+		assert_int_equal(pin_reads, 1);
+		assert_false(hsm_available(own.hsm));
+		assert_string_equal(hsm_failure(own.hsm), "pin_rejected");
+		wrap_remove(own.hsm);
+		own_close();
+	}
+
+	/* Not the PIN's fault: recovery fails, and the next one logs in. */
+	own_open();
+	wrap_install(own.hsm);
+	pin_reads = pin_releases = 0;
+	hsm_set_pin_source(own.hsm, test_pin_read, test_pin_release, &tok);
+	assert_int_equal(real_f->C_CloseAllSessions(own.hsm->slot), CKR_OK);
+	assert_int_equal(hsm_session_check(own.session), HSM_E_DEVICE);
+	wrap.login_rv = CKR_FUNCTION_FAILED;
+	log = fixture_capture_stderr(recover_now, NULL, &r);
+	assert_int_equal(r, HSM_E_LOGIN);
+	assert_non_null(strstr(log, "\"login failed\""));
+	assert_null(strstr(log, "refused the PIN"));
+	assert_string_equal(hsm_failure(own.hsm), "CKR_SESSION_HANDLE_INVALID");
+	wrap.login_rv = CKR_OK;
+	assert_int_equal(hsm_recover(own.hsm, 1000), 0);
+	assert_int_equal(wrap.logins, 2);
+	assert_int_equal(pin_reads, 2);
+	assert_true(hsm_available(own.hsm));
+	assert_string_equal(hsm_failure(own.hsm), "");
+	assert_int_equal(hsm_session_check(own.session), 0);
 	wrap_remove(own.hsm);
 	own_close();
 }
@@ -2466,6 +2581,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_token_full_is_not_a_failure, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_goes_on_past_a_refusal, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_device_failure_and_recovery, own_token_setup, own_token_teardown),
+		cmocka_unit_test_setup_teardown(test_pin_refused_at_recovery_is_not_retried, own_token_setup,
+						own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_close_a_failed_token, own_token_setup, own_token_teardown),
 		cmocka_unit_test_setup_teardown(test_recovery_keeps_the_label_read_back, own_token_setup,
 						own_token_teardown),
