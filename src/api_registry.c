@@ -97,9 +97,11 @@ void api_issue_failed(struct api_outcome *out, struct evhttp_request *req, int r
 /* Issues an access token, registers it and answers once the registration
  * is durable: a token is never handed out that the registry could forget
  * (and so never revoke).  body: the request's, already read, or NULL to
- * read it (JSON) once the caller is authorized; borrowed. */
+ * read it (JSON) once the caller is authorized; borrowed.  auth: the
+ * caller as api_authenticate found it (and charged it), or NULL to
+ * authenticate it here. */
 static void api_issue_registered(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
-				 unsigned flags, const json_t *read_body)
+				 unsigned flags, const json_t *read_body, const struct api_auth *auth)
 {
 	struct issue_ctx ictx = { ctx->cfg, ctx->keys, ctx->session, api_now(), ctx->registry };
 	struct auth_caller caller;
@@ -109,7 +111,8 @@ static void api_issue_registered(struct api_ctx *ctx, struct evhttp_request *req
 	char err[160] = "";
 	int r;
 
-	if (api_authorize(ctx, req, AUTH_ROLE_TOKENS_ISSUE, &caller, out) < 0)
+	if (auth != NULL ? api_authorize_as(ctx, req, out, auth, AUTH_ROLE_TOKENS_ISSUE, &caller) < 0
+			 : api_authorize(ctx, req, AUTH_ROLE_TOKENS_ISSUE, &caller, out) < 0)
 		return;
 	if (read_body != NULL)
 		body = json_incref((json_t *)read_body);
@@ -145,28 +148,37 @@ static void api_issue_registered(struct api_ctx *ctx, struct evhttp_request *req
 
 void api_token(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *segment)
 {
+	struct api_auth auth, *authenticated = NULL;
 	json_t *body = NULL;
 
+	/* rate_limit before the body is read, or a bad body would be a way
+	 * around it: api_route charged a request without an Authorization
+	 * header, one with it is charged here — to the caller its bearer
+	 * token names, else (another scheme, a token that fails) to the
+	 * address.  A grant with such a header counts once, like that. */
+	if (evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization") != NULL) {
+		if (api_authenticate(ctx, req, out, &auth) < 0)
+			return;
+		authenticated = &auth;
+	}
 	/* An OAuth grant (RFC 6749 §4.1.3, §6) may come as a form and needs no
 	 * role: the grant is its credential.  Without grant_type the body is
 	 * an issuance request, JSON only, for a caller with tokens:issue. */
 	if (api_read_body(ctx, req, out, 1, &body) < 0)
 		return;
-	if (json_is_object(body) && json_object_get(body, "grant_type") != NULL) {
-		/* No caller token to charge rate_limit to: the address. */
-		if (api_rate_unverified(ctx, req, out) == 0)
-			api_grant(ctx, req, out, body);
-	} else if (api_body_is_form(req))
+	if (json_is_object(body) && json_object_get(body, "grant_type") != NULL)
+		api_grant(ctx, req, out, body);
+	else if (api_body_is_form(req))
 		api_error(out, req, 400, "invalid_request", "grant_type is required (a form body is an OAuth grant)");
 	else
-		api_issue_registered(ctx, req, out, 0, body);
+		api_issue_registered(ctx, req, out, 0, body, authenticated);
 	json_decref(body);
 }
 
 void api_tokens_create(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out,
 		       const char *segment)
 {
-	api_issue_registered(ctx, req, out, ISSUE_NAMED, NULL);
+	api_issue_registered(ctx, req, out, ISSUE_NAMED, NULL, NULL);
 }
 
 /* ---- lists -------------------------------------------------------------- */

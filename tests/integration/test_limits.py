@@ -20,6 +20,9 @@ address and limited; hsmjwt_rate_limited_total counts each 429 (when
 suspended (or a child of a suspended parent), replayed 30 times from
 127.0.0.2 at /authorize and GET /tokens, is charged to that address: the
 sub's fresh token, from 127.0.0.1 right after, gets its whole burst.
+POST /token with `Authorization: Bearer junk' is charged before its body is
+read: 20 pipelined with a body that is not JSON get 400 up to the burst,
+then 429 (a refresh grant with the header likewise).
 rate_limit = 0 admits 50 of each.
 
 Connections (workers = 1, max_connections = 3): with three idle keep-alive
@@ -315,6 +318,24 @@ def inactive_checks(c, lim, admins):
             "the replays never touched its sub's bucket")
 
 
+def token_body_checks(c, lim):
+    """POST /token with an Authorization header is charged before its body
+    is read: a bad body is no way around rate_limit."""
+    c.section("POST /token with a bad body and a bearer header is charged")
+    time.sleep(QUIET)
+    json_type = {"Content-Type": "application/json"}
+    junk = [http_bytes("POST", "/token", "junk", json_type, b"{not json")] * 20
+    answers, elapsed = lim.burst([junk], source="127.0.0.3")
+    lim.check_burst("20 POST /token with Authorization: Bearer junk and a body that is not JSON (127.0.0.3)",
+                    answers, elapsed, 400)
+    time.sleep(QUIET)
+    form = [http_bytes("POST", "/token", "junk", {"Content-Type": "application/x-www-form-urlencoded"},
+                       b"grant_type=refresh_token&refresh_token=junk")] * 10
+    answers, elapsed = lim.burst([form], source="127.0.0.3")
+    lim.check_burst("10 refresh grants with a junk refresh token and Authorization: Bearer junk (127.0.0.3)",
+                    answers, elapsed, 400)
+
+
 def rate_zero_checks(c, lim, reader_x):
     c.section("rate_limit = 0")
     answers, _ = lim.burst([[http_bytes("GET", "/.well-known/jwks.json")] * 50])
@@ -453,6 +474,7 @@ def run(build_dir, source_dir):
         admins = (daemon.mint("admin", ttl=3600, sub="limits-admin-a"),
                   daemon.mint("admin", ttl=3600, sub="limits-admin-b"))
         guarded(c, "inactive tokens", inactive_checks, c, lim, admins)
+        guarded(c, "POST /token bodies", token_body_checks, c, lim)
 
         c.section("restart with rate_limit = 0")
         c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")
