@@ -12,8 +12,10 @@
  *   FAULTP11_TARGET   the real module (default /usr/lib/softhsm/libsofthsm2.so)
  *   FAULTP11_CONTROL  the control file; unset: forward everything, always
  *   FAULTP11_STATS    optional: a file rewritten (temp + rename) whenever the
- *                     state changes, a once-fault fires, an action runs or a
- *                     call enters or leaves a hang:
+ *                     state changes, a once-fault fires, an action runs,
+ *                     a call enters or leaves a hang, or C_Login is called:
+ *                       pid N            the process writing (every process
+ *                                        that loads the module writes its own)
  *                       version N        control file versions seen (0: none)
  *                       command TEXT     the command in force ("forward",
  *                                        "invalid" for a file not understood)
@@ -21,6 +23,7 @@
  *                       actions N        close-sessions/logout actions run
  *                       hanging N        calls blocked right now
  *                       hangs N          calls that have been blocked, in total
+ *                       logins N         C_Login calls, whatever they answered
  * Every state change and action is also one line on stderr, "faultp11: ...".
  *
  * The control file holds one command (blank lines and lines starting with
@@ -38,10 +41,16 @@
  *                     module is initialised: the real C_CloseAllSessions on
  *                     every slot with a token (sessions invalid and logged
  *                     out, like an HSM reboot); then forward
- *   logout            once per file version, likewise: the real C_Logout on
+ *   logout [CKR_X]    once per file version, likewise: the real C_Logout on
  *                     a session the module saw opened and not yet closed,
  *                     once per slot; then forward (the real module answers
- *                     CKR_USER_NOT_LOGGED_IN where a login is needed)
+ *                     CKR_USER_NOT_LOGGED_IN where a login is needed) —
+ *                     except that with CKR_X every C_Login answers CKR_X
+ *                     while the command is in force (a token that logged the
+ *                     process out and now refuses its PIN)
+ *   login-error CKR_X every C_Login answers CKR_X without reaching the
+ *                     module (a PIN the token refuses: CKR_PIN_INCORRECT,
+ *                     CKR_PIN_LOCKED...); everything else forwards
  *   hang              every call but C_Finalize and C_GetFunctionList blocks
  *                     (20 ms steps, re-reading the file) until the file says
  *                     something else, then goes on as the new command says;
@@ -92,6 +101,7 @@ enum faultp11_mode {
 	FAULTP11_LOGOUT,
 	FAULTP11_HANG,
 	FAULTP11_HANG_SIGN,
+	FAULTP11_LOGIN_ERROR,
 	FAULTP11_INVALID,
 };
 
@@ -102,6 +112,7 @@ enum faultp11_class {
 	FAULTP11_CALL_INFO,    /* C_GetInfo: hang only */
 	FAULTP11_CALL_SIGN,    /* C_SignInit, C_Sign */
 	FAULTP11_CALL_VERIFY,  /* C_VerifyInit, C_Verify */
+	FAULTP11_CALL_LOGIN,   /* C_Login */
 };
 
 struct faultp11_key {
@@ -146,6 +157,7 @@ static atomic_uint faultp11_fired;
 static atomic_uint faultp11_actions;
 static atomic_uint faultp11_hanging;
 static atomic_uint faultp11_hangs;
+static atomic_uint faultp11_logins;
 
 static const struct {
 	CK_RV rv;
@@ -168,6 +180,8 @@ static const struct {
 	{ CKR_PIN_INCORRECT, "CKR_PIN_INCORRECT" },
 	{ CKR_PIN_LOCKED, "CKR_PIN_LOCKED" },
 	{ CKR_PIN_EXPIRED, "CKR_PIN_EXPIRED" },
+	{ CKR_PIN_INVALID, "CKR_PIN_INVALID" },
+	{ CKR_PIN_LEN_RANGE, "CKR_PIN_LEN_RANGE" },
 	{ CKR_SESSION_CLOSED, "CKR_SESSION_CLOSED" },
 	{ CKR_SESSION_COUNT, "CKR_SESSION_COUNT" },
 	{ CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID" },
@@ -234,10 +248,10 @@ static void faultp11_write_stats(void)
 	if (faultp11_stats[0] == '\0')
 		return;
 	n = snprintf(text, sizeof(text),
-		     "version %u\ncommand %s\nfired %u\nactions %u\nhanging %u\nhangs %u\n",
-		     atomic_load(&faultp11_version), faultp11_command, atomic_load(&faultp11_fired),
+		     "pid %ld\nversion %u\ncommand %s\nfired %u\nactions %u\nhanging %u\nhangs %u\nlogins %u\n",
+		     (long)getpid(), atomic_load(&faultp11_version), faultp11_command, atomic_load(&faultp11_fired),
 		     atomic_load(&faultp11_actions), atomic_load(&faultp11_hanging),
-		     atomic_load(&faultp11_hangs));
+		     atomic_load(&faultp11_hangs), atomic_load(&faultp11_logins));
 	if (n < 0 || (size_t)n >= sizeof(text))
 		return;
 	snprintf(tmp, sizeof(tmp), "%s.tmp", faultp11_stats);
@@ -293,6 +307,7 @@ static int faultp11_parse_code(const char *word, CK_RV *ret_code)
 static enum faultp11_mode faultp11_parse(const char *text, size_t len, CK_RV *ret_code,
 					 char command[static FAULTP11_FILE_MAX + 1])
 {
+	/* takes_code: 0 none, 1 required, 2 optional. */
 	static const struct {
 		const char *word;
 		enum faultp11_mode mode;
@@ -303,9 +318,10 @@ static enum faultp11_mode faultp11_parse(const char *text, size_t len, CK_RV *re
 		{ "error-sign", FAULTP11_ERROR_SIGN, 1 },
 		{ "once", FAULTP11_ONCE, 1 },
 		{ "close-sessions", FAULTP11_CLOSE_SESSIONS, 0 },
-		{ "logout", FAULTP11_LOGOUT, 0 },
+		{ "logout", FAULTP11_LOGOUT, 2 },
 		{ "hang", FAULTP11_HANG, 0 },
 		{ "hang-sign", FAULTP11_HANG_SIGN, 0 },
+		{ "login-error", FAULTP11_LOGIN_ERROR, 1 },
 	};
 	char buf[FAULTP11_FILE_MAX + 1];
 	char *line = NULL, *save = NULL, *word, *arg, *extra;
@@ -334,7 +350,8 @@ static enum faultp11_mode faultp11_parse(const char *text, size_t len, CK_RV *re
 	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
 		if (strcmp(words[i].word, word) != 0)
 			continue;
-		if (extra != NULL || (arg != NULL) != words[i].takes_code ||
+		if (extra != NULL || (words[i].takes_code == 0 && arg != NULL) ||
+		    (words[i].takes_code == 1 && arg == NULL) ||
 		    (arg != NULL && faultp11_parse_code(arg, &code) < 0))
 			break;
 		if (arg != NULL)
@@ -598,9 +615,19 @@ static CK_RV faultp11_enter(enum faultp11_class cls)
 		}
 		break;
 	case FAULTP11_CLOSE_SESSIONS:
+		if (cls != FAULTP11_CALL_INIT)
+			faultp11_run_action(mode);
+		break;
 	case FAULTP11_LOGOUT:
 		if (cls != FAULTP11_CALL_INIT)
 			faultp11_run_action(mode);
+		/* After the action: the login it took is refused back. */
+		if (cls == FAULTP11_CALL_LOGIN && faultp11_code_of(state) != CKR_OK)
+			return faultp11_code_of(state);
+		break;
+	case FAULTP11_LOGIN_ERROR:
+		if (cls == FAULTP11_CALL_LOGIN)
+			return faultp11_code_of(state);
 		break;
 	default:
 		break;
@@ -662,7 +689,6 @@ FAULTP11_WRAP(C_GetOperationState, O, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_UL
 FAULTP11_WRAP(C_SetOperationState, O,
 	      (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE d, CK_OBJECT_HANDLE e),
 	      (a, b, c, d, e))
-FAULTP11_WRAP(C_Login, O, (CK_SESSION_HANDLE a, CK_USER_TYPE b, CK_UTF8CHAR_PTR c, CK_ULONG d), (a, b, c, d))
 FAULTP11_WRAP(C_Logout, O, (CK_SESSION_HANDLE a), (a))
 FAULTP11_WRAP(C_CreateObject, O, (CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE_PTR d),
 	      (a, b, c, d))
@@ -773,6 +799,20 @@ static CK_RV faultp11_C_Finalize(CK_VOID_PTR reserved)
 		pthread_mutex_unlock(&faultp11_lock);
 	}
 	return rv;
+}
+
+/* Counted before the fault, so that a test sees every login its host tried,
+ * refused here or not. */
+static CK_RV faultp11_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+	CK_RV rv;
+
+	atomic_fetch_add(&faultp11_logins, 1);
+	faultp11_stats_event();
+	rv = faultp11_enter(FAULTP11_CALL_LOGIN);
+	if (rv != CKR_OK)
+		return rv;
+	return faultp11_real->C_Login(session, user, pin, len);
 }
 
 static CK_RV faultp11_C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,

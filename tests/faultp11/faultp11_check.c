@@ -71,6 +71,11 @@ static const char *check_rv_name(CK_RV rv)
 		{ CKR_CRYPTOKI_NOT_INITIALIZED, "CKR_CRYPTOKI_NOT_INITIALIZED" },
 		{ CKR_CRYPTOKI_ALREADY_INITIALIZED, "CKR_CRYPTOKI_ALREADY_INITIALIZED" },
 		{ CKR_OPERATION_NOT_INITIALIZED, "CKR_OPERATION_NOT_INITIALIZED" },
+		{ CKR_PIN_INCORRECT, "CKR_PIN_INCORRECT" },
+		{ CKR_PIN_INVALID, "CKR_PIN_INVALID" },
+		{ CKR_PIN_LEN_RANGE, "CKR_PIN_LEN_RANGE" },
+		{ CKR_PIN_EXPIRED, "CKR_PIN_EXPIRED" },
+		{ CKR_PIN_LOCKED, "CKR_PIN_LOCKED" },
 	};
 	static char other[32];
 
@@ -423,6 +428,89 @@ static void check_logout(struct check *c)
 	check_control(c, "");
 }
 
+/* login-error CKR_X: C_Login answers CKR_X, the right PIN or not, and the
+ * stats file counts every C_Login; nothing else is touched. */
+static void check_login_error(struct check *c)
+{
+	static const struct { const char *name; CK_RV rv; } codes[] = {
+		{ "CKR_PIN_INCORRECT", CKR_PIN_INCORRECT }, { "CKR_PIN_INVALID", CKR_PIN_INVALID },
+		{ "CKR_PIN_LEN_RANGE", CKR_PIN_LEN_RANGE }, { "CKR_PIN_EXPIRED", CKR_PIN_EXPIRED },
+		{ "CKR_PIN_LOCKED", CKR_PIN_LOCKED }, { "CKR_DEVICE_ERROR", CKR_DEVICE_ERROR },
+	};
+	CK_SESSION_HANDLE other;
+	CK_SESSION_INFO sinfo;
+	char text[64];
+	long logins = check_stat(c, "logins");
+	CK_RV rv, r2;
+
+	printf("-- login-error CKR_X\n");
+	check_that(c, logins >= 1 && check_stat(c, "pid") == (long)getpid(),
+		   "stats file: this process's (pid %ld), %ld C_Login so far", check_stat(c, "pid"), logins);
+	rv = c->f->C_OpenSession(c->slot, CKF_SERIAL_SESSION, NULL, NULL, &other);
+	if (!check_that(c, rv == CKR_OK, "a second session: %s", check_rv_name(rv)))
+		return;
+	/* The login of the first session is the application's: forwarded, a
+	 * C_Login here would answer CKR_USER_ALREADY_LOGGED_IN. */
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+		snprintf(text, sizeof(text), "login-error %s\n", codes[i].name);
+		check_control(c, text);
+		rv = c->f->C_Login(other, CKU_USER, (CK_UTF8CHAR_PTR)c->pin, c->pin_len);
+		r2 = c->f->C_GetSessionInfo(c->session, &sinfo);
+		check_that(c, rv == codes[i].rv && r2 == CKR_OK && sinfo.state == CKS_RO_USER_FUNCTIONS,
+			   "login-error %s: C_Login with the right PIN %s; the logged-in session %s, state %lu",
+			   codes[i].name, check_rv_name(rv), check_rv_name(r2), (unsigned long)sinfo.state);
+	}
+	check_sign_ok(c, c->session, "under login-error (signing forwards)");
+	check_that(c, check_stat(c, "logins") == logins + 6, "stats file: logins %ld -> %ld (6 tried)", logins,
+		   check_stat(c, "logins"));
+	check_control(c, "login-error\n");
+	rv = c->f->C_Login(other, CKU_USER, (CK_UTF8CHAR_PTR)c->pin, c->pin_len);
+	check_that(c, rv == CKR_USER_ALREADY_LOGGED_IN, "`login-error' without a code is invalid (forwards): %s",
+		   check_rv_name(rv));
+	check_control(c, "");
+	rv = c->f->C_Login(other, CKU_USER, (CK_UTF8CHAR_PTR)c->pin, c->pin_len);
+	check_that(c, rv == CKR_USER_ALREADY_LOGGED_IN, "cleared: C_Login reaches SoftHSM: %s", check_rv_name(rv));
+	check_that(c, check_stat(c, "logins") == logins + 8, "stats file: logins %ld", check_stat(c, "logins"));
+	c->f->C_CloseSession(other);
+}
+
+/* logout CKR_X: the process is logged out once, and its logins are refused
+ * with CKR_X while the command is in force — a token that now refuses the
+ * PIN; cleared, the same PIN logs in. */
+static void check_logout_refusing(struct check *c)
+{
+	CK_SESSION_INFO sinfo;
+	CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+	CK_ULONG found = 99;
+	long actions = check_stat(c, "actions"), logins = check_stat(c, "logins");
+	CK_RV rv, r2;
+
+	printf("-- logout CKR_X\n");
+	check_control(c, "logout CKR_PIN_INCORRECT\n");
+	rv = c->f->C_GetSessionInfo(c->session, &sinfo);
+	check_that(c, rv == CKR_OK && sinfo.state == CKS_RO_PUBLIC_SESSION,
+		   "logged out (state %lu, want CKS_RO_PUBLIC_SESSION): %s", (unsigned long)sinfo.state,
+		   check_rv_name(rv));
+	rv = c->f->C_Login(c->session, CKU_USER, (CK_UTF8CHAR_PTR)c->pin, c->pin_len);
+	r2 = c->f->C_Login(c->session, CKU_USER, (CK_UTF8CHAR_PTR)c->pin, c->pin_len);
+	check_that(c, rv == CKR_PIN_INCORRECT && r2 == CKR_PIN_INCORRECT,
+		   "C_Login with the right PIN: %s, again: %s", check_rv_name(rv), check_rv_name(r2));
+	rv = check_find_key(c, c->session, &key, &found);
+	check_that(c, rv == CKR_OK && found == 0, "still logged out: the key invisible (%s, %lu found)",
+		   check_rv_name(rv), (unsigned long)found);
+	check_that(c, check_stat(c, "actions") == actions + 1 && check_stat(c, "logins") == logins + 2,
+		   "stats file: actions %ld -> %ld, logins %ld -> %ld", actions, check_stat(c, "actions"), logins,
+		   check_stat(c, "logins"));
+	check_control(c, "logout CKR_NOT_A_CODE\n");
+	rv = c->f->C_Login(c->session, CKU_USER, (CK_UTF8CHAR_PTR)c->pin, c->pin_len);
+	check_that(c, rv == CKR_OK, "an unknown code is invalid, forwards: C_Login %s", check_rv_name(rv));
+	check_control(c, "");
+	rv = check_find_key(c, c->session, &c->key, &found);
+	check_that(c, rv == CKR_OK && found == 1, "logged in again: the key found (%s, %lu found)", check_rv_name(rv),
+		   (unsigned long)found);
+	check_sign_ok(c, c->session, "after logout CKR_X");
+}
+
 struct check_signer {
 	struct check *c;
 	CK_SESSION_HANDLE session;
@@ -530,6 +618,8 @@ int main(int argc, char **argv)
 	check_once(&c);
 	check_close_sessions(&c);
 	check_logout(&c);
+	check_login_error(&c);
+	check_logout_refusing(&c);
 	check_hang_sign(&c);
 
 	rv = c.f->C_Finalize(NULL);

@@ -5,9 +5,11 @@ throwaway SoftHSM token, without the daemon.
 Across processes, with OpenSC's pkcs11-tool as the host: forwarding (a key
 generated and an ECDSA signature that openssl verifies with the public key
 read back), `error CKR_DEVICE_ERROR' (the tool fails naming the code),
-clearing, a command the module does not understand (logged, forwards), and
-`hang' / `hang-sign' (a signing tool started in the background is held inside
-the module until the file is cleared, then finishes with a valid signature).
+clearing, a command the module does not understand (logged, forwards),
+`login-error CKR_PIN_LOCKED' (the tool's one login refused with that code, the
+stats file written by its process counting it), and `hang' / `hang-sign' (a
+signing tool started in the background is held inside the module until the
+file is cleared, then finishes with a valid signature).
 In process, faultp11_check loads the module as hsmjwtd does (p11-kit,
 unmanaged) and checks every command, the real module's answers after
 close-sessions and logout included.
@@ -130,6 +132,22 @@ def check_error(c, f):
     f.command("")
 
 
+def check_login_error(c, f):
+    c.section("login-error CKR_PIN_LOCKED")
+    f.command("login-error CKR_PIN_LOCKED\n")
+    proc = subprocess.Popen(f.tool_args("--list-objects"), env=f.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=TOOL_TIMEOUT)
+    c.check(proc.returncode != 0 and "CKR_PIN_LOCKED" in stdout + stderr,
+            "pkcs11-tool --login fails naming CKR_PIN_LOCKED", f"exit {proc.returncode}: {(stdout + stderr).strip()}")
+    c.equal((f.stat("pid"), f.stat("logins")), (proc.pid, 1),
+            "the stats file is that process's and counts its one C_Login")
+    f.command("")
+    out = f.tool("--list-objects")
+    c.check(out.returncode == 0, "cleared: pkcs11-tool logs in", out.stderr.strip())
+    c.equal(f.stat("command"), "forward", "the stats file says forward")
+
+
 def check_held(c, f, command, what):
     """A signing pkcs11-tool started under command is held in the module
     until the file is cleared, then finishes with a verified signature."""
@@ -183,6 +201,7 @@ def run(build_dir, source_dir):
             raise RuntimeError(f"{path} is not built (cmake --build {build_dir} --target faultp11 faultp11_check)")
     check_forwarding(c, f)
     check_error(c, f)
+    check_login_error(c, f)
     check_held(c, f, "hang", "the tool's first call is held")
     check_held(c, f, "hang-sign", "the tool logs in, then C_SignInit is held")
     check_in_process(c, f)
