@@ -98,20 +98,9 @@ int api_rate_key_caller(const char *org, const char *sub, char *buf, size_t n, s
 	return 0;
 }
 
-/* One token from key's bucket, at the rate the config says now (a reload
- * may change it): 0, or -EBUSY with the 429 sent. */
-static int api_rate_take(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *key,
-			 size_t key_len)
+/* The 429 of a refused request. */
+static int api_rate_refused(struct evhttp_request *req, struct api_outcome *out, unsigned retry_after)
 {
-	struct timespec now;
-	unsigned retry_after = 1;
-
-	if (ctx->ratelimit == NULL || ctx->cfg->rate_limit == 0)
-		return 0;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (ratelimit_take(ctx->ratelimit, ctx->cfg->rate_limit, key, key_len,
-			   (int64_t)now.tv_sec * 1000000000 + now.tv_nsec, &retry_after) == 0)
-		return 0;
 	metrics_rate_limited();
 	out->status = 429;
 	http_reply_retry_after(req, 429, "rate_limited", "more requests than rate_limit allows this caller; retry later",
@@ -119,22 +108,55 @@ static int api_rate_take(struct api_ctx *ctx, struct evhttp_request *req, struct
 	return -EBUSY;
 }
 
-/* Charges the client's address. */
-static int api_rate_address(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+static int64_t api_rate_now(void)
 {
-	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-	char *peer = NULL, key[2 + INET6_ADDRSTRLEN + 4 + 256];
-	ev_uint16_t port;
-	size_t key_len;
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+/* One token from key's bucket, at the rate the config says now (a reload
+ * may change it): 0, or -EBUSY with the 429 sent. */
+static int api_rate_take(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *key,
+			 size_t key_len)
+{
+	unsigned retry_after = 1;
 
 	if (ctx->ratelimit == NULL || ctx->cfg->rate_limit == 0)
 		return 0;
+	if (ratelimit_take(ctx->ratelimit, ctx->cfg->rate_limit, key, key_len, api_rate_now(), &retry_after) == 0)
+		return 0;
+	return api_rate_refused(req, out, retry_after);
+}
+
+/* The client's address as a rate_limit key (buf: API_RATE_KEY_ADDRESS_MAX bytes). */
+#define API_RATE_KEY_ADDRESS_MAX (2 + INET6_ADDRSTRLEN + 4 + 256)
+static size_t api_rate_address_key(struct evhttp_request *req, char *buf)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	char *peer = NULL;
+	ev_uint16_t port;
+	size_t key_len = 0;
+
 	if (evcon != NULL)
 		evhttp_connection_get_peer(evcon, &peer, &port);
 	/* A name too long for the key (never an address): one bucket for
 	 * all of those. */
-	if (api_rate_key_address(peer ? peer : "", key, sizeof(key), &key_len) < 0)
-		api_rate_key_address("", key, sizeof(key), &key_len);
+	if (api_rate_key_address(peer ? peer : "", buf, API_RATE_KEY_ADDRESS_MAX, &key_len) < 0)
+		api_rate_key_address("", buf, API_RATE_KEY_ADDRESS_MAX, &key_len);
+	return key_len;
+}
+
+/* Charges the client's address. */
+static int api_rate_address(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	char key[API_RATE_KEY_ADDRESS_MAX];
+	size_t key_len;
+
+	if (ctx->ratelimit == NULL || ctx->cfg->rate_limit == 0)
+		return 0;
+	key_len = api_rate_address_key(req, key);
 	return api_rate_take(ctx, req, out, key, key_len);
 }
 
@@ -144,6 +166,20 @@ int api_rate_unverified(struct api_ctx *ctx, struct evhttp_request *req, struct 
 	if (evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization") == NULL)
 		return 0;
 	return api_rate_address(ctx, req, out);
+}
+
+int api_rate_peek_address(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
+{
+	char key[API_RATE_KEY_ADDRESS_MAX];
+	size_t key_len;
+	unsigned retry_after = 1;
+
+	if (ctx->ratelimit == NULL || ctx->cfg->rate_limit == 0)
+		return 0;
+	key_len = api_rate_address_key(req, key);
+	if (ratelimit_peek(ctx->ratelimit, ctx->cfg->rate_limit, key, key_len, api_rate_now(), &retry_after) == 0)
+		return 0;
+	return api_rate_refused(req, out, retry_after);
 }
 
 int api_rate_caller(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *org,
@@ -181,6 +217,10 @@ int api_authenticate(struct api_ctx *ctx, struct evhttp_request *req, struct api
 
 	memset(&auth, 0, sizeof(auth));
 	auth.token_sent = api_bearer_sent(authorization);
+	/* An address over its limit buys no verification (an HS256 token's
+	 * is a C_Verify in the token). */
+	if (auth.token_sent && api_rate_peek_address(ctx, req, out) < 0)
+		return -EBUSY;
 	auth.result = auth_bearer(authorization, &ctx->view, ctx->cfg, api_now(), &auth.caller, auth.err,
 				  sizeof(auth.err));
 	/* SPEC §4.1: a management token must not be revoked or suspended. */

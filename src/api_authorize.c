@@ -173,6 +173,10 @@ void api_authorize_proxy(struct api_ctx *ctx, struct evhttp_request *req, struct
 								      : "authorization must be the Bearer scheme and a token");
 		return;
 	}
+	/* An address over its limit buys no verification (an HS256 token's
+	 * is a C_Verify in the token). */
+	if (api_rate_peek_address(ctx, req, out) < 0)
+		return;
 	r = jwt_verify(token, strlen(token), keys_lookup, &ctx->view, &expect, &header, &claims);
 	if (r == 0) {
 		jti = json_plain_string(json_object_get(claims, "jti"));

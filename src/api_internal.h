@@ -56,6 +56,11 @@ int api_authorize_as(struct api_ctx *ctx, struct evhttp_request *req, struct api
 int api_rate_caller(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *org,
 		    const char *sub);
 int api_rate_unverified(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out);
+/* Before a bearer token is verified (for an HS256 token a C_Verify in the
+ * token): an address already over its limit is refused there, whoever the
+ * token would name, without a token taken (ratelimit_peek).  0, or -EBUSY
+ * with the 429 sent. */
+int api_rate_peek_address(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out);
 /* The keys: "a:" and the client's address — an IPv6 client by its /64,
  * a v4-mapped one by its IPv4 address, anything else as it is — or "s:",
  * the caller's org, a NUL and its sub (neither holds a NUL: no two callers

@@ -281,35 +281,49 @@ static void ratelimit_unlink(struct ratelimit *rl, struct ratelimit_stripe *s, s
 	free(b);
 }
 
-/* The token bucket itself, under its stripe's lock. */
-static int ratelimit_bucket_take(struct ratelimit *rl, struct ratelimit_stripe *s, struct ratelimit_bucket *b,
-				 unsigned rate, int64_t now_ns, unsigned *ret_retry_after)
+/* b's level at now_ns and rate, b unchanged. */
+static uint64_t ratelimit_level_at(const struct ratelimit_bucket *b, unsigned rate, int64_t now_ns)
 {
 	uint64_t cap = ratelimit_cap(rate);
-	int r = 0;
-
 	/* A reload to a lower rate: what the bucket holds beyond the new
 	 * burst goes. */
-	if (b->level > cap)
-		b->level = cap;
+	uint64_t level = b->level > cap ? cap : b->level;
+
 	if (now_ns > b->last_ns) {
 		uint64_t elapsed = (uint64_t)(now_ns - b->last_ns);
 		/* An empty bucket is full after one second: capping the
 		 * elapsed time there keeps the product within 64 bits. */
 		uint64_t gain = elapsed >= RATELIMIT_UNIT ? cap : elapsed * rate;
-		b->level = cap - b->level <= gain ? cap : b->level + gain;
-		b->last_ns = now_ns;
+		level = cap - level <= gain ? cap : level + gain;
 	}
+	return level;
+}
+
+/* The Retry-After of a level short of one token: the nanoseconds until it
+ * reaches one, in whole seconds rounded up; never 0, which would invite a
+ * retry at once. */
+static unsigned ratelimit_retry_after(uint64_t level, unsigned rate)
+{
+	uint64_t wait_ns = (RATELIMIT_UNIT - level + rate - 1) / rate;
+	uint64_t seconds = (wait_ns + RATELIMIT_UNIT - 1) / RATELIMIT_UNIT;
+
+	return seconds == 0 ? 1 : (unsigned)seconds;
+}
+
+/* The token bucket itself, under its stripe's lock. */
+static int ratelimit_bucket_take(struct ratelimit *rl, struct ratelimit_stripe *s, struct ratelimit_bucket *b,
+				 unsigned rate, int64_t now_ns, unsigned *ret_retry_after)
+{
+	int r = 0;
+
+	b->level = ratelimit_level_at(b, rate, now_ns);
+	if (now_ns > b->last_ns)
+		b->last_ns = now_ns;
 	if (b->level >= RATELIMIT_UNIT) {
 		b->level -= RATELIMIT_UNIT;
 	} else {
-		/* Nanoseconds until the level reaches one token, in whole
-		 * seconds rounded up; never 0, which would invite a retry at
-		 * once. */
-		uint64_t wait_ns = (RATELIMIT_UNIT - b->level + rate - 1) / rate;
-		uint64_t seconds = (wait_ns + RATELIMIT_UNIT - 1) / RATELIMIT_UNIT;
 		if (ret_retry_after != NULL)
-			*ret_retry_after = seconds == 0 ? 1 : (unsigned)seconds;
+			*ret_retry_after = ratelimit_retry_after(b->level, rate);
 		r = -EBUSY;
 	}
 	b->full_ns = ratelimit_full_ns(b, rate);
@@ -447,6 +461,34 @@ int ratelimit_take(struct ratelimit *rl, unsigned rate, const char *key, size_t 
 	}
 	pthread_mutex_unlock(&s->lock);
 	return r;
+}
+
+int ratelimit_peek(struct ratelimit *rl, unsigned rate, const char *key, size_t key_len, int64_t now_ns,
+		   unsigned *ret_retry_after)
+{
+	struct ratelimit_stripe *s;
+	struct ratelimit_bucket *b;
+	uint64_t hash, level = 0;
+	int found;
+
+	if (rate == 0)
+		return 0;
+	if (key_len > RATELIMIT_MAX_KEY)
+		key_len = RATELIMIT_MAX_KEY;
+	hash = ratelimit_siphash(rl->sip_k0, rl->sip_k1, (const unsigned char *)key, key_len);
+	s = &rl->stripes[hash & (RATELIMIT_STRIPES - 1)];
+	pthread_mutex_lock(&s->lock);
+	b = ratelimit_find(s, hash, key, key_len);
+	found = b != NULL;
+	if (found)
+		level = ratelimit_level_at(b, rate, now_ns);
+	pthread_mutex_unlock(&s->lock);
+	/* A key without a bucket has a full one. */
+	if (!found || level >= RATELIMIT_UNIT)
+		return 0;
+	if (ret_retry_after != NULL)
+		*ret_retry_after = ratelimit_retry_after(level, rate);
+	return -EBUSY;
 }
 
 int ratelimit_new(size_t max_keys, struct ratelimit **ret_rl)

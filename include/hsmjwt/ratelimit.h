@@ -3,9 +3,11 @@
  * bucket per worker would multiply the limit by the worker count).
  *
  * Who the caller is (api.c decides, this module only sees a key): the org
- * and sub of a caller token that verified, else the client's address.  A
- * request whose bearer token does not verify is charged to its address, so
- * a flood of bad tokens is limited too.
+ * and sub of a caller token that verified and that the registry does not
+ * refuse, else the client's address.  A request whose bearer token does
+ * not verify (or is revoked) is charged to its address, so a flood of bad
+ * tokens is limited too; and an address already over its limit is refused
+ * before its bearer token is verified (ratelimit_peek).
  *
  * Bounded: at most max_keys buckets.  A bucket that has refilled to its
  * burst holds no state worth keeping and is the first to go when the table
@@ -38,6 +40,15 @@ void ratelimit_free(struct ratelimit *rl);
  * NULL) is the whole seconds until a token is back, at least 1 (RFC 9110
  * §10.2.3 Retry-After). */
 int ratelimit_take(struct ratelimit *rl, unsigned rate, const char *key, size_t key_len, int64_t now_ns,
+		   unsigned *ret_retry_after);
+
+/* Whether key's bucket holds a token at now_ns, without taking it, adding
+ * a bucket or counting a use: a request that takes only after expensive
+ * work (verifying a bearer token, in the token for HS256) first asks
+ * whether its address is over the limit already.  A key without a bucket
+ * has a full one.  0, or -EBUSY and *ret_retry_after (may be NULL) as
+ * ratelimit_take would give it; rate 0: 0. */
+int ratelimit_peek(struct ratelimit *rl, unsigned rate, const char *key, size_t key_len, int64_t now_ns,
 		   unsigned *ret_retry_after);
 
 /* Buckets held now (tests, metrics). */

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """rate_limit and max_connections (issue 6, SPEC §3) against the real daemon.
 
-Rate limit (rate_limit = 5, burst 5): every request comes from 127.0.0.1, so
-the callers are told apart by the sub of their tokens.  A burst is sent
+Rate limit (rate_limit = 5, burst 5): requests come from 127.0.0.1, so the
+callers are told apart by the sub of their tokens, except where another
+loopback address (127.0.0.2...) plays another client.  A burst is sent
 pipelined on raw sockets — written whole before any answer is read — so the
 daemon sees it within milliseconds; the verdicts still never lean on that:
 over a burst that took T seconds on the test's clock (which encloses the
@@ -15,14 +16,19 @@ admitted; after Retry-After seconds the caller is admitted again;
 unauthenticated requests on two connections share the address's one bucket;
 POST /authorize charges the sub of the token it checks; bad bearer tokens
 (and a junk Authorization header on a public route) are charged to the
-address and limited; hsmjwt_rate_limited_total counts each 429 (when
-/metrics exists).  A token that verifies but whose record is revoked or
+address and limited.  A token that verifies but whose record is revoked or
 suspended (or a child of a suspended parent), replayed 30 times from
 127.0.0.2 at /authorize and GET /tokens, is charged to that address: the
 sub's fresh token, from 127.0.0.1 right after, gets its whole burst.
 POST /token with `Authorization: Bearer junk' is charged before its body is
 read: 20 pipelined with a body that is not JSON get 400 up to the burst,
-then 429 (a refresh grant with the header likewise).
+then 429 (a refresh grant with the header likewise).  An address over its
+limit is refused before a bearer token is verified: a valid caller's request
+after a flood of bad tokens from its address is 429 while the same caller
+from another address is admitted, and 16 forged HS256 tokens (whose
+verification is a C_Verify in the token) cost exactly one C_Verify per 401,
+none per 429 (hsmjwt_hsm_operations_total{op="verify"}).
+hsmjwt_rate_limited_total counts each 429 (when /metrics exists).
 rate_limit = 0 admits 50 of each.
 
 Connections (workers = 1, max_connections = 3): with three idle keep-alive
@@ -47,10 +53,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Token, Workdir, guarded, main_with_dirs,  # noqa: E402
-                            require_tools, run_daemon_test)
+from hsmjwt_harness import (Checker, Daemon, Token, Workdir, b64url_decode, b64url_encode, guarded,  # noqa: E402
+                            jwt_parts, main_with_dirs, require_tools, run_daemon_test)
 
-ALGORITHMS = ["ES256"]
+ALGORITHMS = ["ES256", "HS256"]   # HS256: verification in the token, counted
 RATE = 5
 BURST_REQUESTS = 10     # pipelined per burst: twice the burst
 QUIET = 1.05            # an empty bucket is full again after 1 s
@@ -253,14 +259,23 @@ def rate_checks(c, lim, tokens):
     time.sleep(QUIET)
     bad = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     mixed = [http_bytes("GET", "/tokens", bad), http_bytes("POST", "/authorize", bad)] * (BURST_REQUESTS // 2)
-    answers, elapsed = lim.burst([mixed])
-    lim.check_burst("a flood of invalid bearer tokens (GET /tokens, POST /authorize)", answers, elapsed, 401)
+    # Last on the connection, a valid caller's request from the flooding
+    # address: over its limit, the address is refused before any token of
+    # it is verified, whoever the token names.
+    answers, elapsed = lim.burst([mixed + [http_bytes("GET", "/tokens?limit=1", reader_y)]], source="127.0.0.4")
+    lim.check_burst("a flood of invalid bearer tokens (GET /tokens, POST /authorize) from 127.0.0.4, then a valid "
+                    "caller's request from there", answers, elapsed, 401)
+    if elapsed < 1.0 / RATE:
+        c.equal(answers[0][-1].status, 429, "the valid caller's request from the flooding address is refused 429")
     c.equal(lim.one("GET", "/tokens?limit=1", reader_y).status, 200,
-            "a valid caller from the same address is still admitted")
+            "the same valid caller from another address (127.0.0.1) is admitted")
     time.sleep(QUIET)
     answers, elapsed = lim.burst([[http_bytes("GET", "/.well-known/jwks.json", "junk")] * BURST_REQUESTS])
     lim.check_burst("a public route with a junk Authorization header", answers, elapsed, 200)
 
+
+def rate_total_check(c, lim):
+    d = lim.d
     c.section("hsmjwt_rate_limited_total")
     time.sleep(QUIET)
     text = scrape(d)
@@ -334,6 +349,42 @@ def token_body_checks(c, lim):
     answers, elapsed = lim.burst([form], source="127.0.0.3")
     lim.check_burst("10 refresh grants with a junk refresh token and Authorization: Bearer junk (127.0.0.3)",
                     answers, elapsed, 400)
+
+
+def hsm_verifies(lim):
+    """hsmjwt_hsm_operations_total{op="verify"}, whatever the result: each
+    is one C_Verify in the token.  Scraped from 127.0.0.6, a client of its
+    own to the rate limit."""
+    a = lim.one("GET", "/metrics", source="127.0.0.6")
+    if a.status != 200:
+        raise RuntimeError(f"GET /metrics answered {a.status}")
+    return sum(float(v) for v in re.findall(r'^hsmjwt_hsm_operations_total\{[^}]*op="verify"[^}]*\} (\S+)$',
+                                           a.body.decode(), re.M))
+
+
+def peek_checks(c, lim, issuer):
+    """An address over its limit is refused before a bearer token is
+    verified: for an HS256 token that is a C_Verify in the token, which a
+    flood of forged ones must not buy beyond the burst."""
+    c.section("an address over its limit is refused before verification (HS256: no C_Verify)")
+    r = lim.d.request("POST", "/token", {"subject": "limits-h", "alg": "HS256", "expires_in": 600},
+                      {"Authorization": f"Bearer {issuer}"})
+    token = (r.json() or {}).get("access_token", "")
+    if not c.check(r.status == 200 and jwt_parts(token)[0].get("alg") == "HS256", "POST /token issues an HS256 token",
+                   f"{r.status} {r.body[:200]!r}"):
+        return
+    head, payload, sig = token.split(".")
+    forged = f"{head}.{payload}.{b64url_encode(bytes(b ^ 0x55 for b in b64url_decode(sig)))}"
+    c.equal(lim.one("POST", "/authorize", forged).status, 401, "a forged signature on it is refused 401")
+    time.sleep(QUIET)
+    before = hsm_verifies(lim)
+    flood = [http_bytes("GET", "/tokens?limit=1", forged), http_bytes("POST", "/authorize", forged)] * 8
+    answers, elapsed = lim.burst([flood], source="127.0.0.5")
+    lim.check_burst("16 forged HS256 tokens (GET /tokens, POST /authorize) from 127.0.0.5", answers, elapsed, 401)
+    verified = hsm_verifies(lim) - before
+    refused = sum(1 for a in answers[0] if a.status == 401)
+    c.equal(verified, float(refused),
+            f"C_Verify ran once per 401 ({refused}), never for a 429 (hsmjwt_hsm_operations_total{{op=\"verify\"}})")
 
 
 def rate_zero_checks(c, lim, reader_x):
@@ -475,6 +526,8 @@ def run(build_dir, source_dir):
                   daemon.mint("admin", ttl=3600, sub="limits-admin-b"))
         guarded(c, "inactive tokens", inactive_checks, c, lim, admins)
         guarded(c, "POST /token bodies", token_body_checks, c, lim)
+        guarded(c, "peek before verification", peek_checks, c, lim, issuer)
+        guarded(c, "hsmjwt_rate_limited_total", rate_total_check, c, lim)
 
         c.section("restart with rate_limit = 0")
         c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")

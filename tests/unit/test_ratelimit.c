@@ -7,8 +7,10 @@
  * used one, and the least recently used one when none has refilled; keys
  * compared by length and bytes and cut at RATELIMIT_MAX_KEY; 4 threads on
  * one key admitting exactly the burst, and 4 threads adding keys to a
- * small table never holding more than max_keys.  Then the keys api.c
- * charges: an address (an IPv6 client by its /64) and an org + sub. */
+ * small table never holding more than max_keys; ratelimit_peek admitting
+ * what a take would without taking, adding a bucket or counting a use.
+ * Then the keys api.c charges: an address (an IPv6 client by its /64) and
+ * an org + sub. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -250,6 +252,92 @@ static void test_bound_after_reload(void **state)
 	ratelimit_free(rl);
 }
 
+static int peek(struct ratelimit *rl, unsigned rate, const char *key, int64_t now)
+{
+	return ratelimit_peek(rl, rate, key, strlen(key), now, NULL);
+}
+
+static void test_peek_takes_nothing(void **state)
+{
+	struct ratelimit *rl = new_limit(16);
+	unsigned retry = 0;
+
+	/* A key never seen has a full bucket, and peeking adds none. */
+	assert_int_equal(ratelimit_peek(rl, 3, "a:1", 3, T0, &retry), 0);
+	assert_int_equal(retry, 0);
+	assert_int_equal(ratelimit_count(rl), 0);
+	/* Peeks at a bucket with tokens leave them all there. */
+	assert_int_equal(take(rl, 3, "a:1", T0), 0);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(peek(rl, 3, "a:1", T0), 0);
+	assert_int_equal(admitted(rl, 3, "a:1", T0, 10), 2);
+	/* Empty: refused with the Retry-After a take would give. */
+	assert_int_equal(ratelimit_peek(rl, 3, "a:1", 3, T0, &retry), -EBUSY);
+	assert_int_equal(retry, 1);
+	/* The refill a peek sees is the take's, to the nanosecond, and it
+	 * stays in the bucket: one take, not one per peek. */
+	assert_int_equal(peek(rl, 3, "a:1", T0 + 333333333), -EBUSY);
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(peek(rl, 3, "a:1", T0 + 333333334), 0);
+	assert_int_equal(admitted(rl, 3, "a:1", T0 + 333333334, 10), 1);
+	assert_int_equal(peek(rl, 3, "a:1", T0 + 333333334), -EBUSY);
+	assert_int_equal(ratelimit_count(rl), 1);
+	/* rate 0: never refused, nothing added. */
+	assert_int_equal(peek(rl, 0, "a:1", T0), 0);
+	assert_int_equal(peek(rl, 0, "a:2", T0), 0);
+	assert_int_equal(ratelimit_count(rl), 1);
+	ratelimit_free(rl);
+}
+
+static void test_peek_retry_after_and_rate(void **state)
+{
+	struct ratelimit *rl = new_limit(16);
+	unsigned retry = 0;
+
+	assert_int_equal(take(rl, 1, "k", T0), 0);
+	/* A second short of a token, then a nanosecond short: 1 both times. */
+	assert_int_equal(ratelimit_peek(rl, 1, "k", 1, T0, &retry), -EBUSY);
+	assert_int_equal(retry, 1);
+	retry = 0;
+	assert_int_equal(ratelimit_peek(rl, 1, "k", 1, T0 + SEC - 1, &retry), -EBUSY);
+	assert_int_equal(retry, 1);
+	assert_int_equal(peek(rl, 1, "k", T0 + SEC), 0);
+	/* rate 10 with 8 left, reloaded to 2: peek and take see the bucket
+	 * cut to the new burst. */
+	assert_int_equal(admitted(rl, 10, "r", T0, 2), 2);
+	assert_int_equal(peek(rl, 2, "r", T0), 0);
+	assert_int_equal(admitted(rl, 2, "r", T0, 10), 2);
+	assert_int_equal(peek(rl, 2, "r", T0), -EBUSY);
+	/* Keys are cut at RATELIMIT_MAX_KEY as take cuts them. */
+	{
+		char long_a[RATELIMIT_MAX_KEY + 10], long_b[RATELIMIT_MAX_KEY + 10];
+		memset(long_a, 'x', sizeof(long_a));
+		memcpy(long_b, long_a, sizeof(long_b));
+		long_b[sizeof(long_b) - 1] = 'y';
+		assert_int_equal(ratelimit_take(rl, 1, long_a, sizeof(long_a), T0, NULL), 0);
+		assert_int_equal(ratelimit_peek(rl, 1, long_b, sizeof(long_b), T0, NULL), -EBUSY);
+	}
+	ratelimit_free(rl);
+}
+
+static void test_peek_is_no_use(void **state)
+{
+	/* A peek is no use of the bucket: the least recently used one is still
+	 * the one least recently taken from. */
+	struct ratelimit *rl = new_limit(2);
+
+	assert_int_equal(admitted(rl, 2, "A", T0, 2), 2);              /* full at T0 + 1 s */
+	assert_int_equal(admitted(rl, 2, "B", T0 + 100 * MS, 2), 2);   /* full at T0 + 1.1 s */
+	assert_int_equal(peek(rl, 2, "A", T0 + 200 * MS), -EBUSY);
+	/* Neither has refilled at 300 ms: C takes A's place, the peek
+	 * notwithstanding. */
+	assert_int_equal(admitted(rl, 2, "C", T0 + 300 * MS, 1), 1);
+	assert_int_equal(ratelimit_count(rl), 2);
+	assert_int_equal(take(rl, 2, "B", T0 + 300 * MS), -EBUSY);     /* kept: 0.4 token */
+	assert_int_equal(peek(rl, 2, "A", T0 + 300 * MS), 0);          /* gone: full */
+	ratelimit_free(rl);
+}
+
 struct hammer {
 	struct ratelimit *rl;
 	pthread_barrier_t *start;
@@ -383,6 +471,9 @@ int main(void)
 		cmocka_unit_test(test_keys_independent),
 		cmocka_unit_test(test_bound_evicts_refilled_then_lru),
 		cmocka_unit_test(test_bound_after_reload),
+		cmocka_unit_test(test_peek_takes_nothing),
+		cmocka_unit_test(test_peek_retry_after_and_rate),
+		cmocka_unit_test(test_peek_is_no_use),
 		cmocka_unit_test(test_threads_one_key),
 		cmocka_unit_test(test_threads_bound),
 		cmocka_unit_test(test_address_keys),
