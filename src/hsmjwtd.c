@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -196,6 +197,12 @@ int main(int argc, char **argv)
 	if (r < 0)
 		goto out;
 	r = service_open_token(&cfg, 1, &hsm);
+	if (r == HSM_E_PIN) {
+		/* hsm_login has named the CKR.  A restart would try the same PIN
+		 * (and lock it): the unit does not restart on EX_CONFIG. */
+		sd_notify(0, "STATUS=not started: the token refused the PIN; fix the PIN source, then start again");
+		status = EX_CONFIG;
+	}
 	if (r < 0)
 		goto out;
 	/* From here on the config is versions a reload replaces; what is built

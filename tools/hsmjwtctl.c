@@ -27,13 +27,23 @@
 
 int ctl_open(struct ctl *ctl)
 {
+	int r;
+
 	if (ctl->hsm != NULL)
 		return 0;
-	if (service_open_token(&ctl->cfg, 0, &ctl->hsm) < 0) {
-		fprintf(stderr, "hsmjwtctl: cannot open token `%s' (see the log line above)\n", ctl->cfg.token);
+	/* One login per run: a PIN the token refused is never tried twice. */
+	if (ctl->open_failed)
 		return -1;
+	r = service_open_token(&ctl->cfg, 0, &ctl->hsm);
+	if (r == HSM_E_PIN) {
+		fprintf(stderr, "hsmjwtctl: token `%s' refused the PIN (see the log line above); fix pin_file or "
+				"HSMJWT_PIN before the next try: every wrong try counts towards the token locking "
+				"the PIN\n", ctl->cfg.token);
+	} else if (r < 0) {
+		fprintf(stderr, "hsmjwtctl: cannot open token `%s' (see the log line above)\n", ctl->cfg.token);
 	}
-	return 0;
+	ctl->open_failed = r < 0;
+	return r < 0 ? -1 : 0;
 }
 
 int ctl_load_keys(struct ctl *ctl, int64_t now, struct keys **ret_keys)

@@ -20,11 +20,13 @@ struct ctl {
 	int cfg_loaded;
 	const char *config_path;          /* --config, NULL when none */
 	struct hsm *hsm;
+	int open_failed;                  /* ctl_open tried and failed: not again */
 };
 
 /* ---- hsmjwtctl.c ------------------------------------------------------ */
 
-/* Opens the token (once) with the configuration: 0, or -1 after a message. */
+/* Opens the token (once) with the configuration: 0, or -1 after a message
+ * (the first time; a failed open is not tried again, its login either). */
 int ctl_open(struct ctl *ctl);
 /* Opens the token and loads the key set planned at now: 0 and *ret_keys
  * (one reference, keys_release it), or -1 after a message. */
