@@ -49,6 +49,9 @@
 
 /* http_listener.index of the admin thread's one listener (admin_listen). */
 #define HTTP_ADMIN_LISTENER ((size_t)CONFIG_MAX_LISTEN)
+/* The admin_listen thread's connections, apart from max_connections: a
+ * scraper and a health check or two, never a crowd of clients. */
+#define HTTP_ADMIN_MAX_CONNECTIONS 64
 
 /* One worker's listening socket for one listen address. */
 struct http_listener {
@@ -58,11 +61,28 @@ struct http_listener {
 	unsigned backoff_ms;          /* 0: accepting */
 };
 
-/* max_connections: the connections a worker holds (see http_conn_accept
- * for how they are counted), touched on its loop only. */
+/* One connection limit and the workers it holds back: max_connections
+ * for the public workers together, HTTP_ADMIN_MAX_CONNECTIONS for the
+ * admin_listen thread.  open is the one count every worker of the group
+ * adds to and takes from (see http_conn_accept for when), so that it is
+ * the group's connections, whichever worker holds them; a worker that
+ * takes it to max pauses its own listeners at once and wakes the others
+ * to pause theirs, and the close that takes it back under max wakes them
+ * all to resume. */
+struct http_conn_limit {
+	atomic_uint open;             /* accepted and not yet closed */
+	unsigned max;
+	struct http_worker *workers;  /* the group, woken on each crossing of max */
+	unsigned worker_count;
+	/* Set when the server stops: from then on no worker wakes another,
+	 * whose loop may be gone. */
+	atomic_int stopping;
+};
+
+/* A worker's side of its limit, touched on its loop only. */
 struct http_conns {
-	unsigned open;                /* accepted and not yet closed */
-	unsigned limit;               /* its share of max_connections */
+	struct http_conn_limit *limit;
+	struct event *wake;           /* http_conns_wake: the count crossed max */
 	int paused;                   /* the listeners are off for the limit */
 	int final;                    /* stopping: never turned on again */
 	struct http_conn *adopting;   /* accepted; their evhttp connection not yet looked up */
@@ -134,10 +154,12 @@ struct http_server {
 	size_t passed_count;
 	struct http_worker *workers;
 	unsigned worker_count;
+	struct http_conn_limit conn_limit;        /* max_connections, the workers' */
 	/* admin_listen: a thread of its own (a worker without a token
 	 * session) serving /metrics and /health there; NULL when unset. */
 	struct http_worker *admin;
 	struct http_address admin_address;
+	struct http_conn_limit admin_conn_limit;  /* the admin thread's own */
 };
 
 /* libevent's own messages, which it would print to stderr unstructured and
@@ -812,10 +834,16 @@ static void http_accept_error(struct evconnlistener *lev, void *arg)
  * socket is closed by the bufferevent's finalisation, after its events
  * are deleted, whoever lets go last.
  *
- * At the limit the worker turns its listeners off (libevent 2.1.12's
- * listener loop stops accepting at once when its callback disables it) and
- * the kernel's backlog holds the next connections; the close that brings
- * the count under the limit turns them on again. */
+ * The count is one for all the workers (struct http_conn_limit): with
+ * SO_REUSEPORT the kernel hands a new connection to any worker's socket,
+ * however many the worker holds, so a worker pausing at a share of its own
+ * would hold connections back while the others have room.  The accept that
+ * takes the count to max_connections turns its worker's listeners off at
+ * once (libevent 2.1.12's listener loop stops accepting at once when its
+ * callback disables it) and wakes the other workers to turn theirs off;
+ * the kernel's backlogs hold the next connections; the close that takes
+ * the count back under the limit wakes every worker to turn them on
+ * again. */
 
 struct http_conn {
 	struct http_worker *worker;
@@ -840,10 +868,6 @@ static void http_conns_pause(struct http_worker *worker)
 	for (size_t i = 0; i < worker->listener_count; i++)
 		evconnlistener_disable(worker->listeners[i].lev);
 	worker->conns.paused = 1;
-	log_limited(LOG_LEVEL_WARN,
-		    "\"max_connections reached: not accepting until a connection closes\" worker=%u connections=%u "
-		    "max_connections=%u",
-		    worker->index, worker->conns.open, worker->server->cfg->max_connections);
 }
 
 static void http_conns_resume(struct http_worker *worker)
@@ -855,13 +879,67 @@ static void http_conns_resume(struct http_worker *worker)
 			evconnlistener_enable(worker->listeners[i].lev);
 }
 
-/* A connection less: -1, and room again at the limit. */
+/* The count crossed max (either way) after it was last looked at here:
+ * the listeners follow what it says now.  Every crossing activates every
+ * worker of the group after the count changed, and each run reads the
+ * count anew, so the last run of each worker follows the last crossing. */
+static void http_conns_wake(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_worker *worker = arg;
+	struct http_conn_limit *limit = worker->conns.limit;
+
+	if (atomic_load(&limit->open) >= limit->max) {
+		if (!worker->conns.paused)
+			http_conns_pause(worker);
+	} else if (worker->conns.paused && !worker->conns.final) {
+		http_conns_resume(worker);
+	}
+}
+
+/* Activates every worker's http_conns_wake (libevent threading is on:
+ * event_active locks the other loop's base and wakes it). */
+static void http_conns_wake_all(struct http_conn_limit *limit)
+{
+	if (atomic_load(&limit->stopping))
+		return;
+	for (unsigned i = 0; i < limit->worker_count; i++)
+		if (limit->workers[i].conns.wake != NULL)
+			event_active(limit->workers[i].conns.wake, EV_READ, 0);
+}
+
+/* A connection more: +1, and at max every listener of the group off. */
+static void http_conn_counted(struct http_worker *worker)
+{
+	struct http_conn_limit *limit = worker->conns.limit;
+	unsigned open = atomic_fetch_add(&limit->open, 1) + 1;
+
+	metrics_http_connections_add(1);
+	if (open < limit->max)
+		return;
+	/* Its own at once: libevent's accept loop stops as soon as the
+	 * listener is off.  Another worker may still accept one connection
+	 * before its wake runs, and pauses then (at most workers - 1 over). */
+	if (!worker->conns.paused)
+		http_conns_pause(worker);
+	if (open == limit->max) {
+		log_limited(LOG_LEVEL_WARN,
+			    "\"max_connections reached: not accepting until a connection closes\" worker=%u "
+			    "connections=%u max_connections=%u",
+			    worker->index, open, limit->max);
+		http_conns_wake_all(limit);
+	}
+}
+
+/* A connection less: -1, and the close that takes the count back under
+ * max wakes every worker of the group to accept again. */
 static void http_conn_gone(struct http_worker *worker)
 {
-	worker->conns.open--;
+	struct http_conn_limit *limit = worker->conns.limit;
+	unsigned was = atomic_fetch_sub(&limit->open, 1);
+
 	metrics_http_connections_add(-1);
-	if (worker->conns.paused && !worker->conns.final && worker->conns.open < worker->conns.limit)
-		http_conns_resume(worker);
+	if (was == limit->max)
+		http_conns_wake_all(limit);
 }
 
 /* The connection's closecb (see above): its end, counted. */
@@ -942,10 +1020,7 @@ static struct bufferevent *http_conn_accept(struct http_worker *worker)
 	c->next = worker->conns.adopting;
 	worker->conns.adopting = c;
 	event_active(worker->conns.adopt, EV_TIMEOUT, 0);
-	worker->conns.open++;
-	metrics_http_connections_add(1);
-	if (worker->conns.open >= worker->conns.limit && !worker->conns.paused)
-		http_conns_pause(worker);
+	http_conn_counted(worker);
 	return bev;
 }
 
@@ -972,20 +1047,31 @@ void http_connection_set_closecb(struct evhttp_connection *evcon, void (*cb)(str
 	c->closecb_arg = arg;
 }
 
-/* The worker's part of max_connections, before its listeners open. */
-static int http_conns_init(struct http_worker *worker, const struct config *cfg)
+static void http_conn_limit_init(struct http_conn_limit *limit, unsigned max, struct http_worker *workers,
+				 unsigned worker_count)
 {
+	atomic_init(&limit->open, 0);
+	limit->max = max;
+	limit->workers = workers;
+	limit->worker_count = worker_count;
+	atomic_init(&limit->stopping, 0);
+}
+
+/* The worker's side of its limit, before its listeners open. */
+static int http_conns_init(struct http_worker *worker, struct http_conn_limit *limit)
+{
+	/* About a chain per connection while they spread evenly. */
+	unsigned share = (limit->max + limit->worker_count - 1) / limit->worker_count;
 	size_t heads = 16;
 
-	worker->conns.limit = (cfg->max_connections + cfg->workers - 1) / cfg->workers;
-	if (worker->conns.limit == 0)
-		worker->conns.limit = 1;
-	while (heads < worker->conns.limit)
+	worker->conns.limit = limit;
+	while (heads < share)
 		heads *= 2;
 	worker->conns.by_evcon = calloc(heads, sizeof(*worker->conns.by_evcon));
 	worker->conns.by_evcon_mask = heads - 1;
 	worker->conns.adopt = event_new(worker->base, -1, 0, http_conn_adopt, worker);
-	if (worker->conns.by_evcon == NULL || worker->conns.adopt == NULL)
+	worker->conns.wake = event_new(worker->base, -1, 0, http_conns_wake, worker);
+	if (worker->conns.by_evcon == NULL || worker->conns.adopt == NULL || worker->conns.wake == NULL)
 		return -ENOMEM;
 	return 0;
 }
@@ -999,6 +1085,9 @@ static void http_conns_free(struct http_worker *worker)
 		http_conn_adopt_all(worker, 1);
 	if (worker->conns.adopt != NULL)
 		event_free(worker->conns.adopt);
+	if (worker->conns.wake != NULL)
+		event_free(worker->conns.wake);
+	worker->conns.wake = NULL;
 	free(worker->conns.by_evcon);
 }
 
@@ -1026,7 +1115,10 @@ static void *http_worker_main(void *arg)
 	struct http_worker *worker = arg;
 
 	http_worker_self = worker;
-	event_base_dispatch(worker->base);
+	/* A worker paused for connections other workers hold has no event
+	 * added, only its wake to be activated: its loop must not end for
+	 * want of events.  The stop ends it (http_drain). */
+	event_base_loop(worker->base, EVLOOP_NO_EXIT_ON_EMPTY);
 	return NULL;
 }
 
@@ -1054,7 +1146,8 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 					     EVHTTP_REQ_OPTIONS);
 	evhttp_set_gencb(worker->http, http_handle, worker);
 	evhttp_set_bevcb(worker->http, http_accepted, worker);
-	r = http_conns_init(worker, cfg);
+	r = http_conns_init(worker, worker->api.admin ? &worker->server->admin_conn_limit
+						      : &worker->server->conn_limit);
 	if (r < 0)
 		return r;
 	for (size_t i = 0; i < (worker->api.admin ? 1 : http_listen_count(worker->server)); i++) {
@@ -1142,6 +1235,8 @@ void http_quiesce(struct http_server *server)
 
 	if (server == NULL)
 		return;
+	/* No worker turns its listeners on again: the drains turn them off. */
+	atomic_store(&server->conn_limit.stopping, 1);
 	/* No renewal, and no event for a stream, after this: the drains
 	 * below then end the streams for good. */
 	renew_stop(server->renew);
@@ -1194,6 +1289,8 @@ void http_stop(struct http_server *server)
 	if (server == NULL)
 		return;
 	http_quiesce(server);
+	/* The closes evhttp_free counts wake nobody, whose loop may be gone. */
+	atomic_store(&server->admin_conn_limit.stopping, 1);
 	for (unsigned i = 0; i < server->worker_count; i++)
 		http_worker_free(&server->workers[i]);
 	if (server->admin != NULL)
@@ -1234,6 +1331,7 @@ static int http_admin_start(struct http_server *server, struct hsm *hsm, struct 
 	if (admin == NULL)
 		return -ENOMEM;
 	server->admin = admin;
+	http_conn_limit_init(&server->admin_conn_limit, HTTP_ADMIN_MAX_CONNECTIONS, admin, 1);
 	admin->server = server;
 	admin->index = cfg->workers;
 	admin->api.admin = 1;
@@ -1288,6 +1386,8 @@ int http_start(struct config_live *live, struct hsm *hsm, struct keyring *keyrin
 		return -ENOMEM;
 	}
 	server->worker_count = cfg->workers;
+	/* config.c keeps it at least workers. */
+	http_conn_limit_init(&server->conn_limit, cfg->max_connections, server->workers, cfg->workers);
 	/* Before any thread starts: without its sockets the daemon stops here. */
 	if (cfg->listen_systemd) {
 		r = http_take_passed(server);

@@ -11,10 +11,12 @@
  * worker accepting on its own dup of every one, and none probed: systemd
  * owns them.  Without them http_start fails (-ENOENT), saying so.
  * Every connection is bounded: header size, body size, idle time; and
- * their number: each worker holds at most its share of max_connections
- * (rounded up; the admin_listen thread a share too) and at that count
- * turns its listeners off, the kernel's backlog keeping the next ones,
- * until one of its connections closes (one log line per episode).
+ * their number: the workers together hold at most max_connections (one
+ * count for all; a worker that accepts while the others are being told to
+ * stop may take it one over, so at most workers - 1 over) — at that count
+ * every worker turns its listeners off, the kernel's backlog keeping the
+ * next ones, until a connection closes (one log line per episode).  The
+ * admin_listen thread has a limit of its own, 64, outside max_connections.
  * Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), accept()
  * would fail again at once for as long as a connection waits: the failing
  * listener pauses instead, 100 ms doubling to 2 s until a connection is

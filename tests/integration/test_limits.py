@@ -31,14 +31,19 @@ none per 429 (hsmjwt_hsm_operations_total{op="verify"}).
 hsmjwt_rate_limited_total counts each 429 (when /metrics exists).
 rate_limit = 0 admits 50 of each.
 
-Connections (workers = 1, max_connections = 3): with three idle keep-alive
-connections held, a fourth connection's request gets no answer (looked for
-during a second: a code that is right cannot answer it), and is answered once
-one of the three closes.  Then 500 connections opened and closed — silent,
-half a request, a full request, a request whose answer is never read, a reset,
-garbage — after which three parallel clients are served and a fourth is again
-held back (the count drifted neither up nor down), and hsmjwt_http_connections
-equals the connections open.
+Connections (workers = 4, max_connections = 8, one count for all workers):
+with 7 idle keep-alive connections held, 20 connections opened one after
+another are each answered, whichever worker's socket the kernel hands them
+to (a worker holding back at its own share would leave some unanswered);
+with 8 held, a new connection's request gets no answer (looked for during a
+second: a code that is right cannot answer it), and is answered once one of
+the 8 closes.  Then 500 connections opened and closed — silent, half a
+request, a full request, a request whose answer is never read, a reset,
+garbage — after which 8 parallel clients are served and a 9th is again held
+back (the count drifted neither up nor down), and hsmjwt_http_connections
+equals the connections open.  With admin_listen: while the public port holds
+8 and a 9th waits, 64 connections to the admin port are served and a 65th
+waits; a public close lets the public one in, an admin close the admin one.
 
 Usage: test_limits.py BUILD_DIR SOURCE_DIR     (exit 0 pass, 1 fail, 77 skip)
 """
@@ -53,14 +58,17 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Token, Workdir, b64url_decode, b64url_encode, guarded,  # noqa: E402
-                            jwt_parts, main_with_dirs, require_tools, run_daemon_test)
+from hsmjwt_harness import (Checker, Daemon, Token, Workdir, b64url_decode, b64url_encode, free_port,  # noqa: E402
+                            guarded, jwt_parts, main_with_dirs, require_tools, run_daemon_test)
 
 ALGORITHMS = ["ES256", "HS256"]   # HS256: verification in the token, counted
 RATE = 5
 BURST_REQUESTS = 10     # pipelined per burst: twice the burst
 QUIET = 1.05            # an empty bucket is full again after 1 s
-MAX_CONNECTIONS = 3
+MAX_CONNECTIONS = 8
+CONNECTION_WORKERS = 4
+SEQUENTIAL = 20         # connections opened one by one just under the limit
+ADMIN_MAX_CONNECTIONS = 64   # http.c's fixed limit of the admin_listen port
 CHURN = 500
 HELD_BACK_WAIT = 1.0    # how long a held-back request is watched for an answer
 ANSWER_TIMEOUT = 30.0   # a request that must be answered (ASan, 2 shared cores)
@@ -133,6 +141,41 @@ class Raw:
         """Closes with an RST instead of a FIN."""
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
+
+
+class LimitsDaemon(Daemon):
+    """A Daemon that may have admin_listen (admin_port set): /health, which
+    the start-up waits for, then answers there only."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.admin_port = None
+
+    def env(self):
+        env = super().env()
+        if self.admin_port is not None:
+            env["HSMJWT_ADMIN_LISTEN"] = f"127.0.0.1:{self.admin_port}"
+        return env
+
+    def _wait_healthy(self):
+        if self.admin_port is None:
+            return super()._wait_healthy()
+        deadline = time.monotonic() + ANSWER_TIMEOUT * 3
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return "exited"
+            try:
+                conn = Raw(self.admin_port, timeout=2)
+                try:
+                    conn.send(http_bytes("GET", "/health"))
+                    if conn.answer(timeout=2).status == 200:
+                        return "up"
+                finally:
+                    conn.close()
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return "timeout"
 
 
 class Limits:
@@ -408,11 +451,11 @@ def held_back(conn):
     return False
 
 
-def open_served(c, port, n, what):
+def open_served(c, port, n, what, path="/health"):
     """n keep-alive connections, each with one request answered."""
     conns = [Raw(port) for _ in range(n)]
     for conn in conns:
-        conn.send(http_bytes("GET", "/health"))
+        conn.send(http_bytes("GET", path))
     statuses = [conn.answer().status for conn in conns]
     c.equal(statuses, [200] * n, what)
     return conns
@@ -443,18 +486,40 @@ def churn_one(port, kind):
     return None
 
 
+def sequential_served(port, n):
+    """How many of n connections, opened one after another (each closed
+    once answered), get their /health answered; stops at the first that
+    does not."""
+    for i in range(n):
+        conn = Raw(port)
+        try:
+            conn.send(http_bytes("GET", "/health"))
+            if conn.answer().status != 200:
+                return i
+        except (socket.timeout, ConnectionError):
+            return i
+        finally:
+            conn.close()
+    return n
+
+
 def connection_checks(c, d):
     port = d.port
     text = scrape(d)
+    m = MAX_CONNECTIONS
 
-    c.section(f"max_connections = {MAX_CONNECTIONS}, workers = 1")
-    held = open_served(c, port, MAX_CONNECTIONS, f"{MAX_CONNECTIONS} keep-alive connections are served")
-    fourth = Raw(port)
-    fourth.send(http_bytes("GET", "/health"))
-    c.check(held_back(fourth), f"a 4th connection's request gets no answer in {HELD_BACK_WAIT} s while they stay open")
+    c.section(f"max_connections = {m}, workers = {CONNECTION_WORKERS}: one count for all workers")
+    held = open_served(c, port, m - 1, f"{m - 1} keep-alive connections are served")
+    c.equal(sequential_served(port, SEQUENTIAL), SEQUENTIAL,
+            f"with {m - 1} held, {SEQUENTIAL} connections opened one after another are each answered "
+            f"(whichever worker's socket the kernel hands them to)")
+    held += open_served(c, port, 1, f"an {m}th keep-alive connection is served")
+    extra = Raw(port)
+    extra.send(http_bytes("GET", "/health"))
+    c.check(held_back(extra), f"with {m} held, a new connection's request gets no answer in {HELD_BACK_WAIT} s")
     held.pop(0).close()
-    c.equal(fourth.answer().status, 200, "once one of them closes, the 4th is answered")
-    for conn in held + [fourth]:
+    c.equal(extra.answer().status, 200, "once one of them closes, it is answered")
+    for conn in held + [extra]:
         conn.close()
 
     c.section(f"{CHURN} connections opened and closed")
@@ -466,35 +531,59 @@ def connection_checks(c, d):
             "every full request among them was answered 200")
 
     c.section("no drift")
-    held = open_served(c, port, MAX_CONNECTIONS,
-                       f"then {MAX_CONNECTIONS} parallel clients are served (the count did not drift up)")
-    fourth = Raw(port)
-    fourth.send(http_bytes("GET", "/health"))
-    c.check(held_back(fourth), "and a 4th is held back again (nor down)")
+    held = open_served(c, port, m, f"then {m} parallel clients are served (the count did not drift up)")
+    extra = Raw(port)
+    extra.send(http_bytes("GET", "/health"))
+    c.check(held_back(extra), f"and a {m + 1}th is held back again (nor down)")
     held.pop(0).close()
-    c.equal(fourth.answer().status, 200, "until one of them closes")
+    c.equal(extra.answer().status, 200, "until one of them closes")
     if text is None:
         print("  note: this build has no /metrics; hsmjwt_http_connections not checked")
     else:
-        # The 4th was accepted once the count fell under the limit: it and
-        # the two held are all there is.
-        fourth.send(http_bytes("GET", "/metrics"))
-        a = fourth.answer()
-        c.equal(metric(a.body.decode(), "hsmjwt_http_connections"), float(MAX_CONNECTIONS),
-                f"hsmjwt_http_connections is {MAX_CONNECTIONS}: the two held and the scrape's own")
+        # The extra one was accepted once the count fell under the limit: it
+        # and the ones held are all there is.
+        extra.send(http_bytes("GET", "/metrics"))
+        a = extra.answer()
+        c.equal(metric(a.body.decode(), "hsmjwt_http_connections"), float(m),
+                f"hsmjwt_http_connections is {m}: the {m - 1} held and the scrape's own")
         for conn in held:
             conn.close()
         deadline = time.monotonic() + ANSWER_TIMEOUT
         value = None
         while time.monotonic() < deadline:
-            fourth.send(http_bytes("GET", "/metrics"))
-            value = metric(fourth.answer().body.decode(), "hsmjwt_http_connections")
+            extra.send(http_bytes("GET", "/metrics"))
+            value = metric(extra.answer().body.decode(), "hsmjwt_http_connections")
             if value == 1.0:
                 break
             time.sleep(0.1)
-        c.equal(value, 1.0, "once the two close, hsmjwt_http_connections comes back to 1 (the scrape's own)")
+        c.equal(value, 1.0, f"once the {m - 1} close, hsmjwt_http_connections comes back to 1 (the scrape's own)")
         held = []
-    for conn in held + [fourth]:
+    for conn in held + [extra]:
+        conn.close()
+
+
+def admin_connection_checks(c, d):
+    """admin_listen has a limit of its own, outside max_connections: a
+    scrape gets through while the public port is full, and a crowd on the
+    admin port never takes the public port's room."""
+    c.section(f"admin_listen: a limit of {ADMIN_MAX_CONNECTIONS} of its own, outside max_connections")
+    public = open_served(c, d.port, MAX_CONNECTIONS, f"{MAX_CONNECTIONS} public keep-alive connections are served",
+                         path="/.well-known/jwks.json")
+    extra = Raw(d.port)
+    extra.send(http_bytes("GET", "/.well-known/jwks.json"))
+    c.check(held_back(extra), f"a {MAX_CONNECTIONS + 1}th public connection is held back")
+    admin = open_served(c, d.admin_port, ADMIN_MAX_CONNECTIONS,
+                        f"meanwhile {ADMIN_MAX_CONNECTIONS} admin_listen connections are served")
+    admin_extra = Raw(d.admin_port)
+    admin_extra.send(http_bytes("GET", "/health"))
+    c.check(held_back(admin_extra), f"an admin_listen connection past {ADMIN_MAX_CONNECTIONS} is held back")
+    public.pop(0).close()
+    c.equal(extra.answer().status, 200,
+            "a public connection closing lets the held public one in, not the admin one")
+    c.check(held_back(admin_extra), "the admin one is still held back")
+    admin.pop(0).close()
+    c.equal(admin_extra.answer().status, 200, "an admin connection closing lets it in")
+    for conn in public + admin + [extra, admin_extra]:
         conn.close()
 
 
@@ -507,8 +596,8 @@ def run(build_dir, source_dir):
     c = Checker("test_limits")
     work = Workdir("hsmjwt-limits-")
     token = Token(source_dir, os.path.join(work.path, "state"), "hsmjwt-limits")
-    daemon = Daemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"),
-                    {"HSMJWT_RATE_LIMIT": str(RATE)})
+    daemon = LimitsDaemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"),
+                          {"HSMJWT_RATE_LIMIT": str(RATE)})
     lim = Limits(c, daemon)
     state = {"conn_log": ""}
 
@@ -535,11 +624,18 @@ def run(build_dir, source_dir):
         daemon.start(keep_port=True)
         guarded(c, "rate_limit = 0", rate_zero_checks, c, lim, reader_x)
 
-        c.section("restart with workers = 1, max_connections = 3")
+        c.section(f"restart with workers = {CONNECTION_WORKERS}, max_connections = {MAX_CONNECTIONS}")
         c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")
-        daemon.extra_env.update({"HSMJWT_WORKERS": "1", "HSMJWT_MAX_CONNECTIONS": str(MAX_CONNECTIONS)})
+        daemon.extra_env.update({"HSMJWT_WORKERS": str(CONNECTION_WORKERS),
+                                 "HSMJWT_MAX_CONNECTIONS": str(MAX_CONNECTIONS)})
         daemon.start(keep_port=True)
         guarded(c, "connection limit", connection_checks, c, daemon)
+
+        c.section("restart with admin_listen")
+        c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")
+        daemon.admin_port = free_port()
+        daemon.start(keep_port=True)
+        guarded(c, "admin_listen's connection limit", admin_connection_checks, c, daemon)
 
     def log_checks(log):
         c.check("max_connections reached" in log, "the log says when max_connections holds connections back")
