@@ -509,6 +509,7 @@ static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct a
 	/* The token's state as the last operation and the watchdog left it: a
 	 * call into the module here could hang with it. */
 	int hsm_ok = hsm_available(ctx->hsm), can_issue;
+	int stopping = ctx->stopping != NULL && atomic_load(ctx->stopping);
 
 	registry_get_stats(ctx->registry, &stats);
 	/* Every issued token is registered: without the registry nothing can
@@ -516,11 +517,12 @@ static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct a
 	 * cannot sign until the keyring has reloaded it. */
 	can_issue = hsm_ok && !stats.failed && ctx->keys->generation == hsm_generation(ctx->hsm) &&
 		    keys_signer_at(ctx->keys, ctx->cfg->algorithms[0], api_now()) != NULL;
-	/* A load balancer may retry: say when (RFC 9110 §10.2.3). */
-	if (!can_issue)
+	/* A load balancer may retry: say when (RFC 9110 §10.2.3).  Stopping,
+	 * it had better send nothing more here: 503 too. */
+	if (!can_issue || stopping)
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-	api_json(out, req, can_issue ? 200 : 503,
-		 json_pack("{s:s, s:s, s:I, s:s}", "status", can_issue ? "ok" : "degraded",
+	api_json(out, req, can_issue && !stopping ? 200 : 503,
+		 json_pack("{s:s, s:s, s:I, s:s}", "status", stopping ? "stopping" : can_issue ? "ok" : "degraded",
 			   "hsm", hsm_ok ? "ok" : "unavailable", "keys", (json_int_t)ctx->keys->count,
 			   "registry", stats.failed ? "failed" : "ok"));
 }

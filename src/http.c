@@ -56,7 +56,9 @@
 /* One worker's listening socket for one listen address. */
 struct http_listener {
 	size_t index;                 /* into cfg->listen, or the passed sockets (http_listen_addr) */
-	struct evconnlistener *lev;   /* owned by the worker's evhttp */
+	evutil_socket_t fd;
+	struct evhttp_bound_socket *bound;
+	struct evconnlistener *lev;   /* owned by the worker's evhttp; NULL once closed (http_drain) */
 	struct event *retry;          /* re-enables lev after backoff_ms */
 	unsigned backoff_ms;          /* 0: accepting */
 };
@@ -160,6 +162,10 @@ struct http_server {
 	struct http_worker *admin;
 	struct http_address admin_address;
 	struct http_conn_limit admin_conn_limit;  /* the admin thread's own */
+	/* The stop has begun and the public listening sockets are shut
+	 * (http_quiesce): /health answers 503 "stopping" (api.h). */
+	atomic_int stopping;
+	int listeners_shut;
 };
 
 /* libevent's own messages, which it would print to stderr unstructured and
@@ -744,7 +750,7 @@ static void http_accept_retry(evutil_socket_t fd, short what, void *arg)
 	struct http_worker *worker = http_worker_self;
 
 	/* At max_connections the close that makes room turns it on. */
-	if (worker != NULL && (worker->conns.paused || worker->conns.final))
+	if (listener->lev == NULL || (worker != NULL && (worker->conns.paused || worker->conns.final)))
 		return;
 	/* Still starved, the next accept() fails at once and pauses again. */
 	evconnlistener_enable(listener->lev);
@@ -765,6 +771,12 @@ static void http_accept_error(struct evconnlistener *lev, void *arg)
 	const char *name = strerrorname_np(err);
 	struct timeval tv;
 
+	/* Not listening any more: the stop shut it (http_listeners_shut), and
+	 * every accept() would fail alike until the drain closes it. */
+	if (err == EINVAL) {
+		evconnlistener_disable(lev);
+		return;
+	}
 	for (size_t i = 0; worker && i < worker->listener_count; i++)
 		if (worker->listeners[i].lev == lev)
 			listener = &worker->listeners[i];
@@ -866,7 +878,8 @@ static struct http_conn **http_conn_slot(struct http_worker *worker, const struc
 static void http_conns_pause(struct http_worker *worker)
 {
 	for (size_t i = 0; i < worker->listener_count; i++)
-		evconnlistener_disable(worker->listeners[i].lev);
+		if (worker->listeners[i].lev != NULL)
+			evconnlistener_disable(worker->listeners[i].lev);
 	worker->conns.paused = 1;
 }
 
@@ -875,7 +888,7 @@ static void http_conns_resume(struct http_worker *worker)
 	worker->conns.paused = 0;
 	for (size_t i = 0; i < worker->listener_count; i++)
 		/* One waiting out an accept failure comes back on its timer. */
-		if (!evtimer_pending(worker->listeners[i].retry, NULL))
+		if (worker->listeners[i].lev != NULL && !evtimer_pending(worker->listeners[i].retry, NULL))
 			evconnlistener_enable(worker->listeners[i].lev);
 }
 
@@ -1167,6 +1180,8 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 			return -ENOMEM;
 		}
 		listener->index = worker->api.admin ? HTTP_ADMIN_LISTENER : i;
+		listener->fd = fd;
+		listener->bound = bound;
 		listener->lev = evhttp_bound_socket_get_listener(bound);
 		listener->retry = evtimer_new(worker->base, http_accept_retry, listener);
 		if (listener->retry == NULL)
@@ -1188,6 +1203,7 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	worker->api.renew = worker->server->renew;
 	worker->api.base = worker->base;
 	worker->api.worker = worker->index;
+	worker->api.stopping = &worker->server->stopping;
 	atomic_init(&worker->api.pending, 0);
 	/* The admin thread never signs nor verifies in the token. */
 	if (worker->api.admin)
@@ -1195,8 +1211,8 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	return hsm_session_open(hsm, &worker->api.session);
 }
 
-/* Runs on the worker's own loop (listeners are not thread-safe): stops
- * accepting, then ends the loop once no deferred reply is outstanding and
+/* Runs on the worker's own loop (listeners are not thread-safe): closes
+ * its listeners, then ends the loop once no deferred reply is outstanding and
  * every reply has been written out (or lost its connection), or after
  * HTTP_DRAIN_MS whatever happens, so a stuck disk or a client that does
  * not read cannot hold the stop forever. */
@@ -1205,11 +1221,21 @@ static void http_drain(evutil_socket_t fd, short what, void *arg)
 	struct http_worker *worker = arg;
 	struct timeval tv = { 0, HTTP_DRAIN_POLL_MS * 1000 };
 
-	/* No close turns a listener on again (max_connections). */
-	worker->conns.final = 1;
-	for (size_t i = 0; i < worker->listener_count; i++) {
-		evconnlistener_disable(worker->listeners[i].lev);
-		event_del(worker->listeners[i].retry);
+	if (!worker->conns.final) {
+		/* No close turns a listener on again (max_connections). */
+		worker->conns.final = 1;
+		/* Closed, not just no longer read: a connection queued in the
+		 * backlog would wait there for nothing until the exit (the
+		 * public ones were shut by http_quiesce already; a passed one
+		 * is systemd's, which keeps it: only our dup goes). */
+		for (size_t i = 0; i < worker->listener_count; i++) {
+			struct http_listener *listener = &worker->listeners[i];
+			event_del(listener->retry);
+			if (listener->lev != NULL)
+				evhttp_del_accept_socket(worker->http, listener->bound);
+			listener->lev = NULL;
+			listener->bound = NULL;
+		}
 	}
 	/* Open event streams end now; each counts as pending until its end
 	 * is written. */
@@ -1229,6 +1255,30 @@ static void http_drain(evutil_socket_t fd, short what, void *arg)
 		event_base_loopexit(worker->base, NULL);
 }
 
+/* The public listening sockets stop listening now, from this thread: a
+ * worker may be held in the token for seconds before its drain runs, and
+ * the kernel would meanwhile complete handshakes into its backlog.
+ * shutdown() ends the listen (queued connections reset, new ones refused)
+ * and leaves the descriptor to its evhttp, which closes it in the drain;
+ * accept() on it fails with EINVAL, which http_accept_error takes as the
+ * end.  A socket systemd passed is systemd's to keep listening: the next
+ * start serves what queues there.  Then /health says "stopping". */
+static void http_listeners_shut(struct http_server *server)
+{
+	if (server->listeners_shut)
+		return;
+	server->listeners_shut = 1;
+	for (unsigned i = 0; !server->cfg->listen_systemd && i < server->worker_count; i++) {
+		struct http_worker *w = &server->workers[i];
+		/* A joined worker's drain closed them already. */
+		for (size_t j = 0; !w->joined && j < w->listener_count; j++)
+			if (shutdown(w->listeners[j].fd, SHUT_RDWR) < 0)
+				log_warn("\"cannot shut a listening socket at the stop\" worker=%u error=\"%s\"", w->index,
+					 strerror(errno));
+	}
+	atomic_store(&server->stopping, 1);
+}
+
 void http_quiesce(struct http_server *server)
 {
 	static const struct timeval now = { 0, 0 };
@@ -1237,6 +1287,7 @@ void http_quiesce(struct http_server *server)
 		return;
 	/* No worker turns its listeners on again: the drains turn them off. */
 	atomic_store(&server->conn_limit.stopping, 1);
+	http_listeners_shut(server);
 	/* No renewal, and no event for a stream, after this: the drains
 	 * below then end the streams for good. */
 	renew_stop(server->renew);

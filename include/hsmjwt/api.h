@@ -43,6 +43,10 @@ struct api_ctx {
 	struct statuslist_cache *statuslists;   /* shared by the workers */
 	struct codes *codes;                    /* authorization codes, shared by the workers */
 	struct event_base *base;                /* the worker's loop */
+	/* Set by the server when it stops (http_quiesce): from then on GET
+	 * /health answers 503 {"status": "stopping", ...}, so that a load
+	 * balancer sends no more.  NULL: never (unit tests). */
+	atomic_int *stopping;
 	unsigned worker;
 	/* The admin_listen thread's context: only GET/HEAD /metrics and
 	 * /health, no token session (it never signs).  The workers' contexts

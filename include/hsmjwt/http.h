@@ -51,8 +51,12 @@ struct http_server;
  * outlive the server. */
 int http_start(struct config_live *live, struct hsm *hsm, struct keyring *keyring, struct registry *registry,
 	       struct http_server **ret_server);
-/* Stops the auto-renewal thread (renew.h: the server starts it), stops
- * accepting, ends the open event streams, waits (at most 10 s) for replies
+/* Shuts the public listening sockets at once, from the calling thread (new
+ * connections are refused, however long a worker stays in the token; with
+ * listen = systemd the passed sockets stay systemd's and keep listening),
+ * then GET /health answers 503 "stopping" (api.h) there and on
+ * admin_listen.  Stops the auto-renewal thread (renew.h: the server starts
+ * it), ends the open event streams, waits (at most 10 s) for replies
  * held back for the registry, for the streams' last events and for every
  * reply already sent to be written out whole (or its client gone), lets each
  * worker finish its loop and joins them; the loops and their contexts

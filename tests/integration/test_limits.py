@@ -45,21 +45,33 @@ equals the connections open.  With admin_listen: while the public port holds
 8 and a 9th waits, 64 connections to the admin port are served and a 65th
 waits; a public close lets the public one in, an admin close the admin one.
 
-Usage: test_limits.py BUILD_DIR SOURCE_DIR     (exit 0 pass, 1 fail, 77 skip)
+On libfaultp11.so (FAULT_MODULE, forwarding to SOFTHSM_MODULE; skipped
+without it), workers = 1 and admin_listen: SIGTERM while a POST /token's
+sign hangs in the module — /health on admin_listen answers 503
+{"status": "stopping"} and new connections to the public port are refused
+(the listening sockets are closed, not just no longer read) while the held
+request is still open; then it is answered 200 and the daemon exits 0.
+
+Usage: test_limits.py BUILD_DIR SOURCE_DIR [FAULT_MODULE SOFTHSM_MODULE]
+       (exit 0 pass, 1 fail, 77 skip)
 """
 
 import json
 import math
 import os
 import re
+import signal
 import socket
 import struct
+import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Token, Workdir, b64url_decode, b64url_encode, free_port,  # noqa: E402
-                            guarded, jwt_parts, main_with_dirs, require_tools, run_daemon_test)
+from hsmjwt_harness import (Checker, Daemon, Token, Workdir, b64url_decode, b64url_encode,  # noqa: E402
+                            faultp11_command, faultp11_stat, free_port, guarded, jwt_parts, require_tools,
+                            run_daemon_test, run_main)
 
 ALGORITHMS = ["ES256", "HS256"]   # HS256: verification in the token, counted
 RATE = 5
@@ -69,6 +81,8 @@ MAX_CONNECTIONS = 8
 CONNECTION_WORKERS = 4
 SEQUENTIAL = 20         # connections opened one by one just under the limit
 ADMIN_MAX_CONNECTIONS = 64   # http.c's fixed limit of the admin_listen port
+HANG_SEEN_WITHIN = 30.0      # libfaultp11 reports a call held, or not
+STOPPING_SEEN_WITHIN = 10.0  # /health says stopping after SIGTERM, or not
 CHURN = 500
 HELD_BACK_WAIT = 1.0    # how long a held-back request is watched for an answer
 ANSWER_TIMEOUT = 30.0   # a request that must be answered (ASan, 2 shared cores)
@@ -587,7 +601,87 @@ def admin_connection_checks(c, d):
         conn.close()
 
 
-def run(build_dir, source_dir):
+def wait_stat(stats, name, pred, timeout=HANG_SEEN_WITHIN):
+    """Waits until pred(libfaultp11's stat name) holds; whether it did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred(faultp11_stat(stats, name) or 0):
+            return True
+        time.sleep(0.02)
+    return pred(faultp11_stat(stats, name) or 0)
+
+
+def admin_health(d):
+    """GET /health on admin_listen: (status, JSON body)."""
+    conn = Raw(d.admin_port)
+    try:
+        conn.send(http_bytes("GET", "/health"))
+        a = conn.answer()
+        return a.status, a.json() or {}
+    finally:
+        conn.close()
+
+
+def drain_checks(c, d, issuer, control, stats):
+    """SIGTERM while a POST /token is held inside the token: the server is
+    quiescing, and says so — /health answers 503 stopping (on admin_listen,
+    where a load balancer looks) and the public port refuses new
+    connections — until the held request is answered and the daemon exits."""
+    c.section("SIGTERM while a sign hangs: /health 503 stopping, the public port closed")
+    c.equal(admin_health(d)[0], 200, "/health on admin_listen answers 200 before")
+    held = {}
+
+    def held_request():
+        try:
+            held["response"] = d.request("POST", "/token", {"subject": "limits-drain"},
+                                         {"Authorization": f"Bearer {issuer}"}, timeout=ANSWER_TIMEOUT * 2)
+        except OSError as e:
+            held["error"] = f"{type(e).__name__}: {e}"
+
+    faultp11_command(control, "hang-sign\n")
+    th = threading.Thread(target=held_request, name="held", daemon=True)
+    th.start()
+    if not c.check(wait_stat(stats, "hanging", lambda n: n >= 1) and th.is_alive(),
+                   "the module holds the sign of a POST /token", repr(held)):
+        faultp11_command(control, "forward\n")
+        return
+    pid = d.proc.pid
+    os.kill(pid, signal.SIGTERM)
+    status, health = None, {}
+    deadline = time.monotonic() + STOPPING_SEEN_WITHIN
+    while time.monotonic() < deadline:
+        status, health = admin_health(d)
+        if status == 503:
+            break
+        time.sleep(0.05)
+    c.check(status == 503 and health.get("status") == "stopping",
+            "/health on admin_listen answers 503 {\"status\": \"stopping\"} once SIGTERM is taken",
+            f"{status} {health!r}")
+    refused = []
+    for _ in range(3):
+        try:
+            Raw(d.port, timeout=5).close()
+            refused.append(False)
+        except ConnectionRefusedError:
+            refused.append(True)
+    c.equal(refused, [True] * 3, "then every new connection to the public port is refused")
+    c.check(th.is_alive() and d.proc.poll() is None, "the held request is still open and the daemon runs",
+            repr(held))
+    faultp11_command(control, "forward\n")
+    th.join(ANSWER_TIMEOUT * 2)
+    r = held.get("response")
+    c.check(r is not None and r.status == 200, "the held POST /token is answered 200",
+            repr(held) if r is None else f"{r.status} {r.body[:200]!r}")
+    try:
+        code = d.proc.wait(timeout=ANSWER_TIMEOUT * 2)
+    except subprocess.TimeoutExpired:
+        code = None
+        d.kill()
+    d.proc = None
+    c.equal(code, 0, f"hsmjwtd (pid {pid}) exits 0")
+
+
+def run(build_dir, source_dir, fault_module="", softhsm_module=""):
     require_tools(["softhsm2-util"])
     for exe in ("hsmjwtd", "hsmjwtctl"):
         if not os.access(os.path.join(build_dir, exe), os.X_OK):
@@ -637,6 +731,22 @@ def run(build_dir, source_dir):
         daemon.start(keep_port=True)
         guarded(c, "admin_listen's connection limit", admin_connection_checks, c, daemon)
 
+        if not fault_module:
+            if os.environ.get("TEST_REQUIRE_ALL") == "1":
+                c.check(False, "the fault module is built (TEST_REQUIRE_ALL=1)")
+            print("-- libfaultp11 sections: skipped (no fault module in this build)")
+            return
+        c.section("restart on libfaultp11 (forwarding to SoftHSM), workers = 1, admin_listen")
+        c.equal(daemon.stop(), 0, "hsmjwtd exits 0 on SIGTERM")
+        control = os.path.join(work.path, "control")
+        stats = os.path.join(work.path, "stats")
+        faultp11_command(control, "forward\n")
+        daemon.extra_env.update({"HSMJWT_WORKERS": "1", "HSMJWT_PKCS11_MODULE": fault_module,
+                                 "FAULTP11_TARGET": softhsm_module, "FAULTP11_CONTROL": control,
+                                 "FAULTP11_STATS": stats})
+        daemon.start(keep_port=True)
+        guarded(c, "drain", drain_checks, c, daemon, issuer, control, stats)
+
     def log_checks(log):
         c.check("max_connections reached" in log, "the log says when max_connections holds connections back")
         c.check(token.pin not in log, "the log does not contain the PIN")
@@ -645,4 +755,7 @@ def run(build_dir, source_dir):
 
 
 if __name__ == "__main__":
-    main_with_dirs("test_limits", run)
+    if len(sys.argv) not in (3, 5):
+        print("usage: test_limits.py BUILD_DIR SOURCE_DIR [FAULT_MODULE SOFTHSM_MODULE]", file=sys.stderr)
+        sys.exit(2)
+    run_main("test_limits", lambda: run(*[os.path.abspath(a) if a else "" for a in sys.argv[1:]]))
