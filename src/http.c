@@ -43,8 +43,9 @@
  * their change durable, and how often it looks. */
 #define HTTP_DRAIN_MS 10000
 #define HTTP_DRAIN_POLL_MS 10
-/* A worker's unwritten replies are swept for vanished connections when
- * their number doubles, and at least at this many. */
+/* A worker's unwritten replies are swept for vanished connections after
+ * a connection closes, and when their number doubles, at least at this
+ * many. */
 #define HTTP_INFLIGHT_SWEEP_MIN 64
 
 /* http_listener.index of the admin thread's one listener (admin_listen). */
@@ -110,6 +111,7 @@ struct http_worker {
 	 * (http_inflight_track), touched on the worker's loop only. */
 	struct http_inflight *inflight;
 	size_t inflight_count, inflight_sweep_at;
+	struct event *inflight_sweep;  /* after a connection's end (http_conn_closed) */
 };
 
 /* One request between http_handle and the last byte of its reply leaving
@@ -466,6 +468,11 @@ static void http_inflight_sweep(struct http_worker *worker)
 	}
 	worker->inflight_sweep_at = worker->inflight_count * 2 > HTTP_INFLIGHT_SWEEP_MIN ?
 		worker->inflight_count * 2 : HTTP_INFLIGHT_SWEEP_MIN;
+}
+
+static void http_inflight_swept(evutil_socket_t fd, short what, void *arg)
+{
+	http_inflight_sweep(arg);
 }
 
 static void http_inflight_track(struct http_worker *worker, struct evhttp_request *req)
@@ -967,6 +974,13 @@ static void http_conn_closed(struct evhttp_connection *evcon, void *arg)
 	 * BEV_OPT_CLOSE_ON_FREE its socket, past this: nothing is to be read
 	 * or written on it any more. */
 	bufferevent_disable(evhttp_connection_get_bufferevent(evcon), EV_READ | EV_WRITE);
+	/* A reply that was never written whole (the client reset) holds that
+	 * reference, and with it the socket, until a sweep finds the
+	 * connection gone: on a quiet worker that sweep would not come before
+	 * 64 of them piled up.  Once evhttp_connection_free has run (the loop's
+	 * next turn), this connection's records are found gone. */
+	if (c->worker->inflight != NULL && c->worker->inflight_sweep != NULL)
+		event_active(c->worker->inflight_sweep, EV_TIMEOUT, 0);
 	for (p = http_conn_slot(c->worker, evcon); *p != c; p = &(*p)->next)
 		;
 	*p = c->next;
@@ -1163,6 +1177,9 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 						      : &worker->server->conn_limit);
 	if (r < 0)
 		return r;
+	worker->inflight_sweep = event_new(worker->base, -1, 0, http_inflight_swept, worker);
+	if (worker->inflight_sweep == NULL)
+		return -ENOMEM;
 	for (size_t i = 0; i < (worker->api.admin ? 1 : http_listen_count(worker->server)); i++) {
 		struct http_listener *listener = &worker->listeners[i];
 		struct evhttp_bound_socket *bound;
@@ -1330,6 +1347,8 @@ static void http_worker_free(struct http_worker *w)
 	if (w->http)
 		evhttp_free(w->http);
 	http_conns_free(w);
+	if (w->inflight_sweep != NULL)
+		event_free(w->inflight_sweep);
 	if (w->base)
 		event_base_free(w->base);
 	hsm_session_close(w->api.session);

@@ -46,7 +46,10 @@ equals the connections open.  With admin_listen: while the public port holds
 waits; a public close lets the public one in, an admin close the admin one.
 
 On libfaultp11.so (FAULT_MODULE, forwarding to SOFTHSM_MODULE; skipped
-without it), workers = 1 and admin_listen: SIGTERM while a POST /token's
+without it), workers = 1 and admin_listen: 8 clients each reset their
+connection while their POST /token's sign is held in the module, and the
+daemon's sockets (/proc/PID/fd) come back to their number before (a reply
+never written kept its socket open until 64 had piled up).  SIGTERM while a POST /token's
 sign hangs in the module — /health on admin_listen answers 503
 {"status": "stopping"} and new connections to the public port are refused
 (the listening sockets are closed, not just no longer read) while the held
@@ -83,6 +86,8 @@ SEQUENTIAL = 20         # connections opened one by one just under the limit
 ADMIN_MAX_CONNECTIONS = 64   # http.c's fixed limit of the admin_listen port
 HANG_SEEN_WITHIN = 30.0      # libfaultp11 reports a call held, or not
 STOPPING_SEEN_WITHIN = 10.0  # /health says stopping after SIGTERM, or not
+SOCKETS_SETTLE_WITHIN = 20.0 # the daemon's sockets come back to their number, or not
+RESETS = 8                   # well under the 64 unwritten replies that make a worker sweep
 CHURN = 500
 HELD_BACK_WAIT = 1.0    # how long a held-back request is watched for an answer
 ANSWER_TIMEOUT = 30.0   # a request that must be answered (ASan, 2 shared cores)
@@ -622,6 +627,55 @@ def admin_health(d):
         conn.close()
 
 
+def open_sockets(pid):
+    """The daemon's descriptors that are sockets (/proc/PID/fd)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def settled_sockets(pid, pred=lambda n: True, timeout=SOCKETS_SETTLE_WITHIN):
+    """open_sockets once it holds still (the same on two looks 0.2 s
+    apart) and pred holds, or the last look when timeout runs out."""
+    deadline = time.monotonic() + timeout
+    last = open_sockets(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = open_sockets(pid)
+        if now == last and pred(now):
+            return now
+        last = now
+    return last
+
+
+def reset_checks(c, d, issuer, control, stats):
+    """A client that resets its connection while its request is being
+    served: the reply is never written, and the socket must still be
+    closed — on a quiet worker too, which sweeps its unwritten replies only
+    now and then."""
+    c.section(f"{RESETS} clients reset while their POST /token is held in the token: no socket left open")
+    pid = d.proc.pid
+    before = settled_sockets(pid)
+    body = json.dumps({"subject": "limits-reset"}).encode()
+    held = 0
+    for _ in range(RESETS):
+        faultp11_command(control, "hang-sign\n")
+        conn = Raw(d.port)
+        conn.send(http_bytes("POST", "/token", issuer, {"Content-Type": "application/json"}, body))
+        held += wait_stat(stats, "hanging", lambda n: n >= 1)
+        conn.reset()
+        faultp11_command(control, "forward\n")
+        wait_stat(stats, "hanging", lambda n: n == 0)
+    c.equal(held, RESETS, f"each of the {RESETS} requests was held in the sign when its client reset")
+    after = settled_sockets(pid, lambda n: n <= before)
+    c.equal(after, before, f"the daemon holds as many sockets as before ({before}), not one per reset client")
+    c.equal(admin_health(d)[0], 200, "and still answers")
+
+
 def drain_checks(c, d, issuer, control, stats):
     """SIGTERM while a POST /token is held inside the token: the server is
     quiescing, and says so — /health answers 503 stopping (on admin_listen,
@@ -745,6 +799,7 @@ def run(build_dir, source_dir, fault_module="", softhsm_module=""):
                                  "FAULTP11_TARGET": softhsm_module, "FAULTP11_CONTROL": control,
                                  "FAULTP11_STATS": stats})
         daemon.start(keep_port=True)
+        guarded(c, "resets", reset_checks, c, daemon, issuer, control, stats)
         guarded(c, "drain", drain_checks, c, daemon, issuer, control, stats)
 
     def log_checks(log):
