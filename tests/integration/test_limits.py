@@ -284,7 +284,6 @@ def issue_access(c, lim, issuer, sub):
 
 
 def rate_checks(c, lim, tokens):
-    d = lim.d
     reader_x, reader_y, token_p, token_q = tokens
 
     c.section("a caller's burst")
@@ -747,7 +746,6 @@ def run(build_dir, source_dir, fault_module="", softhsm_module=""):
     daemon = LimitsDaemon(build_dir, token, ALGORITHMS, os.path.join(work.path, "hsmjwtd.log"),
                           {"HSMJWT_RATE_LIMIT": str(RATE)})
     lim = Limits(c, daemon)
-    state = {"conn_log": ""}
 
     def body():
         c.section("start")
