@@ -413,6 +413,17 @@ static int ratelimit_take_evicting(struct ratelimit *rl, struct ratelimit_stripe
 	return r;
 }
 
+/* The stripe a key lives in, its hash, and its length as kept (cut at
+ * RATELIMIT_MAX_KEY). */
+static struct ratelimit_stripe *ratelimit_stripe_of(struct ratelimit *rl, const char *key, size_t *key_len,
+						    uint64_t *ret_hash)
+{
+	if (*key_len > RATELIMIT_MAX_KEY)
+		*key_len = RATELIMIT_MAX_KEY;
+	*ret_hash = ratelimit_siphash(rl->sip_k0, rl->sip_k1, (const unsigned char *)key, *key_len);
+	return &rl->stripes[*ret_hash & (RATELIMIT_STRIPES - 1)];
+}
+
 int ratelimit_take(struct ratelimit *rl, unsigned rate, const char *key, size_t key_len, int64_t now_ns,
 		   unsigned *ret_retry_after)
 {
@@ -423,10 +434,7 @@ int ratelimit_take(struct ratelimit *rl, unsigned rate, const char *key, size_t 
 
 	if (rate == 0)
 		return 0;
-	if (key_len > RATELIMIT_MAX_KEY)
-		key_len = RATELIMIT_MAX_KEY;
-	hash = ratelimit_siphash(rl->sip_k0, rl->sip_k1, (const unsigned char *)key, key_len);
-	s = &rl->stripes[hash & (RATELIMIT_STRIPES - 1)];
+	s = ratelimit_stripe_of(rl, key, &key_len, &hash);
 	pthread_mutex_lock(&s->lock);
 	ratelimit_stripe_rate(s, rate);
 	b = ratelimit_find(s, hash, key, key_len);
@@ -473,10 +481,7 @@ int ratelimit_peek(struct ratelimit *rl, unsigned rate, const char *key, size_t 
 
 	if (rate == 0)
 		return 0;
-	if (key_len > RATELIMIT_MAX_KEY)
-		key_len = RATELIMIT_MAX_KEY;
-	hash = ratelimit_siphash(rl->sip_k0, rl->sip_k1, (const unsigned char *)key, key_len);
-	s = &rl->stripes[hash & (RATELIMIT_STRIPES - 1)];
+	s = ratelimit_stripe_of(rl, key, &key_len, &hash);
 	pthread_mutex_lock(&s->lock);
 	b = ratelimit_find(s, hash, key, key_len);
 	found = b != NULL;

@@ -62,6 +62,19 @@ def main_with_dirs(name, run):
     run_main(name, lambda: run(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])))
 
 
+def main_with_fault_module(name, run):
+    """The command line of a test that takes the fault-injection module:
+    `NAME.py BUILD_DIR SOURCE_DIR FAULT_MODULE SOFTHSM_MODULE' (FAULT_MODULE
+    may be empty: not built).  run(build_dir, source_dir, fault_module,
+    softhsm_module), the paths absolute."""
+    if len(sys.argv) != 5:
+        print(f"usage: {name}.py BUILD_DIR SOURCE_DIR FAULT_MODULE SOFTHSM_MODULE", file=sys.stderr)
+        sys.exit(2)
+    build_dir, source_dir = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    fault_module = os.path.abspath(sys.argv[3]) if sys.argv[3] else ""
+    run_main(name, lambda: run(build_dir, source_dir, fault_module, sys.argv[4]))
+
+
 def run_daemon_body(c, daemon, body, log_checks=None):
     """Runs body() against daemon.  A RuntimeError (the daemon would not
     start or answer) is one failed check, so the checks made so far still

@@ -40,7 +40,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hsmjwt_harness import (Checker, Daemon, Skip, Token, Workdir, faultp11_command, faultp11_stat,  # noqa: E402
-                            jwt_parts, require_tools, run_main)
+                            jwt_parts, main_with_fault_module, require_tools)
 
 ALGORITHMS = ["ES256", "HS256"]
 AUDIENCE = "api-faults"
@@ -640,14 +640,5 @@ def run(build_dir, source_dir, fault_module, softhsm_module):
     return ok
 
 
-def main():
-    if len(sys.argv) != 5:
-        print("usage: test_faults.py BUILD_DIR SOURCE_DIR FAULT_MODULE SOFTHSM_MODULE", file=sys.stderr)
-        sys.exit(2)
-    build_dir, source_dir = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    fault_module = os.path.abspath(sys.argv[3]) if sys.argv[3] else ""
-    run_main("test_faults", lambda: run(build_dir, source_dir, fault_module, sys.argv[4]))
-
-
 if __name__ == "__main__":
-    main()
+    main_with_fault_module("test_faults", run)

@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hsmjwt_harness import (Checker, Daemon, Token, Workdir, faultp11_command, faultp11_stat,  # noqa: E402
-                            free_port, run_main)
+                            free_port, main_with_fault_module)
 
 EX_CONFIG = 78            # <sysexits.h>
 EXIT_WAIT = 90.0          # a start that fails: key-less, but ASan on 2 shared cores is slow
@@ -380,14 +380,5 @@ def run(build_dir, source_dir, fault_module, softhsm_module):
     return ok
 
 
-def main():
-    if len(sys.argv) != 5:
-        print("usage: test_pin.py BUILD_DIR SOURCE_DIR FAULT_MODULE SOFTHSM_MODULE", file=sys.stderr)
-        sys.exit(2)
-    build_dir, source_dir = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    fault_module = os.path.abspath(sys.argv[3]) if sys.argv[3] else ""
-    run_main("test_pin", lambda: run(build_dir, source_dir, fault_module, sys.argv[4]))
-
-
 if __name__ == "__main__":
-    main()
+    main_with_fault_module("test_pin", run)
