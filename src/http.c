@@ -22,8 +22,9 @@
 
 #include "http_internal.h"
 
-/* How long a stop waits for replies held back until the registry has made
- * their change durable, and how often it looks. */
+/* How long a stop waits for the workers' connections to close and the
+ * replies held back until the registry has made their change durable, and
+ * how often it looks. */
 #define HTTP_DRAIN_MS 10000
 #define HTTP_DRAIN_POLL_MS 10
 
@@ -130,34 +131,45 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 }
 
 /* Runs on the worker's own loop (listeners are not thread-safe): closes
- * its listeners, then ends the loop once no deferred reply is outstanding and
- * every reply has been written out (or lost its connection), or after
- * HTTP_DRAIN_MS whatever happens, so a stuck disk or a client that does
- * not read cannot hold the stop forever. */
+ * its listeners, then ends the loop once every connection of the worker
+ * has closed — the requests its clients had sent answered, the others
+ * closed between requests (http_conns_drain) — and no deferred reply is
+ * outstanding, or at the server's drain_deadline whatever happens, so a
+ * stuck disk or a client that does not read cannot hold the stop
+ * forever. */
 static void http_drain(evutil_socket_t fd, short what, void *arg)
 {
 	struct http_worker *worker = arg;
+	const struct timespec *deadline = &worker->server->drain_deadline;
 	struct timeval tv = { 0, HTTP_DRAIN_POLL_MS * 1000 };
+	struct timespec now;
+	unsigned pending;
 
 	if (!worker->conns.final) {
 		/* No close turns a listener on again (max_connections). */
 		worker->conns.final = 1;
 		http_listeners_close(worker);
+		log_info("\"draining\" worker=%u connections=%u", worker->index, worker->conns.open);
 	}
 	/* Open event streams end now; each counts as pending until its end
 	 * is written. */
 	api_quiesce(&worker->api);
 	http_inflight_sweep(worker);
-	if ((atomic_load(&worker->api.pending) == 0 && worker->inflight == NULL) ||
-	    worker->drain_waited_ms >= HTTP_DRAIN_MS) {
-		if (atomic_load(&worker->api.pending) != 0 || worker->inflight != NULL)
-			log_warn("\"stopping with replies still waiting for the registry or not yet written\" "
-				 "worker=%u pending=%u unwritten=%zu",
-				 worker->index, atomic_load(&worker->api.pending), worker->inflight_count);
+	http_conns_drain(worker);
+	pending = atomic_load(&worker->api.pending);
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if ((pending == 0 && worker->conns.open == 0) || now.tv_sec > deadline->tv_sec ||
+	    (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec)) {
+		if (pending != 0 || worker->conns.open != 0)
+			log_warn("\"stopping with requests not yet answered or replies not yet written\" "
+				 "worker=%u pending=%u connections=%u unwritten=%zu",
+				 worker->index, pending, worker->conns.open, worker->inflight_count);
+		if (worker->conns.crossed != 0)
+			log_warn("\"closed at the stop as requests arrived: not answered\" worker=%u connections=%u",
+				 worker->index, worker->conns.crossed);
 		event_base_loopexit(worker->base, NULL);
 		return;
 	}
-	worker->drain_waited_ms += HTTP_DRAIN_POLL_MS;
 	if (event_base_once(worker->base, -1, EV_TIMEOUT, http_drain, worker, &tv) < 0)
 		event_base_loopexit(worker->base, NULL);
 }
@@ -168,6 +180,14 @@ void http_quiesce(struct http_server *server)
 
 	if (server == NULL)
 		return;
+	/* The drains end by then, however long their loops' turns take. */
+	clock_gettime(CLOCK_MONOTONIC, &server->drain_deadline);
+	server->drain_deadline.tv_sec += HTTP_DRAIN_MS / 1000;
+	server->drain_deadline.tv_nsec += (HTTP_DRAIN_MS % 1000) * 1000000L;
+	if (server->drain_deadline.tv_nsec >= 1000000000L) {
+		server->drain_deadline.tv_sec++;
+		server->drain_deadline.tv_nsec -= 1000000000L;
+	}
 	/* No worker turns its listeners on again: the drains turn them off. */
 	atomic_store(&server->conn_limit.stopping, 1);
 	http_listeners_shut(server);
@@ -188,8 +208,8 @@ void http_quiesce(struct http_server *server)
 			pthread_join(w->thread, NULL);
 		w->joined = 1;
 	}
-	/* The admin thread holds nothing back: its drain stops accepting
-	 * and ends the loop. */
+	/* The admin thread's drain last, within what is left of the
+	 * deadline: a scrape being answered, nothing deferred. */
 	if (server->admin != NULL && server->admin->base != NULL && !server->admin->joined) {
 		struct http_worker *w = server->admin;
 		if (!w->started || event_base_once(w->base, -1, EV_TIMEOUT, http_drain, w, &now) < 0)

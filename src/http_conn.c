@@ -1,11 +1,15 @@
 /* The http module's connections: max_connections (one count per group of
  * workers, kept exact at the two moments libevent 2.1's evhttp lets us see
- * a connection) and the replies not yet written, which a stop waits for. */
+ * a connection), the replies not yet written, and the connections' end at
+ * a stop, which waits for every one of them. */
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -23,6 +27,11 @@
 
 /* ---- replies not yet written ------------------------------------------- */
 
+struct http_conn;
+static struct http_conn *http_conn_find(struct http_worker *worker, const struct evhttp_connection *evcon);
+static void http_conn_handed(struct http_conn *c, struct http_inflight *f, struct evhttp_request *req);
+static void http_conn_unlink(struct http_inflight *f);
+
 /* One request between http_handle and the last byte of its reply leaving
  * the connection's output buffer — what a stop must wait for (SPEC §8:
  * finish in-flight requests), and what api_ctx.pending alone cannot tell:
@@ -34,11 +43,16 @@ struct http_inflight {
 	 * stays readable after evhttp has freed the connection: its callback
 	 * argument, the connection while there is one, is NULL from then on. */
 	struct bufferevent *bev;
+	/* The request, and its connection's record while both are there
+	 * (cleared by whichever goes first): what a stop looks at. */
+	struct evhttp_request *req;
+	struct http_conn *conn;
 	struct http_inflight *next, **prevp;
 };
 
 static void http_inflight_drop(struct http_inflight *f)
 {
+	http_conn_unlink(f);
 	*f->prevp = f->next;
 	if (f->next != NULL)
 		f->next->prevp = f->prevp;
@@ -86,21 +100,25 @@ int http_inflight_init(struct http_worker *worker)
 void http_inflight_track(struct http_worker *worker, struct evhttp_request *req)
 {
 	struct evhttp_connection *conn = evhttp_request_get_connection(req);
+	struct http_conn *c = conn != NULL ? http_conn_find(worker, conn) : NULL;
 	struct http_inflight *f;
 
 	if (worker->inflight_count >= worker->inflight_sweep_at)
 		http_inflight_sweep(worker);
 	f = conn != NULL ? calloc(1, sizeof(*f)) : NULL;
 	if (f == NULL) {
-		/* Served all the same; a stop just cannot wait for its bytes. */
+		/* Served all the same; a stop just cannot wait for its bytes
+		 * (its connection never looks idle: it stays until it closes). */
 		if (conn != NULL)
 			log_limited(LOG_LEVEL_WARN, "\"request not tracked for the stop: out of memory\" worker=%u",
 				    worker->index);
+		http_conn_handed(c, NULL, req);
 		return;
 	}
 	f->worker = worker;
 	f->bev = evhttp_connection_get_bufferevent(conn);
 	bufferevent_incref(f->bev);
+	f->req = req;
 	f->next = worker->inflight;
 	if (f->next != NULL)
 		f->next->prevp = &f->next;
@@ -108,6 +126,7 @@ void http_inflight_track(struct http_worker *worker, struct evhttp_request *req)
 	worker->inflight = f;
 	worker->inflight_count++;
 	evhttp_request_set_on_complete_cb(req, http_inflight_written, f);
+	http_conn_handed(c, f, req);
 }
 
 void http_inflight_clear(struct http_worker *worker)
@@ -184,6 +203,14 @@ struct http_conn {
 	void (*closecb)(struct evhttp_connection *, void *);
 	void *closecb_arg;
 	struct http_conn *next;              /* adopting queue, then by_evcon chain */
+	/* What a stop needs to tell a connection between requests (closed
+	 * at once) from one with a request under way (see the end of the
+	 * file).  evhttp reads one request at a time: it reads the next one
+	 * once the reply to this one has been written. */
+	struct http_inflight *inflight;      /* the request being answered */
+	struct evbuffer_cb_entry *input_cb;  /* http_conn_input; NULL: never idle */
+	int received;                        /* bytes came since a request was last handed over */
+	int closing;                         /* its reply says Connection: close */
 };
 
 static struct http_conn **http_conn_slot(struct http_worker *worker, const struct evhttp_connection *evcon)
@@ -192,6 +219,63 @@ static struct http_conn **http_conn_slot(struct http_worker *worker, const struc
 	uint64_t h = ((uint64_t)(uintptr_t)evcon >> 4) * 0x9e3779b97f4a7c15ull;
 
 	return &worker->conns.by_evcon[(h >> 32) & worker->conns.by_evcon_mask];
+}
+
+/* Whether request bytes not yet handed over are there: in the input
+ * buffer, or in the socket not yet read.  Said yes when the socket cannot
+ * tell. */
+static int http_conn_unread(struct bufferevent *bev)
+{
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	int queued = 0;
+
+	if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+		return 1;
+	if (fd < 0 || ioctl(fd, FIONREAD, &queued) < 0)
+		return 1;
+	return queued > 0;
+}
+
+/* The input buffer's callback: bytes of a request have come. */
+static void http_conn_input(struct evbuffer *input, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct http_conn *c = arg;
+
+	if (info->n_added > 0)
+		c->received = 1;
+}
+
+/* A connection between requests, nothing of a next one received or in its
+ * socket, is shut at once (see http_conn_shut): the shorter the moment
+ * between the look and the shutdown, the fewer requests cross it. */
+static int http_conn_shut_idle(struct bufferevent *bev)
+{
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	int queued = 0;
+
+	if (fd < 0 || evbuffer_get_length(bufferevent_get_input(bev)) > 0 || ioctl(fd, FIONREAD, &queued) < 0 ||
+	    queued > 0)
+		return 0;
+	(void)shutdown(fd, SHUT_RDWR);
+	return 1;
+}
+
+/* A connection's end during a stop.  Shut for reading as well before
+ * evhttp's FIN: Linux answers a request that arrives afterwards with a
+ * reset and never acknowledges its bytes, where after the FIN alone it
+ * would acknowledge them and lose them, so that a client can tell a
+ * request the server never received (to send again elsewhere) from one
+ * it dropped.  (A socket its client reset already fails it: nothing to
+ * shut.)  Request bytes unread when the stop itself closes it came in the
+ * moment it closed (see the end of the file). */
+static void http_conn_shut(struct http_conn *c, struct bufferevent *bev)
+{
+	evutil_socket_t fd = bufferevent_getfd(bev);
+
+	if (fd >= 0)
+		(void)shutdown(fd, SHUT_RDWR);
+	if (c->closing && http_conn_unread(bev))
+		c->worker->conns.crossed++;
 }
 
 static void http_conns_pause(struct http_worker *worker)
@@ -245,6 +329,7 @@ static void http_conn_counted(struct http_worker *worker)
 	struct http_conn_limit *limit = worker->conns.limit;
 	unsigned open = atomic_fetch_add(&limit->open, 1) + 1;
 
+	worker->conns.open++;
 	metrics_http_connections_add(1);
 	if (open < limit->max)
 		return;
@@ -269,6 +354,7 @@ static void http_conn_gone(struct http_worker *worker)
 	struct http_conn_limit *limit = worker->conns.limit;
 	unsigned was = atomic_fetch_sub(&limit->open, 1);
 
+	worker->conns.open--;
 	metrics_http_connections_add(-1);
 	if (was == limit->max)
 		http_conns_wake_all(limit);
@@ -278,14 +364,21 @@ static void http_conn_gone(struct http_worker *worker)
 static void http_conn_closed(struct evhttp_connection *evcon, void *arg)
 {
 	struct http_conn *c = arg, **p;
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
 
 	if (c->closecb != NULL)
 		c->closecb(evcon, c->closecb_arg);
+	if (c->inflight != NULL)
+		c->inflight->conn = NULL;
+	if (c->input_cb != NULL)
+		evbuffer_remove_cb_entry(bufferevent_get_input(bev), c->input_cb);
+	if (c->worker->conns.draining)
+		http_conn_shut(c, bev);
 	/* evhttp_connection_free does not turn the bufferevent off, and a
 	 * reference held elsewhere (http_inflight) keeps it, and with
 	 * BEV_OPT_CLOSE_ON_FREE its socket, past this: nothing is to be read
 	 * or written on it any more. */
-	bufferevent_disable(evhttp_connection_get_bufferevent(evcon), EV_READ | EV_WRITE);
+	bufferevent_disable(bev, EV_READ | EV_WRITE);
 	/* A reply that was never written whole (the client reset) holds that
 	 * reference, and with it the socket, until a sweep finds the
 	 * connection gone: on a quiet worker that sweep would not come before
@@ -325,6 +418,10 @@ static void http_conn_adopt_all(struct http_worker *worker, int final)
 			c->next = *slot;
 			*slot = c;
 			evhttp_connection_set_closecb(c->evcon, http_conn_closed, c);
+			/* Before its first read (see above); NULL when memory runs
+			 * out, and the stop then waits for its client to close it. */
+			c->input_cb = evbuffer_add_cb(bufferevent_get_input(bev), http_conn_input, c);
+			c->received = evbuffer_get_length(bufferevent_get_input(bev)) > 0;
 			/* evhttp's reference alone keeps it now. */
 			bufferevent_decref(bev);
 			continue;
@@ -337,6 +434,22 @@ static void http_conn_adopt_all(struct http_worker *worker, int final)
 static void http_conn_adopt(evutil_socket_t fd, short what, void *arg)
 {
 	http_conn_adopt_all(arg, 0);
+}
+
+/* The record of an adopted connection, adopting first: a handler runs
+ * after its connection's adoption (event_active comes before the socket's
+ * first read), and this makes sure of it.  NULL: not one of ours (not
+ * counted, or no server around it). */
+static struct http_conn *http_conn_find(struct http_worker *worker, const struct evhttp_connection *evcon)
+{
+	struct http_conn *c;
+
+	if (worker->conns.by_evcon == NULL)
+		return NULL;
+	http_conn_adopt_all(worker, 0);
+	for (c = *http_conn_slot(worker, evcon); c != NULL && c->evcon != evcon; c = c->next)
+		;
+	return c;
 }
 
 /* The bevcb's part: +1 (see above).  NULL (evhttp then makes its own, the
@@ -369,14 +482,8 @@ void http_connection_set_closecb(struct evhttp_connection *evcon, void (*cb)(str
 	struct http_worker *worker = http_worker_self;
 	struct http_conn *c = NULL;
 
-	if (worker != NULL && worker->conns.by_evcon != NULL) {
-		/* A handler runs after its connection's adoption (event_active
-		 * comes before the socket's first read); adopting here makes
-		 * sure of it. */
-		http_conn_adopt_all(worker, 0);
-		for (c = *http_conn_slot(worker, evcon); c != NULL && c->evcon != evcon; c = c->next)
-			;
-	}
+	if (worker != NULL)
+		c = http_conn_find(worker, evcon);
 	if (c == NULL) {
 		/* Not one of ours (not counted, or no server around it). */
 		evhttp_connection_set_closecb(evcon, cb, arg);
@@ -428,4 +535,98 @@ void http_conns_free(struct http_worker *worker)
 		event_free(worker->conns.wake);
 	worker->conns.wake = NULL;
 	free(worker->conns.by_evcon);
+}
+
+/* ---- the stop ------------------------------------------------------------ *
+ *
+ * SPEC §8: a stop finishes the requests clients already sent.  evhttp
+ * tracks nothing of a request until it is parsed whole, and on a
+ * keep-alive connection a client sends the next one whenever it likes, so
+ * the stop looks at each connection (http_conns_drain, from each pass of
+ * the worker's drain):
+ * - a request being answered: its reply says Connection: close, after
+ *   which evhttp closes the connection (a reply made before the stop and
+ *   still being written cannot: see http_conn_close_after);
+ * - unless the bytes of a further request are there already (pipelined):
+ *   each is read and answered in turn, and the last one closes;
+ * - a connection between requests (nothing received since the last one
+ *   was handed over, nothing in its input buffer or its socket) is closed
+ *   at once: its client learns it from the FIN before it sends, or from
+ *   a reset to a request sent as it closed (http_conn_shut).  One whose
+ *   bytes slip in between the look and the shutdown is acknowledged and
+ *   lost, as with any server closing an idle keep-alive connection: such
+ *   closes are counted (conns.crossed) and logged at the drain's end;
+ * - a request partly received is left to finish (evhttp's timeout and the
+ *   drain's deadline bound it), then answered like the others.
+ * The drain ends when the worker has no connection left. */
+
+/* req's reply ends the connection, unless a further request is there, or
+ * the reply is on its way already (in the output buffer: it was made
+ * before the stop).  Closing after a reply that does not say so would let
+ * its client send the next request as the connection closes; instead, once
+ * written, the connection is between requests, or its next request is
+ * answered with the header. */
+static void http_conn_close_after(struct http_conn *c, struct evhttp_request *req)
+{
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->evcon);
+	const char *value;
+
+	if (c->closing || evbuffer_get_length(bufferevent_get_output(bev)) > 0 || http_conn_unread(bev))
+		return;
+	value = evhttp_find_header(headers, "Connection");
+	if (value == NULL || evutil_ascii_strcasecmp(value, "close") != 0) {
+		evhttp_remove_header(headers, "Connection");
+		evhttp_add_header(headers, "Connection", "close");
+	}
+	c->closing = 1;
+}
+
+/* req was handed to the API on c (either may be NULL: not ours); f tracks
+ * it until its reply is written (NULL: out of memory, then c never looks
+ * idle). */
+static void http_conn_handed(struct http_conn *c, struct http_inflight *f, struct evhttp_request *req)
+{
+	if (c == NULL)
+		return;
+	if (f != NULL) {
+		if (c->inflight != NULL)
+			c->inflight->conn = NULL;
+		c->inflight = f;
+		f->conn = c;
+		/* Whatever follows it in the input buffer is the next request. */
+		c->received = evbuffer_get_length(bufferevent_get_input(f->bev)) > 0;
+	}
+	if (c->worker->conns.draining)
+		http_conn_close_after(c, req);
+}
+
+/* f's reply is written or its connection gone. */
+static void http_conn_unlink(struct http_inflight *f)
+{
+	if (f->conn != NULL)
+		f->conn->inflight = NULL;
+	f->conn = NULL;
+}
+
+void http_conns_drain(struct http_worker *worker)
+{
+	worker->conns.draining = 1;
+	if (worker->conns.by_evcon == NULL)
+		return;
+	http_conn_adopt_all(worker, 0);
+	for (size_t i = 0; i <= worker->conns.by_evcon_mask; i++) {
+		/* Closing c frees it, and nothing else (no handler's closecb
+		 * on a connection between requests). */
+		for (struct http_conn *c = worker->conns.by_evcon[i], *next; c != NULL; c = next) {
+			next = c->next;
+			if (c->inflight != NULL)
+				http_conn_close_after(c, c->inflight->req);
+			else if (c->input_cb != NULL && !c->received &&
+				 http_conn_shut_idle(evhttp_connection_get_bufferevent(c->evcon))) {
+				c->closing = 1;
+				evhttp_connection_free(c->evcon);
+			}
+		}
+	}
 }

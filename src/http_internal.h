@@ -3,8 +3,8 @@
  *   http.c         workers, the admin_listen thread, the stop, start/stop
  *   http_listen.c  listen addresses (probe, claim, sockets), socket
  *                  activation, accepting and its back-off, closing at the stop
- *   http_conn.c    max_connections (the connection count) and the replies
- *                  not yet written (what the stop waits for)
+ *   http_conn.c    max_connections (the connection count), the replies
+ *                  not yet written, the connections' end at the stop
  *   http_reply.c   replies, request bodies, the request's log line */
 #ifndef HSMJWT_HTTP_INTERNAL_H
 #define HSMJWT_HTTP_INTERNAL_H
@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -68,6 +69,11 @@ struct http_conns {
 	struct event *adopt;          /* runs http_conn_adopt on the loop */
 	struct http_conn **by_evcon;  /* adopted ones, for http_connection_set_closecb */
 	size_t by_evcon_mask;
+	unsigned open;                /* this worker's, accepted and not yet closed: what a stop waits for */
+	int draining;                 /* the stop: http_conns_drain has run */
+	/* Connections the stop closed with request bytes unread: arrived as
+	 * the connection closed (http_conns_drain). */
+	unsigned crossed;
 };
 
 struct http_worker {
@@ -81,7 +87,6 @@ struct http_worker {
 	struct http_conns conns;
 	struct http_listener listeners[CONFIG_MAX_LISTEN];
 	size_t listener_count;
-	unsigned drain_waited_ms;
 	int joined;                   /* its loop has ended (http_quiesce) */
 	/* Requests handed to the API whose reply has not been written yet
 	 * (http_inflight_track), touched on the worker's loop only. */
@@ -130,6 +135,9 @@ struct http_server {
 	 * (http_quiesce): /health answers 503 "stopping" (api.h). */
 	atomic_int stopping;
 	int listeners_shut;
+	/* CLOCK_MONOTONIC: the drains end by then whatever is left (set by
+	 * http_quiesce before the drains run). */
+	struct timespec drain_deadline;
 };
 
 /* ---- http_listen.c ---- */
@@ -177,5 +185,12 @@ int http_inflight_init(struct http_worker *worker);
 void http_inflight_track(struct http_worker *worker, struct evhttp_request *req);
 void http_inflight_sweep(struct http_worker *worker);
 void http_inflight_clear(struct http_worker *worker);
+/* The stop, on the worker's loop, each time its drain looks: from then on
+ * a reply carries "Connection: close" (evhttp closes the connection once it
+ * is written) unless the bytes of a further request on that connection
+ * are there already (or it was made before the stop), and a connection
+ * between requests (no request being read or answered, nothing received)
+ * is closed.  conns.open tells how many remain. */
+void http_conns_drain(struct http_worker *worker);
 
 #endif

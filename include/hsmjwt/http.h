@@ -56,10 +56,13 @@ int http_start(struct config_live *live, struct hsm *hsm, struct keyring *keyrin
  * listen = systemd the passed sockets stay systemd's and keep listening),
  * then GET /health answers 503 "stopping" (api.h) there and on
  * admin_listen.  Stops the auto-renewal thread (renew.h: the server starts
- * it), ends the open event streams, waits (at most 10 s) for replies
- * held back for the registry, for the streams' last events and for every
- * reply already sent to be written out whole (or its client gone), lets each
- * worker finish its loop and joins them; the loops and their contexts
+ * it), ends the open event streams, and waits (at most 10 s from the call,
+ * CLOCK_MONOTONIC) until every connection of the workers has closed and no
+ * reply is held back for the registry: each reply made from then on says
+ * "Connection: close" (unless the next request is there already,
+ * pipelined), a connection between requests is closed, and a request
+ * partly received is read and answered.  Then it lets each worker finish
+ * its loop and joins them; the loops and their contexts
  * stay allocated, so a registry callback still in flight
  * (a disk stuck past the 10 s) lands on a live event base and is dropped
  * with it.  Shut down in this order: http_quiesce, registry_close,

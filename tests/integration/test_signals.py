@@ -18,25 +18,37 @@ the test binds itself:
     hang-sign, only when this build has it): STOPPING=1, the held request is
     answered 200 with its token once the token answers, the process exits 0,
     and after a restart (log_file from the start) GET /tokens/{jti} finds its
-    record.
+    record;
+  - the drain and keep-alive connections, each on its own daemon with one
+    worker, which exits 0: clients sending requests one after another on one
+    connection each while SIGTERM comes — every request sent is answered
+    whole, or the server had closed the connection before it arrived (a
+    Connection: close on the previous reply, the FIN already there, or the
+    request's bytes never acknowledged: TCP_INFO's tcpi_bytes_acked); a
+    pipelined burst sent just before SIGTERM is answered in full; a POST
+    /token half uploaded at SIGTERM and finished once the drain has begun is
+    answered 200 with its token and Connection: close.
 
 Usage: test_signals.py BUILD_DIR SOURCE_DIR [FAULT_MODULE SOFTHSM_MODULE]
 (exit 0 pass, 1 fail, 77 skip)
 """
 
+import json
 import os
 import re
+import select
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hsmjwt_harness import (Checker, Daemon, Token, Workdir, faultp11_command, faultp11_stat,  # noqa: E402
-                            jwt_parts, require_tools, run_daemon_test, run_main)
+from hsmjwt_harness import (Checker, Daemon, Response, Token, Workdir, faultp11_command, faultp11_stat,  # noqa: E402
+                            guarded, jwt_parts, require_tools, run_daemon_test, run_main)
 
 ALGORITHMS = ["ES256"]
 NOTIFY_WAIT = 60.0        # a notification comes at once; ASan on 2 shared cores is slow
@@ -45,6 +57,13 @@ EXIT_WITHIN = 60.0        # SIGTERM to exit, the held request included
 LOG_WAIT = 30.0           # for a line to reach log_file
 ROTATE_BATCH = 20         # requests logged before the move, between move and SIGUSR1, after
 AUDIENCE = "api-signals"
+DRAIN_CLIENTS = 4         # keep-alive clients, one connection each
+DRAIN_WARMUP = 20         # requests each has had answered before SIGTERM
+DRAIN_PIPELINES = 1       # connections each sending one pipelined burst
+DRAIN_DEPTH = 2000        # requests in each burst
+DRAIN_REST_AFTER = 0.5    # the rest of a half-uploaded body, after the drain began
+CLIENT_TIMEOUT = 60.0     # a socket operation; the daemon answers at once
+JWKS = "/.well-known/jwks.json"
 
 
 class Notify:
@@ -415,6 +434,281 @@ class Signals:
                 f"{r.status} {r.body[:300]!r}")
 
 
+class Incomplete(Exception):
+    """The connection ended inside a response."""
+
+
+class KeepAlive:
+    """One HTTP/1.1 connection kept open across requests, on a raw socket:
+    what the client sees of the server's close (a Connection: close, the FIN
+    before a request is sent, a request never acknowledged) is the point."""
+
+    TCP_INFO_BYTES_ACKED = 120   # struct tcp_info (linux/tcp.h): __u64 tcpi_bytes_acked
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT)
+        self.buf = b""
+        self.sent = 0
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, data):
+        self.sock.sendall(data)
+        self.sent += len(data)
+
+    def served(self):
+        """One request answered: the server has accepted the connection
+        (the stop resets those still in the listening socket's queue)."""
+        self.send(get_request(JWKS))
+        r = self.response()
+        return r is not None and r.status == 200
+
+    def acked(self):
+        """Bytes the server's TCP acknowledged: a request whose bytes it
+        never acknowledged never reached it (refused: it had closed)."""
+        info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        return struct.unpack_from("Q", info, self.TCP_INFO_BYTES_ACKED)[0]
+
+    def ended_by_server(self):
+        """The server's FIN (or reset) is here already, with nothing left
+        to read: a request sent now could not be answered."""
+        if self.buf or not select.select([self.sock], [], [], 0)[0]:
+            return False
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except ConnectionResetError:
+            return True
+
+    def _more(self):
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        self.buf += data
+        return bool(data)
+
+    def response(self):
+        """The next response whole (a Response), None when the connection
+        ends before its first byte; Incomplete when it ends inside it."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self._more():
+                if self.buf:
+                    raise Incomplete(f"{len(self.buf)} bytes of headers")
+                return None
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
+        length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+        while len(self.buf) < length:
+            if not self._more():
+                raise Incomplete(f"{len(self.buf)} of {length} bytes of body")
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return Response(status, headers, body)
+
+
+def get_request(path):
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+def token_request_halves(bearer, subject):
+    """POST /token for subject in two parts: the headers and the first half
+    of the body, then the rest of the body."""
+    body = json.dumps({"subject": subject, "audience": AUDIENCE}).encode()
+    head = (f"POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nAuthorization: Bearer {bearer}\r\n\r\n").encode()
+    return head + body[:len(body) // 2], body[len(body) // 2:]
+
+
+def closes(r):
+    return (r.header("Connection") or "").lower() == "close"
+
+
+class Drain:
+    """SIGTERM against clients on keep-alive connections, each scenario on
+    its own daemon with one worker (SPEC §8: finish in-flight requests)."""
+
+    def __init__(self, c, build_dir, token, work):
+        self.c = c
+        self.build_dir = build_dir
+        self.token = token
+        self.work = work
+        self.logs = []
+
+    def daemon(self, name):
+        log = os.path.join(self.work, f"drain-{name}.log")
+        self.logs.append(log)
+        d = Daemon(self.build_dir, self.token, ALGORITHMS, log, {"HSMJWT_WORKERS": "1"})
+        d.start()
+        return d
+
+    def stop_checks(self, d, what):
+        """SIGTERM sent already: exit 0, and nothing left behind."""
+        c = self.c
+        pid = d.proc.pid
+        try:
+            code = d.proc.wait(timeout=EXIT_WITHIN)
+        except subprocess.TimeoutExpired:
+            code = None
+            d.kill()
+        d.proc = None
+        c.equal(code, 0, f"{what}: hsmjwtd (pid {pid}) exits 0")
+        text = d.log_text()
+        c.check("unwritten=" not in text, f"{what}: the drain did not stop with requests unanswered",
+                re.findall(r"^.*unwritten=.*$", text, re.M)[:2])
+        if c.failed:
+            print(f"-- {d.log_path}")
+            print(d.log_excerpt())
+        return text
+
+    def keepalive(self):
+        c = self.c
+        c.section(f"SIGTERM while {DRAIN_CLIENTS} clients send requests one after another on one connection each")
+        d = self.daemon("keepalive")
+        results = [dict(answered=0, statuses=set(), end=None) for _ in range(DRAIN_CLIENTS)]
+
+        def client(res):
+            conn = KeepAlive(d.port)
+            try:
+                while True:
+                    if conn.ended_by_server():
+                        res["end"] = "closed before the request was sent"
+                        return
+                    try:
+                        conn.send(get_request(JWKS))
+                    except (BrokenPipeError, ConnectionResetError):
+                        res["end"] = "closed before the request was sent"
+                        return
+                    r = conn.response()
+                    if r is None:
+                        # Its bytes never acknowledged: the server had
+                        # closed for reading before they arrived.
+                        res["end"] = ("refused: closed before the request arrived" if conn.acked() < conn.sent
+                                      else "LOST: received and not answered")
+                        return
+                    res["answered"] += 1
+                    res["statuses"].add(r.status)
+                    if closes(r):
+                        res["end"] = "Connection: close on the last reply"
+                        return
+            except (Incomplete, OSError) as e:
+                res["end"] = f"FAILED: {type(e).__name__}: {e}"
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=client, args=(res,), daemon=True) for res in results]
+        for th in threads:
+            th.start()
+        # SIGTERM while they are sending, whatever each is doing then.
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        while (min(res["answered"] for res in results) < DRAIN_WARMUP and time.monotonic() < deadline and
+               all(th.is_alive() for th in threads)):
+            time.sleep(0.001)
+        c.check(min(res["answered"] for res in results) >= DRAIN_WARMUP,
+                f"each client had {DRAIN_WARMUP} requests answered on its connection", repr(results))
+        d.proc.send_signal(signal.SIGTERM)
+        for th in threads:
+            th.join(EXIT_WITHIN)
+        c.check(not any(th.is_alive() for th in threads), "every client's connection ended after SIGTERM")
+        text = self.stop_checks(d, "keep-alive clients")
+        ends = [res["end"] for res in results]
+        print(f"  (answered {[res['answered'] for res in results]}; {ends})")
+        c.check(all(res["statuses"] == {200} for res in results), "every answer is a whole 200",
+                repr([res["statuses"] for res in results]))
+        c.check(all(e is not None and not e.startswith("FAILED") for e in ends),
+                "no response was cut short and no client failed", repr(ends))
+        # A request may cross the server's close of a connection between
+        # requests (it checks for bytes, then closes: they can arrive in
+        # between); the server counts each such connection in its log.
+        lost = sum(1 for e in ends if e and e.startswith("LOST"))
+        crossed = sum(int(n) for n in re.findall(
+            r'msg="closed at the stop as requests arrived[^"]*".* connections=(\d+)', text))
+        c.check(lost <= crossed,
+                "every request sent was answered, or the server had closed the connection before it arrived",
+                f"{lost} received and not answered, {crossed} reported crossing the close")
+
+    def pipelined(self):
+        c = self.c
+        c.section(f"a pipelined burst of {DRAIN_DEPTH} requests on each of {DRAIN_PIPELINES} connections, "
+                  "sent just before SIGTERM")
+        d = self.daemon("pipelined")
+        conns = [KeepAlive(d.port) for _ in range(DRAIN_PIPELINES)]
+        c.check(all(conn.served() for conn in conns), "a first request on each connection is answered")
+        burst = get_request(JWKS) * DRAIN_DEPTH
+        answers = [dict(statuses=[], end=None) for _ in conns]
+
+        def reader(conn, res):
+            # Reads as the answers come: the server writes no faster than
+            # its client reads.
+            try:
+                while len(res["statuses"]) < DRAIN_DEPTH:
+                    r = conn.response()
+                    if r is None:
+                        res["end"] = "closed"
+                        return
+                    res["statuses"].append(r.status)
+                res["end"] = "closed" if conn.response() is None else "more"
+            except (Incomplete, OSError) as e:
+                res["end"] = f"{type(e).__name__}: {e}"
+
+        readers = [threading.Thread(target=reader, args=(conn, res), daemon=True) for conn, res in zip(conns, answers)]
+        try:
+            for th in readers:
+                th.start()
+            for conn in conns:
+                conn.send(burst)
+            d.proc.send_signal(signal.SIGTERM)
+            for th in readers:
+                th.join(EXIT_WITHIN)
+        finally:
+            for conn in conns:
+                conn.close()
+        self.stop_checks(d, "pipelined bursts")
+        c.check(all(res["statuses"] == [200] * DRAIN_DEPTH for res in answers),
+                f"each burst of {DRAIN_DEPTH} is answered {DRAIN_DEPTH} times, each a whole 200",
+                repr([(len(res["statuses"]), res["end"]) for res in answers]))
+        c.check(all(res["end"] == "closed" for res in answers),
+                "then the server closes each connection", repr([res["end"] for res in answers]))
+
+    def half_body(self):
+        c = self.c
+        c.section("a POST /token half uploaded at SIGTERM, the rest sent once the drain has begun")
+        d = self.daemon("half-body")
+        first, rest = token_request_halves(d.mint("admin", ttl=3600), "drain-half-body")
+        conn = KeepAlive(d.port)
+        r, end = None, None
+        try:
+            c.check(conn.served(), "a first request on the connection is answered")
+            conn.send(first)
+            d.proc.send_signal(signal.SIGTERM)
+            c.check(wait_for_text(d.log_path, 'msg="draining" worker=0', EXIT_WITHIN),
+                    "the worker's drain begins with the request still partly received")
+            time.sleep(DRAIN_REST_AFTER)
+            conn.send(rest)
+            r = conn.response()
+            if r is None:
+                end = "closed without an answer"
+            else:
+                end = "closed" if conn.response() is None else "open"
+        except (Incomplete, OSError) as e:
+            end = f"{type(e).__name__}: {e}"
+        finally:
+            conn.close()
+        self.stop_checks(d, "half-uploaded POST /token")
+        token = (r.json() or {}).get("access_token") if r is not None else None
+        c.check(r is not None and r.status == 200 and token is not None and
+                jwt_parts(token)[1]["sub"] == "drain-half-body",
+                "it is answered 200 with its token", repr(end) if r is None else f"{r.status} {r.body[:200]!r}")
+        c.check(r is not None and closes(r), "with Connection: close, as every reply during the drain",
+                repr(r.headers) if r is not None else "")
+        c.equal(end, "closed", "then the server closes the connection")
+
+    def run(self):
+        for stage in (self.keepalive, self.pipelined, self.half_body):
+            guarded(self.c, stage.__name__, stage)
+
+
 def run(build_dir, source_dir, fault_module="", softhsm_module=""):
     require_tools(["softhsm2-util"])
     for exe in ("hsmjwtd", "hsmjwtctl"):
@@ -441,7 +735,11 @@ def run(build_dir, source_dir, fault_module="", softhsm_module=""):
                    args=["--config", conf])
     s = Signals(c, work.path, d, notify, conf, base, log_file)
 
+    drain = Drain(c, build_dir, token, work.path)
+
     def body():
+        # Before the config-file daemon: one daemon at a time on the token.
+        drain.run()
         s.start()
         s.good_reload()
         s.bad_reloads()
@@ -458,7 +756,7 @@ def run(build_dir, source_dir, fault_module="", softhsm_module=""):
         s.after_restart(claims)
 
     def log_checks(log):
-        text = log + read(log_file) + read(log_file + ".1")
+        text = log + read(log_file) + read(log_file + ".1") + "".join(read(p) for p in drain.logs)
         c.check(token.pin not in text, "no log holds the PIN")
         c.check(s.admin is None or s.admin.split(".")[-1] not in text, "no log holds the admin token's signature")
         if c.failed:
