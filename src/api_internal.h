@@ -56,6 +56,9 @@ int api_authorize_as(struct api_ctx *ctx, struct evhttp_request *req, struct api
 int api_rate_caller(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out, const char *org,
 		    const char *sub);
 int api_rate_unverified(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out);
+/* Charges the client's address (api_route, for requests that carry no
+ * bearer token): 0, or -EBUSY with the 429 sent. */
+int api_rate_address(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out);
 /* Before a bearer token is verified (for an HS256 token a C_Verify in the
  * token): an address already over its limit is refused there, whoever the
  * token would name, without a token taken (ratelimit_peek).  0, or -EBUSY
