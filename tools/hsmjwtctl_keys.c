@@ -276,6 +276,36 @@ int cmd_keys_rotate(struct ctl *ctl, int argc, char **argv)
 	return status;
 }
 
+/* KID and the optional FLAG in any order: 0, or -1 after a message.
+ * A kid is base64url, so it may start with '-' or even "--" (one in 4096
+ * thumbprints): any argument that is not FLAG is the kid, and "--" ends the
+ * options for a user who prefers to say so. A mistyped flag then fails as an
+ * unknown kid, which names it. */
+static int ctl_keys_kid_args(int argc, char **argv, const char *flag, const char **ret_kid, int *ret_flag)
+{
+	const char *kid = NULL;
+	int flagged = 0, operands_only = 0;
+
+	for (int i = 0; i < argc; i++) {
+		if (!operands_only && strcmp(argv[i], "--") == 0) {
+			operands_only = 1;
+		} else if (!operands_only && flag && strcmp(argv[i], flag) == 0 && !flagged) {
+			flagged = 1;
+		} else if (kid == NULL) {
+			kid = argv[i];
+		} else {
+			fprintf(stderr, "hsmjwtctl: unexpected argument `%.*s'\n", CTL_SHOWN_MAX, argv[i]);
+			return -1;
+		}
+	}
+	if (kid == NULL)
+		return -1;
+	*ret_kid = kid;
+	if (ret_flag)
+		*ret_flag = flagged;
+	return 0;
+}
+
 int cmd_keys_retire(struct ctl *ctl, int argc, char **argv)
 {
 	char at[CTL_TIME_MAX];
@@ -287,12 +317,10 @@ int cmd_keys_retire(struct ctl *ctl, int argc, char **argv)
 	int64_t now;
 	int status = 1, r;
 
-	/* A kid may start with '-' (base64url); only "--..." is an option. */
-	if (argc != 1 || strncmp(argv[0], "--", 2) == 0) {
+	if (ctl_keys_kid_args(argc, argv, NULL, &kid, NULL) < 0) {
 		fprintf(stderr, "usage: hsmjwtctl keys retire KID\n");
 		return 2;
 	}
-	kid = argv[0];
 	now = (int64_t)time(NULL);
 	if (ctl_keys_find(ctl, kid, now, &keys, &entry) < 0)
 		return 1;
@@ -324,30 +352,6 @@ int cmd_keys_retire(struct ctl *ctl, int argc, char **argv)
 	return status;
 }
 
-/* KID and --force in any order: 0, or -1 after a message. */
-static int ctl_keys_destroy_args(int argc, char **argv, const char **ret_kid, int *ret_force)
-{
-	const char *kid = NULL;
-	int force = 0;
-
-	for (int i = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--force") == 0 && !force) {
-			force = 1;
-		} else if (kid == NULL && strncmp(argv[i], "--", 2) != 0) {
-			/* A kid is base64url: one in 64 starts with '-'. */
-			kid = argv[i];
-		} else {
-			fprintf(stderr, "hsmjwtctl: unexpected argument `%.*s'\n", CTL_SHOWN_MAX, argv[i]);
-			return -1;
-		}
-	}
-	if (kid == NULL)
-		return -1;
-	*ret_kid = kid;
-	*ret_force = force;
-	return 0;
-}
-
 int cmd_keys_destroy(struct ctl *ctl, int argc, char **argv)
 {
 	char at[CTL_TIME_MAX], retired[CTL_TIME_MAX];
@@ -358,7 +362,7 @@ int cmd_keys_destroy(struct ctl *ctl, int argc, char **argv)
 	int64_t now, safe_at = 0, live_until;
 	int status = 1, force = 0, signing, r;
 
-	if (ctl_keys_destroy_args(argc, argv, &kid, &force) < 0) {
+	if (ctl_keys_kid_args(argc, argv, "--force", &kid, &force) < 0) {
 		fprintf(stderr, "usage: hsmjwtctl keys destroy KID [--force]\n");
 		return 2;
 	}
