@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -394,6 +395,19 @@ static int jwk_usage(const json_t *jwk, int *ret_verify_allowed)
 	return 0;
 }
 
+/* Every key gets a serial no other key of this process had: a verification
+ * remembered for one key must not count for a later key that reuses its
+ * kid, or its address (jws_verify's memo). */
+static struct jwk_key *jwk_key_alloc(void)
+{
+	static atomic_uint_fast64_t next_serial = 1;
+	struct jwk_key *key = calloc(1, sizeof(*key));
+
+	if (key != NULL)
+		key->serial = atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed);
+	return key;
+}
+
 int jwk_key_from_json(const json_t *jwk, struct jwk_key **ret_key)
 {
 	struct jwk_key *key = NULL;
@@ -405,7 +419,7 @@ int jwk_key_from_json(const json_t *jwk, struct jwk_key **ret_key)
 		log_debug("\"JWK without a kty string\"");
 		return -EINVAL;
 	}
-	key = calloc(1, sizeof(*key));
+	key = jwk_key_alloc();
 	if (key == NULL)
 		return -ENOMEM;
 	v = json_object_get(jwk, "alg");
@@ -470,7 +484,7 @@ int jwk_key_external(const char *kid, enum jws_alg alg, jwk_external_verify_fn v
 
 	if (kid == NULL || strlen(kid) > JWK_KID_MAX || !jwk_alg_is_hmac(alg) || verify == NULL)
 		return -EINVAL;
-	key = calloc(1, sizeof(*key));
+	key = jwk_key_alloc();
 	if (key == NULL)
 		return -ENOMEM;
 	snprintf(key->kid, sizeof(key->kid), "%s", kid);
@@ -488,7 +502,7 @@ int jwk_key_from_pkey(EVP_PKEY *pkey, enum jws_alg alg, struct jwk_key **ret_key
 
 	if (pkey == NULL || jwk_alg_is_hmac(alg) || !jwk_material_fits(pkey, 0, alg))
 		return -EINVAL;
-	key = calloc(1, sizeof(*key));
+	key = jwk_key_alloc();
 	if (key == NULL)
 		return -ENOMEM;
 	r = jwk_thumbprint(pkey, key->kid);

@@ -1,6 +1,8 @@
 #include "hsmjwt/jws.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +14,7 @@
 #include <openssl/hmac.h>
 #include <openssl/objects.h>
 #include <openssl/rsa.h>
+#include <openssl/sha.h>
 
 #include "hsmjwt/b64url.h"
 #include "hsmjwt/json.h"
@@ -174,52 +177,69 @@ static const EVP_MD *jws_alg_md(enum jws_alg alg)
 }
 
 /* The order n of pkey's curve, or NULL (caller BN_free()s). */
-static BIGNUM *jws_ec_order(const EVP_PKEY *pkey)
-{
-	int nid = jwk_ec_curve_nid(pkey);
-	EC_GROUP *group;
-	BIGNUM *order = NULL;
+/* The order n of each curve JWS uses, big-endian and as wide as r and s:
+ * built once, since a fresh EC_GROUP per verification cost a tenth of an
+ * ES256 verification (perf, issue 7).  Fixed-width big-endian numbers
+ * compare like memcmp. */
+static struct jws_ec_order {
+	int nid;
+	size_t half;
+	uint8_t n[66];
+} jws_ec_orders[] = {
+	{ NID_X9_62_prime256v1, 32, { 0 } },
+	{ NID_secp384r1, 48, { 0 } },
+	{ NID_secp521r1, 66, { 0 } },
+};
+static pthread_once_t jws_ec_orders_once = PTHREAD_ONCE_INIT;
+static int jws_ec_orders_ready;
 
-	if (nid == NID_undef)
-		return NULL;
-	group = EC_GROUP_new_by_curve_name(nid);
-	if (group != NULL)
-		order = BN_dup(EC_GROUP_get0_order(group));
-	EC_GROUP_free(group);
-	return order;
+static void jws_ec_orders_init(void)
+{
+	for (size_t i = 0; i < sizeof(jws_ec_orders) / sizeof(jws_ec_orders[0]); i++) {
+		EC_GROUP *group = EC_GROUP_new_by_curve_name(jws_ec_orders[i].nid);
+		int ok = group != NULL && BN_bn2binpad(EC_GROUP_get0_order(group), jws_ec_orders[i].n,
+						       (int)jws_ec_orders[i].half) == (int)jws_ec_orders[i].half;
+
+		EC_GROUP_free(group);
+		if (!ok) {
+			ERR_clear_error();
+			log_error("\"cannot read a curve order\" nid=%d", jws_ec_orders[i].nid);
+			return;
+		}
+	}
+	jws_ec_orders_ready = 1;
+}
+
+static int jws_is_zero(const uint8_t *b, size_t len)
+{
+	uint8_t acc = 0;
+
+	for (size_t i = 0; i < len; i++)
+		acc |= b[i];
+	return acc == 0;
 }
 
 int jws_ecdsa_sig_check(const EVP_PKEY *pkey, const uint8_t *sig, size_t sig_len)
 {
-	BIGNUM *order = jws_ec_order(pkey), *r_bn = NULL, *s_bn = NULL;
-	size_t half;
-	int r = JWS_E_BAD_SIGNATURE;
+	int nid = jwk_ec_curve_nid(pkey);
+	const struct jws_ec_order *order = NULL;
 
-	if (order == NULL || sig == NULL)
-		goto out;
-	half = (size_t)BN_num_bytes(order);
+	if (pthread_once(&jws_ec_orders_once, jws_ec_orders_init) != 0 || !jws_ec_orders_ready)
+		return JWS_E_BAD_SIGNATURE;
+	for (size_t i = 0; i < sizeof(jws_ec_orders) / sizeof(jws_ec_orders[0]); i++)
+		if (jws_ec_orders[i].nid == nid)
+			order = &jws_ec_orders[i];
 	/* RFC 7518 §3.4: exactly r||s, each as wide as the order; a DER
 	 * signature or a shortened integer is another spelling of a signature,
 	 * and a token has exactly one. */
-	if (sig_len != 2 * half)
-		goto out;
-	r_bn = BN_bin2bn(sig, (int)half, NULL);
-	s_bn = BN_bin2bn(sig + half, (int)half, NULL);
-	if (r_bn == NULL || s_bn == NULL) {
-		r = -ENOMEM;
-		goto out;
-	}
+	if (order == NULL || sig == NULL || sig_len != 2 * order->half)
+		return JWS_E_BAD_SIGNATURE;
 	/* CVE-2022-21449 style (r = s = 0) and out-of-range values are refused
 	 * here, before any library sees them. */
-	if (BN_is_zero(r_bn) || BN_is_zero(s_bn) || BN_cmp(r_bn, order) >= 0 || BN_cmp(s_bn, order) >= 0)
-		goto out;
-	r = 0;
-out:
-	ERR_clear_error();
-	BN_free(order);
-	BN_free(r_bn);
-	BN_free(s_bn);
-	return r;
+	if (jws_is_zero(sig, order->half) || jws_is_zero(sig + order->half, order->half) ||
+	    memcmp(sig, order->n, order->half) >= 0 || memcmp(sig + order->half, order->n, order->half) >= 0)
+		return JWS_E_BAD_SIGNATURE;
+	return 0;
 }
 
 /* r||s (already range-checked) → DER ECDSA-Sig-Value for OpenSSL. */
@@ -348,9 +368,72 @@ int jws_verify_signature(enum jws_alg alg, const struct jwk_key *key,
 	return jws_verify_pkey(alg, key->pkey, data, data_len, sig, sig_len);
 }
 
+/* ---- verified-signature memo ------------------------------------------ */
+
+struct jws_memo_slot {
+	uint8_t digest[SHA256_DIGEST_LENGTH];  /* of the whole token */
+	uint64_t serial;                       /* the key that verified it; 0: empty */
+};
+
+struct jws_memo {
+	size_t count;  /* a power of two */
+	struct jws_memo_slot slots[];
+};
+
+static atomic_size_t jws_memo_slots;  /* 0 while off */
+static pthread_key_t jws_memo_key;
+static pthread_once_t jws_memo_once = PTHREAD_ONCE_INIT;
+static int jws_memo_key_ready;
+
+static void jws_memo_key_init(void)
+{
+	jws_memo_key_ready = pthread_key_create(&jws_memo_key, free) == 0;
+}
+
+int jws_verify_memo_enable(size_t slots)
+{
+	size_t off = 0;
+
+	if (slots == 0 || slots > JWS_MEMO_MAX_SLOTS || (slots & (slots - 1)) != 0)
+		return -EINVAL;
+	if (pthread_once(&jws_memo_once, jws_memo_key_init) != 0 || !jws_memo_key_ready)
+		return -ENOMEM;
+	/* Once only: a thread's table is sized when it first verifies. */
+	if (!atomic_compare_exchange_strong(&jws_memo_slots, &off, slots) && off != slots)
+		return -EALREADY;
+	return 0;
+}
+
+/* This thread's slot for digest, or NULL while the memo is off (or its
+ * table cannot be had: then every token is verified, as without it). */
+static struct jws_memo_slot *jws_memo_slot(const uint8_t digest[SHA256_DIGEST_LENGTH])
+{
+	size_t count = atomic_load_explicit(&jws_memo_slots, memory_order_acquire);
+	struct jws_memo *memo;
+	uint64_t index;
+
+	if (count == 0)
+		return NULL;
+	memo = pthread_getspecific(jws_memo_key);
+	if (memo == NULL) {
+		memo = calloc(1, sizeof(*memo) + count * sizeof(memo->slots[0]));
+		if (memo == NULL)
+			return NULL;
+		memo->count = count;
+		if (pthread_setspecific(jws_memo_key, memo) != 0) {
+			free(memo);
+			return NULL;
+		}
+	}
+	memcpy(&index, digest, sizeof(index));
+	return &memo->slots[index & (memo->count - 1)];
+}
+
 int jws_verify(const char *token, size_t len, jws_key_lookup_fn lookup, void *lookup_ctx,
 	       struct jws_parsed **ret_parsed)
 {
+	uint8_t digest[SHA256_DIGEST_LENGTH];
+	struct jws_memo_slot *slot = NULL;
 	struct jws_parsed *parsed = NULL;
 	const struct jwk_key *key;
 	int r;
@@ -363,6 +446,19 @@ int jws_verify(const char *token, size_t len, jws_key_lookup_fn lookup, void *lo
 		r = JWS_E_UNKNOWN_KID;
 		goto fail;
 	}
+	/* The same bytes under the same key verify the same way: a caller's
+	 * bearer token, or a token a resource server asks about again, costs
+	 * one SHA-256 instead of a signature check.  Only successes are kept,
+	 * so a forged token is checked every time.  A key that verifies inside
+	 * the token (HS256) is asked every time: while the token is down its
+	 * tokens get 503, as the token's availability decides. */
+	if (key->serial != 0 && key->verify_external == NULL && atomic_load_explicit(&jws_memo_slots, memory_order_relaxed) != 0 &&
+	    SHA256((const unsigned char *)token, len, digest) != NULL) {
+		slot = jws_memo_slot(digest);
+		if (slot != NULL && slot->serial == key->serial &&
+		    CRYPTO_memcmp(slot->digest, digest, sizeof(digest)) == 0)
+			goto verified;
+	}
 	if (key->verify_external != NULL && jwk_key_allows_alg(key, parsed->alg) && parsed->signature_len > 0 &&
 	    parsed->signature_len <= JWS_MAX_SIG)
 		r = key->verify_external(lookup_ctx, key, (const uint8_t *)token, parsed->signing_input_len,
@@ -372,6 +468,11 @@ int jws_verify(const char *token, size_t len, jws_key_lookup_fn lookup, void *lo
 					 parsed->signature, parsed->signature_len);
 	if (r < 0)
 		goto fail;
+	if (slot != NULL) {
+		memcpy(slot->digest, digest, sizeof(digest));
+		slot->serial = key->serial;
+	}
+verified:
 	*ret_parsed = parsed;
 	return 0;
 fail:

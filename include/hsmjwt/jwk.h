@@ -46,6 +46,7 @@ struct jwk_key {
 	size_t secret_len;
 	unsigned verify_allowed : 1; /* false when "use" is not "sig" or "key_ops" lacks "verify" */
 	jwk_external_verify_fn verify_external;  /* NULL but for keys made by jwk_key_external */
+	uint64_t serial;             /* unique in the process, never reused (jws_verify's memo) */
 };
 
 /* Parses one JWK object.  Private members (d, p, q, ...) are ignored; the key

@@ -76,9 +76,21 @@ int jws_ecdsa_sig_check(const EVP_PKEY *pkey, const uint8_t *sig, size_t sig_len
 typedef const struct jwk_key *(*jws_key_lookup_fn)(void *ctx, const char *kid);
 
 /* jws_parse + key lookup + jws_verify_signature.  On success *ret_parsed
- * holds the verified token.  JWS_E_UNKNOWN_KID when lookup finds nothing. */
+ * holds the verified token.  JWS_E_UNKNOWN_KID when lookup finds nothing.
+ * With the memo on, a token whose exact bytes verified before in this
+ * thread under the same key (jwk_key.serial) is not checked again. */
 int jws_verify(const char *token, size_t len, jws_key_lookup_fn lookup, void *lookup_ctx,
 	       struct jws_parsed **ret_parsed);
+
+/* Turns on jws_verify's memo of verified signatures for the process: each
+ * thread keeps the SHA-256 of up to slots (a power of two, at most
+ * JWS_MEMO_MAX_SLOTS; 40 bytes each) tokens that verified, direct-mapped, and
+ * which key verified each.  Off by default (libhsmjwt-verify keeps it off);
+ * once on, it stays on with that size: -EALREADY for another.  Claims
+ * (exp, nbf, iss, aud, typ) are not part of it: jwt_verify checks them on
+ * every call. */
+#define JWS_MEMO_MAX_SLOTS 65536
+int jws_verify_memo_enable(size_t slots);
 
 /* Signs data; writes the JOSE-form signature (r||s for ECDSA) into sig
  * (capacity *sig_len, updated).  Returns 0 or a negative error. */
