@@ -996,6 +996,26 @@ static void bench_header(const char *dir)
 	fflush(stdout);
 }
 
+/* The start-up file alone, left in dir for hsmjwtd to open (the HTTP bench's
+ * scale section, bench/bench.py): the same records the start-up phase
+ * measures, so both benches speak of the same registry. */
+static int bench_generate_only(const char *dir, uint64_t records, int64_t now)
+{
+	struct bench_file file = { 0 };
+	int64_t t0 = bench_now_ns();
+	int r;
+
+	/* bench_write_registry names what failed. */
+	r = bench_write_registry(dir, BENCH_SALT_STARTUP, records, now, 1, &file);
+	if (r < 0)
+		return r;
+	printf("generate: %" PRIu64 " records, %" PRIu64 " revoked by STATUS frames, %" PRIu64 " expired, "
+	       "%.1f MB in %s/%s (%.2f s)\n",
+	       records, file.revoked, records - file.kept, bench_mb(file.bytes), dir, REGISTRY_FILE,
+	       bench_seconds(bench_now_ns() - t0));
+	return 0;
+}
+
 static int bench_rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
 	return remove(path) < 0 ? -1 : 0;
@@ -1018,9 +1038,12 @@ static void bench_usage(void)
 {
 	fprintf(stderr,
 		"usage: registry_bench [--records N] [--revocations N] [--clients N] [--single N] [--writes N] DIR\n"
+		"       registry_bench --generate-only [--records N] DIR\n"
 		"  DIR: an existing directory on the disk to measure (not tmpfs); the bench works in a fresh\n"
 		"  subdirectory of it and removes it.  Defaults: 1000000 records, 200000 revocations by 64\n"
-		"  clients, 2000 by one client, 2000 write+fdatasync.\n");
+		"  clients, 2000 by one client, 2000 write+fdatasync.\n"
+		"  --generate-only: only write the start-up file, DIR/registry.log (which must not exist),\n"
+		"  for a daemon to start on (state_dir = DIR), and keep it.\n");
 }
 
 int main(int argc, char **argv)
@@ -1030,6 +1053,7 @@ int main(int argc, char **argv)
 	char work[PATH_MAX];
 	const char *dir = NULL;
 	int64_t now = (int64_t)time(NULL), t0;
+	int generate_only = 0;
 	int r;
 
 	log_set_level(LOG_LEVEL_WARN);
@@ -1046,6 +1070,10 @@ int main(int argc, char **argv)
 		uint64_t v = 0;
 		int known = 0;
 
+		if (strcmp(argv[i], "--generate-only") == 0) {
+			generate_only = 1;
+			continue;
+		}
 		for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
 			if (strcmp(argv[i], names[k]) != 0)
 				continue;
@@ -1073,6 +1101,8 @@ int main(int argc, char **argv)
 		bench_usage();
 		return 2;
 	}
+	if (generate_only)
+		return bench_generate_only(dir, o.records, now) == 0 ? 0 : 1;
 	snprintf(work, sizeof(work), "%s/registry-bench.XXXXXX", dir);
 	if (!mkdtemp(work)) {
 		fprintf(stderr, "registry_bench: cannot create a directory under %s: %s\n", dir, strerror(errno));
