@@ -1,0 +1,96 @@
+-- wrk script of bench/bench.py: one request shape per run, every response's
+-- status counted.  wrk runs a copy of this script in each of its threads
+-- (plus one in the main thread for setup and done), so the counters live in
+-- each thread's own state and done() adds them up through setup()'s thread
+-- handles.
+--
+--   BENCH_BODY_FILE    a POST body (application/json); unset: GET
+--   BENCH_BODIES_FILE  POST bodies, one a line, sent in turn (each thread
+--                      starting at its own place); instead of BENCH_BODY_FILE
+--   BENCH_BEARER_FILE  a bearer token for the Authorization header; unset: none
+--
+-- done() prints one line that bench.py parses:
+--   bench-wrk: responses=N non200=N requests=N duration_us=N p50_us=N p99_us=N
+--              connect_errors=N read_errors=N write_errors=N timeouts=N first_non200=...
+
+local function slurp(name)
+   local path = os.getenv(name)
+   if path == nil or path == "" then
+      return nil
+   end
+   local f = assert(io.open(path, "rb"))
+   local text = f:read("*a")
+   f:close()
+   return text
+end
+
+local body = slurp("BENCH_BODY_FILE")
+local bodies_text = slurp("BENCH_BODIES_FILE")
+local bearer = slurp("BENCH_BEARER_FILE")
+if body ~= nil or bodies_text ~= nil then
+   wrk.method = "POST"
+   wrk.body = body
+   wrk.headers["Content-Type"] = "application/json"
+end
+if bearer ~= nil then
+   wrk.headers["Authorization"] = "Bearer " .. bearer:gsub("%s+$", "")
+end
+
+local threads = {}
+
+function setup(thread)
+   table.insert(threads, thread)
+   -- Where this thread starts in the bodies: the threads do not walk the
+   -- same list in step.
+   thread:set("start", #threads * 7919)
+end
+
+if bodies_text ~= nil then
+   local bodies = {}
+   for line in bodies_text:gmatch("[^\n]+") do
+      table.insert(bodies, line)
+   end
+   assert(#bodies > 0, "BENCH_BODIES_FILE holds no body")
+   local i = nil
+
+   function request()
+      if i == nil then
+         i = (start or 0) % #bodies
+      end
+      i = i % #bodies + 1
+      return wrk.format(nil, nil, nil, bodies[i])
+   end
+end
+
+responses = 0
+non200 = 0
+first_non200 = ""
+
+function response(status, headers, resp_body)
+   responses = responses + 1
+   if status ~= 200 then
+      non200 = non200 + 1
+      if first_non200 == "" then
+         -- The status and the start of the body say what went wrong; never
+         -- a whole body, which could be long.
+         first_non200 = status .. " " .. string.sub(resp_body or "", 1, 160):gsub("[%c\"]", " ")
+      end
+   end
+end
+
+function done(summary, latency, requests)
+   local total, bad, first = 0, 0, ""
+   for _, thread in ipairs(threads) do
+      total = total + thread:get("responses")
+      bad = bad + thread:get("non200")
+      if first == "" then
+         first = thread:get("first_non200")
+      end
+   end
+   local e = summary.errors
+   io.write(string.format(
+      "bench-wrk: responses=%d non200=%d requests=%d duration_us=%d p50_us=%.0f p99_us=%.0f " ..
+      "connect_errors=%d read_errors=%d write_errors=%d timeouts=%d first_non200=\"%s\"\n",
+      total, bad, summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+      e.connect, e.read, e.write, e.timeout, first))
+end
