@@ -4,8 +4,9 @@
 #     runtime  build the daemon and run it on a SoftHSM token (the default)
 #     test     also the test suite: cmocka, libp11, PyJWT, jwcrypto, node +
 #              npm, nginx (with auth_request, for POST /authorize behind a
-#              real proxy), and npm's jose in tests/integration/node_modules
-#              (npm ci)
+#              real proxy), wrk (the HTTP bench, bench/run.sh, and its smoke
+#              test), and npm's jose in tests/integration/node_modules and
+#              bench/peer/node_modules (npm ci)
 # apt runs only when a package is missing (then as root: apt-get update once,
 # then one install); a machine that has everything needs neither root nor the
 # network, except `npm ci' the first time.  Safe to run again and again.
@@ -27,7 +28,7 @@ libjansson-dev libsystemd-dev zlib1g-dev softhsm2 curl"
 # systemd, man-db, groff-base, libseccomp2: integration.install checks the
 # installed units, man pages and sandbox (a container may lack them).
 test_packages="libcmocka-dev libp11-dev python3 python3-jwt python3-jwcrypto python3-prometheus-client nodejs npm nginx
-systemd man-db groff-base libseccomp2"
+systemd man-db groff-base libseccomp2 wrk"
 
 packages=$runtime_packages
 [ "$flavour" = test ] && packages="$packages $test_packages"
@@ -94,15 +95,19 @@ else
 fi
 
 if [ "$flavour" = test ]; then
-	it="$root/tests/integration"
-	# npm ci again when the lock file changed since the last install.
-	if [ ! -f "$it/node_modules/.package-lock.json" ] ||
-		[ "$it/package-lock.json" -nt "$it/node_modules/.package-lock.json" ] ||
-		[ ! -d "$it/node_modules/jose" ]; then
-		echo "setup-debian: npm ci in tests/integration"
-		if ! (cd "$it" && npm ci --no-audit --no-fund); then
-			echo "setup-debian: ERROR: npm ci failed in tests/integration (package: jose)" >&2
-			exit 1
+	# The integration tests' verifiers and the bench's Node peer, each with
+	# its own lock file.
+	for dir in tests/integration bench/peer; do
+		it="$root/$dir"
+		# npm ci again when the lock file changed since the last install.
+		if [ ! -f "$it/node_modules/.package-lock.json" ] ||
+			[ "$it/package-lock.json" -nt "$it/node_modules/.package-lock.json" ] ||
+			[ ! -d "$it/node_modules/jose" ]; then
+			echo "setup-debian: npm ci in $dir"
+			if ! (cd "$it" && npm ci --no-audit --no-fund); then
+				echo "setup-debian: ERROR: npm ci failed in $dir (package: jose)" >&2
+				exit 1
+			fi
 		fi
-	fi
+	done
 fi
