@@ -81,9 +81,19 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 			    struct registry *registry)
 {
 	const struct config *cfg = worker->server->cfg;
+	struct event_config *event_cfg = event_config_new();
 	int r;
 
-	worker->base = event_base_new();
+	if (event_cfg == NULL)
+		return -ENOMEM;
+	/* evhttp turns a connection's read and write events off and on around
+	 * every request; without the changelist each toggle is an epoll_ctl
+	 * (17% of a JWKS request's time, perf, issue 7), with it libevent
+	 * applies only the net change once per loop turn.  Its one caveat, a
+	 * file descriptor dup()ed under an event, does not arise here. */
+	event_config_set_flag(event_cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	worker->base = event_base_new_with_config(event_cfg);
+	event_config_free(event_cfg);
 	if (worker->base == NULL)
 		return -ENOMEM;
 	worker->http = evhttp_new(worker->base);
