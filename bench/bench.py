@@ -261,6 +261,17 @@ class Server:
         """The processes whose CPU time is the server's."""
         return [self.pid]
 
+    def popen(self):
+        raise NotImplementedError
+
+    def exit_text(self):
+        """How it ended: "exit N", "signal NAME", or "running"."""
+        proc = self.popen()
+        if proc is None or proc.poll() is None:
+            return "running"
+        code = proc.returncode
+        return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+
 
 class Hsmjwtd(Server):
     name = "hsmjwtd"
@@ -281,6 +292,9 @@ class Hsmjwtd(Server):
     @property
     def pid(self):
         return self.daemon.proc.pid
+
+    def popen(self):
+        return self.daemon.proc
 
     def start(self):
         try:
@@ -319,6 +333,9 @@ class Peer(Server):
     @property
     def pid(self):
         return self.proc.pid
+
+    def popen(self):
+        return self.proc
 
     def start(self):
         for attempt in range(1, 6):
@@ -565,9 +582,8 @@ class Bench:
                    f"{load.responses:.0f} counted, wrk says {load.requests:.0f}")
         errors = {k: v for k, v in load.errors.items() if v}
         self.check(not errors, f"{what}: no socket errors", str(errors))
-        self.check(server.alive(), f"{what}: {server.name} still runs", "it exited")
-        if not server.alive():
-            raise BenchError(f"{server.name} died under load:\n{server.log_tail()}")
+        if not self.check(server.alive(), f"{what}: {server.name} still runs", server.exit_text()):
+            raise BenchError(f"{server.name} died under load ({server.exit_text()}); its log:\n{server.log_tail()}")
         log(f"{what}: {fmt_rate(load.rps)} req/s, p50 {fmt_ms(load.p50)}, p99 {fmt_ms(load.p99)}, "
             f"{server.name} {load.cores:.2f} cores, wrk {load.wrk_cores:.2f}")
         return load
