@@ -694,6 +694,13 @@ class Bench:
 # ---------------------------------------------------------------- report
 
 
+def per_core(a, b):
+    """The ratio of requests per CPU-second: a's efficiency over b's."""
+    if a.cores <= 0 or b.cores <= 0 or b.rps <= 0:
+        return "—"
+    return f"{(a.rps / a.cores) / (b.rps / b.cores):.2f}x"
+
+
 def median_round(loads):
     """The round whose req/s is the median (the lower one of two middles)."""
     ordered = sorted(loads, key=lambda x: x.rps)
@@ -752,8 +759,8 @@ def report(args, header, ceiling, workers, results, curve, scale, loads_at):
                                                 for t in threads) + " |")
     lines += ["", f"### Routes ({args.connections} connections; req/s the median of {args.rounds} round"
                   f"{'s' if args.rounds > 1 else ''}, p50/p99 of that round)", ""]
-    lines.append("| route | hsmjwtd req/s | p50 | p99 | cores | peer req/s | p50 | p99 | cores | ratio |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("| route | hsmjwtd req/s | p50 | p99 | cores | peer req/s | p50 | p99 | cores | ratio | per core |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios = {}
     medians = {}
     for key, label in ROUTES:
@@ -768,7 +775,7 @@ def report(args, header, ceiling, workers, results, curve, scale, loads_at):
         ratios[key] = d_rps / p_rps if p_rps > 0 else float("inf")
         lines.append(f"| {label} | {fmt_rate(d_rps)} | {fmt_ms(dm.p50)} | {fmt_ms(dm.p99)} | {dm.cores:.2f} | "
                      f"{fmt_rate(p_rps)} | {fmt_ms(pm.p50)} | {fmt_ms(pm.p99)} | {pm.cores:.2f} | "
-                     f"{ratios[key]:.2f}x |")
+                     f"{ratios[key]:.2f}x | {per_core(dm, pm)} |")
     lines += ["", "Each round, req/s of hsmjwtd / the peer (the cores wrk used meanwhile):", ""]
     for key, label in ROUTES:
         rounds = results.get(key, {})
@@ -838,7 +845,7 @@ def check_report(bench, path, workers, smoke_conns):
         text = f.read()
     for _, label in ROUTES:
         m = re.search(rf"^\| {re.escape(label)} \| ([0-9,]+) \| [^|]+ \| [^|]+ \| [0-9.]+ \| ([0-9,]+) \| .* \| "
-                      rf"([0-9.]+)x \|$", text, re.M)
+                      rf"([0-9.]+)x \| [^|]+ \|$", text, re.M)
         bench.check(m and int(m.group(1).replace(",", "")) > 0 and int(m.group(2).replace(",", "")) > 0,
                     f"the report has a row for {label} with both servers' req/s")
     for alg in ALGS:
