@@ -89,9 +89,15 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	/* evhttp turns a connection's read and write events off and on around
 	 * every request; without the changelist each toggle is an epoll_ctl
 	 * (17% of a JWKS request's time, perf, issue 7), with it libevent
-	 * applies only the net change once per loop turn.  Its one caveat, a
-	 * file descriptor dup()ed under an event, does not arise here. */
-	event_config_set_flag(event_cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	 * applies only the net change once per loop turn.  Its caveat is a
+	 * dup()ed descriptor: the sockets systemd passes are dup()ed per worker,
+	 * and closing a worker's copy at the stop would leave the epoll
+	 * registration of the still-open socket behind (the DEL comes a turn
+	 * later, after the close: EBADF), so the draining loop would spin on
+	 * every queued connection.  Without socket activation nothing is
+	 * dup()ed: each worker binds its own socket. */
+	if (!cfg->listen_systemd)
+		event_config_set_flag(event_cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
 	worker->base = event_base_new_with_config(event_cfg);
 	event_config_free(event_cfg);
 	if (worker->base == NULL)

@@ -176,7 +176,6 @@ static const EVP_MD *jws_alg_md(enum jws_alg alg)
 	}
 }
 
-/* The order n of pkey's curve, or NULL (caller BN_free()s). */
 /* The order n of each curve JWS uses, big-endian and as wide as r and s:
  * built once, since a fresh EC_GROUP per verification cost a tenth of an
  * ES256 verification (perf, issue 7).  Fixed-width big-endian numbers
