@@ -889,13 +889,13 @@ def parse_args():
     ap.add_argument("--sign-seconds", type=int, help="sign_bench seconds per figure (default 3)")
     ap.add_argument("--registry-records", type=int, help="records of the scale registry (default 1000000)")
     ap.add_argument("--scale-connections", help="comma-separated (default 10,1000)")
-    ap.add_argument("--verify-tokens", type=int, help="distinct tokens of verify-many (default 20000)")
+    ap.add_argument("--verify-tokens", type=int, help="distinct tokens of verify-many (default 60000)")
     ap.add_argument("--skip-missing", action="store_true",
                     help="exit 77 when wrk, node or jose is missing (ctest), unless TEST_REQUIRE_ALL=1")
     args = ap.parse_args()
     defaults = {"rounds": (1, 3), "duration": (1, 5), "sign_seconds": (1, 3), "registry_records": (10000, 1000000),
                 "scale_connections": ("10,50", "10,1000"),
-                "verify_tokens": (200, 20000)}
+                "verify_tokens": (200, 60000)}
     for name, (smoke, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else full)

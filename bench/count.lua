@@ -40,9 +40,18 @@ local threads = {}
 
 function setup(thread)
    table.insert(threads, thread)
-   -- Where this thread starts in the bodies: the threads do not walk the
-   -- same list in step.
-   thread:set("start", #threads * 7919)
+   -- Where this thread starts in the bodies: half the list apart (bench.py
+   -- runs 2 threads), so a body comes back only after about half the list
+   -- was sent — with 60,000 tokens, ~15,000 other tokens per worker, which
+   -- leaves a token in hsmjwtd's 4096-slot memo with a chance of
+   -- (1 - 1/4096)^15000, under 3%.
+   local count = 0
+   if bodies_text ~= nil then
+      for _ in bodies_text:gmatch("[^\n]+") do
+         count = count + 1
+      end
+   end
+   thread:set("start", (#threads - 1) * math.floor(count / 2))
 end
 
 if bodies_text ~= nil then

@@ -298,25 +298,52 @@ function reason(e) {
   }
 }
 
+// What hsmjwtd's jws_verify memo does, so that both servers are compared
+// doing the same work: a token whose exact bytes verified before (with the
+// same issuer and audience asked) skips the signature check; only the
+// time-dependent checks run again.  Successes only, at most VERIFY_MEMO
+// entries per worker (hsmjwtd: 4096 per worker thread), oldest evicted
+// first.  PEER_VERIFY_MEMO=0 turns it off.
+const VERIFY_MEMO = Number(process.env.PEER_VERIFY_MEMO ?? 4096);
+const verifyMemo = new Map();
+
+function memoKey(token, options) {
+  const digest = crypto.createHash("sha256").update(token).digest("base64url");
+  return `${digest}|${options.issuer ?? ""}|${options.audience ?? ""}`;
+}
+
+function memoStillValid(payload) {
+  const now = Math.floor(Date.now() / 1000);
+  return payload.exp + LEEWAY >= now && (payload.nbf === undefined || payload.nbf - LEEWAY <= now);
+}
+
 // SPEC §5.2 as jose does it: an allowed alg, a known kid, the signature,
 // typ, iss, exp/nbf with the leeway; then the registry.
 async function verifyToken(ctx, token, options) {
   if (typeof token !== "string" || token.length === 0 || token.length > MAX_TOKEN) {
     return { valid: false, error: "malformed" };
   }
-  let result;
-  try {
-    result = await jose.jwtVerify(token, ctx.keySet, {
-      algorithms: ALGS,
-      issuer: options.issuer ?? issuer,
-      audience: options.audience,
-      typ: "at+jwt",
-      clockTolerance: LEEWAY,
-      requiredClaims: ["iss", "sub", "exp", "iat", "jti"],
-    });
-  } catch (e) {
-    if (!(e instanceof jose.errors.JOSEError)) throw e;
-    return { valid: false, error: reason(e) };
+  const key = VERIFY_MEMO > 0 ? memoKey(token, options) : null;
+  let result = key ? verifyMemo.get(key) : undefined;
+  if (result && !memoStillValid(result.payload)) result = undefined;
+  if (result === undefined) {
+    try {
+      result = await jose.jwtVerify(token, ctx.keySet, {
+        algorithms: ALGS,
+        issuer: options.issuer ?? issuer,
+        audience: options.audience,
+        typ: "at+jwt",
+        clockTolerance: LEEWAY,
+        requiredClaims: ["iss", "sub", "exp", "iat", "jti"],
+      });
+    } catch (e) {
+      if (!(e instanceof jose.errors.JOSEError)) throw e;
+      return { valid: false, error: reason(e) };
+    }
+    if (key) {
+      verifyMemo.set(key, result);
+      if (verifyMemo.size > VERIFY_MEMO) verifyMemo.delete(verifyMemo.keys().next().value);
+    }
   }
   const { payload, protectedHeader } = result;
   const record = ctx.registry.get(payload.jti);
