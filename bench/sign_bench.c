@@ -31,15 +31,13 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/bn.h>
-#include <openssl/ec.h>
 #include <openssl/evp.h>
-#include <openssl/rsa.h>
 
 #include "hsmjwt/b64url.h"
 #include "hsmjwt/config.h"
 #include "hsmjwt/hsm.h"
 #include "hsmjwt/jwk.h"
+#include "hsmjwt/jws.h"
 #include "hsmjwt/keystate.h"
 #include "hsmjwt/log.h"
 #include "hsmjwt/pin.h"
@@ -320,98 +318,27 @@ static int bench_signing_input(const struct hsm_key *key, uint8_t *buf, size_t s
 	return 0;
 }
 
-/* ECDSA's JOSE form r||s as the DER that EVP_DigestVerify takes. */
-static int bench_ecdsa_der(const uint8_t *sig, size_t sig_len, uint8_t **ret_der, size_t *ret_der_len)
-{
-	ECDSA_SIG *es = NULL;
-	BIGNUM *r_bn = NULL, *s_bn = NULL;
-	uint8_t *der = NULL;
-	int len, r = -ENOMEM;
-
-	es = ECDSA_SIG_new();
-	r_bn = BN_bin2bn(sig, (int)(sig_len / 2), NULL);
-	s_bn = BN_bin2bn(sig + sig_len / 2, (int)(sig_len / 2), NULL);
-	if (es == NULL || r_bn == NULL || s_bn == NULL || !ECDSA_SIG_set0(es, r_bn, s_bn))
-		goto out;
-	r_bn = s_bn = NULL; /* owned by es */
-	len = i2d_ECDSA_SIG(es, &der);
-	if (len <= 0)
-		goto out;
-	*ret_der = der;
-	*ret_der_len = (size_t)len;
-	r = 0;
-out:
-	BN_free(r_bn);
-	BN_free(s_bn);
-	ECDSA_SIG_free(es);
-	return r;
-}
-
 /* 0 when sig is key's signature of data under its algorithm, -EBADMSG when
  * it is not, another negative errno when it cannot be checked.  Everything
- * but HS256 is checked by OpenSSL against the public key, independently of
- * the token; HS256 has no public half and is checked inside the token. */
+ * but HS256 is checked against the public key by the verifier the daemon
+ * uses for tokens (jws_verify_signature: JOSE lengths, P1363 ranges, PSS
+ * salt), independently of the token; HS256 has no public half and is
+ * checked inside the token. */
 static int bench_verify(struct hsm_session *session, const struct hsm_key *key, const uint8_t *data,
 			size_t data_len, const uint8_t *sig, size_t sig_len)
 {
-	EVP_MD_CTX *ctx = NULL;
-	EVP_PKEY_CTX *pctx = NULL;
-	const EVP_MD *md = NULL;
-	uint8_t *der = NULL;
-	const uint8_t *checked = sig;
-	size_t checked_len = sig_len;
-	size_t expect_len;
+	struct jwk_key *public_key = NULL;
 	int r;
 
 	if (key->alg == JWS_ALG_HS256)
 		return hsm_verify(session, key, data, data_len, sig, sig_len);
 	if (key->public_key == NULL)
 		return -EINVAL;
-	switch (key->alg) {
-	case JWS_ALG_ES256:
-		md = EVP_sha256();
-		expect_len = 64;
-		break;
-	case JWS_ALG_ES384:
-		md = EVP_sha384();
-		expect_len = 96;
-		break;
-	case JWS_ALG_RS256:
-	case JWS_ALG_PS256:
-		md = EVP_sha256();
-		expect_len = (size_t)EVP_PKEY_get_size(key->public_key);
-		break;
-	case JWS_ALG_EDDSA:
-		expect_len = 64;
-		break;
-	default:
-		return -EINVAL;
-	}
-	/* JOSE fixes the length; a DER or short form from the token is wrong
-	 * even if OpenSSL would take it. */
-	if (sig_len != expect_len)
-		return -EBADMSG;
-	if (key->alg == JWS_ALG_ES256 || key->alg == JWS_ALG_ES384) {
-		r = bench_ecdsa_der(sig, sig_len, &der, &checked_len);
-		if (r < 0)
-			return r;
-		checked = der;
-	}
-	r = -ENOMEM;
-	ctx = EVP_MD_CTX_new();
-	if (ctx == NULL)
-		goto out;
-	r = -EINVAL;
-	if (EVP_DigestVerifyInit(ctx, &pctx, md, NULL, key->public_key) != 1)
-		goto out;
-	if (key->alg == JWS_ALG_PS256 &&
-	    (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-	     EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, 32) != 1 || EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) != 1))
-		goto out;
-	r = EVP_DigestVerify(ctx, checked, checked_len, data, data_len) == 1 ? 0 : -EBADMSG;
-out:
-	EVP_MD_CTX_free(ctx);
-	OPENSSL_free(der);
+	r = jwk_key_from_pkey(key->public_key, key->alg, &public_key);
+	if (r < 0)
+		return r;
+	r = jws_verify_signature(key->alg, public_key, data, data_len, sig, sig_len) == 0 ? 0 : -EBADMSG;
+	jwk_key_free(public_key);
 	return r;
 }
 
