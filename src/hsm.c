@@ -644,7 +644,6 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	const uint8_t *input = data;
 	CK_ULONG input_len = data_len;
 	CK_ULONG out_len = *sig_len;
-	CK_OBJECT_HANDLE handle;
 	struct timespec t0, t1;
 	CK_RV rv;
 	int r;
@@ -688,9 +687,8 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	r = hsm_session_begin(session, key);
 	if (r < 0)
 		return r;
-	handle = hsm_copy_handle(session, key);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	rv = hsm->f->C_SignInit(session->handle, &mech, handle);
+	rv = hsm->f->C_SignInit(session->handle, &mech, key->private_handle);
 	if (rv == CKR_OK)
 		rv = hsm->f->C_Sign(session->handle, (CK_BYTE *)input, input_len, sig, &out_len);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -698,8 +696,6 @@ int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	metrics_hsm_operation(METRICS_HSM_SIGN, rv == CKR_OK);
 	if (rv != CKR_OK) {
 		log_error("\"sign failed\" kid=%s alg=%s rv=%s", key->kid, jws_alg_name(key->alg), hsm_ckr_name(rv));
-		if (handle != key->private_handle)
-			hsm_copy_forget(session, key);
 		/* Before the end of the operation: it may probe the token. */
 		r = hsm_fail_key_rv(hsm, rv);
 	}

@@ -1,8 +1,7 @@
 /* hsm_internal.h: what the files of the hsm module share — hsm.c (module,
  * token, login, sessions, signing), hsm_recover.c (fault state, call
  * tracking, watchdog, recovery), hsm_key.c (key objects: find, check,
- * destroy), hsm_keygen.c (generation), hsm_record.c (lifecycle records) and
- * hsm_copy.c (the sessions' copies of signing keys).
+ * destroy), hsm_keygen.c (generation) and hsm_record.c (lifecycle records).
  * Not part of the module's contract: include/hsmjwt/hsm.h is. */
 #ifndef HSMJWT_HSM_INTERNAL_H
 #define HSMJWT_HSM_INTERNAL_H
@@ -62,22 +61,6 @@ struct hsm {
 	/* A recovery's login was refused for its PIN: hsm_recover's own (one
 	 * thread), which never logs in again. */
 	int pin_rejected;
-	/* Bumped by hsm_copy_invalidate once it has destroyed every copy:
-	 * a session forgets its table when it sees a new value. */
-	atomic_uint copies_epoch;
-};
-
-/* A signing key copied into one session (C_CopyObject, CKA_TOKEN false):
- * SoftHSM opens, locks and reads a token object's file on every
- * C_SignInit, a session object it holds in memory (issue 7: ES256 issuance
- * +21%).  The copy keeps the original's attributes (sensitive, never
- * extractable, its label) and dies with its session at the latest. */
-#define HSM_SESSION_COPIES 8
-struct hsm_session_copy {
-	char kid[JWK_THUMBPRINT_LEN + 1];  /* "" while the slot is free */
-	CK_OBJECT_HANDLE original;         /* the token object copied */
-	CK_OBJECT_HANDLE handle;           /* CK_INVALID_HANDLE: the module would not copy it */
-	uint64_t used;                     /* eviction: least recently used first */
 };
 
 struct hsm_session {
@@ -86,23 +69,7 @@ struct hsm_session {
 	unsigned generation;          /* hsm's generation the handle belongs to */
 	int failing;                  /* the last hsm_session_check failed */
 	struct hsm_call call;
-	/* The copies made in handle while it belongs to copies_generation and
-	 * hsm->copies_epoch is copies_epoch; otherwise they are gone. */
-	unsigned copies_generation;
-	unsigned copies_epoch;
-	uint64_t copies_used;
-	struct hsm_session_copy copies[HSM_SESSION_COPIES];
 };
-
-/* ---- hsm_copy.c ------------------------------------------------------- */
-
-/* The handle to sign with key in session (begun: its handle is current):
- * the key's copy in the session, made on first use, or the token object
- * when the module will not copy it. */
-CK_OBJECT_HANDLE hsm_copy_handle(struct hsm_session *session, const struct hsm_key *key);
-/* An operation with the copy failed: it is destroyed, the next one copies
- * the key again. */
-void hsm_copy_forget(struct hsm_session *session, const struct hsm_key *key);
 
 /* ---- hsm.c ------------------------------------------------------------ */
 

@@ -875,7 +875,5 @@ int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key)
 		return r;
 	r = hsm_destroy_key_locked(hsm, key);
 	hsm_raw_end(hsm, &call);
-	/* Even after a failure: part of the key may be gone. */
-	hsm_copy_invalidate(hsm);
 	return r;
 }

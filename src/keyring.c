@@ -92,9 +92,6 @@ static void keyring_swap(struct keyring *keyring, struct keys *keys)
 	keyring->current = keys;
 	pthread_mutex_unlock(&keyring->lock);
 	keys_release(old);
-	/* A key may have left the token (hsmjwtctl keys destroy, another
-	 * process): no session keeps a copy of it. */
-	hsm_copy_invalidate(keyring->hsm);
 }
 
 static void keyring_log_set(const struct keys *keys)

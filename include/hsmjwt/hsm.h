@@ -181,15 +181,6 @@ int hsm_meta_remove(struct hsm *hsm, const struct hsm_key *key, size_t index);
 int hsm_sign(struct hsm_session *session, const struct hsm_key *key,
 	     const uint8_t *data, size_t data_len, uint8_t *sig, size_t *sig_len);
 
-/* Signing uses a copy of its key that each session makes (a session object,
- * when the module allows it).  The key set may have lost a key — destroyed
- * here or by another process: every copy of every key is destroyed now,
- * under the exclusive lock (no signature is under way), and each session
- * copies what it signs with again.  So a destroyed key has no copy left
- * anywhere once this returns.  hsm_destroy_key calls it; the keyring calls
- * it for every new key set. */
-void hsm_copy_invalidate(struct hsm *hsm);
-
 /* HS256 verification inside the token (C_Verify with CKM_SHA256_HMAC, whose
  * comparison is the module's): 0 when sig is the MAC of data, -EBADMSG
  * when it is not (CKR_SIGNATURE_INVALID, CKR_SIGNATURE_LEN_RANGE), -EINVAL
