@@ -325,11 +325,29 @@ const struct keys_entry *keys_signer(const struct keys *keys, enum jws_alg alg)
 
 const struct keys_entry *keys_signer_at(const struct keys *keys, enum jws_alg alg, int64_t now)
 {
+	const struct keys_entry *chosen, *before = NULL;
+
 	if ((int)alg <= 0 || alg >= JWS_ALG_COUNT)
 		return NULL;
 	if (keys->successor[alg] != NULL && now >= keys->successor_at[alg])
 		return keys->successor[alg];
-	return keys->signer[alg];
+	chosen = keys->signer[alg];
+	if (chosen == NULL || now >= chosen->state.activate_at)
+		return chosen;
+	/* The set was planned at a later second than now: a now read before
+	 * the set was acquired (the renewal thread's), or a wall clock that
+	 * stepped back (a VM restored, NTP).
+	 * The key whose records say it signed at now does, so that no token's
+	 * iat precedes its key's activate_at; with none (a key promoted early
+	 * because nothing else could sign), the planned signer does. */
+	for (size_t i = 0; i < keys->count; i++) {
+		const struct keys_entry *e = &keys->entries[i];
+
+		if (e->hsm.alg == alg && e->state.state == KEYSTATE_RETIRED && e->state.activate_at <= now &&
+		    now < e->state.retired_at && (before == NULL || e->state.activate_at > before->state.activate_at))
+			before = e;
+	}
+	return before != NULL ? before : chosen;
 }
 
 int64_t keys_jwks_max_age(const struct keys *keys, int64_t now)

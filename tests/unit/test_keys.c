@@ -253,6 +253,9 @@ static void test_rotation_timeline(void **state)
 	use_algs(algs, 1);
 	assert_int_equal(fixture_keys(hsm, &cfg, 1, &keys), 0);
 	snprintf(old_kid, sizeof(old_kid), "%s", keys_signer(keys, JWS_ALG_EDDSA)->hsm.kid);
+	/* Before its activate_at with no key before it: still the only signer. */
+	assert_true(keys_signer(keys, JWS_ALG_EDDSA)->state.activate_at > t0 - 100);
+	assert_ptr_equal(keys_signer_at(keys, JWS_ALG_EDDSA, t0 - 100), keys_signer(keys, JWS_ALG_EDDSA));
 	keys_release(keys);
 
 	assert_int_equal(keys_rotate(hsm, &cfg, JWS_ALG_EDDSA, 0, t0, &change), 0);
@@ -306,6 +309,11 @@ static void test_rotation_timeline(void **state)
 	assert_int_equal(entry(keys, old_kid)->state.state, KEYSTATE_RETIRED);
 	assert_int_equal(entry(keys, old_kid)->state.retired_at, due);
 	assert_non_null(strstr(keys->jwks, old_kid));
+	/* Asked for a second before the one it was planned at (a clock stepped
+	 * back, a now read before the set was): the key of that second signs,
+	 * never one before its activate_at. */
+	assert_string_equal(keys_signer_at(keys, JWS_ALG_EDDSA, due - 1)->hsm.kid, old_kid);
+	assert_string_equal(keys_signer_at(keys, JWS_ALG_EDDSA, due)->hsm.kid, change.kid);
 	keys_release(keys);
 
 	/* The sync writes both transitions down. */
