@@ -220,27 +220,25 @@ static void hsm_trim_padded(char *dst, const unsigned char *src, size_t n)
 	dst[n] = '\0';
 }
 
-static int hsm_token_matches(P11KitUri *uri, const char *label, CK_SLOT_ID slot,
-			     CK_TOKEN_INFO *info)
+static int hsm_token_matches(P11KitUri *uri, const char *label, const struct hsm_slot_desc *slot)
 {
 	char have[33];
 
+	if (!(slot->info.flags & CKF_TOKEN_INITIALIZED))
+		return 0;
 	if (uri == NULL) {
-		hsm_trim_padded(have, info->label, sizeof(info->label));
+		hsm_trim_padded(have, slot->info.label, sizeof(slot->info.label));
 		return strcmp(have, label) == 0;
 	}
-	if (p11_kit_uri_get_slot_id(uri) != (CK_SLOT_ID)-1 && p11_kit_uri_get_slot_id(uri) != slot)
+	if (p11_kit_uri_get_slot_id(uri) != (CK_SLOT_ID)-1 && p11_kit_uri_get_slot_id(uri) != slot->slot_id)
 		return 0;
-	return p11_kit_uri_match_token_info(uri, info);
+	return p11_kit_uri_match_token_info(uri, &slot->info);
 }
 
-/* The slot of the token token_spec names, and its label (33 bytes). */
-int hsm_find_slot(struct hsm *hsm, const char *token_spec, CK_SLOT_ID *ret_slot, char *ret_label)
+int hsm_token_select(const char *token_spec, const struct hsm_slot_desc *slots, size_t count,
+		     size_t *ret_index)
 {
 	P11KitUri *uri = NULL;
-	CK_SLOT_ID *slots = NULL;
-	CK_ULONG count = 0;
-	CK_RV rv;
 	int r = HSM_E_NO_TOKEN;
 
 	if (strncmp(token_spec, "pkcs11:", 7) == 0) {
@@ -252,13 +250,38 @@ int hsm_find_slot(struct hsm *hsm, const char *token_spec, CK_SLOT_ID *ret_slot,
 			goto out;
 		}
 	}
+	for (size_t i = 0; i < count; i++) {
+		if (hsm_token_matches(uri, token_spec, &slots[i])) {
+			*ret_index = i;
+			r = 0;
+			goto out;
+		}
+	}
+	log_error("\"no token matches\" token=%s slots=%zu", token_spec, count);
+out:
+	if (uri)
+		p11_kit_uri_free(uri);
+	return r;
+}
+
+/* The slot of the token token_spec names, and its label (33 bytes). */
+int hsm_find_slot(struct hsm *hsm, const char *token_spec, CK_SLOT_ID *ret_slot, char *ret_label)
+{
+	struct hsm_slot_desc *descs = NULL;
+	CK_SLOT_ID *slots = NULL;
+	CK_ULONG count = 0;
+	size_t described = 0, index;
+	CK_RV rv;
+	int r = HSM_E_NO_TOKEN;
+
 	rv = hsm->f->C_GetSlotList(CK_TRUE, NULL, &count);
 	if (rv != CKR_OK || count == 0) {
 		log_error("\"no token present\" rv=%s", hsm_ckr_name(rv));
 		goto out;
 	}
 	slots = calloc(count, sizeof(*slots));
-	if (slots == NULL) {
+	descs = calloc(count, sizeof(*descs));
+	if (slots == NULL || descs == NULL) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -267,24 +290,20 @@ int hsm_find_slot(struct hsm *hsm, const char *token_spec, CK_SLOT_ID *ret_slot,
 		log_error("\"C_GetSlotList failed\" rv=%s", hsm_ckr_name(rv));
 		goto out;
 	}
+	/* A slot whose token does not answer cannot be the one named. */
 	for (CK_ULONG i = 0; i < count; i++) {
-		CK_TOKEN_INFO info;
-		if (hsm->f->C_GetTokenInfo(slots[i], &info) != CKR_OK)
+		if (hsm->f->C_GetTokenInfo(slots[i], &descs[described].info) != CKR_OK)
 			continue;
-		if (!(info.flags & CKF_TOKEN_INITIALIZED))
-			continue;
-		if (hsm_token_matches(uri, token_spec, slots[i], &info)) {
-			*ret_slot = slots[i];
-			hsm_trim_padded(ret_label, info.label, sizeof(info.label));
-			r = 0;
-			goto out;
-		}
+		descs[described++].slot_id = slots[i];
 	}
-	log_error("\"no token matches\" token=%s slots=%lu", token_spec, (unsigned long)count);
+	r = hsm_token_select(token_spec, descs, described, &index);
+	if (r < 0)
+		goto out;
+	*ret_slot = descs[index].slot_id;
+	hsm_trim_padded(ret_label, descs[index].info.label, sizeof(descs[index].info.label));
 out:
+	free(descs);
 	free(slots);
-	if (uri)
-		p11_kit_uri_free(uri);
 	return r;
 }
 

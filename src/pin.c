@@ -105,14 +105,11 @@ out:
 	return r;
 }
 
-/* RFC 7512 lets the token URI name where its PIN lives
- * ("pkcs11:token=x?pin-source=file:/etc/hsmjwt/pin"), so one string can
- * describe a production token completely.  -ENOENT when token is a label or
- * its URI names no pin-source. */
-static int pin_read_uri_source(const char *token, char **ret_pin, size_t *ret_len)
+int pin_uri_source(const char *token, char *ret_path, size_t size)
 {
 	P11KitUri *uri = NULL;
 	const char *source;
+	size_t len;
 	int r = -ENOENT;
 
 	if (token == NULL || strncmp(token, "pkcs11:", 7) != 0)
@@ -134,10 +131,32 @@ static int pin_read_uri_source(const char *token, char **ret_pin, size_t *ret_le
 		r = -EINVAL;
 		goto out;
 	}
-	r = pin_read_file(source, ret_pin, ret_len);
+	len = strlen(source);
+	if (len >= size) {
+		log_error("\"pin-source path is too long\" pin_source=%s", source);
+		r = -ENAMETOOLONG;
+		goto out;
+	}
+	memcpy(ret_path, source, len + 1);
+	r = 0;
 out:
 	p11_kit_uri_free(uri);
 	return r;
+}
+
+/* RFC 7512 lets the token URI name where its PIN lives
+ * ("pkcs11:token=x?pin-source=file:/etc/hsmjwt/pin"), so one string can
+ * describe a production token completely.  -ENOENT when token is a label or
+ * its URI names no pin-source. */
+static int pin_read_uri_source(const char *token, char **ret_pin, size_t *ret_len)
+{
+	char path[PATH_MAX];
+	int r;
+
+	r = pin_uri_source(token, path, sizeof(path));
+	if (r < 0)
+		return r;
+	return pin_read_file(path, ret_pin, ret_len);
 }
 
 int pin_read(const struct config *cfg, char **ret_pin, size_t *ret_len)

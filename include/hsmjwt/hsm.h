@@ -96,6 +96,24 @@ struct hsm_key {
  * (ES256 ES384 RS256 PS256 EdDSA HS256): the one list every caller asks. */
 int hsm_alg_supported(enum jws_alg alg);
 
+/* A slot with a token, as C_GetSlotList and C_GetTokenInfo describe it. */
+struct hsm_slot_desc {
+	CK_SLOT_ID slot_id;
+	CK_TOKEN_INFO info;
+};
+
+/* The token token_spec names among slots[0..count), as hsm_open finds it: a
+ * spec that does not start with "pkcs11:" is a label, equal to the token's
+ * CKA_LABEL less its padding (trailing spaces and NULs); otherwise an RFC
+ * 7512 URI (p11-kit's parser) whose slot-id= must equal the slot's and whose
+ * token attributes (token=, serial=, model=, manufacturer=) must equal the
+ * token info's.  Tokens without CKF_TOKEN_INITIALIZED never match.  The
+ * first match in slot order wins.  A pure function over the buffers, for
+ * tests and fuzzing.  0 and *ret_index; HSM_E_NO_TOKEN (logged) for no
+ * match or a URI that does not parse; -ENOMEM. */
+int hsm_token_select(const char *token_spec, const struct hsm_slot_desc *slots, size_t count,
+		     size_t *ret_index);
+
 /* Loads module_path, finds the token named by token_spec (a label, or an RFC
  * 7512 pkcs11: URI with token=, serial=, slot-id=, model=, manufacturer=),
  * and logs in with pin when the token requires a login: one C_Login, never

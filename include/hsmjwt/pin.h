@@ -23,6 +23,15 @@
  * is missing, or another negative errno. */
 int pin_read(const struct config *cfg, char **ret_pin, size_t *ret_len);
 
+/* The file the pin-source= of a pkcs11: token URI names (RFC 7512: an
+ * absolute path, or "file:" and one) into ret_path (size bytes,
+ * NUL-terminated).  A pure function over the string, for tests and fuzzing.
+ * 0; -ENOENT when token is NULL, a label, a URI that does not parse (hsm_open
+ * names it) or one without pin-source; -EINVAL (logged) for a relative path
+ * or another scheme; -ENAMETOOLONG (logged) when it does not fit; -ENOMEM.
+ * ret_path is untouched on failure. */
+int pin_uri_source(const char *token, char *ret_path, size_t size);
+
 /* Wipes and drops the development pin key from cfg once the login is done
  * (SPEC §1: the PIN is wiped after login). */
 void pin_forget(struct config *cfg);
