@@ -169,6 +169,10 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	/* Before the configuration: HSMJWT_PIN is read from the environment
+	 * there. */
+	if (service_harden_process() < 0)
+		return 1;
 	if (service_load_config(&cfg, config_path) < 0)
 		return 1;
 	if (check_only) {

@@ -6,7 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -111,24 +114,122 @@ void service_set_pin_source(struct hsm *hsm, const struct config *cfg)
 	hsm_set_pin_source(hsm, service_pin_read, service_pin_release, (void *)(uintptr_t)cfg);
 }
 
+int service_harden_process(void)
+{
+	const struct rlimit none = { 0, 0 };
+	int e;
+
+	/* A core file or a debugger attached by another process of the same
+	 * user would show the PIN while it is read and the token's session
+	 * state; neither is needed in production (LimitCORE=0 in the unit too,
+	 * for when the binary is started some other way). */
+	if (setrlimit(RLIMIT_CORE, &none) < 0) {
+		e = errno;
+		log_error("\"cannot disable core dumps\" error=\"%s\"", strerror(e));
+		return -e;
+	}
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+		e = errno;
+		log_error("\"cannot make the process non-dumpable\" error=\"%s\"", strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+/* What the registry and lock hold is readable by no one else: a file or
+ * directory of ours found open to group or others (copied in, made under a
+ * loose umask by an older version) is closed to them, and said so; one
+ * that belongs to another user cannot be fixed here and stops the start. */
+static int service_private_mode(int fd, const char *path, mode_t want)
+{
+	struct stat st;
+	int e;
+
+	if (fstat(fd, &st) < 0) {
+		e = errno;
+		log_error("\"cannot stat a state file\" path=%s error=\"%s\"", path, strerror(e));
+		return -e;
+	}
+	if ((st.st_mode & (S_IRWXG | S_IRWXO)) == 0)
+		return 0;
+	if (st.st_uid != geteuid()) {
+		log_error("\"a state file open to group or others belongs to another user\" path=%s mode=%04o uid=%u",
+			  path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+		return -EPERM;
+	}
+	if (fchmod(fd, want) < 0) {
+		e = errno;
+		log_error("\"cannot restrict a state file\" path=%s error=\"%s\"", path, strerror(e));
+		return -e;
+	}
+	log_warn("\"a state file was open to group or others: restricted\" path=%s was=%04o now=%04o", path,
+		 (unsigned)(st.st_mode & 07777), (unsigned)want);
+	return 0;
+}
+
+/* service_private_mode for state_dir and every regular file in it. */
+static int service_private_state(const char *state_dir)
+{
+	char path[4096];
+	struct dirent *d;
+	DIR *dir = NULL;
+	int dfd, fd, r, e;
+
+	/* state_dir itself may be a symlink (to a bigger disk, say). */
+	dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		e = errno;
+		log_error("\"cannot open state_dir\" state_dir=%s error=\"%s\"", state_dir, strerror(e));
+		return -e;
+	}
+	r = service_private_mode(dfd, state_dir, 0700);
+	if (r < 0)
+		goto out;
+	fd = dup(dfd);
+	dir = fd < 0 ? NULL : fdopendir(fd);
+	if (dir == NULL) {
+		e = errno;
+		if (fd >= 0)
+			close(fd);
+		log_error("\"cannot list state_dir\" state_dir=%s error=\"%s\"", state_dir, strerror(e));
+		r = -e;
+		goto out;
+	}
+	while ((d = readdir(dir)) != NULL) {
+		struct stat st;
+
+		if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
+			continue;
+		fd = openat(dfd, d->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+		if (fd < 0)
+			continue;   /* a symlink or a file gone meanwhile: nothing of ours */
+		snprintf(path, sizeof(path), "%s/%s", state_dir, d->d_name);
+		r = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? service_private_mode(fd, path, 0600) : 0;
+		close(fd);
+		if (r < 0)
+			goto out;
+	}
+	r = 0;
+out:
+	if (dir != NULL)
+		closedir(dir);
+	close(dfd);
+	return r;
+}
+
 int service_lock_state_dir(const char *state_dir, int *ret_fd)
 {
 	char path[4096];
-	struct stat st;
-	int fd;
+	int fd, r;
 
 	if (mkdir(state_dir, 0700) < 0 && errno != EEXIST) {
 		int e = errno;   /* logging may change errno */
 		log_error("\"cannot create state_dir\" state_dir=%s error=\"%s\"", state_dir, strerror(e));
 		return -e;
 	}
-	if (stat(state_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-		log_error("\"state_dir is not a directory\" state_dir=%s", state_dir);
-		return -ENOTDIR;
-	}
-	if (st.st_mode & (S_IRWXG | S_IRWXO))
-		log_warn("\"state_dir is accessible by group or others\" state_dir=%s mode=%04o", state_dir,
-			 (unsigned)(st.st_mode & 07777));
+	r = service_private_state(state_dir);
+	if (r < 0)
+		return r;
 	if ((size_t)snprintf(path, sizeof(path), "%s/hsmjwtd.lock", state_dir) >= sizeof(path)) {
 		log_error("\"state_dir path too long\" state_dir=%s", state_dir);
 		return -ENAMETOOLONG;

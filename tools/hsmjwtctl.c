@@ -611,6 +611,9 @@ int main(int argc, char **argv)
 	int i = 1, status;
 
 	memset(&ctl, 0, sizeof(ctl));
+	/* It reads the PIN and logs in like the daemon. */
+	if (service_harden_process() < 0)
+		return 1;
 	if (i + 1 < argc && (strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "-c") == 0)) {
 		config_path = argv[i + 1];
 		ctl.config_path = config_path;

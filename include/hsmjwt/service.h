@@ -30,9 +30,16 @@ int service_open_token(struct config *cfg, int recoverable, struct hsm **ret_hsm
  * points the source at the boot version). */
 void service_set_pin_source(struct hsm *hsm, const struct config *cfg);
 
+/* No core dumps and no ptrace or /proc/PID/mem by other processes of the
+ * same user (PR_SET_DUMPABLE 0): first thing in main, before the PIN is
+ * read.  0, or a negative errno (logged). */
+int service_harden_process(void);
+
 /* Creates state_dir (0700) if needed and takes its exclusive lock (SPEC §7:
  * one daemon per state_dir); the lock lives as long as *ret_fd is open.
- * -EBUSY when another process holds it. */
+ * A state_dir or a file in it that group or others may read is made 0700
+ * or 0600 (logged), or refused when another user owns it (-EPERM).
+ * -EBUSY when another process holds the lock. */
 int service_lock_state_dir(const char *state_dir, int *ret_fd);
 
 #endif

@@ -263,9 +263,11 @@ class Daemon:
     state_dir: the daemon's own state_dir (registry, lock) when several
     daemons share one token as replicas; the token's directory by default."""
 
-    def __init__(self, build_dir, token, algorithms, log_path, extra_env=None, state_dir=None, args=None):
+    def __init__(self, build_dir, token, algorithms, log_path, extra_env=None, state_dir=None, args=None,
+                 prefix=None):
         self.build_dir = build_dir
         self.args = list(args or [])   # hsmjwtd's command line, e.g. ["--config", FILE]
+        self.prefix = list(prefix or [])   # a command that execs hsmjwtd, e.g. setpriv ...
         self.token = token
         self.state_dir = state_dir or token.state_dir
         self.algorithms = algorithms
@@ -335,7 +337,8 @@ class Daemon:
             if not keep_port:
                 self.port = free_port()
             log = open(self.log_path, "a" if keep_port else "w")
-            self.proc = subprocess.Popen([os.path.join(self.build_dir, "hsmjwtd"), *self.args], env=self.env(),
+            self.proc = subprocess.Popen([*self.prefix, os.path.join(self.build_dir, "hsmjwtd"), *self.args],
+                                         env=self.env(),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             log.close()
             state = self._wait_healthy()
