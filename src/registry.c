@@ -40,6 +40,7 @@ static void registry_free(struct registry *reg)
 	free(reg->lists);
 	free(reg->generations);
 	registry_queue_release(&reg->queue);
+	registry_queue_release(&reg->retry);
 	if (reg->locks >= 5) {
 		pthread_cond_destroy(&reg->qwork);
 		pthread_mutex_destroy(&reg->qmutex);
@@ -129,6 +130,7 @@ int registry_open(const char *state_dir, enum registry_fsync fsync_policy, int64
 	r = registry_init_file(reg);
 	if (r < 0)
 		goto fail;
+	reg->good_bytes = atomic_load(&reg->file_bytes);
 	reg->last_sync_ns = reg->last_compact_check_ns = registry_mono_ns();
 	r = -pthread_create(&reg->flusher, NULL, registry_flusher, reg);
 	if (r < 0) {
@@ -181,8 +183,9 @@ int registry_reserve_index(struct registry *reg, uint32_t *ret_idx)
 
 /* ---- changes -------------------------------------------------------------- */
 
-/* Takes the gate and the write lock: -EIO (nothing held) once the registry
- * has failed, -EAGAIN while the queue is over its limit.  Refusing rather
+/* Takes the gate and the write lock: -EIO (nothing held) while the registry
+ * has failed (until the flusher finds the disk taking writes again), -EAGAIN
+ * while the queue is over its limit.  Refusing rather
  * than waiting: the caller is an event loop that serves verifications and
  * health checks too, and a disk that far behind may never catch up. */
 static int registry_write_begin(struct registry *reg)
@@ -456,7 +459,7 @@ int registry_consume(struct registry *reg, const char *jti, int64_t now, const c
 		/* A record linked is written, whatever follows: the file
 		 * must hold what the index holds. */
 		if (registry_queue_entry(&reg->queue, &entries[i]) < 0)
-			registry_fail(reg, "encode", EINVAL);
+			registry_fail_for_good(reg, "encode", EINVAL);
 		reg->next_seq++;
 	}
 	if (r == 0 && rec != NULL) {
@@ -469,7 +472,7 @@ int registry_consume(struct registry *reg, const char *jti, int64_t now, const c
 		snprintf(s.reason, sizeof(s.reason), "%s", reason);
 		registry_apply_status(reg, rec, REGISTRY_REVOKED, now, reason_id);
 		if (registry_queue_entry(&reg->queue, &s) < 0)
-			registry_fail(reg, "encode", EINVAL);
+			registry_fail_for_good(reg, "encode", EINVAL);
 		metrics_revocations(1);
 	}
 	if (r == 0)
@@ -577,7 +580,7 @@ static int registry_commit(struct registry *reg, struct registry_vec *plan, enum
 		if (registry_queue_entry(&reg->queue, &e) < 0)
 			/* Cannot happen (every field was checked): the file
 			 * would no longer match the index. */
-			registry_fail(reg, "encode", EINVAL);
+			registry_fail_for_good(reg, "encode", EINVAL);
 	}
 	registry_queue_waiter(&reg->queue, done, arg);
 	pthread_cond_signal(&reg->qwork);
@@ -1079,4 +1082,14 @@ void registry_internal_set_compact_min(struct registry *reg, uint64_t frames)
 int registry_internal_maybe_compact(struct registry *reg, int64_t now, uint64_t min_frames, int *ret_compacted)
 {
 	return registry_maybe_compact(reg, now, min_frames, 1, ret_compacted);
+}
+
+int registry_internal_recover(struct registry *reg)
+{
+	int r;
+
+	pthread_mutex_lock(&reg->io);
+	r = atomic_load(&reg->failed) == REGISTRY_OK ? 0 : registry_recover(reg);
+	pthread_mutex_unlock(&reg->io);
+	return r;
 }

@@ -283,13 +283,19 @@ static int registry_compact_io(struct registry *reg, int64_t now, struct registr
 		reg->next_seq = seq;
 		atomic_store(&reg->frames, w.frames);
 		atomic_store(&reg->file_bytes, w.bytes);
+		reg->good_bytes = w.bytes;
+		reg->torn = 0;
 		reg->dirty = 0;
 		reg->last_sync_ns = registry_mono_ns();
 		r = registry_fsync_dir(reg->dir);
-		if (r < 0)
+		if (r < 0) {
+			/* The new file is in place; only its name may not be
+			 * durable yet: registry_recover fsyncs the directory again. */
+			reg->dir_unsynced = 1;
 			registry_fail(reg, "fsync of the state_dir", -r);
-		else if (dropped > 0)
+		} else if (dropped > 0) {
 			pruned = registry_prune_prepare(reg, now, &prune);
+		}
 	}
 unlock:
 	pthread_rwlock_unlock(&reg->lock);

@@ -58,11 +58,25 @@ int registry_fsync_dir(const char *dir)
 	return r;
 }
 
-/* The first write or fsync failure, logged once: from now on nothing is
- * acknowledged. */
+/* The first write or fsync failure of an episode, logged once: until
+ * registry_recover succeeds nothing more is accepted or acknowledged. */
 void registry_fail(struct registry *reg, const char *what, int err)
 {
-	if (atomic_exchange(&reg->failed, 1) == 0) {
+	int ok = REGISTRY_OK;
+
+	if (atomic_compare_exchange_strong(&reg->failed, &ok, REGISTRY_FAILED_IO)) {
+		char q[PATH_MAX + 8];
+
+		log_error("\"registry %s failed: changes are refused until the disk takes writes again\" path=%s error=\"%s\"",
+			  what, log_quote(q, sizeof(q), reg->path), strerror(err));
+	}
+}
+
+/* The index now holds a change no frame will ever carry: the file can no
+ * longer be brought to match it, so nothing is accepted again. */
+void registry_fail_for_good(struct registry *reg, const char *what, int err)
+{
+	if (atomic_exchange(&reg->failed, REGISTRY_FAILED_FOR_GOOD) != REGISTRY_FAILED_FOR_GOOD) {
 		char q[PATH_MAX + 8];
 
 		log_error("\"registry %s failed: no further changes are accepted\" path=%s error=\"%s\"", what,
@@ -162,25 +176,120 @@ static int registry_sync(struct registry *reg)
 	return 0;
 }
 
+/* Under io: a batch the file did not take.  Its changes are in the index,
+ * so its frames are kept to be written first when the disk comes back;
+ * without the memory to keep them the file could never match the index. */
+static void registry_retry_keep(struct registry *reg, const struct registry_queue *batch)
+{
+	struct registry_queue *q = &reg->retry;
+
+	if (batch->len == 0)
+		return;
+	if (q->cap - q->len < batch->len) {
+		size_t cap = q->len + batch->len;
+		uint8_t *buf = realloc(q->buf, cap);
+
+		if (buf == NULL) {
+			registry_fail_for_good(reg, "keeping a failed batch", ENOMEM);
+			return;
+		}
+		q->buf = buf;
+		q->cap = cap;
+	}
+	memcpy(q->buf + q->len, batch->buf, batch->len);
+	q->len += batch->len;
+	q->frames += batch->frames;
+}
+
+/* Under io, after a failure: cuts off whatever a failed write left past
+ * the last whole batch, writes the batches the file did not take and
+ * fdatasyncs, fsyncs the directory of a compaction's rename.  0 when the
+ * file holds again everything the index does: changes are accepted again. */
+int registry_recover(struct registry *reg)
+{
+	char q[PATH_MAX + 8];
+	int r = 0;
+
+	if (atomic_load(&reg->failed) == REGISTRY_FAILED_FOR_GOOD)
+		return -EIO;
+	reg->last_retry_ns = registry_mono_ns();
+	/* A write that stopped short would sit in the middle of the file,
+	 * under the batches written after it: corruption, not a torn tail. */
+	if (reg->torn && ftruncate(reg->fd, (off_t)reg->good_bytes) < 0)
+		return -errno;
+	reg->torn = 0;
+	if (reg->dir_unsynced && (r = registry_fsync_dir(reg->dir)) < 0)
+		return r;
+	reg->dir_unsynced = 0;
+	if (reg->retry.len > 0) {
+		r = registry_write_all(reg->fd, reg->retry.buf, reg->retry.len);
+		if (r < 0) {
+			reg->torn = 1;
+			return r;
+		}
+	}
+	/* Also for the interval policy: a failed periodic fdatasync leaves
+	 * written changes that no fsync has covered yet. */
+	if (fdatasync(reg->fd) < 0) {
+		reg->torn = reg->retry.len > 0;
+		return -errno;
+	}
+	reg->good_bytes += reg->retry.len;
+	atomic_fetch_add(&reg->frames, reg->retry.frames);
+	atomic_store(&reg->file_bytes, reg->good_bytes);
+	reg->dirty = 0;
+	reg->last_sync_ns = registry_mono_ns();
+	log_warn("\"registry takes writes again\" path=%s rewritten_frames=%llu rewritten_bytes=%zu",
+		 log_quote(q, sizeof(q), reg->path), (unsigned long long)reg->retry.frames, reg->retry.len);
+	reg->retry.len = 0;
+	reg->retry.frames = 0;
+	if (reg->retry.cap > REGISTRY_QUEUE_KEEP) {
+		free(reg->retry.buf);
+		reg->retry.buf = NULL;
+		reg->retry.cap = 0;
+	}
+	atomic_store(&reg->failed, REGISTRY_OK);
+	return 0;
+}
+
 /* Under io: appends a taken batch to the file and makes it durable per the
- * policy; the result for its waiters. */
+ * policy; the result for its waiters.  A batch the file does not take is
+ * kept for registry_recover: either its every frame is in the file in the
+ * end, or none is (a torn write is cut off first). */
 int registry_write_batch(struct registry *reg, const struct registry_queue *batch)
 {
 	int r;
 
-	if (atomic_load(&reg->failed))
+	if (atomic_load(&reg->failed) != REGISTRY_OK && registry_recover(reg) < 0) {
+		registry_retry_keep(reg, batch);
 		return -EIO;
+	}
 	if (batch->len == 0)
 		return 0;   /* only no-ops: what they rely on was acknowledged before them */
 	r = registry_write_all(reg->fd, batch->buf, batch->len);
 	if (r < 0) {
+		reg->torn = 1;
+		registry_retry_keep(reg, batch);
 		registry_fail(reg, "write", -r);
 		return -EIO;
 	}
+	if (reg->fsync == REGISTRY_FSYNC_ALWAYS && fdatasync(reg->fd) < 0) {
+		/* Whether those pages reach the disk now is unknown: written
+		 * again from memory, after the cut, they are. */
+		r = errno;
+		reg->torn = 1;
+		registry_retry_keep(reg, batch);
+		registry_fail(reg, "fdatasync", r);
+		return -EIO;
+	}
+	reg->good_bytes += batch->len;
 	atomic_fetch_add(&reg->frames, batch->frames);
 	atomic_fetch_add(&reg->file_bytes, batch->len);
-	if (reg->fsync == REGISTRY_FSYNC_ALWAYS)
-		return registry_sync(reg);
+	if (reg->fsync == REGISTRY_FSYNC_ALWAYS) {
+		reg->dirty = 0;
+		reg->last_sync_ns = registry_mono_ns();
+		return 0;
+	}
 	reg->dirty = 1;
 	if (registry_mono_ns() - reg->last_sync_ns >= (int64_t)REGISTRY_INTERVAL_MS * 1000000)
 		return registry_sync(reg);
@@ -201,9 +310,32 @@ static void registry_flush_once(struct registry *reg, struct registry_queue *bat
 static void registry_sync_if_due(struct registry *reg, int force)
 {
 	pthread_mutex_lock(&reg->io);
-	if (reg->dirty && !atomic_load(&reg->failed) &&
+	if (reg->dirty && atomic_load(&reg->failed) == REGISTRY_OK &&
 	    (force || registry_mono_ns() - reg->last_sync_ns >= (int64_t)REGISTRY_INTERVAL_MS * 1000000))
 		registry_sync(reg);
+	pthread_mutex_unlock(&reg->io);
+}
+
+/* Under qmutex: when the flusher must wake with nothing queued — the
+ * interval fdatasync, a retry of a failed disk, the compaction check. */
+static int64_t registry_next_wake(struct registry *reg)
+{
+	int64_t deadline = registry_mono_ns() + REGISTRY_COMPACT_CHECK_NS;
+
+	if (reg->dirty && reg->last_sync_ns + (int64_t)REGISTRY_INTERVAL_MS * 1000000 < deadline)
+		deadline = reg->last_sync_ns + (int64_t)REGISTRY_INTERVAL_MS * 1000000;
+	if (atomic_load(&reg->failed) == REGISTRY_FAILED_IO &&
+	    reg->last_retry_ns + (int64_t)REGISTRY_RETRY_MS * 1000000 < deadline)
+		deadline = reg->last_retry_ns + (int64_t)REGISTRY_RETRY_MS * 1000000;
+	return deadline;
+}
+
+static void registry_retry_if_due(struct registry *reg, int force)
+{
+	pthread_mutex_lock(&reg->io);
+	if (atomic_load(&reg->failed) == REGISTRY_FAILED_IO &&
+	    (force || registry_mono_ns() - reg->last_retry_ns >= (int64_t)REGISTRY_RETRY_MS * 1000000))
+		registry_recover(reg);
 	pthread_mutex_unlock(&reg->io);
 }
 
@@ -220,13 +352,12 @@ void *registry_flusher(void *arg)
 
 			if (reg->stopping)
 				break;
-			/* Wakes for the interval fdatasync and the compaction check. */
-			deadline = reg->dirty ? reg->last_sync_ns + (int64_t)REGISTRY_INTERVAL_MS * 1000000
-					      : registry_mono_ns() + REGISTRY_COMPACT_CHECK_NS;
+			deadline = registry_next_wake(reg);
 			ts.tv_sec = deadline / 1000000000;
 			ts.tv_nsec = deadline % 1000000000;
 			if (pthread_cond_timedwait(&reg->qwork, &reg->qmutex, &ts) == ETIMEDOUT) {
 				pthread_mutex_unlock(&reg->qmutex);
+				registry_retry_if_due(reg, 0);
 				registry_sync_if_due(reg, 0);
 				registry_maybe_compact(reg, time(NULL), atomic_load(&reg->compact_min), 0, NULL);
 				pthread_mutex_lock(&reg->qmutex);
@@ -239,7 +370,17 @@ void *registry_flusher(void *arg)
 		pthread_mutex_lock(&reg->qmutex);
 	}
 	pthread_mutex_unlock(&reg->qmutex);
+	/* Last chance for changes answered 503 to become durable anyway. */
+	registry_retry_if_due(reg, 1);
 	registry_sync_if_due(reg, 1);
+	pthread_mutex_lock(&reg->io);
+	if (reg->retry.len > 0) {
+		char q[PATH_MAX + 8];
+
+		log_warn("\"registry closed with changes the disk never took (each was answered as failed)\" path=%s frames=%llu",
+			 log_quote(q, sizeof(q), reg->path), (unsigned long long)reg->retry.frames);
+	}
+	pthread_mutex_unlock(&reg->io);
 	registry_queue_release(&batch);
 	return NULL;
 }

@@ -24,6 +24,17 @@
 	(REGISTRY_FRAME_HEADER + 8 + 1 + 2 + REGISTRY_JTI_MAX + 1 + 8 + 2 + REGISTRY_REASON_MAX)
 #define REGISTRY_TOKEN_FRAME_MAX (REGISTRY_FRAME_HEADER + REGISTRY_MAX_BODY)
 #define REGISTRY_LIST_BYTES (REGISTRY_STATUSLIST_SIZE / 4)
+/* While the file refuses writes (a full or read-only disk), the flusher
+ * tries again this often, so that the registry comes back by itself once
+ * space is freed, without waiting for a change (changes are refused). */
+#define REGISTRY_RETRY_MS 250
+
+/* reg->failed */
+enum registry_failure {
+	REGISTRY_OK = 0,
+	REGISTRY_FAILED_IO,            /* a write or fsync failed: retried */
+	REGISTRY_FAILED_FOR_GOOD,      /* the index holds what no frame says: never again */
+};
 
 /* ---- hashing ---------------------------------------------------------------
  * Subjects, orgs and unregistered jtis come from callers: a keyed hash
@@ -201,12 +212,24 @@ struct registry {
 	pthread_t flusher;
 	int flusher_running;
 
-	atomic_int failed;
+	atomic_int failed;             /* enum registry_failure */
 	atomic_uint_fast64_t frames, file_bytes;
 	atomic_uint_fast32_t next_status_idx;
 
 	/* under io (atomic: the flusher reads them to time its waits) */
 	atomic_int dirty;              /* written, not yet fdatasynced (interval) */
+	/* Under io.  The frames of batches whose write or fdatasync failed:
+	 * in the index already, their waiters answered -EIO, written ahead of
+	 * anything newer once the disk takes writes again (the file must hold
+	 * what the index holds).  good_bytes: the length of the file up to
+	 * the last whole batch that was written; past it there may be a torn
+	 * write (torn), cut off before the next one.  dir_unsynced: a
+	 * compaction's rename whose directory fsync failed. */
+	struct registry_queue retry;
+	uint64_t good_bytes;
+	int torn;
+	int dir_unsynced;
+	atomic_int_fast64_t last_retry_ns;
 	atomic_int_fast64_t last_sync_ns;
 	atomic_int_fast64_t last_compact_check_ns;
 
@@ -260,6 +283,8 @@ int64_t registry_mono_ns(void);
 int registry_write_all(int fd, const uint8_t *buf, size_t len);
 int registry_fsync_dir(const char *dir);
 void registry_fail(struct registry *reg, const char *what, int err);
+void registry_fail_for_good(struct registry *reg, const char *what, int err);
+int registry_recover(struct registry *reg);
 int registry_queue_reserve(struct registry_queue *q, size_t bytes);
 int registry_queue_entry(struct registry_queue *q, const struct registry_entry *e);
 void registry_queue_waiter(struct registry_queue *q, registry_done_fn done, void *arg);
@@ -298,5 +323,10 @@ void registry_internal_set_compact_min(struct registry *reg, uint64_t frames);
  * thread with min_frames in place of the flusher's threshold: compacts at
  * now when the file is worth it.  *ret_compacted: 1 when it did. */
 int registry_internal_maybe_compact(struct registry *reg, int64_t now, uint64_t min_frames, int *ret_compacted);
+
+/* registry_recover now, on the caller's thread, when the registry has
+ * failed (0 when it has not), as the flusher does every REGISTRY_RETRY_MS:
+ * a test need not wait for the flusher's clock. */
+int registry_internal_recover(struct registry *reg);
 
 #endif

@@ -10,9 +10,18 @@
  * callback only once durable: after the fsync (always) or after the write
  * (interval, with an fsync every REGISTRY_INTERVAL_MS).  done runs on the
  * flusher thread, exactly once per accepted change; the caller hops back to
- * its own thread.  A write or fsync failure fails that batch and every later
- * change (-EIO): the file can no longer be trusted to hold what was
- * acknowledged, and the daemon reports the registry as failed.  While more
+ * its own thread.  A write or fsync failure (a full or read-only disk)
+ * fails that batch (-EIO: nothing of it is acknowledged) and every change
+ * until the disk takes writes again (-EIO at once, nothing applied); the
+ * daemon reports the registry as failed meanwhile.  The failed batch's
+ * changes stay in the index: the flusher retries every REGISTRY_RETRY_MS,
+ * first cutting off whatever a short write left past the last whole batch
+ * (so the file never holds half a batch before newer ones), then writing
+ * the failed batches ahead of anything newer and fdatasyncing; once that
+ * succeeds changes are accepted again, without a restart.  So a change
+ * answered -EIO may still become durable (a client must treat it as
+ * unknown), and if the process ends first it is not in the file, whose
+ * tail is at worst torn (truncated at the next open).  While more
  * than 64 MiB wait for the disk, changes are refused with -EAGAIN instead
  * of blocking the caller's thread. 
  *
@@ -89,7 +98,7 @@ struct registry_stats {
 	uint64_t frames;                  /* in the file */
 	uint64_t file_bytes;
 	uint32_t next_status_idx;
-	int failed;                       /* a write or fsync failed: no more writes */
+	int failed;                       /* a write or fsync failed: changes refused until a retry succeeds */
 };
 
 /* Opens (creating it if missing) state_dir/registry.log, recovers, builds

@@ -3,7 +3,8 @@
  * cascades, lists (pagination, filters, the scan cap), status lists,
  * status-list indices across reopen and compaction, records identical after
  * reopen and compaction, group commit from 16 threads, exactly one done per
- * change, the interval policy, a failed write, a torn tail and a corrupt
+ * change, the interval policy, a failed write, a disk that tears a write
+ * and then takes writes again (RLIMIT_FSIZE), a torn tail and a corrupt
  * middle.  Every wait is on a done callback, never a sleep. */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1607,6 +1610,124 @@ static void test_write_failure(void **state)
 	registry_close(c.reg);
 }
 
+/* The file's frames: the scan's verdict, the count in *ret_frames. */
+static enum registry_verdict scan_log(size_t *ret_frames)
+{
+	struct offsets offs = { 0 };
+	struct registry_scan scan;
+	size_t len;
+	uint8_t *image = read_file(log_path(), &len);
+
+	assert_int_equal(registry_scan(image, len, collect_offset, &offs, &scan), 0);
+	free(image);
+	*ret_frames = scan.frames;
+	return scan.verdict;
+}
+
+static off_t log_size(void)
+{
+	struct stat st;
+
+	assert_int_equal(stat(log_path(), &st), 0);
+	return st.st_size;
+}
+
+/* A file size limit (RLIMIT_FSIZE) a few bytes past the end of the file:
+ * the next write stops short there, as on a disk that fills up in the
+ * middle of a batch, and the one after fails (EFBIG). */
+static void limit_file_size(off_t extra)
+{
+	struct rlimit rl;
+
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &rl), 0);
+	rl.rlim_cur = extra < 0 ? rl.rlim_max : (rlim_t)(log_size() + extra);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
+/* A disk that stops taking writes in the middle of a batch and then takes
+ * them again: the change is refused (-EIO, never 0), and so is every change
+ * until then; the torn bytes are cut off, the failed batch is written ahead
+ * of anything newer, changes are accepted again without a reopen, and the
+ * file reads back clean with the index's records. */
+static void test_write_recovery(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct registry_record rec = make_rec("w-2", "acme", "bob", REGISTRY_TYPE_ACCESS, NOW + HOUR);
+	struct registry_stats stats;
+	struct sigaction ign = { .sa_handler = SIG_IGN }, old;
+	off_t good;
+	size_t frames;
+
+	(void)state;
+	add_ok(reg, "w-1", "acme", "alice", REGISTRY_TYPE_ACCESS, NOW + HOUR);
+	good = log_size();
+	assert_int_equal(sigaction(SIGXFSZ, &ign, &old), 0);
+	limit_file_size(10);
+	assert_int_equal(add_wait(reg, &rec), -EIO);
+	/* The torn write left 10 bytes. */
+	assert_int_equal(log_size(), good + 10);
+	registry_get_stats(reg, &stats);
+	assert_int_not_equal(stats.failed, 0);
+	rec = make_rec("w-3", "acme", "bob", REGISTRY_TYPE_ACCESS, NOW + HOUR);
+	assert_int_equal(add_wait(reg, &rec), -EIO);
+	assert_int_equal(set_wait(reg, "w-1", NULL, REGISTRY_REVOKED, "r", NULL), -EIO);
+	assert_int_equal(status_of(reg, "w-1"), REGISTRY_ACTIVE);
+	assert_int_equal(registry_get(reg, "w-3", NULL, &rec), -ENOENT);
+	/* Still short: the retry tears again, after cutting the last tear. */
+	assert_true(registry_internal_recover(reg) < 0);
+	assert_int_equal(log_size(), good + 10);
+	limit_file_size(-1);
+	assert_int_equal(sigaction(SIGXFSZ, &old, NULL), 0);
+	assert_int_equal(registry_internal_recover(reg), 0);
+	registry_get_stats(reg, &stats);
+	assert_int_equal(stats.failed, 0);
+	assert_int_equal(stats.file_bytes, (uint64_t)log_size());
+	assert_int_equal(scan_log(&frames), REGISTRY_CLEAN);
+	assert_int_equal(frames, 2);
+	assert_int_equal(stats.frames, 2);
+	add_ok(reg, "w-4", "acme", "carol", REGISTRY_TYPE_ACCESS, NOW + HOUR);
+	assert_int_equal(set_wait(reg, "w-1", NULL, REGISTRY_REVOKED, "r", NULL), 0);
+	registry_close(reg);
+
+	assert_int_equal(scan_log(&frames), REGISTRY_CLEAN);
+	assert_int_equal(frames, 4);
+	reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	assert_int_equal(status_of(reg, "w-1"), REGISTRY_REVOKED);
+	/* Refused, then written with the retry: a 503 that may have happened. */
+	assert_int_equal(status_of(reg, "w-2"), REGISTRY_ACTIVE);
+	assert_int_equal(registry_get(reg, "w-3", NULL, &rec), -ENOENT);
+	assert_int_equal(status_of(reg, "w-4"), REGISTRY_ACTIVE);
+	registry_close(reg);
+}
+
+/* Closed while the disk still tears the write: the file ends in a torn
+ * tail, never a corrupt middle, and opens with the acknowledged records. */
+static void test_close_while_torn(void **state)
+{
+	struct registry *reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	struct registry_record rec = make_rec("t-2", "acme", "bob", REGISTRY_TYPE_ACCESS, NOW + HOUR);
+	struct sigaction ign = { .sa_handler = SIG_IGN }, old;
+	size_t frames;
+
+	(void)state;
+	add_ok(reg, "t-1", "acme", "alice", REGISTRY_TYPE_ACCESS, NOW + HOUR);
+	assert_int_equal(sigaction(SIGXFSZ, &ign, &old), 0);
+	limit_file_size(7);
+	assert_int_equal(add_wait(reg, &rec), -EIO);
+	registry_close(reg);
+	limit_file_size(-1);
+	assert_int_equal(sigaction(SIGXFSZ, &old, NULL), 0);
+	assert_int_equal(scan_log(&frames), REGISTRY_TORN_TAIL);
+	assert_int_equal(frames, 1);
+	reg = open_registry(REGISTRY_FSYNC_ALWAYS);
+	assert_int_equal(status_of(reg, "t-1"), REGISTRY_ACTIVE);
+	assert_int_equal(registry_get(reg, "t-2", NULL, &rec), -ENOENT);
+	add_ok(reg, "t-3", "acme", "carol", REGISTRY_TYPE_ACCESS, NOW + HOUR);
+	registry_close(reg);
+	assert_int_equal(scan_log(&frames), REGISTRY_CLEAN);
+	assert_int_equal(frames, 2);
+}
+
 /* ---- recovery ----------------------------------------------------------- */
 
 /* Five records in the file; the frame offsets (and the file) returned. */
@@ -2079,6 +2200,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_done_once_interval, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_interval_durable, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_write_failure, fixture_tmpdir_setup, fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_write_recovery, fixture_tmpdir_setup, fixture_tmpdir_teardown),
+		cmocka_unit_test_setup_teardown(test_close_while_torn, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tail, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_middle, fixture_tmpdir_setup, fixture_tmpdir_teardown),
 		cmocka_unit_test_setup_teardown(test_duplicate_and_orphan_frames, fixture_tmpdir_setup,
