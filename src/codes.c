@@ -182,14 +182,16 @@ static uint32_t codes_bucket(const uint8_t *hash)
 	return ((uint32_t)hash[0] | (uint32_t)hash[1] << 8 | (uint32_t)hash[2] << 16) & (CODES_BUCKETS - 1);
 }
 
-/* Under the mutex.  The comparison is of SHA-256 digests: how far a
- * presented code's digest matches a stored one tells nothing about a code. */
+/* Under the mutex.  The comparison is of SHA-256 digests, so how far a
+ * presented code's digest matches a stored one tells nothing about a code;
+ * it is constant-time all the same, as every comparison of secret-derived
+ * bytes is (tests/lint/secret_compare.py holds the code to that). */
 static struct codes_entry *codes_find(const struct codes *codes, const uint8_t *hash)
 {
 	struct codes_entry *e;
 
 	for (e = codes->buckets[codes_bucket(hash)]; e != NULL; e = e->hnext)
-		if (memcmp(e->hash, hash, sizeof(e->hash)) == 0)
+		if (CRYPTO_memcmp(e->hash, hash, sizeof(e->hash)) == 0)
 			return e;
 	return NULL;
 }
