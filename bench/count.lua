@@ -8,6 +8,9 @@
 --   BENCH_BODIES_FILE  POST bodies, one a line, sent in turn (each thread
 --                      starting at its own place); instead of BENCH_BODY_FILE
 --   BENCH_BEARER_FILE  a bearer token for the Authorization header; unset: none
+--   BENCH_REQUESTS_FILE  a mixed schedule (bench/soak.py): one request a line,
+--                      METHOD <tab> PATH <tab> BODY (BODY may be empty: no
+--                      body), sent in turn like BENCH_BODIES_FILE's bodies
 --
 -- done() prints one line that bench.py parses:
 --   bench-wrk: responses=N non200=N requests=N duration_us=N p50_us=N p99_us=N
@@ -25,9 +28,10 @@ local function slurp(name)
 end
 
 local body = slurp("BENCH_BODY_FILE")
-local bodies_text = slurp("BENCH_BODIES_FILE")
+local bodies_text = slurp("BENCH_BODIES_FILE") or slurp("BENCH_REQUESTS_FILE")
+local mixed = os.getenv("BENCH_REQUESTS_FILE") ~= nil and os.getenv("BENCH_REQUESTS_FILE") ~= ""
 local bearer = slurp("BENCH_BEARER_FILE")
-if body ~= nil or bodies_text ~= nil then
+if (body ~= nil or bodies_text ~= nil) and not mixed then
    wrk.method = "POST"
    wrk.body = body
    wrk.headers["Content-Type"] = "application/json"
@@ -61,12 +65,33 @@ if bodies_text ~= nil then
    end
    assert(#bodies > 0, "BENCH_BODIES_FILE holds no body")
    local i = nil
+   if mixed then
+      -- Formatted once: a line becomes the whole request, its own method,
+      -- path and body, with the shared headers.
+      for n, line in ipairs(bodies) do
+         local method, path, b = line:match("^(%u+)\t([^\t]+)\t?(.*)$")
+         assert(method ~= nil, "BENCH_REQUESTS_FILE line " .. n .. " is not METHOD<tab>PATH<tab>BODY")
+         local headers = {}
+         for k, v in pairs(wrk.headers) do
+            headers[k] = v
+         end
+         if b ~= "" then
+            headers["Content-Type"] = "application/json"
+         else
+            b = nil
+         end
+         bodies[n] = wrk.format(method, path, headers, b)
+      end
+   end
 
    function request()
       if i == nil then
          i = (start or 0) % #bodies
       end
       i = i % #bodies + 1
+      if mixed then
+         return bodies[i]
+      end
       return wrk.format(nil, nil, nil, bodies[i])
    end
 end
