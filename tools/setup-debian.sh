@@ -6,7 +6,8 @@
 #              npm, nginx (with auth_request, for POST /authorize behind a
 #              real proxy), wrk (the HTTP bench, bench/run.sh, and its smoke
 #              test), and npm's jose in tests/integration/node_modules and
-#              bench/peer/node_modules (npm ci)
+#              bench/peer/node_modules (npm ci), clang and libclang-rt-14-dev
+#              (libFuzzer: the fuzz targets of tests/fuzz/)
 # apt runs only when a package is missing (then as root: apt-get update once,
 # then one install); a machine that has everything needs neither root nor the
 # network, except `npm ci' the first time.  Safe to run again and again.
@@ -27,8 +28,10 @@ runtime_packages="build-essential cmake pkg-config libp11-kit-dev libssl-dev lib
 libjansson-dev libsystemd-dev zlib1g-dev softhsm2 curl"
 # systemd, man-db, groff-base, libseccomp2: integration.install checks the
 # installed units, man pages and sandbox (a container may lack them).
+# clang and libclang-rt-14-dev (libFuzzer, the sanitizer runtimes): the fuzz
+# step of tools/test-all.sh (tests/fuzz/).
 test_packages="libcmocka-dev libp11-dev python3 python3-jwt python3-jwcrypto python3-prometheus-client nodejs npm nginx
-systemd man-db groff-base libseccomp2 wrk"
+systemd man-db groff-base libseccomp2 wrk clang libclang-rt-14-dev"
 
 packages=$runtime_packages
 [ "$flavour" = test ] && packages="$packages $test_packages"
