@@ -65,23 +65,24 @@ if bodies_text ~= nil then
    end
    assert(#bodies > 0, "BENCH_BODIES_FILE holds no body")
    local i = nil
-   if mixed then
-      -- Formatted once: a line becomes the whole request, its own method,
-      -- path and body, with the shared headers.
-      for n, line in ipairs(bodies) do
-         local method, path, b = line:match("^(%u+)\t([^\t]+)\t?(.*)$")
-         assert(method ~= nil, "BENCH_REQUESTS_FILE line " .. n .. " is not METHOD<tab>PATH<tab>BODY")
-         local headers = {}
-         for k, v in pairs(wrk.headers) do
-            headers[k] = v
-         end
-         if b ~= "" then
-            headers["Content-Type"] = "application/json"
-         else
-            b = nil
-         end
-         bodies[n] = wrk.format(method, path, headers, b)
+   -- A schedule line becomes the whole request, its own method, path and
+   -- body with the shared headers, formatted at its first use: wrk.init has
+   -- set the Host header by then, not yet when this chunk runs.
+   local formatted = {}
+   local function format_line(n)
+      local method, path, b = bodies[n]:match("^(%u+)\t([^\t]+)\t?(.*)$")
+      assert(method ~= nil, "BENCH_REQUESTS_FILE line " .. n .. " is not METHOD<tab>PATH<tab>BODY")
+      local headers = {}
+      for k, v in pairs(wrk.headers) do
+         headers[k] = v
       end
+      if b ~= "" then
+         headers["Content-Type"] = "application/json"
+      else
+         b = nil
+      end
+      formatted[n] = wrk.format(method, path, headers, b)
+      return formatted[n]
    end
 
    function request()
@@ -90,7 +91,7 @@ if bodies_text ~= nil then
       end
       i = i % #bodies + 1
       if mixed then
-         return bodies[i]
+         return formatted[i] or format_line(i)
       end
       return wrk.format(nil, nil, nil, bodies[i])
    end
