@@ -20,7 +20,11 @@ token, and the test rewrites the module's control file under it:
      quick 503 from POST /token and a 503 degraded /health (or land on the
      worker that is held); cleared, the held request completes and issuance
      recovers;
-  5. a second daemon on plain SoftHSM: the token's directory moved away
+  5. a POST /token held in C_Sign (hang-sign) when the token goes (error
+     CKR_DEVICE_REMOVED releases it into that error): the held request
+     answers 503 hsm_unavailable, nothing is registered for it (GET
+     /tokens?subject=), the same PID, recovery once cleared;
+  6. a second daemon on plain SoftHSM: the token's directory moved away
      while it runs (SoftHSM then finds no objects at all): 503, /health
      degraded, the JWKS keeps every key, an earlier token still verifies;
      moved back: recovery, the same kids.
@@ -449,6 +453,66 @@ class Faults:
         self.recover(name, mark, cleared_at, fault_at)
         self.same_pid(name)
 
+    def records_of(self, subject):
+        """The registry's records of subject (GET /tokens), or None."""
+        r, _, err = self.call("GET", f"/tokens?subject={subject}&limit=100",
+                              headers={"Authorization": f"Bearer {self.admin}"})
+        if r is None or r.status != 200:
+            return None
+        return (r.json() or {}).get("records")
+
+    def removed_in_flight_phase(self):
+        """A POST /token held inside C_Sign (hang-sign) when the token goes
+        (error CKR_DEVICE_REMOVED, which also releases the held call into
+        that error): the held request answers 503 hsm_unavailable, nothing
+        is registered for it, the daemon lives on and recovers."""
+        c = self.c
+        name = "token removed while a sign is in flight"
+        subject = "held-while-removed"
+        self.phase = name
+        c.section(name)
+        mark = self.log_mark()
+        c.equal(self.records_of(subject), [], f"{name}: no record of the held request's subject yet")
+        held = {}
+
+        def held_request():
+            body = {"subject": subject, "audience": AUDIENCE, "expires_in": TTL, "alg": "ES256"}
+            r, took, err = self.call("POST", "/token", body, {"Authorization": f"Bearer {self.admin}"},
+                                     timeout=BLOCKED_LIMIT + HANG_WITHIN + 30)
+            held.update(response=r, took=took, err=err)
+
+        fault_at = time.monotonic()
+        self.command("hang-sign")
+        th = threading.Thread(target=held_request, name="held-removed", daemon=True)
+        self.threads.append(th)
+        th.start()
+        deadline = fault_at + HOLD_SEEN_WITHIN
+        while (self.stat("hanging") or 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c.check((self.stat("hanging") or 0) >= 1 and th.is_alive(),
+                f"{name}: the module holds the POST /token's sign call", f"hanging {self.stat('hanging')}, {held}")
+        self.command("error CKR_DEVICE_REMOVED")
+        th.join(BLOCKED_LIMIT)
+        r = held.get("response")
+        c.check(not th.is_alive() and self.is_unavailable(r),
+                f"{name}: the held request answers 503 hsm_unavailable with Retry-After",
+                self.describe(r, held.get("err")) if held else "no answer yet")
+        c.equal(self.stat("hanging"), 0, f"{name}: the module holds no call any more")
+        c.equal(self.records_of(subject), [], f"{name}: nothing is registered for the held request")
+        self.same_pid(f"{name} (removed)")
+        self.hold(name, HOLD)
+        self.command("forward")
+        self.recover(name, mark, time.monotonic(), fault_at)
+        c.equal(self.records_of(subject), [], f"{name}: after the recovery still no record for the held request")
+        r, _, err = self.call("POST", "/token", {"subject": subject, "audience": AUDIENCE, "expires_in": TTL},
+                              {"Authorization": f"Bearer {self.admin}"})
+        c.check(self.token_of(r) is not None, f"{name}: recovered, POST /token for that subject answers 200",
+                self.describe(r, err))
+        recs = self.records_of(subject) or []
+        c.equal([x.get("jti") for x in recs], [(r.json() or {}).get("jti") if r is not None else None],
+                f"{name}: the subject has that one record")
+        self.same_pid(name)
+
     def directory_phase(self, d2):
         """The second daemon, on plain SoftHSM: the token directory moved
         out of the tokendir and back."""
@@ -594,6 +658,8 @@ def run(build_dir, source_dir, fault_module, softhsm_module):
                 if f.over_budget(name):
                     break
                 f.hang_phase(name)
+            if not f.over_budget("token removed in flight"):
+                f.removed_in_flight_phase()
             f.phase = "stop"
             f.cleanup()
             f.same_pid("after every fault")
