@@ -199,7 +199,7 @@ static void check_grant(const json_t *body)
 			FUZZ_CHECK(strlen(req.refresh_token) <= GRANT_MAX_REFRESH_TOKEN);
 			check_borrowed(body, "refresh_token", req.refresh_token);
 			check_borrowed(body, "scope", req.scope);
-			FUZZ_CHECK(req.scope == NULL || grant_scope_valid(req.scope) == 0);
+			FUZZ_CHECK(req.scope == NULL || grant_scope_valid(req.scope));
 		} else {
 			FUZZ_CHECK(req.type == GRANT_AUTHORIZATION_CODE);
 			FUZZ_CHECK(req.code != NULL && req.redirect_uri != NULL && req.client_id != NULL &&
@@ -224,8 +224,8 @@ static void check_grant(const json_t *body)
 	} else {
 		FUZZ_CHECK(r == 0);
 		FUZZ_CHECK(grant.subject[0] != '\0' && grant.client_id[0] != '\0');
-		FUZZ_CHECK(grant_redirect_uri_valid(grant.redirect_uri) == 0);
-		FUZZ_CHECK(grant_client_id_valid(grant.client_id) == 0);
+		FUZZ_CHECK(grant_redirect_uri_valid(grant.redirect_uri));
+		FUZZ_CHECK(grant_client_id_valid(grant.client_id));
 		FUZZ_CHECK(strlen(grant.challenge) == CODES_CHALLENGE_LEN);
 		FUZZ_CHECK(grant.issued_at == 0);
 	}
