@@ -513,7 +513,7 @@ static char *api_decode_segment(const char *segment, size_t len)
 
 static void api_route(struct api_ctx *ctx, struct evhttp_request *req, struct api_outcome *out)
 {
-	const char *uri = evhttp_request_get_uri(req);
+	const char *uri = http_request_path(evhttp_request_get_uri(req));
 	enum evhttp_cmd_type method = evhttp_request_get_command(req);
 	size_t path_len = strcspn(uri ? uri : "", "?");
 	char allow[64] = "";

@@ -15,6 +15,7 @@
 
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h>
 #include <event2/thread.h>
 
 #include "hsmjwt/api.h"
@@ -55,10 +56,33 @@ static void http_handle(struct evhttp_request *req, void *arg)
 	struct http_worker *worker = arg;
 	struct api_outcome outcome;
 
+	const char *description;
+	int status;
+
 	http_inflight_track(worker, req);
 	memset(&outcome, 0, sizeof(outcome));
 	clock_gettime(CLOCK_MONOTONIC, &outcome.start);
 	outcome.worker = worker->index;
+	if (http_request_check(req->major, req->minor, evhttp_request_get_uri(req),
+			       evhttp_request_get_input_headers(req), &status, &description) < 0) {
+		/* Where this request's body ended is in doubt: nothing more is
+		 * read from the connection. */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		outcome.status = status;
+		http_reply_error(req, status, "invalid_request", description);
+		http_log_request(req, &outcome);
+		return;
+	}
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_CONNECT) {
+		/* RFC 9110 §9.3.6: a tunnel, which no resource here offers (an
+		 * empty Allow says so, §10.2.1).  evhttp keeps a CONNECT's
+		 * connection open whatever the reply says. */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "");
+		outcome.status = 405;
+		http_reply_error(req, 405, "method_not_allowed", "this server is no proxy: CONNECT is not served");
+		http_log_request(req, &outcome);
+		return;
+	}
 	api_dispatch(&worker->api, req, &outcome);
 	/* A deferred reply is logged when it is sent. */
 	if (!outcome.deferred)
@@ -111,10 +135,13 @@ static int http_worker_init(struct http_worker *worker, struct hsm *hsm, struct 
 	evhttp_set_max_headers_size(worker->http, HTTP_MAX_HEADERS_SIZE);
 	evhttp_set_timeout(worker->http, HTTP_TIMEOUT_SECONDS);
 	/* PUT and OPTIONS only for /authorize, which a proxy asks with the
-	 * method it is about; other paths answer them 405 with their Allow. */
+	 * method it is about; other paths answer them 405 with their Allow,
+	 * TRACE and CONNECT too (methods we know and do not serve: evhttp's
+	 * own answer would be a 501, a server error).  Only a method nobody
+	 * defined gets evhttp's 501 (RFC 9110 §9.1). */
 	evhttp_set_allowed_methods(worker->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
 					     EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_PUT |
-					     EVHTTP_REQ_OPTIONS);
+					     EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
 	evhttp_set_gencb(worker->http, http_handle, worker);
 	r = http_conns_init(worker, worker->api.admin ? &worker->server->admin_conn_limit
 						      : &worker->server->conn_limit);
@@ -301,7 +328,9 @@ static int http_admin_start(struct http_server *server, struct hsm *hsm, struct 
 	if (admin == NULL)
 		return -ENOMEM;
 	server->admin = admin;
-	http_conn_limit_init(&server->admin_conn_limit, HTTP_ADMIN_MAX_CONNECTIONS, admin, 1);
+	/* The operator's port: no share per address (its clients are the
+	 * operator's scrapers, often all from one address). */
+	http_conn_limit_init(&server->admin_conn_limit, HTTP_ADMIN_MAX_CONNECTIONS, 0, admin, 1);
 	admin->server = server;
 	admin->index = cfg->workers;
 	admin->api.admin = 1;
@@ -357,7 +386,8 @@ int http_start(struct config_live *live, struct hsm *hsm, struct keyring *keyrin
 	}
 	server->worker_count = cfg->workers;
 	/* config.c keeps it at least workers. */
-	http_conn_limit_init(&server->conn_limit, cfg->max_connections, server->workers, cfg->workers);
+	http_conn_limit_init(&server->conn_limit, cfg->max_connections, http_conn_per_address(cfg->max_connections),
+			     server->workers, cfg->workers);
 	/* Before any thread starts: without its sockets the daemon stops here. */
 	if (cfg->listen_systemd) {
 		r = http_take_passed(server);

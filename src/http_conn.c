@@ -2,10 +2,15 @@
  * workers, kept exact at the two moments libevent 2.1's evhttp lets us see
  * a connection), the replies not yet written, and the connections' end at
  * a stop, which waits for every one of them. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
@@ -65,7 +70,14 @@ static void http_inflight_drop(struct http_inflight *f)
  * the reply has been written out whole, before it frees the request. */
 static void http_inflight_written(struct evhttp_request *req, void *arg)
 {
-	http_inflight_drop(arg);
+	struct http_inflight *f = arg;
+
+	/* evhttp keeps a CONNECT's connection open whatever the reply says,
+	 * and sends its error without a Content-Length: its end is the close
+	 * (http.c refuses every CONNECT), which evhttp sees as the client's. */
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_CONNECT && bufferevent_getfd(f->bev) >= 0)
+		(void)shutdown(bufferevent_getfd(f->bev), SHUT_RDWR);
+	http_inflight_drop(f);
 }
 
 /* Drops the requests whose connection evhttp has freed: it failed before
@@ -211,6 +223,14 @@ struct http_conn {
 	struct evbuffer_cb_entry *input_cb;  /* http_conn_input; NULL: never idle */
 	int received;                        /* bytes came since a request was last handed over */
 	int closing;                         /* its reply says Connection: close */
+	/* HTTP_REQUEST_SECONDS: armed while no request of the connection is
+	 * being answered (see http_conn_deadline).  NULL when memory ran out:
+	 * evhttp's idle timeout alone then bounds it. */
+	struct event *deadline;
+	unsigned char key[17];               /* its address (http_peer_key) */
+	struct http_peer *peer;              /* its address's count; NULL: not counted */
+	int refused;                         /* its address held its share: closed at once */
+	int untracked;                       /* a request handed over without its http_inflight */
 };
 
 static struct http_conn **http_conn_slot(struct http_worker *worker, const struct evhttp_connection *evcon)
@@ -360,6 +380,182 @@ static void http_conn_gone(struct http_worker *worker)
 		http_conns_wake_all(limit);
 }
 
+/* ---- the share of one address ------------------------------------------ *
+ *
+ * With max_connections alone, one client opening connections and sending
+ * nothing, or a byte now and then, holds every slot until evhttp's idle
+ * timeout or HTTP_REQUEST_SECONDS frees one, and takes it again at once:
+ * the others wait in the backlog for ever.  So one address may hold only
+ * its share; a connection past it is closed as soon as it is adopted
+ * (the first moment evhttp lets us see whose it is), before any of its
+ * bytes are read. */
+
+unsigned http_conn_per_address(unsigned max)
+{
+	/* Under 16 there is nothing to keep back: one client may need them
+	 * all (a proxy in front of the daemon is one address). */
+	return max - max / 16;
+}
+
+/* The address of the connection's peer as a key (family, then the
+ * address's bytes; a port is not part of it). */
+static int http_peer_key(struct bufferevent *bev, unsigned char key[17])
+{
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof(sa);
+	evutil_socket_t fd = bufferevent_getfd(bev);
+
+	memset(key, 0, 17);
+	if (fd < 0 || getpeername(fd, (struct sockaddr *)&sa, &len) < 0)
+		return -errno;
+	if (sa.ss_family == AF_INET) {
+		key[0] = 4;
+		memcpy(key + 1, &((struct sockaddr_in *)&sa)->sin_addr, 4);
+	} else if (sa.ss_family == AF_INET6) {
+		key[0] = 6;
+		memcpy(key + 1, &((struct sockaddr_in6 *)&sa)->sin6_addr, 16);
+	} else {
+		return -EAFNOSUPPORT;
+	}
+	return 0;
+}
+
+static const char *http_peer_name(const unsigned char key[17], char *buf, size_t size)
+{
+	if (inet_ntop(key[0] == 4 ? AF_INET : AF_INET6, key + 1, buf, (socklen_t)size) == NULL)
+		snprintf(buf, size, "-");
+	return buf;
+}
+
+static struct http_peer **http_peer_slot(struct http_conn_limit *limit, const unsigned char key[17])
+{
+	uint64_t h = 1469598103934665603ull;   /* FNV-1a */
+
+	for (size_t i = 0; i < 17; i++)
+		h = (h ^ key[i]) * 1099511628211ull;
+	return &limit->peers[h % HTTP_PEER_BUCKETS];
+}
+
+/* One connection more for key's address: 0 and *ret_peer, -EUSERS when
+ * the address holds its share already (*ret_open: how many), -ENOMEM. */
+static int http_peer_take(struct http_conn_limit *limit, const unsigned char key[17], struct http_peer **ret_peer,
+			  unsigned *ret_open)
+{
+	struct http_peer **slot, *p;
+	int r = 0;
+
+	pthread_mutex_lock(&limit->peer_lock);
+	slot = http_peer_slot(limit, key);
+	for (p = *slot; p != NULL && memcmp(p->key, key, sizeof(p->key)) != 0; p = p->next)
+		;
+	if (p == NULL) {
+		p = calloc(1, sizeof(*p));
+		if (p == NULL) {
+			r = -ENOMEM;
+			goto out;
+		}
+		memcpy(p->key, key, sizeof(p->key));
+		p->next = *slot;
+		*slot = p;
+	}
+	*ret_open = p->open;
+	if (p->open >= limit->per_address) {
+		r = -EUSERS;
+		goto out;
+	}
+	p->open++;
+	*ret_peer = p;
+out:
+	/* An address refused its first connection (per_address 0 is never
+	 * taken here) leaves no record behind. */
+	if (p != NULL && p->open == 0 && r < 0) {
+		for (slot = http_peer_slot(limit, key); *slot != p; slot = &(*slot)->next)
+			;
+		*slot = p->next;
+		free(p);
+	}
+	pthread_mutex_unlock(&limit->peer_lock);
+	return r;
+}
+
+static void http_peer_release(struct http_conn_limit *limit, struct http_peer *p)
+{
+	struct http_peer **slot;
+
+	pthread_mutex_lock(&limit->peer_lock);
+	if (--p->open == 0) {
+		for (slot = http_peer_slot(limit, p->key); *slot != p; slot = &(*slot)->next)
+			;
+		*slot = p->next;
+		free(p);
+	}
+	pthread_mutex_unlock(&limit->peer_lock);
+}
+
+/* ---- a request's deadline ------------------------------------------------ */
+
+static void http_conn_close_after(struct http_conn *c, struct evhttp_request *req);
+
+static void http_conn_arm(struct http_conn *c)
+{
+	const struct timeval tv = { HTTP_REQUEST_SECONDS, 0 };
+
+	if (c->deadline != NULL && !c->refused)
+		evtimer_add(c->deadline, &tv);
+}
+
+/* HTTP_REQUEST_SECONDS have passed since the connection began or its last
+ * reply was written, and no request of it has been handed over since:
+ * its client is sending one too slowly, or nothing.  Also run at once for
+ * a connection its address has no room for (refused). */
+static void http_conn_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_conn *c = arg;
+	char name[INET6_ADDRSTRLEN];
+
+	/* A request being answered (its reply's end arms the deadline
+	 * again), or one whose end we cannot see: never cut under it. */
+	if (c->untracked)
+		return;
+	if (c->inflight != NULL) {
+		if (c->refused)
+			http_conn_close_after(c, c->inflight->req);
+		return;
+	}
+	if (c->refused)
+		log_limited(LOG_LEVEL_WARN,
+			    "\"connection closed: its address holds its share of max_connections\" address=%s "
+			    "per_address=%u worker=%u",
+			    http_peer_name(c->key, name, sizeof(name)), c->worker->conns.limit->per_address,
+			    c->worker->index);
+	else
+		log_limited(LOG_LEVEL_INFO,
+			    "\"connection closed: no whole request within the deadline\" address=%s seconds=%d worker=%u",
+			    c->peer != NULL ? http_peer_name(c->peer->key, name, sizeof(name)) : "-",
+			    HTTP_REQUEST_SECONDS, c->worker->index);
+	evhttp_connection_free(c->evcon);
+}
+
+/* At adoption: the connection's deadline armed, its address counted, or
+ * refused for want of room. */
+static void http_conn_bound(struct http_conn *c, struct bufferevent *bev)
+{
+	struct http_conn_limit *limit = c->worker->conns.limit;
+	unsigned open = 0;
+
+	c->deadline = evtimer_new(c->worker->base, http_conn_deadline, c);
+	if (limit->per_address != 0 && http_peer_key(bev, c->key) == 0 &&
+	    http_peer_take(limit, c->key, &c->peer, &open) == -EUSERS) {
+		c->refused = 1;
+		/* Freed from its own event, not from here: this may run inside
+		 * another connection's handler (http_conn_find). */
+		if (c->deadline != NULL)
+			event_active(c->deadline, EV_TIMEOUT, 0);
+		return;
+	}
+	http_conn_arm(c);
+}
+
 /* The connection's closecb (see above): its end, counted. */
 static void http_conn_closed(struct evhttp_connection *evcon, void *arg)
 {
@@ -374,6 +570,10 @@ static void http_conn_closed(struct evhttp_connection *evcon, void *arg)
 		evbuffer_remove_cb_entry(bufferevent_get_input(bev), c->input_cb);
 	if (c->worker->conns.draining)
 		http_conn_shut(c, bev);
+	if (c->deadline != NULL)
+		event_free(c->deadline);
+	if (c->peer != NULL)
+		http_peer_release(c->worker->conns.limit, c->peer);
 	/* evhttp_connection_free does not turn the bufferevent off, and a
 	 * reference held elsewhere (http_inflight) keeps it, and with
 	 * BEV_OPT_CLOSE_ON_FREE its socket, past this: nothing is to be read
@@ -422,6 +622,7 @@ static void http_conn_adopt_all(struct http_worker *worker, int final)
 			 * out, and the stop then waits for its client to close it. */
 			c->input_cb = evbuffer_add_cb(bufferevent_get_input(bev), http_conn_input, c);
 			c->received = evbuffer_get_length(bufferevent_get_input(bev)) > 0;
+			http_conn_bound(c, bev);
 			/* evhttp's reference alone keeps it now. */
 			bufferevent_decref(bev);
 			continue;
@@ -493,11 +694,14 @@ void http_connection_set_closecb(struct evhttp_connection *evcon, void (*cb)(str
 	c->closecb_arg = arg;
 }
 
-void http_conn_limit_init(struct http_conn_limit *limit, unsigned max, struct http_worker *workers,
-				 unsigned worker_count)
+void http_conn_limit_init(struct http_conn_limit *limit, unsigned max, unsigned per_address,
+			  struct http_worker *workers, unsigned worker_count)
 {
 	atomic_init(&limit->open, 0);
 	limit->max = max;
+	limit->per_address = per_address;
+	pthread_mutex_init(&limit->peer_lock, NULL);
+	memset(limit->peers, 0, sizeof(limit->peers));
 	limit->workers = workers;
 	limit->worker_count = worker_count;
 	atomic_init(&limit->stopping, 0);
@@ -589,6 +793,10 @@ static void http_conn_handed(struct http_conn *c, struct http_inflight *f, struc
 {
 	if (c == NULL)
 		return;
+	if (c->deadline != NULL)
+		evtimer_del(c->deadline);
+	if (f == NULL)
+		c->untracked = 1;
 	if (f != NULL) {
 		if (c->inflight != NULL)
 			c->inflight->conn = NULL;
@@ -604,8 +812,11 @@ static void http_conn_handed(struct http_conn *c, struct http_inflight *f, struc
 /* f's reply is written or its connection gone. */
 static void http_conn_unlink(struct http_inflight *f)
 {
-	if (f->conn != NULL)
+	if (f->conn != NULL && f->conn->inflight == f) {
 		f->conn->inflight = NULL;
+		/* The next request's time starts now. */
+		http_conn_arm(f->conn);
+	}
 	f->conn = NULL;
 }
 

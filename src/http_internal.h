@@ -49,9 +49,25 @@ struct http_listener {
  * takes it to max pauses its own listeners at once and wakes the others
  * to pause theirs, and the close that takes it back under max wakes them
  * all to resume. */
+/* How many connections one client address holds, while it holds any. */
+struct http_peer {
+	unsigned char key[17];        /* family, then the address's bytes */
+	unsigned open;
+	struct http_peer *next;
+};
+
+#define HTTP_PEER_BUCKETS 1024
+
 struct http_conn_limit {
 	atomic_uint open;             /* accepted and not yet closed */
 	unsigned max;
+	/* The most one client address may hold (0: no such limit): a client
+	 * holding connections idle or sending them a byte at a time must not
+	 * take every slot from the others (http_conn.c).  peers counts them,
+	 * under peer_lock: an address's connections land on any worker. */
+	unsigned per_address;
+	pthread_mutex_t peer_lock;
+	struct http_peer *peers[HTTP_PEER_BUCKETS];
 	struct http_worker *workers;  /* the group, woken on each crossing of max */
 	unsigned worker_count;
 	/* Set when the server stops: from then on no worker wakes another,
@@ -167,9 +183,13 @@ void http_listeners_shut(struct http_server *server);
 
 /* ---- http_conn.c ---- */
 
-/* A connection limit for workers[0..worker_count), before they start. */
-void http_conn_limit_init(struct http_conn_limit *limit, unsigned max, struct http_worker *workers,
-			  unsigned worker_count);
+/* A connection limit for workers[0..worker_count), before they start;
+ * per_address as in struct http_conn_limit (http_conn_per_address). */
+void http_conn_limit_init(struct http_conn_limit *limit, unsigned max, unsigned per_address,
+			  struct http_worker *workers, unsigned worker_count);
+/* The share of max connections one address may hold: all but a
+ * sixteenth, kept for the other addresses (none kept under 16). */
+unsigned http_conn_per_address(unsigned max);
 /* The worker's side of limit, before its listeners open; http_conns_free
  * after its evhttp_free. */
 int http_conns_init(struct http_worker *worker, struct http_conn_limit *limit);

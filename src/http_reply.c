@@ -235,7 +235,8 @@ static double http_elapsed_ms(const struct timespec *start)
 
 void http_log_request(struct evhttp_request *req, const struct api_outcome *outcome)
 {
-	const char *uri = evhttp_request_get_uri(req);
+	/* Absolute-form or not, the path's rules below apply. */
+	const char *uri = http_request_path(evhttp_request_get_uri(req));
 	/* Worst case every character of sub or jti escaped, plus quotes. */
 	char path[160], sub[2 * sizeof(outcome->sub) + 2], jti[2 * sizeof(outcome->jti) + 2];
 	size_t n;

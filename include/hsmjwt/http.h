@@ -10,7 +10,10 @@
  * listening TCP sockets systemd passed (LISTEN_FDS) are taken instead, each
  * worker accepting on its own dup of every one, and none probed: systemd
  * owns them.  Without them http_start fails (-ENOENT), saying so.
- * Every connection is bounded: header size, body size, idle time; and
+ * Every connection is bounded: header size, body size, idle time, the
+ * time a whole request may take to arrive (HTTP_REQUEST_SECONDS), the
+ * share of max_connections one client address may hold (all but a
+ * sixteenth: the connections past it are closed at once); and
  * their number: the workers together hold at most max_connections (one
  * count for all; a worker that accepts while the others are being told to
  * stop may take it one over, so at most workers - 1 over) — at that count
@@ -41,6 +44,15 @@ struct api_outcome;
 
 #define HTTP_MAX_HEADERS_SIZE 32768   /* an Authorization header carries up to 16 KiB */
 #define HTTP_TIMEOUT_SECONDS  10
+/* A request's headers and body must arrive whole within this many seconds
+ * of its connection's start or of the previous reply on it: evhttp's
+ * timeout restarts at every byte, so a client sending one byte every few
+ * seconds (slowloris) would hold its connection for ever.  Three idle
+ * timeouts, and room for a max_body at a few KB/s. */
+#define HTTP_REQUEST_SECONDS  30
+/* Longest request target served (414 past it): a path, a jti, a query of
+ * a few parameters; the rest of the header room is for the Authorization. */
+#define HTTP_MAX_URI          8192
 
 struct http_server;
 
@@ -77,6 +89,24 @@ void http_stop(struct http_server *server);
  * evhttp's; cb NULL removes it.  On the worker's loop. */
 void http_connection_set_closecb(struct evhttp_connection *evcon, void (*cb)(struct evhttp_connection *, void *),
 				 void *arg);
+
+/* The framing of a request as evhttp parsed it (HTTP/major.minor, the
+ * request target, the headers), checked against RFC 9112 where evhttp 2.1
+ * is lenient: a request target that is not one token of visible ASCII or
+ * longer than HTTP_MAX_URI (414), a header name that is not a token, a
+ * control character in a value, no Host in HTTP/1.1 or two Hosts, a
+ * Content-Length that is not digits or whose copies disagree, a
+ * Transfer-Encoding other than chunked alone.  0, or -EINVAL with the
+ * status (400 or 414) and a static description.  A refused request's
+ * reply closes the connection: where its body ends is in doubt. */
+int http_request_check(int major, int minor, const char *uri, const struct evkeyvalq *headers, int *ret_status,
+		       const char **ret_description);
+
+/* RFC 9112 §3.2.2: a server takes a request target in absolute-form
+ * ("http://host/path?query") as it takes its path: the part of uri from
+ * that path on.  uri itself when it is in origin-form already, or has no
+ * path (then no route matches it). */
+const char *http_request_path(const char *uri);
 
 /* Sends code with body (may be NULL; not freed).  For HEAD only the headers
  * go out, with the Content-Length a GET would get: evhttp 2.1 itself would
