@@ -4,6 +4,8 @@
 #   2. build/       RelWithDebInfo, every test under ctest
 #   3. build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer, every test
 #                   again, with any sanitizer report fatal
+#   4. build-fuzz/  clang, libFuzzer + ASan + UBSan: each fuzz target over its
+#                   seed corpus and a fixed count of new inputs (ctest -L fuzz)
 # Stops at the first failing step and exits non-zero; the last line says
 # what happened.  Works from a fresh clone: nothing outside the repository.
 set -euo pipefail
@@ -67,5 +69,28 @@ export ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
 # Debug: the -O0 build next to the RelWithDebInfo one, and exact stacks.
 run_suite asan "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DHSMJWT_SANITIZE=ON
 
-echo "test-all: every suite passed (RelWithDebInfo and ASan/UBSan)"
+# The libFuzzer targets (tests/fuzz/): a clang build with ASan+UBSan and
+# coverage, only the fuzz targets built, each run over its seed corpus and
+# a fixed count of new inputs (ctest -L fuzz).  Not with -j2: each fuzzer
+# takes a core, and the tests are RUN_SERIAL.
+fuzz_dir="$root/build-fuzz"
+echo "== fuzz: configure and build ($fuzz_dir)"
+CC=clang cmake -S "$root" -B "$fuzz_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHSMJWT_FUZZ=ON \
+	-DHSMJWT_TESTS=OFF -DHSMJWT_BENCH=OFF || fail "fuzz: cmake configure"
+cmake --build "$fuzz_dir" -j2 --target fuzz || fail "fuzz: build"
+echo "== fuzz: ctest"
+if (cd "$fuzz_dir" && TEST_REQUIRE_ALL=1 ctest --output-on-failure -L fuzz) 2>&1 | tee "$fuzz_dir/ctest.log"; then
+	count "$fuzz_dir/ctest.log"
+	if grep -qE '^[[:space:]]*[0-9]+/[0-9]+ Test +#[0-9]+: .*\*\*\*Skipped' "$fuzz_dir/ctest.log"; then
+		fail "fuzz: a test was skipped"
+	fi
+	if ! grep -qE 'tests failed out of [1-9]' "$fuzz_dir/ctest.log"; then
+		fail "fuzz: no fuzz test ran"
+	fi
+else
+	count "$fuzz_dir/ctest.log"
+	fail "fuzz: ctest (see the output above)"
+fi
+
+echo "test-all: every suite passed (RelWithDebInfo, ASan/UBSan and the fuzz smoke runs)"
 echo "test-all: $total_passed passed, $total_failed failed"
