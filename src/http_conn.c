@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -399,14 +400,17 @@ unsigned http_conn_per_address(unsigned max)
 
 /* The address of the connection's peer as a key (family, then the
  * address's bytes; a port is not part of it). */
-static int http_peer_key(struct bufferevent *bev, unsigned char key[17])
+static int http_peer_key(struct bufferevent *bev, unsigned char ret_key[17])
 {
 	struct sockaddr_storage sa;
 	socklen_t len = sizeof(sa);
 	evutil_socket_t fd = bufferevent_getfd(bev);
+	unsigned char key[17] = { 0 };
 
-	memset(key, 0, 17);
-	if (fd < 0 || getpeername(fd, (struct sockaddr *)&sa, &len) < 0)
+	if (fd < 0)
+		return -EBADF;
+	/* ENOTCONN: the client is gone already, and evhttp will see it. */
+	if (getpeername(fd, (struct sockaddr *)&sa, &len) < 0)
 		return -errno;
 	if (sa.ss_family == AF_INET) {
 		key[0] = 4;
@@ -417,6 +421,7 @@ static int http_peer_key(struct bufferevent *bev, unsigned char key[17])
 	} else {
 		return -EAFNOSUPPORT;
 	}
+	memcpy(ret_key, key, sizeof(key));
 	return 0;
 }
 
@@ -429,7 +434,9 @@ static const char *http_peer_name(const unsigned char key[17], char *buf, size_t
 
 static struct http_peer **http_peer_slot(struct http_conn_limit *limit, const unsigned char key[17])
 {
-	uint64_t h = 1469598103934665603ull;   /* FNV-1a */
+	/* FNV-1a, from a seed of the process's own: chains an attacker
+	 * choosing its addresses (an IPv6 /64 holds 2^64) cannot line up. */
+	uint64_t h = 1469598103934665603ull ^ limit->peer_seed;
 
 	for (size_t i = 0; i < 17; i++)
 		h = (h ^ key[i]) * 1099511628211ull;
@@ -437,9 +444,8 @@ static struct http_peer **http_peer_slot(struct http_conn_limit *limit, const un
 }
 
 /* One connection more for key's address: 0 and *ret_peer, -EUSERS when
- * the address holds its share already (*ret_open: how many), -ENOMEM. */
-static int http_peer_take(struct http_conn_limit *limit, const unsigned char key[17], struct http_peer **ret_peer,
-			  unsigned *ret_open)
+ * the address holds its share already, -ENOMEM. */
+static int http_peer_take(struct http_conn_limit *limit, const unsigned char key[17], struct http_peer **ret_peer)
 {
 	struct http_peer **slot, *p;
 	int r = 0;
@@ -458,7 +464,6 @@ static int http_peer_take(struct http_conn_limit *limit, const unsigned char key
 		p->next = *slot;
 		*slot = p;
 	}
-	*ret_open = p->open;
 	if (p->open >= limit->per_address) {
 		r = -EUSERS;
 		goto out;
@@ -541,11 +546,10 @@ static void http_conn_deadline(evutil_socket_t fd, short what, void *arg)
 static void http_conn_bound(struct http_conn *c, struct bufferevent *bev)
 {
 	struct http_conn_limit *limit = c->worker->conns.limit;
-	unsigned open = 0;
 
 	c->deadline = evtimer_new(c->worker->base, http_conn_deadline, c);
 	if (limit->per_address != 0 && http_peer_key(bev, c->key) == 0 &&
-	    http_peer_take(limit, c->key, &c->peer, &open) == -EUSERS) {
+	    http_peer_take(limit, c->key, &c->peer) == -EUSERS) {
 		c->refused = 1;
 		/* Freed from its own event, not from here: this may run inside
 		 * another connection's handler (http_conn_find). */
@@ -701,6 +705,9 @@ void http_conn_limit_init(struct http_conn_limit *limit, unsigned max, unsigned 
 	limit->max = max;
 	limit->per_address = per_address;
 	pthread_mutex_init(&limit->peer_lock, NULL);
+	/* Not a secret, just not known to clients: no entropy, no seed. */
+	if (getrandom(&limit->peer_seed, sizeof(limit->peer_seed), GRND_NONBLOCK) != sizeof(limit->peer_seed))
+		limit->peer_seed = (uint64_t)(uintptr_t)limit;
 	memset(limit->peers, 0, sizeof(limit->peers));
 	limit->workers = workers;
 	limit->worker_count = worker_count;

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -67,6 +68,7 @@ struct http_conn_limit {
 	 * under peer_lock: an address's connections land on any worker. */
 	unsigned per_address;
 	pthread_mutex_t peer_lock;
+	uint64_t peer_seed;           /* of the peers' hash */
 	struct http_peer *peers[HTTP_PEER_BUCKETS];
 	struct http_worker *workers;  /* the group, woken on each crossing of max */
 	unsigned worker_count;
