@@ -114,7 +114,8 @@ def _check_one(daemon, admin, lists, jti, allowed, token):
     except (OSError, http.client.HTTPException) as e:
         return f"GET /tokens/{{jti}} failed: {e}"
     if r.status != 200:
-        return f"GET /tokens/{{jti}} answered {r.status} (an acknowledged token is missing)"
+        kind = jwt_parts(token)[1].get("token_type")
+        return f"GET /tokens/{{jti}} answered {r.status} (an acknowledged {kind} token is missing)"
     status = (r.json() or {}).get("status")
     if status not in allowed:
         return f"status {status!r}, the clients were told {sorted(allowed)}"
