@@ -183,7 +183,8 @@ static void registry_retry_keep(struct registry *reg, const struct registry_queu
 {
 	struct registry_queue *q = &reg->retry;
 
-	if (batch->len == 0)
+	/* Nothing will be written again: keeping would only grow. */
+	if (batch->len == 0 || atomic_load(&reg->failed) == REGISTRY_FAILED_FOR_GOOD)
 		return;
 	if (q->cap - q->len < batch->len) {
 		size_t cap = q->len + batch->len;
