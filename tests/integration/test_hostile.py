@@ -373,6 +373,15 @@ def case_checks(c, d, cases, sent, statuses):
     health(c, d.port, "after every case: GET /health 200")
 
 
+def traversal_checks(c, top):
+    """The {jti} cases named ../../etc/passwd: a jti is a registry key,
+    never a path — nothing of that name was made anywhere the daemon
+    writes (its state_dir is under top)."""
+    made = [os.path.join(root, n) for root, dirs, files in os.walk(top) for n in dirs + files
+            if "passwd" in n or n.startswith("..")]
+    c.equal(made, [], "no file or directory named after a traversal jti was made")
+
+
 def accepted_checks(c, d, statuses):
     c.section("requests RFC 9112 lets a server accept: served")
     accepted = [
@@ -620,6 +629,7 @@ def run(build_dir, source_dir):
         admin = daemon.mint("admin", ttl=3600, sub="hostile-admin")
         cases = make_cases(admin, sent)
         guarded(c, "cases", case_checks, c, daemon, cases, sent, statuses)
+        guarded(c, "traversal", traversal_checks, c, work.path)
         guarded(c, "accepted", accepted_checks, c, daemon, statuses)
         guarded(c, "pipelining", pipeline_checks, c, daemon, statuses)
         guarded(c, "slowloris", slowloris_checks, c, daemon)
