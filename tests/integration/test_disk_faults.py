@@ -19,6 +19,10 @@ writable again only after an unmount, so the daemon is stopped first):
 every change — issue, revocation, pair, refresh grant — answers 503, none
 200, /health says degraded, SIGTERM still exits 0.
 
+Then the disk is filled again and the daemon SIGKILLed while full: registry
+check finds a clean file or a torn tail (never a corrupt middle), and after
+a restart the model holds.
+
 After each phase: SIGTERM (exit 0), `hsmjwtctl registry check` says clean
 (no torn write left in the middle), restart, and every token whose issue
 answered 200 exists, every revocation that answered 200 is revoked, a
@@ -112,6 +116,16 @@ class Load:
             self.unexpected.append((what, r.status, r.body[:200]))
         return None
 
+    def call(self, method, path, body, headers):
+        """The Response, or None for a request cut (a connection error: the
+        kill of the last phase), recorded as such."""
+        try:
+            return self.daemon.request(method, path, body, headers, record=False)
+        except (OSError, http.client.HTTPException) as e:
+            with self.lock:
+                self.unexpected.append(("connection", 0, repr(e).encode()))
+            return None
+
     def client(self, n):
         headers = {"Authorization": f"Bearer {self.admin}"}
         pending = self.revocable[n::CLIENTS]   # jtis of this client's, not yet revoked
@@ -119,60 +133,52 @@ class Load:
         i = 0
         while not self.stop.is_set():
             i += 1
-            try:
-                r = self.daemon.request("POST", "/token", {"subject": f"{self.name}-{n}", "expires_in": TTL},
-                                        headers, record=False)
-                if self.answer("issue", r) == "ok":
-                    pending.append(self.model.issued(r.json()["access_token"]))
-                if i % 2 == 0 and pending:
-                    jti = pending.pop(0)
-                    if i % 4 == 0:
-                        r = self.daemon.request("PATCH", f"/tokens/{jti}", {"status": "revoked"}, headers,
-                                                record=False)
-                    else:
-                        r = self.daemon.request("POST", "/token/revoke", {"jti": jti}, headers, record=False)
-                    got = self.answer("revoke", r)
-                    if got is not None:
-                        self.model.changed(jti, "revoked", got == "ok", "revoke")
-                    if got == "refused":
-                        pending.append(jti)   # tried again later: a client's retry
-                if i % 2 == 1:
-                    refresh = self.pair_and_refresh(n, headers, refresh)
-            except (OSError, http.client.HTTPException) as e:
-                with self.lock:
-                    self.unexpected.append(("connection", 0, repr(e).encode()))
+            r = self.call("POST", "/token", {"subject": f"{self.name}-{n}", "expires_in": TTL}, headers)
+            if r is not None and self.answer("issue", r) == "ok":
+                pending.append(self.model.issued(r.json()["access_token"]))
+            if i % 2 == 0 and pending:
+                jti = pending.pop(0)
+                if i % 4 == 0:
+                    r = self.call("PATCH", f"/tokens/{jti}", {"status": "revoked"}, headers)
+                else:
+                    r = self.call("POST", "/token/revoke", {"jti": jti}, headers)
+                got = self.answer("revoke", r) if r is not None else "cut"
+                if got is not None:
+                    self.model.changed(jti, "revoked", got == "ok", "revoke")
+                if got == "refused":
+                    pending.append(jti)   # tried again later: a client's retry
+            if i % 2 == 1:
+                refresh = self.pair_and_refresh(n, headers, refresh)
             if self.refusals():
                 time.sleep(0.02)      # a refusing daemon is not a benchmark
-
 
     def pair_and_refresh(self, n, headers, refresh):
         """A parent/child pair, and one rotation of this client's refresh
         token (a new one when it has none): the refresh token to use next."""
-        r = self.daemon.request("POST", "/token-pairs", {"subject": f"{self.name}-pair-{n}", "include_child": True},
-                                headers, record=False)
-        if self.answer("pair", r) == "ok":
+        r = self.call("POST", "/token-pairs", {"subject": f"{self.name}-pair-{n}", "include_child": True}, headers)
+        if r is not None and self.answer("pair", r) == "ok":
             doc = r.json()
             parent = self.model.issued(doc["parent_token"], kind="pair")
             self.model.issued(doc["child_token"], parent=parent, kind="pair")
         if refresh is None:
-            r = self.daemon.request("POST", "/token", {"subject": f"{self.name}-rt-{n}", "token_type": "refresh",
-                                                       "expires_in": TTL}, headers, record=False)
-            if self.answer("issue", r) == "ok":
+            r = self.call("POST", "/token", {"subject": f"{self.name}-rt-{n}", "token_type": "refresh",
+                                             "expires_in": TTL}, headers)
+            if r is not None and self.answer("issue", r) == "ok":
                 refresh = r.json()["refresh_token"]
                 self.model.issued(refresh)
             return refresh
         old = jwt_parts(refresh)[1]["jti"]
-        r = self.daemon.request("POST", "/token", {"grant_type": "refresh_token", "refresh_token": refresh},
-                                record=False)
-        got = self.answer("refresh", r)
+        r = self.call("POST", "/token", {"grant_type": "refresh_token", "refresh_token": refresh}, {})
+        got = self.answer("refresh", r) if r is not None else "cut"
         if got is None:
             return None
         self.model.changed(old, "revoked", got == "ok", "refresh")
-        if got == "refused":
+        if got != "ok":
             return None               # maybe consumed: never presented again (reuse revokes the family)
         doc = r.json()
         self.model.issued(doc["access_token"], kind="refresh")
-        return self.model.issued(doc["refresh_token"], kind="refresh") and doc["refresh_token"]
+        self.model.issued(doc["refresh_token"], kind="refresh")
+        return doc["refresh_token"]
 
 
 def baseline(c, daemon, admin, model, what):
@@ -231,6 +237,17 @@ def load_verdict(c, load, what):
     c.check(not load.unexpected, f"{what}: every answer was 200 or 503 registry_unavailable (never 500)",
             repr(load.unexpected[:5]))
     c.equal(load.no_retry_after, 0, f"{what}: every 503 carries Retry-After")
+
+
+def load_verdict_cut(c, load, what):
+    """load_verdict for a load the kill cut: connection errors after the
+    kill are what the kill does; every complete answer is still 200 or 503."""
+    c.check(load.finish(), f"{what}: every client thread ended")
+    with load.lock:
+        load.unexpected = [u for u in load.unexpected if u[0] != "connection"]
+    print(f"  {what}: answered 200 {load.ok}, 503 {load.refused}")
+    c.check(not load.unexpected, f"{what}: every complete answer was 200 or 503 registry_unavailable",
+            repr(load.unexpected[:5]))
 
 
 def after_stop(c, daemon, admin, model, what):
@@ -315,6 +332,32 @@ def full_disk(c, build_dir, work, token, mounts):
         c.section("full disk: stop, check, restart")
         c.equal(daemon.stop(), 0, f"hsmjwtd (pid {pid}) exits 0 on SIGTERM")
         after_stop(c, daemon, admin, model, "full disk")
+
+        # Killed while the disk is full: the daemon has been tearing and
+        # cutting its retries meanwhile, and the file must never be left
+        # with a tear in the middle.
+        c.section("full disk again, then SIGKILL while full")
+        pid = daemon.proc.pid
+        load = Load(daemon, admin, model, "kill", baseline(c, daemon, admin, model, "before the disk fills again"))
+        load.start()
+        try:
+            fill(filler)
+            wait_refusals(c, load, "disk full again")
+            c.equal(daemon.crash(), 9, f"hsmjwtd (pid {pid}) killed by SIGKILL while the disk is full")
+            load_verdict_cut(c, load, "disk full again")
+            out = daemon.ctl("registry", "check")
+            print("  killed while full: registry check says " +
+                  " ".join(re.findall(r"^verdict:\s+(.*)$", out.stdout, re.M)))
+            c.check(re.search(r"^verdict:\s+(clean|torn tail)", out.stdout, re.M) is not None,
+                    "killed while full: registry check finds the file clean or with a torn tail, never corrupt",
+                    f"{out.returncode} {out.stdout.strip()}")
+        finally:
+            os.unlink(filler)
+        daemon.start(keep_port=True)
+        check_model(c, daemon, admin, model, "killed while full, restarted")
+        pid = daemon.proc.pid
+        c.equal(daemon.stop(), 0, f"hsmjwtd (pid {pid}) exits 0 on SIGTERM")
+        after_stop(c, daemon, admin, model, "killed while full")
 
     def log_checks(log):
         m = re.search(r"registry takes writes again.* rewritten_frames=(\d+)", log)
