@@ -34,7 +34,7 @@ Slowloris (max_connections = 64, workers = 2): 70 connections from
 connections past 127.0.0.1's share (all but a sixteenth of max_connections:
 60) at once, without an answer; while 127.0.0.1 holds its 60, a client from
 127.0.0.2 gets its 200, and a new connection from 127.0.0.1 is closed
-unanswered.  Idle connections from 127.0.0.3 that send nothing are closed by
+unanswered.  Two idle connections from 127.0.0.3 that send nothing are closed by
 the daemon (evhttp's idle timeout), and every byte-at-a-time connection is
 closed unanswered before its request is complete (HTTP_REQUEST_SECONDS: the
 request is long enough to need far longer at one byte a second).  Waits are
@@ -73,7 +73,10 @@ PER_ADDRESS = MAX_CONNECTIONS - MAX_CONNECTIONS // 16   # http_conn_per_address
 ANSWER_TIMEOUT = 30.0    # a request that must be answered (ASan, 2 shared cores)
 CLOSE_TIMEOUT = 30.0     # a connection the daemon must close after its answer
 SLOW_CONNECTIONS = 70    # from 127.0.0.1, past its share of PER_ADDRESS
-IDLE_CONNECTIONS = 5     # from 127.0.0.3, sending nothing
+# From 127.0.0.3, sending nothing: with 127.0.0.1's share, the client from
+# 127.0.0.2 and the extra one from 127.0.0.1, still under max_connections,
+# so that only the share can be what lets 127.0.0.2 in.
+IDLE_CONNECTIONS = 2
 SLOW_GONE_WITHIN = 150.0 # generous bound on HTTP_REQUEST_SECONDS (30) and the idle timeout (10)
 HEALTH_EVERY = 5
 RSS_TOTAL = 30000
