@@ -3,7 +3,9 @@
  * against a fixed set of public keys: those of the Wycheproof JWS vectors
  * (ES256, RSA 2048 for RS* and PS*) and RFC 8037's Ed25519 key, found by
  * kid (no kid: the Ed25519 key).  HS256 is left out: this service verifies
- * it inside the token.
+ * it inside the token.  An input without a dot is a header and payload that
+ * the target signs with the Ed25519 key first (sign_and_check), so that the
+ * header and claims rules meet tokens whose signature holds.
  *
  * Invariants: a parsed token is three canonical base64url parts whose
  * decodings are what the parser returns, with the signing input ending at
@@ -14,8 +16,9 @@
  * the project's code) verifies over the signing input with the key the kid
  * names, for an algorithm the key allows — so it never accepts a forgery —
  * and says the same again from its memo; jwt_verify accepts only what
- * jws_verify accepts, with claims equal to the decoded ones and an exp
- * still valid. */
+ * jws_verify accepts, with claims equal to the decoded ones that keep the
+ * claims rules (exp, nbf, iat with the leeway; iss, aud, typ when
+ * expected). */
 #include <errno.h>
 #include <string.h>
 
@@ -40,6 +43,7 @@
 static struct jwk_key *keys[MAX_KEYS];
 static size_t key_count;
 static struct jwk_key *kidless;
+static EVP_PKEY *signer;            /* kidless's private half */
 /* Inputs that parsed, verified and passed jwt_verify: FUZZ_STATS=1 prints
  * them at exit, to see that a corpus reaches the accepting paths at all. */
 static unsigned long stats_parsed, stats_verified, stats_jwt;
@@ -93,6 +97,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	doc = json_load_file(FUZZ_DATA_DIR "/jose-cookbook/curve25519/jws.json", 0, &error);
 	FUZZ_CHECK(doc != NULL);
 	FUZZ_CHECK(jwk_key_from_json(json_object_get(json_object_get(doc, "input"), "key"), &kidless) == 0);
+	{
+		const char *d = json_string_value(json_object_get(json_object_get(json_object_get(doc, "input"),
+										  "key"), "d"));
+		uint8_t raw[32];
+		size_t raw_len = 0;
+		FUZZ_CHECK(d != NULL && b64url_decode(d, strlen(d), raw, &raw_len) == 0 && raw_len == 32);
+		signer = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, raw, raw_len);
+		FUZZ_CHECK(signer != NULL);
+	}
 	json_decref(doc);
 	/* An ES256, RSA keys and the Ed25519 one, or the oracle proves little. */
 	FUZZ_CHECK(key_count >= 5 && lookup(NULL, "kid-ec-sign") != NULL && lookup(NULL, "PS256_2048") != NULL);
@@ -207,13 +220,46 @@ static void check_parsed(const uint8_t *data, size_t size, const struct jws_pars
 		FUZZ_CHECK(json_object_get(p->header, forbidden[i]) == NULL);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* jwt_verify's claims rules, restated: exp a number not yet passed, nbf
+ * and iat (if present) numbers not in the future, each with the leeway;
+ * and what expect names. */
+static void check_claims(const json_t *hdr, const json_t *claims, const struct jwt_expect *expect)
+{
+	const json_t *exp = json_object_get(claims, "exp"), *nbf = json_object_get(claims, "nbf"),
+		     *iat = json_object_get(claims, "iat"), *aud, *v;
+	double now = (double)expect->now, leeway = (double)expect->leeway;
+	size_t i;
+	int found = 0;
+
+	FUZZ_CHECK(json_is_object(claims));
+	FUZZ_CHECK(json_is_number(exp) && now < json_number_value(exp) + leeway);
+	FUZZ_CHECK(nbf == NULL || (json_is_number(nbf) && now + leeway >= json_number_value(nbf)));
+	FUZZ_CHECK(iat == NULL || (json_is_number(iat) && now + leeway >= json_number_value(iat)));
+	if (expect->issuer != NULL)
+		FUZZ_CHECK(json_is_string(json_object_get(claims, "iss")) &&
+			   strcmp(json_string_value(json_object_get(claims, "iss")), expect->issuer) == 0);
+	if (expect->typ != NULL)
+		FUZZ_CHECK(json_is_string(json_object_get(hdr, "typ")) &&
+			   strcmp(json_string_value(json_object_get(hdr, "typ")), expect->typ) == 0);
+	if (expect->audience != NULL) {
+		aud = json_object_get(claims, "aud");
+		if (json_is_string(aud))
+			found = strcmp(json_string_value(aud), expect->audience) == 0;
+		json_array_foreach(aud, i, v)
+			found |= json_is_string(v) && strcmp(json_string_value(v), expect->audience) == 0;
+		FUZZ_CHECK(found);
+	}
+}
+
+static void check_token(const uint8_t *data, size_t size)
 {
 	struct jws_parsed *sentinel = (struct jws_parsed *)&key_count, *parsed = sentinel,
 			  *verified = sentinel;
 	json_t *jsentinel = (json_t *)&key_count, *header = jsentinel, *claims = jsentinel,
 	       *vheader = jsentinel, *vclaims = jsentinel, *payload = NULL;
 	const struct jwt_expect expect = { .now = NOW, .leeway = LEEWAY };
+	const struct jwt_expect strict = { .now = NOW, .leeway = 0, .issuer = "http://127.0.0.1:8080",
+					   .audience = "api", .typ = "at+jwt" };
 	const char *tok = (const char *)data;
 	const struct jwk_key *key = NULL;
 	int r_parse, r, r2, expected = 0;
@@ -271,17 +317,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	r2 = jwt_verify(tok, size, lookup, NULL, &expect, &vheader, &vclaims);
 	if (r2 == 0) {
-		const json_t *exp = json_object_get(vclaims, "exp");
 		FUZZ_CHECK(r == 0 && claims != jsentinel);
 		stats_jwt++;
 		FUZZ_CHECK(json_equal(vheader, header) && json_equal(vclaims, claims));
-		FUZZ_CHECK(json_is_number(exp) && (double)NOW < json_number_value(exp) + LEEWAY);
+		check_claims(vheader, vclaims, &expect);
 		json_decref(vheader);
 		json_decref(vclaims);
 	} else {
 		FUZZ_CHECK(vheader == jsentinel && vclaims == jsentinel);
 		if (r < 0)
 			FUZZ_CHECK(r2 == r);
+	}
+	vheader = vclaims = jsentinel;
+	r2 = jwt_verify(tok, size, lookup, NULL, &strict, &vheader, &vclaims);
+	if (r2 == 0) {
+		FUZZ_CHECK(r == 0);
+		check_claims(vheader, vclaims, &strict);
+		json_decref(vheader);
+		json_decref(vclaims);
+	} else {
+		FUZZ_CHECK(vheader == jsentinel && vclaims == jsentinel);
 	}
 
 	if (header != jsentinel)
@@ -291,5 +346,48 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	json_decref(payload);
 	if (parsed != sentinel)
 		jws_parsed_free(parsed);
+}
+
+/* An input without a dot is not a token but what to sign: a protected
+ * header, a newline, and a payload (all of it the payload when there is no
+ * newline, under {"alg":"EdDSA"}).  It is signed here with RFC 8037's
+ * Ed25519 key, so that the header and claims rules are fuzzed on tokens
+ * whose signature holds — a mutated token almost never has one. */
+static void sign_and_check(const uint8_t *data, size_t size)
+{
+	static const char fixed[] = "{\"alg\":\"EdDSA\"}";
+	const uint8_t *nl = memchr(data, '\n', size), *hdr = (const uint8_t *)fixed, *body = data;
+	size_t hdr_len = sizeof(fixed) - 1, body_len = size, n, sig_len = 64;
+	uint8_t sig[64];
+	EVP_MD_CTX *ctx;
+	char *token;
+
+	if (nl != NULL) {
+		hdr = data;
+		hdr_len = (size_t)(nl - data);
+		body = nl + 1;
+		body_len = size - hdr_len - 1;
+	}
+	token = malloc(b64url_encoded_size(hdr_len) + b64url_encoded_size(body_len) + b64url_encoded_size(64) + 2);
+	FUZZ_CHECK(token != NULL);
+	n = b64url_encode(hdr, hdr_len, token);
+	token[n++] = '.';
+	n += b64url_encode(body, body_len, token + n);
+	ctx = EVP_MD_CTX_new();
+	FUZZ_CHECK(ctx != NULL && EVP_DigestSignInit(ctx, NULL, NULL, NULL, signer) == 1);
+	FUZZ_CHECK(EVP_DigestSign(ctx, sig, &sig_len, (const uint8_t *)token, n) == 1 && sig_len == 64);
+	EVP_MD_CTX_free(ctx);
+	token[n++] = '.';
+	n += b64url_encode(sig, sig_len, token + n);
+	check_token((const uint8_t *)token, n);
+	free(token);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (memchr(data, '.', size) == NULL)
+		sign_and_check(data, size);
+	else
+		check_token(data, size);
 	return 0;
 }

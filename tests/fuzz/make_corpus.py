@@ -86,6 +86,22 @@ def jws_corpus():
             if i == 0:
                 header["typ"] = "at+jwt"
             put(d, sign(key, header, c))
+    # Headers and payloads without a dot, which fuzz_jws signs itself with
+    # the Ed25519 key before checking them as tokens.
+    for header, payload in [
+        (None, {"sub": "alice", "exp": 4102444800}),
+        ({"alg": "EdDSA", "typ": "at+jwt"}, {"iss": "http://127.0.0.1:8080", "aud": "api", "sub": "a",
+                                             "exp": 4102444800, "nbf": 1699999990, "iat": 1699999990}),
+        ({"alg": "EdDSA", "typ": "at+jwt"}, {"iss": "http://127.0.0.1:8080", "aud": ["x", "api"],
+                                             "exp": 1700000001, "iat": 1700000030}),
+        ({"alg": "EdDSA", "crit": ["exp"]}, {"exp": 4102444800}),
+        ({"alg": "EdDSA", "kid": 5}, {"exp": 4102444800}),
+        ({"alg": "none"}, {"exp": 4102444800}),
+        ({"alg": "EdDSA"}, {"exp": "4102444800", "nbf": None}),
+        ({"alg": "EdDSA"}, [1, 2, 3]),
+    ]:
+        body = json.dumps(payload, separators=(",", ":"))
+        put(d, body if header is None else json.dumps(header, separators=(",", ":")) + "\n" + body)
     edkey = jwk.JWK(**ed["input"]["key"])
     put(d, sign(edkey, {"alg": "EdDSA", "typ": "JWT"}, claims[0]))
     put(d, sign(edkey, {"alg": "EdDSA"}, claims[1]))
@@ -192,6 +208,9 @@ def registry_corpus(build):
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: make_corpus.py BUILD_DIR (a build with HSMJWT_FUZZ=ON)")
+    seeder = os.path.join(sys.argv[1], "tests", "fuzz", "seed_registry")
+    if not os.access(seeder, os.X_OK):
+        sys.exit("make_corpus.py: no %s (cmake --build %s --target seed_registry)" % (seeder, sys.argv[1]))
     jws_corpus()
     json_corpus()
     config_corpus()
