@@ -332,14 +332,17 @@ const struct keys_entry *keys_signer_at(const struct keys *keys, enum jws_alg al
 	if (keys->successor[alg] != NULL && now >= keys->successor_at[alg])
 		return keys->successor[alg];
 	chosen = keys->signer[alg];
-	if (chosen == NULL || now >= chosen->state.activate_at)
+	/* An immediate rotation in the very second its predecessor took over
+	 * activates a second later (keystate_rotate) yet signs at once: only a
+	 * now before the second the set was planned at looks further. */
+	if (chosen == NULL || now >= keys->loaded_at || now >= chosen->state.activate_at)
 		return chosen;
 	/* The set was planned at a later second than now: a now read before
 	 * the set was acquired (the renewal thread's), or a wall clock that
-	 * stepped back (a VM restored, NTP).
-	 * The key whose records say it signed at now does, so that no token's
-	 * iat precedes its key's activate_at; with none (a key promoted early
-	 * because nothing else could sign), the planned signer does. */
+	 * stepped back (a VM restored, NTP).  The key whose records say it
+	 * signed at now does, so that no token's iat precedes its key's
+	 * activate_at; with none (a key promoted early because nothing else
+	 * could sign), the planned signer does. */
 	for (size_t i = 0; i < keys->count; i++) {
 		const struct keys_entry *e = &keys->entries[i];
 

@@ -86,8 +86,9 @@ const struct keys_entry *keys_signer(const struct keys *keys, enum jws_alg alg);
  * the successor's activate_at has come — the switch must not wait for a
  * reload (the keyring may be generating an RSA key for seconds), or the old
  * key would sign past its retirement and outlive its destruction window.
- * Before the loaded signer's activate_at (now behind the second the set was
- * planned at), the key that was signing then, if the set still holds it. */
+ * For a now before the second the set was planned at and before the loaded
+ * signer's activate_at, the key that was signing then, if the set still
+ * holds it. */
 const struct keys_entry *keys_signer_at(const struct keys *keys, enum jws_alg alg, int64_t now);
 /* The key with this kid, or NULL. */
 const struct keys_entry *keys_find(const struct keys *keys, const char *kid);

@@ -653,6 +653,29 @@ static void test_entry_json(void **state)
 	keys_release(keys);
 }
 
+/* An immediate rotation made in the second its predecessor took over
+ * activates a second later to win the tie, and still signs at once — the
+ * operator rotating at once may be answering a compromise. */
+static void test_immediate_in_predecessors_second(void **state)
+{
+	const enum jws_alg algs[] = { JWS_ALG_ES256 };
+	struct keys_change change;
+	struct keys *keys;
+	int64_t previous;
+
+	(void)state;
+	use_algs(algs, 1);
+	assert_int_equal(fixture_keys(hsm, &cfg, 1, &keys), 0);
+	previous = keys_signer(keys, JWS_ALG_ES256)->state.activate_at;
+	keys_release(keys);
+	assert_int_equal(keys_rotate(hsm, &cfg, JWS_ALG_ES256, 1, previous, &change), 0);
+	assert_true(change.record.activate_at > previous);
+	keys = load_at(previous);
+	assert_string_equal(keys_signer(keys, JWS_ALG_ES256)->hsm.kid, change.kid);
+	assert_string_equal(keys_signer_at(keys, JWS_ALG_ES256, previous)->hsm.kid, change.kid);
+	keys_release(keys);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -663,6 +686,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rotation_timeline, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sync_rotates_and_destroys_on_time, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_immediate_rotation_and_retire_rules, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_immediate_in_predecessors_second, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_superseded_records_are_pruned, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_identical_records_are_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_surplus_next_key_is_destroyed, setup, teardown),
