@@ -200,6 +200,28 @@ def token_select_corpus():
         put(d, s + b"\0" + slots)
 
 
+def http_corpus():
+    """fuzz_http: major, minor, then the target and "name:value" lines."""
+    d = reset("http")
+    for major, minor, lines in [
+        (1, 1, ["/health", "Host:127.0.0.1:8080"]),
+        (1, 1, ["/token", "Host:a", "Content-Type:application/json", "Content-Length:13"]),
+        (1, 1, ["/token", "Host:a", "Transfer-Encoding:chunked"]),
+        (1, 1, ["/token", "Host:a", "Content-Length:5", "Content-Length:6"]),
+        (1, 1, ["/token", "Host:a", "Content-Length:+13"]),
+        (1, 1, ["/token", "Host:a", "Transfer-Encoding:gzip, chunked"]),
+        (1, 1, ["/health", "Host:a", "Host:b"]),
+        (1, 1, ["/health"]),
+        (1, 0, ["/health"]),
+        (1, 1, ["http://127.0.0.1:8080/health?x=1", "Host:127.0.0.1"]),
+        (1, 1, ["/tokens/../../etc/passwd", "Host:a"]),
+        (1, 1, ["/health", "Host:a", "X-Test:a\x01b"]),
+        (1, 1, ["/health", "Host :a"]),
+        (1, 1, ["/" + "a" * 8200, "Host:a"]),
+    ]:
+        put(d, bytes([major, minor]) + "\n".join(lines).encode().decode("unicode_escape").encode("latin-1"))
+
+
 def registry_corpus(build):
     d = reset("registry")
     subprocess.run([os.path.join(build, "tests", "fuzz", "seed_registry"), d], check=True)
@@ -215,6 +237,7 @@ def main():
     json_corpus()
     config_corpus()
     token_select_corpus()
+    http_corpus()
     registry_corpus(sys.argv[1])
 
 
