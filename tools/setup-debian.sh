@@ -7,7 +7,9 @@
 #              real proxy), wrk (the HTTP bench, bench/run.sh, and its smoke
 #              test), and npm's jose in tests/integration/node_modules and
 #              bench/peer/node_modules (npm ci), clang and libclang-rt-14-dev
-#              (libFuzzer: the fuzz targets of tests/fuzz/)
+#              (libFuzzer: the fuzz targets of tests/fuzz/), e2fsprogs,
+#              mount and util-linux (integration.disk_faults' ext4 loop
+#              device, integration.secrets' setpriv)
 # apt runs only when a package is missing (then as root: apt-get update once,
 # then one install); a machine that has everything needs neither root nor the
 # network, except `npm ci' the first time.  Safe to run again and again.
@@ -31,7 +33,7 @@ libjansson-dev libsystemd-dev zlib1g-dev softhsm2 curl"
 # clang and libclang-rt-14-dev (libFuzzer, the sanitizer runtimes): the fuzz
 # step of tools/test-all.sh (tests/fuzz/).
 test_packages="libcmocka-dev libp11-dev python3 python3-jwt python3-jwcrypto python3-prometheus-client nodejs npm nginx
-systemd man-db groff-base libseccomp2 wrk clang libclang-rt-14-dev"
+systemd man-db groff-base libseccomp2 wrk clang libclang-rt-14-dev e2fsprogs mount util-linux"
 
 packages=$runtime_packages
 [ "$flavour" = test ] && packages="$packages $test_packages"
