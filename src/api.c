@@ -376,7 +376,7 @@ static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct a
 	api_json(out, req, can_issue && !stopping ? 200 : 503,
 		 json_pack("{s:s, s:s, s:I, s:s}", "status", stopping ? "stopping" : can_issue ? "ok" : "degraded",
 			   "hsm", hsm_ok ? "ok" : "unavailable", "keys", (json_int_t)ctx->keys->count,
-			   "registry", stats.failed ? "failed" : "ok"));
+			   "registry", stats.failed ? "unavailable" : "ok"));
 }
 
 /* A route's method as an Allow header lists it: GET brings HEAD. */
