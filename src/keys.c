@@ -342,7 +342,12 @@ const struct keys_entry *keys_signer_at(const struct keys *keys, enum jws_alg al
 	 * stepped back (a VM restored, NTP).  The key whose records say it
 	 * signed at now does, so that no token's iat precedes its key's
 	 * activate_at; with none (a key promoted early because nothing else
-	 * could sign), the planned signer does. */
+	 * could sign), the planned signer does.  Only for a few seconds: a
+	 * clock stepped back further must not bring back a key that an
+	 * immediate rotation replaced (perhaps compromised) for as long as the
+	 * step — the planned signer signs, its tokens' iat a little early. */
+	if (keys->loaded_at - now > KEYS_SIGNER_SKEW)
+		return chosen;
 	for (size_t i = 0; i < keys->count; i++) {
 		const struct keys_entry *e = &keys->entries[i];
 

@@ -138,8 +138,9 @@ int service_harden_process(void)
 
 /* What the registry and lock hold is readable by no one else: a file or
  * directory of ours found open to group or others (copied in, made under a
- * loose umask by an older version) is closed to them, and said so; one
- * that belongs to another user cannot be fixed here and stops the start. */
+ * loose umask by an older version) is closed to them, and said so.  One
+ * that belongs to another user (root:hsmjwt 0770, say) cannot be changed
+ * here: that is said too, and left to its owner. */
 static int service_private_mode(int fd, const char *path, mode_t want)
 {
 	struct stat st;
@@ -153,9 +154,9 @@ static int service_private_mode(int fd, const char *path, mode_t want)
 	if ((st.st_mode & (S_IRWXG | S_IRWXO)) == 0)
 		return 0;
 	if (st.st_uid != geteuid()) {
-		log_error("\"a state file open to group or others belongs to another user\" path=%s mode=%04o uid=%u",
-			  path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
-		return -EPERM;
+		log_warn("\"a state file is open to group or others and belongs to another user: its owner should "
+			 "restrict it\" path=%s mode=%04o uid=%u", path, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+		return 0;
 	}
 	if (fchmod(fd, want) < 0) {
 		e = errno;
@@ -200,9 +201,13 @@ static int service_private_state(const char *state_dir)
 
 		if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
 			continue;
+		/* Only regular files are opened: opening a device or a FIFO
+		 * may do something. */
+		if (fstatat(dfd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+			continue;
 		fd = openat(dfd, d->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 		if (fd < 0)
-			continue;   /* a symlink or a file gone meanwhile: nothing of ours */
+			continue;   /* replaced or gone meanwhile: nothing of ours */
 		snprintf(path, sizeof(path), "%s/%s", state_dir, d->d_name);
 		r = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? service_private_mode(fd, path, 0600) : 0;
 		close(fd);
@@ -227,9 +232,6 @@ int service_lock_state_dir(const char *state_dir, int *ret_fd)
 		log_error("\"cannot create state_dir\" state_dir=%s error=\"%s\"", state_dir, strerror(e));
 		return -e;
 	}
-	r = service_private_state(state_dir);
-	if (r < 0)
-		return r;
 	if ((size_t)snprintf(path, sizeof(path), "%s/hsmjwtd.lock", state_dir) >= sizeof(path)) {
 		log_error("\"state_dir path too long\" state_dir=%s", state_dir);
 		return -ENAMETOOLONG;
@@ -249,6 +251,13 @@ int service_lock_state_dir(const char *state_dir, int *ret_fd)
 			log_error("\"cannot lock state_dir\" path=%s error=\"%s\"", path, strerror(e));
 		close(fd);
 		return e == EWOULDBLOCK ? -EBUSY : -e;
+	}
+	/* Once the lock is ours: a second process about to be refused changes
+	 * nothing. */
+	r = service_private_state(state_dir);
+	if (r < 0) {
+		close(fd);
+		return r;
 	}
 	*ret_fd = fd;
 	return 0;

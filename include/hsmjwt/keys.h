@@ -86,9 +86,10 @@ const struct keys_entry *keys_signer(const struct keys *keys, enum jws_alg alg);
  * the successor's activate_at has come — the switch must not wait for a
  * reload (the keyring may be generating an RSA key for seconds), or the old
  * key would sign past its retirement and outlive its destruction window.
- * For a now before the second the set was planned at and before the loaded
- * signer's activate_at, the key that was signing then, if the set still
- * holds it. */
+ * For a now before the second the set was planned at, by at most
+ * KEYS_SIGNER_SKEW seconds, and before the loaded signer's activate_at, the
+ * key that was signing then, if the set still holds it. */
+#define KEYS_SIGNER_SKEW 2
 const struct keys_entry *keys_signer_at(const struct keys *keys, enum jws_alg alg, int64_t now);
 /* The key with this kid, or NULL. */
 const struct keys_entry *keys_find(const struct keys *keys, const char *kid);

@@ -37,8 +37,9 @@ int service_harden_process(void);
 
 /* Creates state_dir (0700) if needed and takes its exclusive lock (SPEC §7:
  * one daemon per state_dir); the lock lives as long as *ret_fd is open.
- * A state_dir or a file in it that group or others may read is made 0700
- * or 0600 (logged), or refused when another user owns it (-EPERM).
+ * Once locked, a state_dir or a regular file in it that group or others
+ * may read is made 0700 or 0600 (logged); one another user owns is only
+ * logged, for its owner to fix.
  * -EBUSY when another process holds the lock. */
 int service_lock_state_dir(const char *state_dir, int *ret_fd);
 

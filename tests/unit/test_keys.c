@@ -313,7 +313,11 @@ static void test_rotation_timeline(void **state)
 	 * back, a now read before the set was): the key of that second signs,
 	 * never one before its activate_at. */
 	assert_string_equal(keys_signer_at(keys, JWS_ALG_EDDSA, due - 1)->hsm.kid, old_kid);
+	assert_string_equal(keys_signer_at(keys, JWS_ALG_EDDSA, due - KEYS_SIGNER_SKEW)->hsm.kid, old_kid);
 	assert_string_equal(keys_signer_at(keys, JWS_ALG_EDDSA, due)->hsm.kid, change.kid);
+	/* Further back than a few seconds, the planned signer: a long step of
+	 * the clock does not bring a replaced key back. */
+	assert_string_equal(keys_signer_at(keys, JWS_ALG_EDDSA, due - KEYS_SIGNER_SKEW - 1)->hsm.kid, change.kid);
 	keys_release(keys);
 
 	/* The sync writes both transitions down. */

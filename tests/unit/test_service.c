@@ -113,6 +113,23 @@ static void test_state_dir_made_private(void **state)
 	assert_int_equal(mode_of(lock), 0600);
 	close(fd);
 
+	/* A file another user owns cannot be fixed here: logged, left alone,
+	 * and no reason to refuse the start (root:hsmjwt 0770 packaging). */
+	if (geteuid() == 0) {
+		char theirs[4300];
+
+		snprintf(theirs, sizeof(theirs), "%s/theirs", dir);
+		old_umask = umask(0);
+		fd = open(theirs, O_WRONLY | O_CREAT | O_EXCL, 0644);
+		umask(old_umask);
+		assert_true(fd >= 0);
+		assert_int_equal(fchown(fd, 65534, 65534), 0);
+		close(fd);
+		assert_int_equal(service_lock_state_dir(dir, &fd), 0);
+		assert_int_equal(mode_of(theirs), 0644);
+		close(fd);
+	}
+
 	/* A new state_dir is made 0700 under any umask. */
 	snprintf(dir, sizeof(dir), "%s/fresh", fixture_tmpdir);
 	old_umask = umask(0);
