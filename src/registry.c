@@ -1093,3 +1093,23 @@ int registry_internal_recover(struct registry *reg)
 	pthread_mutex_unlock(&reg->io);
 	return r;
 }
+
+void registry_internal_pause_timers(struct registry *reg, int paused)
+{
+	atomic_store(&reg->timers_paused, paused);
+	/* A flusher asleep until a retry's deadline computes it again. */
+	pthread_mutex_lock(&reg->qmutex);
+	pthread_cond_signal(&reg->qwork);
+	pthread_mutex_unlock(&reg->qmutex);
+}
+
+int registry_internal_sync(struct registry *reg)
+{
+	int r = -EIO;
+
+	pthread_mutex_lock(&reg->io);
+	if (atomic_load(&reg->failed) == REGISTRY_OK)
+		r = registry_sync(reg);
+	pthread_mutex_unlock(&reg->io);
+	return r;
+}

@@ -64,6 +64,11 @@ void registry_fail(struct registry *reg, const char *what, int err)
 {
 	int ok = REGISTRY_OK;
 
+	/* Set before the failure shows, so that the flusher's first retry
+	 * waits REGISTRY_RETRY_MS like the others rather than tearing the
+	 * file again at once. */
+	if (atomic_load(&reg->failed) == REGISTRY_OK)
+		atomic_store(&reg->last_retry_ns, registry_mono_ns());
 	if (atomic_compare_exchange_strong(&reg->failed, &ok, REGISTRY_FAILED_IO)) {
 		char q[PATH_MAX + 8];
 
@@ -80,6 +85,23 @@ void registry_fail_for_good(struct registry *reg, const char *what, int err)
 		char q[PATH_MAX + 8];
 
 		log_error("\"registry %s failed: no further changes are accepted\" path=%s error=\"%s\"", what,
+			  log_quote(q, sizeof(q), reg->path), strerror(err));
+	}
+}
+
+/* Under io, fsync=interval: an fdatasync failed with batches written since
+ * the last one that succeeded.  Linux reports a writeback error once per
+ * open file and marks the pages clean, so a second fdatasync returns 0
+ * while those bytes may never reach the disk, and frames appended after
+ * them would sit behind a hole: a corrupt middle after a crash.  They are
+ * no longer in memory to be written again (fsync=always keeps its failed
+ * batch), so the registry fails for good. */
+static void registry_fail_unsynced(struct registry *reg, int err)
+{
+	if (atomic_exchange(&reg->failed, REGISTRY_FAILED_FOR_GOOD) != REGISTRY_FAILED_FOR_GOOD) {
+		char q[PATH_MAX + 8];
+
+		log_error("\"registry fdatasync failed under fsync=interval: the changes written since the last good fdatasync may be lost, so no further changes are accepted; restart hsmjwtd, then run hsmjwtctl registry check\" path=%s error=\"%s\"",
 			  log_quote(q, sizeof(q), reg->path), strerror(err));
 	}
 }
@@ -165,10 +187,11 @@ void registry_queue_take(struct registry *reg, struct registry_queue *batch)
 	pthread_mutex_unlock(&reg->qmutex);
 }
 
-static int registry_sync(struct registry *reg)
+/* Under io: the interval policy's fdatasync of what was written. */
+int registry_sync(struct registry *reg)
 {
 	if (fdatasync(reg->fd) < 0) {
-		registry_fail(reg, "fdatasync", errno);
+		registry_fail_unsynced(reg, errno);
 		return -EIO;
 	}
 	reg->dirty = 0;
@@ -229,11 +252,17 @@ int registry_recover(struct registry *reg)
 			return r;
 		}
 	}
-	/* Also for the interval policy: a failed periodic fdatasync leaves
-	 * written changes that no fsync has covered yet. */
+	/* Also covers, under the interval policy, the batches written before
+	 * the failure and not yet fdatasynced (dirty). */
 	if (fdatasync(reg->fd) < 0) {
+		r = errno;
+		if (reg->fsync == REGISTRY_FSYNC_INTERVAL && reg->dirty) {
+			/* Those are not in memory to be written again. */
+			registry_fail_unsynced(reg, r);
+			return -EIO;
+		}
 		reg->torn = reg->retry.len > 0;
-		return -errno;
+		return -r;
 	}
 	reg->good_bytes += reg->retry.len;
 	atomic_fetch_add(&reg->frames, reg->retry.frames);
@@ -311,7 +340,7 @@ static void registry_flush_once(struct registry *reg, struct registry_queue *bat
 static void registry_sync_if_due(struct registry *reg, int force)
 {
 	pthread_mutex_lock(&reg->io);
-	if (reg->dirty && atomic_load(&reg->failed) == REGISTRY_OK &&
+	if (reg->dirty && atomic_load(&reg->failed) == REGISTRY_OK && (force || !atomic_load(&reg->timers_paused)) &&
 	    (force || registry_mono_ns() - reg->last_sync_ns >= (int64_t)REGISTRY_INTERVAL_MS * 1000000))
 		registry_sync(reg);
 	pthread_mutex_unlock(&reg->io);
@@ -323,6 +352,8 @@ static int64_t registry_next_wake(struct registry *reg)
 {
 	int64_t deadline = registry_mono_ns() + REGISTRY_COMPACT_CHECK_NS;
 
+	if (atomic_load(&reg->timers_paused))
+		return deadline;
 	if (reg->dirty && reg->last_sync_ns + (int64_t)REGISTRY_INTERVAL_MS * 1000000 < deadline)
 		deadline = reg->last_sync_ns + (int64_t)REGISTRY_INTERVAL_MS * 1000000;
 	if (atomic_load(&reg->failed) == REGISTRY_FAILED_IO &&
@@ -334,7 +365,7 @@ static int64_t registry_next_wake(struct registry *reg)
 static void registry_retry_if_due(struct registry *reg, int force)
 {
 	pthread_mutex_lock(&reg->io);
-	if (atomic_load(&reg->failed) == REGISTRY_FAILED_IO &&
+	if (atomic_load(&reg->failed) == REGISTRY_FAILED_IO && (force || !atomic_load(&reg->timers_paused)) &&
 	    (force || registry_mono_ns() - reg->last_retry_ns >= (int64_t)REGISTRY_RETRY_MS * 1000000))
 		registry_recover(reg);
 	pthread_mutex_unlock(&reg->io);

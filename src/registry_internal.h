@@ -229,8 +229,9 @@ struct registry {
 	uint64_t good_bytes;
 	int torn;
 	int dir_unsynced;
-	atomic_int_fast64_t last_retry_ns;
+	atomic_int_fast64_t last_retry_ns;  /* also set when a failure starts: the first retry waits too */
 	atomic_int_fast64_t last_sync_ns;
+	atomic_int timers_paused;      /* test hook: no timed retry or interval fdatasync */
 	atomic_int_fast64_t last_compact_check_ns;
 
 	/* under lock */
@@ -284,6 +285,7 @@ int registry_write_all(int fd, const uint8_t *buf, size_t len);
 int registry_fsync_dir(const char *dir);
 void registry_fail(struct registry *reg, const char *what, int err);
 void registry_fail_for_good(struct registry *reg, const char *what, int err);
+int registry_sync(struct registry *reg);
 int registry_recover(struct registry *reg);
 int registry_queue_reserve(struct registry_queue *q, size_t bytes);
 int registry_queue_entry(struct registry_queue *q, const struct registry_entry *e);
@@ -328,5 +330,15 @@ int registry_internal_maybe_compact(struct registry *reg, int64_t now, uint64_t 
  * failed (0 when it has not), as the flusher does every REGISTRY_RETRY_MS:
  * a test need not wait for the flusher's clock. */
 int registry_internal_recover(struct registry *reg);
+
+/* paused 1: the flusher makes no timed retry of a failed disk and no timed
+ * interval fdatasync until called again with 0, so that a test sees the
+ * file as the failure left it, whatever the machine's speed, and drives
+ * recovery with registry_internal_recover / registry_internal_sync. */
+void registry_internal_pause_timers(struct registry *reg, int paused);
+
+/* The interval policy's periodic fdatasync, now on the caller's thread
+ * (dirty or not): 0, or -EIO when it failed or the registry had failed. */
+int registry_internal_sync(struct registry *reg);
 
 #endif
