@@ -153,6 +153,7 @@ struct api_pending {
 	int result;
 	const char *error;            /* static: answer with this error instead of body */
 	const char *description;
+	const char *no_retry;         /* static: the 503's description, without Retry-After */
 };
 
 int api_pending_new(struct api_ctx *ctx, struct evhttp_request *req, struct api_pending **ret_pending)
@@ -191,7 +192,11 @@ static void api_pending_send(evutil_socket_t fd, short what, void *arg)
 		 * issued token handed out. */
 		p->outcome.status = 503;
 		http_log_request(p->req, &p->outcome);
-		http_reply_error(p->req, 503, "registry_unavailable", "the change could not be made durable");
+		if (p->no_retry != NULL)
+			http_reply_json(p->req, 503, json_pack("{s:s, s:s}", "error", "registry_unavailable",
+							       "error_description", p->no_retry));
+		else
+			http_reply_error(p->req, 503, "registry_unavailable", "the change could not be made durable");
 	} else {
 		p->outcome.status = p->code;
 		http_log_request(p->req, &p->outcome);
@@ -218,6 +223,11 @@ void api_pending_reply(struct api_pending *p, struct api_outcome *out, int code,
 	p->body = body;
 	out->deferred = 1;
 	p->outcome = *out;
+}
+
+void api_pending_no_retry(struct api_pending *p, const char *description)
+{
+	p->no_retry = description;
 }
 
 void api_pending_defer(struct api_pending *p, struct api_outcome *out)

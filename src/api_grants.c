@@ -269,6 +269,10 @@ static void api_grant_refresh(struct api_ctx *ctx, struct evhttp_request *req, s
 	 * registered, so that of two concurrent uses one wins and the other,
 	 * finding it retired, revokes a family that already holds the
 	 * winner's tokens. */
+	/* Past this call the token is retired in the index: presented again
+	 * after a 503 it would be reuse, revoking the family. */
+	api_pending_no_retry(pending, "the rotation could not be made durable and may still take effect: do not "
+				      "present this refresh token again; start a new authorization");
 	r = registry_consume(ctx->registry, rc.jti, ictx.now, API_REASON_ROTATED, records, 2, api_pending_done, pending,
 			     &status);
 	if (r == 0) {
@@ -376,6 +380,10 @@ static void api_grant_code(struct api_ctx *ctx, struct evhttp_request *req, stru
 		api_error(out, req, 500, "server_error", "out of memory");
 		goto out;
 	}
+	/* The code is bound once this call succeeds: presented again after a
+	 * 503 it would be a second use, revoking the tokens. */
+	api_pending_no_retry(pending, "the tokens could not be made durable and may still take effect: do not "
+				      "present this code again; start a new authorization");
 	r = registry_consume(ctx->registry, NULL, ictx.now, NULL, records, 3, api_pending_done, pending, NULL);
 	if (r < 0) {
 		api_pending_free(pending);

@@ -91,6 +91,11 @@ int api_pending_new(struct api_ctx *ctx, struct evhttp_request *req, struct api_
 void api_pending_done(void *arg, int result);
 void api_pending_reply(struct api_pending *pending, struct api_outcome *out, int code, json_t *body);
 void api_pending_free(struct api_pending *pending);
+/* A change that must not be repeated (a grant: the presented token or code
+ * is consumed in the index before the write): if it cannot be made durable,
+ * its 503 carries this description (static) and no Retry-After, because
+ * the change may still be written once the disk takes writes again. */
+void api_pending_no_retry(struct api_pending *pending, const char *description);
 /* For an answer another thread composes (the keyring's rotations): mark
  * the request deferred, then that thread calls api_pending_answer exactly
  * once — with body (stolen), or with error and description (static strings)
