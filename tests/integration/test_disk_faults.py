@@ -29,7 +29,8 @@ answered 200 exists, every revocation that answered 200 is revoked, a
 revocation that answered 503 is either applied or not but never half (the
 record, the status list entry and /token/verify agree; registry_model.py).
 
-Needs root (mount, losetup); skipped (77) otherwise, a failure under
+Needs root with CAP_SYS_ADMIN and a free loop device (probed: a tiny tmpfs
+mount and `losetup -f`); skipped (77) otherwise, a failure under
 TEST_REQUIRE_ALL=1.  No verdict depends on timing: waits are bounded
 generously and the test asserts on answers.
 
@@ -42,6 +43,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -431,10 +433,30 @@ def read_only_disk(c, build_dir, work, token, mounts, loops):
     run_daemon_body(c, daemon, body)
 
 
+def first_line(text):
+    return (text.strip().splitlines() or [""])[0]
+
+
+def probe_privileges():
+    """Skip unless this process can mount (root alone is not enough in a
+    container without CAP_SYS_ADMIN) and a loop device is free."""
+    with tempfile.TemporaryDirectory(prefix="hsmjwt-disk-probe-") as d:
+        out = sh("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", d, check=False)
+        if out.returncode != 0:
+            raise Skip(f"cannot mount a tmpfs (CAP_SYS_ADMIN?): {first_line(out.stderr)}")
+        out = sh("umount", d, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"umount of the probe tmpfs {d} failed: {out.stderr.strip()}")
+    out = sh("losetup", "-f", check=False)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise Skip(f"no free loop device (losetup -f): {first_line(out.stderr)}")
+
+
 def run(build_dir, source_dir):
     if os.geteuid() != 0:
         raise Skip("not root: the test mounts a tmpfs and an ext4 loop device")
     require_tools(["softhsm2-util", "mount", "umount", "losetup", "mkfs.ext4", "e2fsck"])
+    probe_privileges()
     for exe in ("hsmjwtd", "hsmjwtctl"):
         if not os.access(os.path.join(build_dir, exe), os.X_OK):
             print(f"test_disk_faults: FAILED: {build_dir}/{exe} is not built")
