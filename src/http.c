@@ -66,7 +66,12 @@ static void http_handle(struct evhttp_request *req, void *arg)
 	if (http_request_check(req->major, req->minor, evhttp_request_get_uri(req),
 			       evhttp_request_get_input_headers(req), &status, &description) < 0) {
 		/* Where this request's body ended is in doubt: nothing more is
-		 * read from the connection. */
+		 * read from the connection.  evhttp 2.1 gives a server no hook
+		 * between a request's headers and its body (header_cb is set
+		 * only on requests the application creates; evhttp_set_newreqcb
+		 * is 2.2), so a Transfer-Encoding is refused (411) only here,
+		 * once evhttp has decoded or refused the chunks itself: the
+		 * close is what keeps this connection in step with a proxy. */
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
 		outcome.status = status;
 		http_reply_error(req, status, "invalid_request", description);

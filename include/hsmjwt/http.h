@@ -95,10 +95,10 @@ void http_connection_set_closecb(struct evhttp_connection *evcon, void (*cb)(str
  * is lenient: a request target that is not one token of visible ASCII or
  * longer than HTTP_MAX_URI (414), a header name that is not a token, a
  * control character in a value, no Host in HTTP/1.1 or two Hosts, a
- * Content-Length that is not digits or whose copies disagree, a
- * Transfer-Encoding other than chunked alone.  0, or -EINVAL with the
- * status (400 or 414) and a static description.  A refused request's
- * reply closes the connection: where its body ends is in doubt. */
+ * Content-Length that is not digits or whose copies disagree (400); any
+ * Transfer-Encoding (411: a Content-Length is required).  0, or -EINVAL
+ * with the status (400, 411 or 414) and a static description.  A refused
+ * request's reply closes the connection: where its body ends is in doubt. */
 int http_request_check(int major, int minor, const char *uri, const struct evkeyvalq *headers, int *ret_status,
 		       const char **ret_description);
 

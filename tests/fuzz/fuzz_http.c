@@ -9,11 +9,11 @@
  * as well as those it would.
  *
  * Invariants: the verdict is deterministic; on success the status and
- * description are untouched; on failure the status is 400 or 414 with a
- * description; the refusals RFC 9112 requires are never missed (two Hosts,
- * none in HTTP/1.1, Content-Length copies that disagree or are not digits,
- * a Transfer-Encoding other than chunked alone, a control byte in a value,
- * a target over HTTP_MAX_URI); the path of a target is the target itself
+ * description are untouched; on failure the status is 400, 411 or 414
+ * with a description; the refusals RFC 9112 requires are never missed (two
+ * Hosts, none in HTTP/1.1, Content-Length copies that disagree or are not
+ * digits, any Transfer-Encoding (chunk sizes evhttp reads leniently), a
+ * control byte in a value, a target over HTTP_MAX_URI); the path of a target is the target itself
  * or a suffix of it that starts with '/'. */
 #include <stdlib.h>
 #include <string.h>
@@ -97,7 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(status == -1 && strcmp(description, "untouched") == 0);
 	} else {
 		FUZZ_CHECK(r < 0);
-		FUZZ_CHECK(status == 400 || status == 414);
+		FUZZ_CHECK(status == 400 || status == 411 || status == 414);
 		FUZZ_CHECK(description != NULL && description[0] != '\0');
 	}
 
@@ -109,7 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			must_refuse = 1;
 		if (strcasecmp(h->key, "Host") == 0)
 			hosts++;
-		if (strcasecmp(h->key, "Transfer-Encoding") == 0 && strcasecmp(h->value, "chunked") != 0)
+		if (strcasecmp(h->key, "Transfer-Encoding") == 0)
 			must_refuse = 1;
 		if (strcasecmp(h->key, "Content-Length") == 0) {
 			if (h->value[0] == '\0' || strspn(h->value, "0123456789") != strlen(h->value) ||
