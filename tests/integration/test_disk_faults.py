@@ -10,6 +10,9 @@ refused, not queued without bound; reads and verification keep working; once
 the filler is removed the same process (no restart) takes changes again and
 /health is ok.  A tmpfs full in the middle of a page tears the write that
 crosses it: the registry cuts that off and writes the batch again later.
+Then, with no other writer, refresh grants on a full disk until one is
+refused: that one retired its token before its batch failed, so its 503
+carries no Retry-After and says not to present the token again.
 
 Read-only disk (ext4 on a loop device, mounted errors=remount-ro, then
 `mount -o remount,abort` between requests: the kernel turns it read-only as
@@ -296,6 +299,50 @@ def fill(path):
     return total
 
 
+def grant_batch_fails(c, daemon, admin, filler):
+    """No other writer; the disk filled; refresh grants, each with the
+    token the last one returned, until one is refused.  The registry took
+    every write before it, so that one retired its token in the index and
+    then its batch failed: a 503 that must not invite a retry (presented
+    again, the token would be reuse and revoke its family).  Then the space
+    is freed and the same process takes writes again."""
+    what = "a refresh grant whose batch fails"
+    r = daemon.request("POST", "/token", {"subject": "grant-batch", "token_type": "refresh", "expires_in": TTL},
+                       {"Authorization": f"Bearer {admin}"}, record=False)
+    c.equal(r.status, 200, f"{what}: the refresh token is issued before the disk fills")
+    if r.status != 200:
+        return
+    refresh = r.json()["refresh_token"]
+    rotations = 0
+    try:
+        fill(filler)
+        # A write fits in the tmpfs's last page until it crosses it: a few
+        # KiB of grants at most.
+        for _ in range(200):
+            r = daemon.request("POST", "/token", {"grant_type": "refresh_token", "refresh_token": refresh}, {},
+                               record=False)
+            if r.status != 200:
+                break
+            refresh = r.json()["refresh_token"]
+            rotations += 1
+        doc = r.json() or {}
+        print(f"  {what}: {rotations} rotations answered 200 on the full disk, then {r.status}")
+        c.equal((r.status, doc.get("error")), (503, "registry_unavailable"),
+                f"{what}: answered 503 registry_unavailable")
+        c.check(r.header("Retry-After") is None, f"{what}: the 503 carries no Retry-After",
+                f"Retry-After: {r.header('Retry-After')}")
+        c.check("do not present this refresh token again" in str(doc.get("error_description", "")),
+                f"{what}: the 503 says not to present the refresh token again", repr(doc))
+    finally:
+        os.unlink(filler)
+    deadline = time.monotonic() + RECOVER_LIMIT
+    while time.monotonic() < deadline:
+        if daemon.request("GET", "/health", record=False).status == 200:
+            break
+        time.sleep(0.05)
+    health(c, daemon, f"{what}, space freed", True)
+
+
 def full_disk(c, build_dir, work, token, mounts):
     c.section("full disk: state_dir on a tmpfs of " + TMPFS_SIZE)
     mnt = os.path.join(work.path, "tmpfs")
@@ -344,6 +391,9 @@ def full_disk(c, build_dir, work, token, mounts):
         c.section("full disk: stop, check, restart")
         c.equal(daemon.stop(), 0, f"hsmjwtd (pid {pid}) exits 0 on SIGTERM")
         after_stop(c, daemon, admin, model, "full disk")
+
+        c.section("full disk: a refresh grant whose own batch the disk refuses")
+        grant_batch_fails(c, daemon, admin, filler)
 
         # Killed while the disk is full: the daemon has been tearing and
         # cutting its retries meanwhile, and the file must never be left
