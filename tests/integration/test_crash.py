@@ -107,26 +107,36 @@ def client(daemon, admin, n, load):
                 load.unexpected.append((how, r.status, r.body[:200]))
 
 
-def run_round(c, daemon, admin, rnd):
-    load = Load()
-    threads = [threading.Thread(target=client, args=(daemon, admin, n, load), daemon=True) for n in range(CLIENTS)]
-    kill_after = random.uniform(*KILL_AFTER)
+def kill_when_acknowledged(daemon, load, threads, kill_after, min_acked, acked, poll):
+    """Starts the load's threads, SIGKILLs hsmjwtd once kill_after seconds
+    have passed and acked() (read under load.lock) is at least min_acked, or
+    at ROUND_LIMIT, then stops the load and joins its threads:
+    (the daemon's signal, the seconds elapsed, its pid, every thread ended)."""
     start = time.monotonic()
     for t in threads:
         t.start()
     while True:
         elapsed = time.monotonic() - start
         with load.lock:
-            acked = len(load.revoked)
-        if (elapsed >= kill_after and acked >= MIN_ACKED_PER_ROUND) or elapsed >= ROUND_LIMIT:
+            done = acked()
+        if (elapsed >= kill_after and done >= min_acked) or elapsed >= ROUND_LIMIT:
             break
-        time.sleep(0.02)
+        time.sleep(poll)
     pid = daemon.proc.pid
     sig = daemon.crash()
     load.stop.set()
     for t in threads:
         t.join(timeout=60)
-    c.check(not any(t.is_alive() for t in threads), f"round {rnd}: every client thread ended")
+    return sig, elapsed, pid, not any(t.is_alive() for t in threads)
+
+
+def run_round(c, daemon, admin, rnd):
+    load = Load()
+    threads = [threading.Thread(target=client, args=(daemon, admin, n, load), daemon=True) for n in range(CLIENTS)]
+    kill_after = random.uniform(*KILL_AFTER)
+    sig, elapsed, pid, ended = kill_when_acknowledged(daemon, load, threads, kill_after, MIN_ACKED_PER_ROUND,
+                                                      lambda: len(load.revoked), 0.02)
+    c.check(ended, f"round {rnd}: every client thread ended")
     c.equal(sig, 9, f"round {rnd}: hsmjwtd (pid {pid}) was killed by SIGKILL after {elapsed:.1f} s")
     print(f"  round {rnd}: {len(load.issued)} issues and {len(load.revoked)} revocations acknowledged, "
           f"{load.cut} requests cut by the kill")
@@ -331,22 +341,9 @@ def run_mixed_round(c, daemon, admin, model, rnd, seed):
     load = Mixed(daemon, admin, model, rnd, seed)
     kill_after = random.Random(f"{seed}/{rnd}/kill").uniform(*MIXED_KILL_AFTER)
     threads = [threading.Thread(target=load.client, args=(n,), daemon=True) for n in range(MIXED_CLIENTS)]
-    start = time.monotonic()
-    for t in threads:
-        t.start()
-    while True:
-        elapsed = time.monotonic() - start
-        with load.lock:
-            acked = load.acked
-        if (elapsed >= kill_after and acked >= MIXED_MIN_ACKED) or elapsed >= ROUND_LIMIT:
-            break
-        time.sleep(0.01)
-    pid = daemon.proc.pid
-    sig = daemon.crash()
-    load.stop.set()
-    for t in threads:
-        t.join(timeout=60)
-    c.check(not any(t.is_alive() for t in threads), f"mixed round {rnd}: every client thread ended")
+    sig, elapsed, pid, ended = kill_when_acknowledged(daemon, load, threads, kill_after, MIXED_MIN_ACKED,
+                                                      lambda: load.acked, 0.01)
+    c.check(ended, f"mixed round {rnd}: every client thread ended")
     c.equal(sig, 9, f"mixed round {rnd}: hsmjwtd (pid {pid}) was killed by SIGKILL after {elapsed:.2f} s "
             f"(drawn {kill_after:.2f} s)")
     print(f"  mixed round {rnd}: {load.acked} changes acknowledged, {load.cut} requests cut by the kill")
