@@ -175,6 +175,7 @@ int config_init_defaults(struct config *cfg)
 	c.max_body = 65536;
 	c.rate_limit = 0;
 	c.max_connections = 10000;
+	c.max_connections_per_address = CONFIG_PER_ADDRESS_UNSET;
 	c.fsync_always = 1;
 	c.log_level = LOG_LEVEL_INFO;
 	*cfg = c;
@@ -629,6 +630,30 @@ static int config_set_log_level(struct config *cfg, const struct config_key *key
 	return 0;
 }
 
+/* Empty: back to the default computed from max_connections. */
+static int config_set_per_address(struct config *cfg, const struct config_key *key, const char *value,
+				  char *err, size_t errlen)
+{
+	const struct config_key bounded = { key->name, config_set_int,
+					    offsetof(struct config, max_connections_per_address),
+					    CONFIG_UNSIGNED, 0, 1000000, 0 };
+
+	if (value[0] == '\0') {
+		cfg->max_connections_per_address = CONFIG_PER_ADDRESS_UNSET;
+		return 0;
+	}
+	return config_set_int(cfg, &bounded, value, err, errlen);
+}
+
+unsigned config_per_address(const struct config *cfg)
+{
+	if (cfg->max_connections_per_address != CONFIG_PER_ADDRESS_UNSET)
+		return cfg->max_connections_per_address;
+	/* Under 16 there is nothing to keep back: one client may need them
+	 * all (a proxy in front of the daemon is one address). */
+	return cfg->max_connections - cfg->max_connections / 16;
+}
+
 #define KEY_STR(n, opt)           { #n, config_set_string, offsetof(struct config, n), CONFIG_INT64, 0, 0, opt }
 #define KEY_INT(n, kind, lo, hi)  { #n, config_set_int, offsetof(struct config, n), kind, lo, hi, 0 }
 #define KEY_FN(n, fn)             { #n, fn, 0, CONFIG_INT64, 0, 0, 0 }
@@ -660,6 +685,7 @@ static const struct config_key config_keys[] = {
 	KEY_INT(max_body, CONFIG_SIZE, 1024, 16 * 1024 * 1024),
 	KEY_INT(rate_limit, CONFIG_UNSIGNED, 0, 1000000),
 	KEY_INT(max_connections, CONFIG_UNSIGNED, 1, 1000000),
+	KEY_FN(max_connections_per_address, config_set_per_address),
 	KEY_FN(fsync, config_set_fsync),
 	KEY_FN(log_level, config_set_log_level),
 	KEY_STR(log_file, 1),
@@ -971,6 +997,12 @@ int config_validate(const struct config *cfg, char *err, size_t errlen)
 	if (cfg->max_connections < cfg->workers) {
 		config_errf(err, errlen, "max_connections: %u is fewer than one per worker (workers = %u)",
 			    cfg->max_connections, cfg->workers);
+		return -EINVAL;
+	}
+	if (cfg->max_connections_per_address != CONFIG_PER_ADDRESS_UNSET &&
+	    cfg->max_connections_per_address > cfg->max_connections) {
+		config_errf(err, errlen, "max_connections_per_address: %u is above max_connections (%u)",
+			    cfg->max_connections_per_address, cfg->max_connections);
 		return -EINVAL;
 	}
 	if (cfg->algorithm_count == 0 || cfg->algorithm_count > CONFIG_MAX_ALGS) {

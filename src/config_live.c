@@ -95,11 +95,13 @@ static const struct config_live_key config_live_keys[] = {
 	LIVE_KEY(leeway, INT64, 0),
 	LIVE_KEY(rotation_period, INT64, 0),
 	LIVE_KEY(publish_ahead, INT64, 0),
-	/* Threads, their event loops and token sessions, evhttp's body limit
-	 * and each worker's share of the connections are set up at start. */
+	/* Threads, their event loops and token sessions, evhttp's body limit,
+	 * each worker's share of the connections and each address's are set
+	 * up at start. */
 	LIVE_KEY(workers, UNSIGNED, 0),
 	LIVE_KEY(max_body, SIZE, 0),
 	LIVE_KEY(max_connections, UNSIGNED, 0),
+	LIVE_KEY(max_connections_per_address, UNSIGNED, 0),
 	/* The registry's flusher runs with the policy it was opened with. */
 	{ "fsync", CONFIG_LIVE_INT, offsetof(struct config, fsync_always), 0 },
 };

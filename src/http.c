@@ -391,7 +391,7 @@ int http_start(struct config_live *live, struct hsm *hsm, struct keyring *keyrin
 	}
 	server->worker_count = cfg->workers;
 	/* config.c keeps it at least workers. */
-	http_conn_limit_init(&server->conn_limit, cfg->max_connections, http_conn_per_address(cfg->max_connections),
+	http_conn_limit_init(&server->conn_limit, cfg->max_connections, config_per_address(cfg),
 			     server->workers, cfg->workers);
 	/* Before any thread starts: without its sockets the daemon stops here. */
 	if (cfg->listen_systemd) {

@@ -228,7 +228,7 @@ struct http_conn {
 	 * being answered (see http_conn_deadline).  NULL when memory ran out:
 	 * evhttp's idle timeout alone then bounds it. */
 	struct event *deadline;
-	unsigned char key[17];               /* its address (http_peer_key) */
+	unsigned char key[HTTP_PEER_KEY];    /* its address (http_conn_peer_key) */
 	struct http_peer *peer;              /* its address's count; NULL: not counted */
 	int refused;                         /* its address held its share: closed at once */
 	int untracked;                       /* a request handed over without its http_inflight */
@@ -391,33 +391,30 @@ static void http_conn_gone(struct http_worker *worker)
  * (the first moment evhttp lets us see whose it is), before any of its
  * bytes are read. */
 
-unsigned http_conn_per_address(unsigned max)
+int http_conn_peer_key(const struct sockaddr *sa, socklen_t len, unsigned char ret_key[HTTP_PEER_KEY])
 {
-	/* Under 16 there is nothing to keep back: one client may need them
-	 * all (a proxy in front of the daemon is one address). */
-	return max - max / 16;
-}
+	unsigned char key[HTTP_PEER_KEY] = { 0 };
 
-/* The address of the connection's peer as a key (family, then the
- * address's bytes; a port is not part of it). */
-static int http_peer_key(struct bufferevent *bev, unsigned char ret_key[17])
-{
-	struct sockaddr_storage sa;
-	socklen_t len = sizeof(sa);
-	evutil_socket_t fd = bufferevent_getfd(bev);
-	unsigned char key[17] = { 0 };
-
-	if (fd < 0)
-		return -EBADF;
-	/* ENOTCONN: the client is gone already, and evhttp will see it. */
-	if (getpeername(fd, (struct sockaddr *)&sa, &len) < 0)
-		return -errno;
-	if (sa.ss_family == AF_INET) {
+	if (sa == NULL)
+		return -EINVAL;
+	if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
 		key[0] = 4;
-		memcpy(key + 1, &((struct sockaddr_in *)&sa)->sin_addr, 4);
-	} else if (sa.ss_family == AF_INET6) {
-		key[0] = 6;
-		memcpy(key + 1, &((struct sockaddr_in6 *)&sa)->sin6_addr, 16);
+		memcpy(key + 1, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+	} else if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+
+		if (IN6_IS_ADDR_V4MAPPED(a)) {
+			/* A dual-stack socket's IPv4 client is that IPv4
+			 * address, whichever socket it came in on. */
+			key[0] = 4;
+			memcpy(key + 1, a->s6_addr + 12, 4);
+		} else {
+			/* One subscriber, or one host with privacy addresses,
+			 * holds a whole /64 (RFC 7421): keyed by its /128 it
+			 * would have 2^64 shares. */
+			key[0] = 6;
+			memcpy(key + 1, a->s6_addr, 8);
+		}
 	} else {
 		return -EAFNOSUPPORT;
 	}
@@ -425,27 +422,58 @@ static int http_peer_key(struct bufferevent *bev, unsigned char ret_key[17])
 	return 0;
 }
 
-static const char *http_peer_name(const unsigned char key[17], char *buf, size_t size)
+/* The key of the connection's peer (http_conn_peer_key). */
+static int http_peer_key(struct bufferevent *bev, unsigned char ret_key[HTTP_PEER_KEY])
 {
-	if (inet_ntop(key[0] == 4 ? AF_INET : AF_INET6, key + 1, buf, (socklen_t)size) == NULL)
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof(sa);
+	evutil_socket_t fd = bufferevent_getfd(bev);
+
+	if (fd < 0)
+		return -EBADF;
+	/* ENOTCONN: the client is gone already, and evhttp will see it. */
+	if (getpeername(fd, (struct sockaddr *)&sa, &len) < 0)
+		return -errno;
+	return http_conn_peer_key((const struct sockaddr *)&sa, len, ret_key);
+}
+
+static const char *http_peer_name(const unsigned char key[HTTP_PEER_KEY], char *buf, size_t size)
+{
+	size_t n;
+
+	if (inet_ntop(key[0] == 4 ? AF_INET : AF_INET6, key + 1, buf, (socklen_t)size) == NULL) {
 		snprintf(buf, size, "-");
+		return buf;
+	}
+	n = strlen(buf);
+	if (key[0] == 6 && n + 4 <= size)
+		memcpy(buf + n, "/64", 4);
 	return buf;
 }
 
-static struct http_peer **http_peer_slot(struct http_conn_limit *limit, const unsigned char key[17])
+static struct http_peer **http_peer_slot(struct http_conn_limit *limit, const unsigned char key[HTTP_PEER_KEY])
 {
 	/* FNV-1a, from a seed of the process's own: chains an attacker
-	 * choosing its addresses (an IPv6 /64 holds 2^64) cannot line up. */
+	 * choosing its addresses cannot line up.  A multiplication carries
+	 * bits only upwards, so the FNV state's low bits depend on the seed's
+	 * low bits alone: a final mix (MurmurHash3's fmix64) spreads every bit
+	 * of it before the bucket is taken. */
 	uint64_t h = 1469598103934665603ull ^ limit->peer_seed;
 
-	for (size_t i = 0; i < 17; i++)
+	for (size_t i = 0; i < HTTP_PEER_KEY; i++)
 		h = (h ^ key[i]) * 1099511628211ull;
+	h ^= limit->peer_seed;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	h ^= h >> 33;
 	return &limit->peers[h % HTTP_PEER_BUCKETS];
 }
 
 /* One connection more for key's address: 0 and *ret_peer, -EUSERS when
  * the address holds its share already, -ENOMEM. */
-static int http_peer_take(struct http_conn_limit *limit, const unsigned char key[17], struct http_peer **ret_peer)
+static int http_peer_take(struct http_conn_limit *limit, const unsigned char key[HTTP_PEER_KEY], struct http_peer **ret_peer)
 {
 	struct http_peer **slot, *p;
 	int r = 0;

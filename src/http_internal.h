@@ -51,8 +51,10 @@ struct http_listener {
  * to pause theirs, and the close that takes it back under max wakes them
  * all to resume. */
 /* How many connections one client address holds, while it holds any. */
+#define HTTP_PEER_KEY 17             /* http_conn_peer_key's size */
+
 struct http_peer {
-	unsigned char key[17];        /* family, then the address's bytes */
+	unsigned char key[HTTP_PEER_KEY]; /* http_conn_peer_key */
 	unsigned open;
 	struct http_peer *next;
 };
@@ -186,12 +188,16 @@ void http_listeners_shut(struct http_server *server);
 /* ---- http_conn.c ---- */
 
 /* A connection limit for workers[0..worker_count), before they start;
- * per_address as in struct http_conn_limit (http_conn_per_address). */
+ * per_address as in struct http_conn_limit (config_per_address). */
 void http_conn_limit_init(struct http_conn_limit *limit, unsigned max, unsigned per_address,
 			  struct http_worker *workers, unsigned worker_count);
-/* The share of max connections one address may hold: all but a
- * sixteenth, kept for the other addresses (none kept under 16). */
-unsigned http_conn_per_address(unsigned max);
+/* The client address a connection counts against for the per-address
+ * share, as a key: the family (4 or 6), then an IPv4 address's 4 bytes or
+ * an IPv6 address's /64 (8 bytes), zeros after.  An IPv4-mapped IPv6
+ * address (::ffff:a.b.c.d) is its IPv4 address.  The port is no part of
+ * it.  0 and *ret_key, -EINVAL (no address) or -EAFNOSUPPORT (not IP, or
+ * len too short for its family); ret_key untouched on failure. */
+int http_conn_peer_key(const struct sockaddr *sa, socklen_t len, unsigned char ret_key[HTTP_PEER_KEY]);
 /* The worker's side of limit, before its listeners open; http_conns_free
  * after its evhttp_free. */
 int http_conns_init(struct http_worker *worker, struct http_conn_limit *limit);

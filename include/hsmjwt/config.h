@@ -4,6 +4,7 @@
 #ifndef HSMJWT_CONFIG_H
 #define HSMJWT_CONFIG_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,12 +52,24 @@ struct config {
 	 * until one of its connections closes — the rest wait in the kernel's
 	 * backlog. */
 	unsigned max_connections;
+	/* The most of them one client address (an IPv6 /64) holds, so that
+	 * one client holding connections idle cannot keep the others out; 0:
+	 * no such limit (behind a proxy every connection is one address).
+	 * CONFIG_PER_ADDRESS_UNSET until set: config_per_address gives the
+	 * default, computed from max_connections. */
+	unsigned max_connections_per_address;
 	int fsync_always;                 /* fsync = always (1) or interval (0) */
 	enum log_level log_level;
 	/* Where log lines go instead of stderr (appended, 0600); SIGUSR1 and a
 	 * reload reopen it, for logrotate.  NULL: stderr (the journal). */
 	char *log_file;
 };
+
+#define CONFIG_PER_ADDRESS_UNSET UINT_MAX
+
+/* max_connections_per_address as it applies: the value set, or when unset
+ * all but a sixteenth of max_connections (none kept back under 16). */
+unsigned config_per_address(const struct config *cfg);
 
 /* Fills cfg with the built-in defaults (workers = number of CPUs). */
 int config_init_defaults(struct config *cfg);

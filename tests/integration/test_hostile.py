@@ -34,15 +34,17 @@ and closes the connection, the ones before it answered in order.
 
 Slowloris (max_connections = 64, workers = 2): 70 connections from
 127.0.0.1 each send a request one byte per second.  The daemon closes the
-connections past 127.0.0.1's share (all but a sixteenth of max_connections:
-60) at once, without an answer; while 127.0.0.1 holds its 60, a client from
-127.0.0.2 gets its 200, and a new connection from 127.0.0.1 is closed
-unanswered.  Two idle connections from 127.0.0.3 that send nothing are closed by
-the daemon (evhttp's idle timeout), and every byte-at-a-time connection is
+connections past 127.0.0.1's share (max_connections_per_address unset: all
+but a sixteenth of max_connections, 60) at once, without an answer; while
+127.0.0.1 holds its 60, a client from 127.0.0.2 gets its 200, and a new
+connection from 127.0.0.1 is closed unanswered.  Two idle connections from
+127.0.0.3 that send nothing are closed by the daemon (evhttp's idle timeout), and every byte-at-a-time connection is
 closed unanswered before its request is complete (HTTP_REQUEST_SECONDS: the
 request is long enough to need far longer at one byte a second).  Waits are
 generous bounds, never the verdict: the one thing assumed is that checking
 the 60 held connections, and one /health, take less than the 30 s deadline.
+Restarted with max_connections_per_address = 0 (behind a proxy), 62
+connections from 127.0.0.1 are all held and the last one is answered.
 
 RSS: 30,000 bad requests (the malformed cases' mix: pipelined on keep-alive
 connections, and on new connections for those that close) — the daemon's
@@ -72,7 +74,8 @@ ALGORITHMS = ["ES256"]
 MAX_BODY = 65536
 MAX_TTL = 2592000
 MAX_CONNECTIONS = 64
-PER_ADDRESS = MAX_CONNECTIONS - MAX_CONNECTIONS // 16   # http_conn_per_address
+PER_ADDRESS = MAX_CONNECTIONS - MAX_CONNECTIONS // 16   # max_connections_per_address unset: config_per_address
+UNCAPPED = MAX_CONNECTIONS - 2   # from one address with max_connections_per_address = 0: past PER_ADDRESS
 ANSWER_TIMEOUT = 30.0    # a request that must be answered (ASan, 2 shared cores)
 CLOSE_TIMEOUT = 30.0     # a connection the daemon must close after its answer
 SLOW_CONNECTIONS = 70    # from 127.0.0.1, past its share of PER_ADDRESS
@@ -570,6 +573,35 @@ def slowloris_checks(c, d):
     health(c, d.port, "GET /health 200 after the slowloris")
 
 
+def uncapped_checks(c, d):
+    """The daemon restarted with max_connections_per_address = 0 (a
+    deployment behind a proxy): one address holds more than the default
+    share, none of its connections closed at once."""
+    c.section(f"max_connections_per_address = 0: {UNCAPPED} connections from 127.0.0.1 (the default share: "
+              f"{PER_ADDRESS})")
+    d.stop()
+    d.extra_env["HSMJWT_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
+    d.start(keep_port=True)
+    request = req("GET", "/health")
+    conns = []
+    try:
+        for _ in range(UNCAPPED):
+            conn = Conn(d.port, source="127.0.0.1")
+            conn.send(request[:1])
+            conns.append(conn)
+        # the share's refusals are at adoption, well within this
+        time.sleep(2.0)
+        states = [is_open(conn.sock) for conn in conns]
+        c.equal(states.count("open"), UNCAPPED, f"all {UNCAPPED} are held, none closed at once")
+        conns[-1].send(request[1:])
+        a = conns[-1].answer()
+        c.equal(a[0] if a else None, 200, f"the last of the {UNCAPPED} gets its 200")
+    finally:
+        for conn in conns:
+            conn.close()
+        d.extra_env.pop("HSMJWT_MAX_CONNECTIONS_PER_ADDRESS", None)
+
+
 def vm_rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
@@ -660,6 +692,7 @@ def run(build_dir, source_dir):
         guarded(c, "pipelining", pipeline_checks, c, daemon, statuses)
         guarded(c, "slowloris", slowloris_checks, c, daemon)
         guarded(c, "RSS", rss_checks, c, daemon, cases, asan)
+        guarded(c, "uncapped", uncapped_checks, c, daemon)
         c.section("no server error")
         fives = [(n, s) for n, s in statuses if s is not None and s >= 500 and
                  not (s == 501 and n == "a method nobody defined")]

@@ -112,6 +112,9 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg.workers, cpus < 1 ? 1 : cpus > 64 ? 64 : cpus);
 	assert_int_equal(cfg.max_body, 65536);
 	assert_int_equal(cfg.rate_limit, 0);
+	assert_int_equal(cfg.max_connections, 10000);
+	assert_int_equal(cfg.max_connections_per_address, CONFIG_PER_ADDRESS_UNSET);
+	assert_int_equal(config_per_address(&cfg), 10000 - 625);
 	assert_int_equal(cfg.fsync_always, 1);
 	assert_int_equal(cfg.log_level, LOG_LEVEL_INFO);
 	/* The defaults are a valid configuration. */
@@ -150,6 +153,8 @@ static void test_every_key(void **state)
 		"workers = 3\n"
 		"max_body = 1024\n"
 		"rate_limit = 50\n"
+		"max_connections = 300\n"
+		"max_connections_per_address = 20\n"
 		"fsync = interval\n"
 		"log_level = debug\n";
 	struct config cfg;
@@ -193,6 +198,9 @@ static void test_every_key(void **state)
 	assert_int_equal(cfg.workers, 3);
 	assert_int_equal(cfg.max_body, 1024);
 	assert_int_equal(cfg.rate_limit, 50);
+	assert_int_equal(cfg.max_connections, 300);
+	assert_int_equal(cfg.max_connections_per_address, 20);
+	assert_int_equal(config_per_address(&cfg), 20);
 	assert_int_equal(cfg.fsync_always, 0);
 	assert_int_equal(cfg.log_level, LOG_LEVEL_DEBUG);
 	assert_int_equal(config_validate(&cfg, err, ERRLEN), 0);
@@ -212,6 +220,59 @@ static void test_every_key(void **state)
 	assert_int_equal(cfg.admin_listen_set, 0);
 	assert_int_equal(config_set(&cfg, "authorization_endpoint", "", err, ERRLEN), 0);
 	assert_null(cfg.authorization_endpoint);
+	/* max_connections_per_address: empty is the default again, from max_connections. */
+	assert_int_equal(config_set(&cfg, "max_connections_per_address", "", err, ERRLEN), 0);
+	assert_int_equal(cfg.max_connections_per_address, CONFIG_PER_ADDRESS_UNSET);
+	assert_int_equal(config_per_address(&cfg), 300 - 18);
+	config_free(&cfg);
+}
+
+static void test_per_address(void **state)
+{
+	static const struct { unsigned max; unsigned want; } computed[] = {
+		{ 1, 1 }, { 15, 15 }, { 16, 15 }, { 64, 60 }, { 100, 94 }, { 10000, 9375 }, { 1000000, 937500 },
+	};
+	static const char *const bad[] = { "-1", "1000001", "x", "1.5", "0x10" };
+	struct config cfg;
+	char err[ERRLEN];
+
+	(void)state;
+	/* Unset: all but a sixteenth of max_connections, whichever order the
+	 * keys came in. */
+	for (size_t i = 0; i < sizeof(computed) / sizeof(computed[0]); i++) {
+		init(&cfg);
+		cfg.max_connections = computed[i].max;
+		assert_int_equal(config_per_address(&cfg), computed[i].want);
+		config_free(&cfg);
+	}
+	init(&cfg);
+	assert_int_equal(parse(&cfg, "max_connections_per_address = 7\nmax_connections = 64\n", err), 0);
+	assert_int_equal(config_per_address(&cfg), 7);
+	assert_int_equal(config_validate(&cfg, err, ERRLEN), 0);
+	/* 0: no per-address limit; equal to max_connections: valid. */
+	assert_int_equal(config_set(&cfg, "max_connections_per_address", "0", err, ERRLEN), 0);
+	assert_int_equal(config_per_address(&cfg), 0);
+	assert_int_equal(config_validate(&cfg, err, ERRLEN), 0);
+	assert_int_equal(config_set(&cfg, "max_connections_per_address", "64", err, ERRLEN), 0);
+	assert_int_equal(config_validate(&cfg, err, ERRLEN), 0);
+	/* Above max_connections: an error naming the key and both values. */
+	assert_int_equal(config_set(&cfg, "max_connections_per_address", "65", err, ERRLEN), 0);
+	assert_int_equal(config_validate(&cfg, err, ERRLEN), -EINVAL);
+	assert_non_null(strstr(err, "max_connections_per_address: 65"));
+	assert_non_null(strstr(err, "max_connections (64)"));
+	/* A lowered max_connections under a set share is the same error. */
+	assert_int_equal(config_set(&cfg, "max_connections_per_address", "64", err, ERRLEN), 0);
+	assert_int_equal(config_set(&cfg, "max_connections", "63", err, ERRLEN), 0);
+	assert_int_equal(config_validate(&cfg, err, ERRLEN), -EINVAL);
+	assert_non_null(strstr(err, "max_connections_per_address: 64"));
+	/* Values that are no count: refused by the setter, naming the key,
+	 * the field untouched. */
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err[0] = '\0';
+		assert_int_equal(config_set(&cfg, "max_connections_per_address", bad[i], err, ERRLEN), -EINVAL);
+		assert_non_null(strstr(err, "max_connections_per_address"));
+		assert_int_equal(cfg.max_connections_per_address, 64);
+	}
 	config_free(&cfg);
 }
 
@@ -778,6 +839,7 @@ int main(void)
 		cmocka_unit_test(test_listen_forms),
 		cmocka_unit_test(test_algorithms),
 		cmocka_unit_test(test_validate),
+		cmocka_unit_test(test_per_address),
 		cmocka_unit_test(test_env),
 		cmocka_unit_test(test_pin_never_in_messages),
 		cmocka_unit_test_setup_teardown(test_load, fixture_tmpdir_setup, fixture_tmpdir_teardown),

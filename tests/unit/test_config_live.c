@@ -174,6 +174,7 @@ static const struct key_change restart_only[] = {
 	{ "workers", NULL },          /* the default + 1, computed */
 	{ "max_body", "2048" },
 	{ "max_connections", "5" },
+	{ "max_connections_per_address", "0" },
 	{ "fsync", "interval" },
 };
 
