@@ -126,6 +126,22 @@ def jwt_parts(token):
     return json.loads(b64url_decode(h)), json.loads(b64url_decode(p))
 
 
+def parse_response_head(buf):
+    """The head of a raw HTTP/1.x response at the start of buf: (status,
+    headers with lower-cased names, the bytes after the head), or None
+    while buf does not hold the whole head yet."""
+    if b"\r\n\r\n" not in buf:
+        return None
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, rest
+
+
 def guarded(c, name, fn, *args):
     """A section that raises is a failed check, and the rest still run."""
     try:

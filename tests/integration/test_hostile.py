@@ -68,7 +68,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hsmjwt_harness import (Checker, Daemon, Token, Workdir, b64url_encode, guarded, main_with_dirs,  # noqa: E402
-                            require_tools, run_daemon_test)
+                            parse_response_head, require_tools, run_daemon_test)
 
 ALGORITHMS = ["ES256"]
 MAX_BODY = 65536
@@ -125,28 +125,23 @@ class Conn:
     def answer(self, timeout=ANSWER_TIMEOUT):
         """(status, headers lower-cased, body, raw bytes), or None when the
         daemon closed the connection first."""
-        while b"\r\n\r\n" not in self.buf:
+        while (parsed := parse_response_head(self.buf)) is None:
             if self.eof or not self._fill(timeout):
                 return None
-        head, rest = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
+        status, headers, rest = parsed
+        head = self.buf[:len(self.buf) - len(rest)]
         if "content-length" in headers:
             length = int(headers["content-length"])
             while len(rest) < length:
                 if self.eof or not self._fill(timeout):
                     break
-                rest = self.buf.split(b"\r\n\r\n", 1)[1]
+                rest = self.buf[len(head):]
             body, self.buf = rest[:length], rest[length:]
         else:
             while not self.eof and self._fill(timeout):
                 pass
-            body, self.buf = self.buf.split(b"\r\n\r\n", 1)[1], b""
-        return status, headers, body, head + b"\r\n\r\n" + body
+            body, self.buf = self.buf[len(head):], b""
+        return status, headers, body, head + body
 
     def closed_by_peer(self, timeout=CLOSE_TIMEOUT):
         """Whether the daemon closes the connection (FIN or reset) within

@@ -74,7 +74,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hsmjwt_harness import (Checker, Daemon, Token, Workdir, b64url_decode, b64url_encode,  # noqa: E402
                             faultp11_command, faultp11_stat, free_port, guarded, jwt_parts, require_tools,
-                            run_daemon_test, run_main)
+                            parse_response_head, run_daemon_test, run_main)
 
 ALGORITHMS = ["ES256", "HS256"]   # HS256: verification in the token, counted
 RATE = 5
@@ -138,15 +138,9 @@ class Raw:
 
     def answer(self, timeout=ANSWER_TIMEOUT):
         self.sock.settimeout(timeout)
-        while b"\r\n\r\n" not in self.buf:
+        while (parsed := parse_response_head(self.buf)) is None:
             self._fill()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
+        status, headers, self.buf = parsed
         length = int(headers.get("content-length", "0"))
         while len(self.buf) < length:
             self._fill()
