@@ -6,7 +6,8 @@
  * bad line is refused, never half applied); an error message names the
  * origin; parsing is deterministic; a config that validates has its
  * cross-key rules (lifetimes within max_ttl, renew_before at most half of
- * child_ttl, max_connections >= workers); a copy is equal and its own. */
+ * child_ttl, max_connections >= workers, the per-address share within
+ * max_connections); a copy is equal and its own. */
 #include <errno.h>
 #include <string.h>
 
@@ -142,6 +143,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				FUZZ_CHECK(ttls[i] <= cfg.max_ttl);
 			FUZZ_CHECK(cfg.renew_before <= cfg.child_ttl / 2);
 			FUZZ_CHECK(cfg.max_connections >= cfg.workers);
+			FUZZ_CHECK(config_per_address(&cfg) <= cfg.max_connections);
 			FUZZ_CHECK(cfg.listen_count >= 1 || cfg.listen_systemd);
 		}
 		FUZZ_CHECK(config_copy(&copy, &cfg) == 0);
