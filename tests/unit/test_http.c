@@ -994,31 +994,32 @@ static void test_body_far_too_large(void **state)
 	test_health(state);
 }
 
-/* Chunked request bodies fall under the same rules as sized ones. */
+/* A request body must come with a Content-Length: any Transfer-Encoding
+ * is refused with 411 and the connection closed (http_request_check:
+ * evhttp 2.1 reads chunk sizes RFC 9112 refuses, and a proxy in front may
+ * read them otherwise), a small chunked body and one over max_body alike. */
 static void test_body_chunked(void **state)
 {
-	static const char small[] = "POST /token/verify HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+	static const char small[] = "POST /token/verify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 				    "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
 				    "6\r\n{\"toke\r\n7\r\nn\":\"x\"}\r\n0\r\n\r\n";
 	char head[256], *text;
 	struct conn c;
 	struct resp r;
-	json_t *answer;
 	size_t len = 0, chunk = MAX_BODY / 2 + 1;
 	int n;
 
+	(void)state;
+	/* No Connection: close asked: the close is the refusal's. */
 	assert_int_equal(conn_open(&c), 0);
 	assert_int_equal(conn_send(&c, small, sizeof(small) - 1), 0);
 	assert_int_equal(conn_read_response(&c, 0, &r), 0);
-	assert_int_equal(r.status, 200);
-	answer = resp_json(&r);
-	assert_string_equal(json_string_value(json_object_get(answer, "error")), "malformed");
-	json_decref(answer);
+	assert_error(&r, 411, "invalid_request");
 	resp_free(&r);
 	assert_int_equal(conn_read_eof(&c), 0);
 	conn_close(&c);
 
-	/* Two chunks of just over max_body / 2: the JSON 413. */
+	/* Two chunks of just over max_body / 2. */
 	n = snprintf(head, sizeof(head), "POST /token/verify HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
 		     "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
 	text = malloc((size_t)n + 2 * (chunk + 16) + 8);
@@ -1037,7 +1038,7 @@ static void test_body_chunked(void **state)
 	assert_int_equal(conn_open(&c), 0);
 	assert_int_equal(conn_send(&c, text, len), 0);
 	assert_int_equal(conn_read_response(&c, 0, &r), 0);
-	assert_error(&r, 413, "request_too_large");
+	assert_error(&r, 411, "invalid_request");
 	resp_free(&r);
 	conn_close(&c);
 	free(text);
