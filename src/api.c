@@ -368,6 +368,8 @@ static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct a
 		       const char *segment)
 {
 	struct registry_stats stats;
+	const char *failure;
+	json_t *doc;
 	/* The token's state as the last operation and the watchdog left it: a
 	 * call into the module here could hang with it. */
 	int hsm_ok = hsm_available(ctx->hsm), can_issue;
@@ -383,10 +385,16 @@ static void api_health(struct api_ctx *ctx, struct evhttp_request *req, struct a
 	 * it had better send nothing more here: 503 too. */
 	if (!can_issue || stopping)
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-	api_json(out, req, can_issue && !stopping ? 200 : 503,
-		 json_pack("{s:s, s:s, s:I, s:s}", "status", stopping ? "stopping" : can_issue ? "ok" : "degraded",
-			   "hsm", hsm_ok ? "ok" : "unavailable", "keys", (json_int_t)ctx->keys->count,
-			   "registry", stats.failed ? "unavailable" : "ok"));
+	doc = json_pack("{s:s, s:s, s:I, s:s}", "status", stopping ? "stopping" : can_issue ? "ok" : "degraded",
+			"hsm", hsm_ok ? "ok" : "unavailable", "keys", (json_int_t)ctx->keys->count,
+			"registry", stats.failed ? "unavailable" : "ok");
+	/* Why, for the operator: "pin_rejected" needs a fixed PIN source and a
+	 * restart, anything else recovers by itself.  A CKR name or "hung" says
+	 * nothing about the PIN or the keys. */
+	failure = hsm_ok ? "" : hsm_failure(ctx->hsm);
+	if (doc != NULL && failure[0] != '\0')
+		json_object_set_new(doc, "hsm_failure", json_string(failure));
+	api_json(out, req, can_issue && !stopping ? 200 : 503, doc);
 }
 
 /* A route's method as an Allow header lists it: GET brings HEAD. */

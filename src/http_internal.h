@@ -40,6 +40,10 @@ struct http_listener {
 	struct evconnlistener *lev;   /* owned by the worker's evhttp; NULL once closed (http_listeners_close) */
 	struct event *retry;          /* re-enables lev after backoff_ms */
 	unsigned backoff_ms;          /* 0: accepting */
+	/* accept()s that failed for want of descriptors or memory, each
+	 * followed by a pause: counted so that a test can tell a paused
+	 * listener from a spinning one by a count, not by CPU time. */
+	atomic_ulong starved_accepts;
 };
 
 /* One connection limit and the workers it holds back: max_connections
@@ -220,5 +224,9 @@ void http_inflight_clear(struct http_worker *worker);
  * between requests (no request being read or answered, nothing received)
  * is closed.  conns.open tells how many remain. */
 void http_conns_drain(struct http_worker *worker);
+
+/* For tests: starved_accepts summed over every public worker's listeners
+ * (relaxed reads; the workers keep counting). */
+unsigned long http_internal_starved_accepts(struct http_server *server);
 
 #endif

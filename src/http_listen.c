@@ -301,6 +301,7 @@ static void http_accept_error(struct evconnlistener *lev, void *arg)
 				 strerror(err));
 		return;
 	}
+	atomic_fetch_add_explicit(&listener->starved_accepts, 1, memory_order_relaxed);
 	addr = http_listen_addr(worker->server, listener->index);
 	if (listener->backoff_ms == 0)
 		log_limited(LOG_LEVEL_WARN,
@@ -332,6 +333,17 @@ static struct bufferevent *http_accepted(struct event_base *base, void *arg)
 		}
 	}
 	return http_conn_accept(worker);
+}
+
+unsigned long http_internal_starved_accepts(struct http_server *server)
+{
+	unsigned long total = 0;
+
+	for (unsigned w = 0; w < server->worker_count; w++)
+		for (size_t i = 0; i < server->workers[w].listener_count; i++)
+			total += atomic_load_explicit(&server->workers[w].listeners[i].starved_accepts,
+						      memory_order_relaxed);
+	return total;
 }
 
 /* ---- a worker's listeners ------------------------------------------------ */
