@@ -256,6 +256,13 @@ class Faults:
         else:
             c.check(self.is_degraded(h), f"{name}: /health 503 {{status: degraded, hsm: unavailable}}",
                     self.describe(h, err))
+            # Why, as the log's line marking the token failed says it (read
+            # after /health: the line follows the mark by microseconds).
+            failure = ((h.json() or {}) if h is not None else {}).get("hsm_failure")
+            reasons = self.failure_reasons(mark)
+            c.check(failure is not None and failure in reasons and failure != "pin_rejected",
+                    f"{name}: /health names the failure the log gives (hsm_failure {failure!r})",
+                    f"log reasons {reasons}")
 
         ok, v = self.valid(self.base["ES256"])
         c.check(ok, f"{name}: the baseline ES256 token still verifies valid (cached public keys)", self.describe(v))

@@ -197,7 +197,8 @@ class Pin:
     @staticmethod
     def degraded(r):
         doc = r.json() or {}
-        return r.status == 503 and (doc.get("status"), doc.get("hsm")) == ("degraded", "unavailable")
+        return (r.status == 503 and (doc.get("status"), doc.get("hsm"), doc.get("hsm_failure")) ==
+                ("degraded", "unavailable", "pin_rejected"))
 
     @staticmethod
     def log_since(d, mark):
@@ -235,7 +236,8 @@ class Pin:
                 wrong.append(f"GET /health {h.status} {h.body[:120]!r}")
             time.sleep(POLL)
         c.check(not wrong and rounds > 0, f"{what}: {rounds} rounds over {seconds:.0f} s: POST /token 503 "
-                "hsm_unavailable with Retry-After, the earlier token verifies, /health 503 hsm unavailable",
+                "hsm_unavailable with Retry-After, the earlier token verifies, /health 503 hsm unavailable "
+                "pin_rejected",
                 "; ".join(wrong[:3]))
         c.equal((self.stat("pid"), self.stat("logins")), (d.proc.pid, logins),
                 f"{what}: no C_Login meanwhile (the daemon's stats still say {logins})")
@@ -271,6 +273,15 @@ class Pin:
                     refused[0] if refused else "")
             c.equal((self.stat("pid"), self.stat("logins")), (pid, 2),
                     "the daemon's C_Login count: 1 at start + 1 after the fault")
+            # The refusal is logged inside the recovery, just before it marks
+            # the failure pin_rejected: wait for /health to say so, then hold.
+            deadline = time.monotonic() + LINE_WAIT
+            h = d.request("GET", "/health", timeout=HTTP_TIMEOUT)
+            while not self.degraded(h) and time.monotonic() < deadline:
+                time.sleep(POLL)
+                h = d.request("GET", "/health", timeout=HTTP_TIMEOUT)
+            c.check(self.degraded(h), "/health 503 degraded, hsm unavailable, hsm_failure pin_rejected",
+                    f"{h.status} {h.body[:200]!r}")
             self.quiet(d, admin, base, QUIET_WINDOW, "fault in force", 2)
             self.command("forward")
             self.quiet(d, admin, base, CLEARED_WINDOW, "fault cleared, not restarted", 2)
