@@ -43,15 +43,17 @@ ALGORITHMS = ["ES256"]
 ROUNDS = 3
 CLIENTS = 16
 KILL_AFTER = (2.0, 4.0)       # seconds of load before the kill, drawn per round
-ROUND_LIMIT = 10.0            # the kill comes at the latest this long after the load starts
-MIN_ACKED_PER_ROUND = 20      # the kill waits (up to ROUND_LIMIT) for this many acknowledged revocations
-MIN_ACKED_TOTAL = 50
+# The kill waits for the round's minimum of acknowledgements; past this
+# deadline (the count never came: the daemon stuck or refusing) it kills
+# anyway and the round fails. Generous: it is no verdict on speed.
+ROUND_LIMIT = 120.0
+MIN_ACKED_PER_ROUND = 20      # acknowledged revocations a round waits for before the kill
 TTL = 3600
 CHECK_THREADS = 4
 MIXED_ROUNDS = 4
 MIXED_CLIENTS = 8
 MIXED_KILL_AFTER = (0.3, 4.0)  # seconds of mixed load before the kill, drawn from the seed
-MIXED_MIN_ACKED = 15           # acknowledged changes a mixed round waits for (up to ROUND_LIMIT)
+MIXED_MIN_ACKED = 15           # acknowledged changes a mixed round waits for before the kill
 
 
 class Load:
@@ -109,9 +111,10 @@ def client(daemon, admin, n, load):
 
 def kill_when_acknowledged(daemon, load, threads, kill_after, min_acked, acked, poll):
     """Starts the load's threads, SIGKILLs hsmjwtd once kill_after seconds
-    have passed and acked() (read under load.lock) is at least min_acked, or
-    at ROUND_LIMIT, then stops the load and joins its threads:
-    (the daemon's signal, the seconds elapsed, its pid, every thread ended)."""
+    have passed and acked() (read under load.lock) is at least min_acked (or
+    at ROUND_LIMIT, when the count never comes), then stops the load and
+    joins its threads: (the daemon's signal, the seconds elapsed, acked() at
+    the kill, its pid, every thread ended)."""
     start = time.monotonic()
     for t in threads:
         t.start()
@@ -127,15 +130,18 @@ def kill_when_acknowledged(daemon, load, threads, kill_after, min_acked, acked, 
     load.stop.set()
     for t in threads:
         t.join(timeout=60)
-    return sig, elapsed, pid, not any(t.is_alive() for t in threads)
+    return sig, elapsed, done, pid, not any(t.is_alive() for t in threads)
 
 
 def run_round(c, daemon, admin, rnd):
     load = Load()
     threads = [threading.Thread(target=client, args=(daemon, admin, n, load), daemon=True) for n in range(CLIENTS)]
     kill_after = random.uniform(*KILL_AFTER)
-    sig, elapsed, pid, ended = kill_when_acknowledged(daemon, load, threads, kill_after, MIN_ACKED_PER_ROUND,
-                                                      lambda: len(load.revoked), 0.02)
+    sig, elapsed, done, pid, ended = kill_when_acknowledged(daemon, load, threads, kill_after, MIN_ACKED_PER_ROUND,
+                                                            lambda: len(load.revoked), 0.02)
+    c.check(done >= MIN_ACKED_PER_ROUND,
+            f"round {rnd}: the kill came after {done} acknowledged revocations (at least {MIN_ACKED_PER_ROUND})",
+            f"still {done} at the {ROUND_LIMIT:.0f} s deadline")
     c.check(ended, f"round {rnd}: every client thread ended")
     c.equal(sig, 9, f"round {rnd}: hsmjwtd (pid {pid}) was killed by SIGKILL after {elapsed:.1f} s")
     print(f"  round {rnd}: {len(load.issued)} issues and {len(load.revoked)} revocations acknowledged, "
@@ -341,8 +347,11 @@ def run_mixed_round(c, daemon, admin, model, rnd, seed):
     load = Mixed(daemon, admin, model, rnd, seed)
     kill_after = random.Random(f"{seed}/{rnd}/kill").uniform(*MIXED_KILL_AFTER)
     threads = [threading.Thread(target=load.client, args=(n,), daemon=True) for n in range(MIXED_CLIENTS)]
-    sig, elapsed, pid, ended = kill_when_acknowledged(daemon, load, threads, kill_after, MIXED_MIN_ACKED,
-                                                      lambda: load.acked, 0.01)
+    sig, elapsed, done, pid, ended = kill_when_acknowledged(daemon, load, threads, kill_after, MIXED_MIN_ACKED,
+                                                            lambda: load.acked, 0.01)
+    c.check(done >= MIXED_MIN_ACKED,
+            f"mixed round {rnd}: the kill came after {done} acknowledged changes (at least {MIXED_MIN_ACKED})",
+            f"still {done} at the {ROUND_LIMIT:.0f} s deadline")
     c.check(ended, f"mixed round {rnd}: every client thread ended")
     c.equal(sig, 9, f"mixed round {rnd}: hsmjwtd (pid {pid}) was killed by SIGKILL after {elapsed:.2f} s "
             f"(drawn {kill_after:.2f} s)")
@@ -414,9 +423,9 @@ def run(build_dir, source_dir):
         lost = check_all(c, daemon, admin, issued, revoked, f"after restart {ROUNDS}")
         c.equal(len({jti for jti, _ in issued}), len(issued), "every acknowledged jti is distinct")
         check_list(c, daemon, admin, issued, cut)
+        # Enough to mean something: each round's kill waited for its
+        # minimum (checked per round), however long the load took.
         print(f"checked {len(revoked)} acknowledged revocations, {lost} lost")
-        c.check(len(revoked) >= MIN_ACKED_TOTAL,
-                f"enough acknowledged revocations to mean something ({len(revoked)} >= {MIN_ACKED_TOTAL})")
         c.section("mixed workload")
         pid = daemon.proc.pid
         c.equal(daemon.stop(), 0, f"hsmjwtd (pid {pid}) exits 0 on SIGTERM before the mixed rounds")
