@@ -459,6 +459,9 @@ class Scenario:
                              ("big-chunked", f"over {MAX_BYTES} bytes"), ("silent", "no answer"),
                              ("304", "304 without If-None-Match")):
             p = fresh(mode)
+            # Stopped, so that "asked again at once" holds however long the
+            # steps between take (the fetch's own timeout is in real ms).
+            p.ask("freeze")
             before = len(proxy.requests())
             a = p.verify(ta, AUDIENCE)
             c.equal(a.get("r"), EIO, f"{mode}: no verdict (-EIO)")
