@@ -28,6 +28,12 @@
 
 #define KEYRING_POLL_MS 2000
 #define KEYRING_TICK_MS 250
+/* SPEC §6 (changes by hsmjwtctl picked up within 5 s): a change made while
+ * a poll reads the token is seen by the next poll, which starts at most
+ * KEYRING_POLL_MS + KEYRING_TICK_MS after that one ends — two polls after
+ * the change, leaving at least KEYRING_POLL_MS for the two loads. */
+_Static_assert(2 * KEYRING_POLL_MS + KEYRING_TICK_MS <= 5000,
+	       "a change must be seen within two keyring polls inside SPEC section 6's 5 s");
 /* hsm_watchdog's limits: a signature or verification, and an operation of
  * many calls (a key generation, discovery over many keys). */
 #define KEYRING_HANG_MS 5000

@@ -1,5 +1,6 @@
 /* keyring: the daemon's live key set against a real SoftHSM token — a change
- * made by another process arrives within SPEC §6's 5 s, a rotation asked for
+ * made by another process is current after at most two keyring polls (SPEC
+ * §6's 5 s, by the _Static_assert in keyring.h), a rotation asked for
  * is answered with the new key already current, and a token whose sessions
  * vanished (an HSM restart) is recovered with the same objects: the worker's
  * session reopens itself and signing resumes.  Waits are bounded polls of a
@@ -23,6 +24,7 @@
 #include "hsmjwt/keyring.h"
 #include "hsmjwt/keys.h"
 #include "../../src/hsm_internal.h"
+#include "../../src/keyring_internal.h"
 
 static struct fixture_token tok;
 static struct hsm *hsm;
@@ -73,37 +75,46 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* Polls until the current set holds kid (present) or not, at most limit_ms;
- * returns how long it took, or -1. */
-static int64_t wait_for_kid(const char *kid, int present, int64_t limit_ms)
+static int current_has(const char *kid)
+{
+	struct keys *keys = keyring_acquire(keyring);
+	int has = keys_find(keys, kid) != NULL;
+
+	keys_release(keys);
+	return has;
+}
+
+/* Waits until two more keyring polls than `since' have completed (a
+ * generous bound: it fails only when the polls never come). */
+static void wait_two_polls(unsigned long since)
 {
 	int64_t start = now_ms();
 
-	for (;;) {
-		struct keys *keys = keyring_acquire(keyring);
-		int has = keys_find(keys, kid) != NULL;
-		keys_release(keys);
-		if (has == present)
-			return now_ms() - start;
-		if (now_ms() - start > limit_ms)
-			return -1;
+	while (keyring_internal_polls(keyring) < since + 2 && now_ms() - start < 60000)
 		usleep(20000);
-	}
+	assert_true(keyring_internal_polls(keyring) >= since + 2);
 }
 
-static void test_sees_another_process_change_within_5s(void **state)
+/* A change made on the token by another process is in the current set
+ * once two polls have completed since it: the first may have read the
+ * token before the change, the second began after the first ended.  The
+ * count, not the time it took, is the verdict; keyring.h ties two polls
+ * to SPEC §6's 5 s at compile time. */
+static void test_sees_another_process_change_within_two_polls(void **state)
 {
 	struct keys_change change;
-	int64_t took;
+	unsigned long since;
 
 	/* keys_rotate straight on the token is what hsmjwtctl does. */
 	assert_int_equal(keys_rotate(hsm, &cfg, JWS_ALG_ES256, 0, (int64_t)time(NULL), &change), 0);
-	took = wait_for_kid(change.kid, 1, 5000);
-	print_message("new key current after %lld ms\n", (long long)took);
-	assert_true(took >= 0);
+	since = keyring_internal_polls(keyring);
+	wait_two_polls(since);
+	print_message("new key current after polls %lu..%lu\n", since + 1, keyring_internal_polls(keyring));
+	assert_true(current_has(change.kid));
 	assert_int_equal(keys_destroy(hsm, &cfg, change.kid, 0, (int64_t)time(NULL), NULL), 0);
-	took = wait_for_kid(change.kid, 0, 5000);
-	assert_true(took >= 0);
+	since = keyring_internal_polls(keyring);
+	wait_two_polls(since);
+	assert_false(current_has(change.kid));
 }
 
 struct rotated {
@@ -221,7 +232,7 @@ static void test_recovers_after_the_sessions_vanish(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_sees_another_process_change_within_5s, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sees_another_process_change_within_two_polls, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotation_request_is_answered_with_the_key_current, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_recovers_after_the_sessions_vanish, setup, teardown),
 	};
