@@ -11,10 +11,17 @@
 --   BENCH_REQUESTS_FILE  a mixed schedule (bench/soak.py): one request a line,
 --                      METHOD <tab> PATH <tab> BODY (BODY may be empty: no
 --                      body), sent in turn like BENCH_BODIES_FILE's bodies
+--   BENCH_EXPECT_BODY  a Lua pattern a 200's body must match to count as
+--                      served (POST /token/verify and /token/introspect
+--                      answer 200 to a token they reject too: {"valid":
+--                      false}, {"active": false}); a 200 that does not is
+--                      counted in `unexpected'; unset: any 200 is served
 --
 -- done() prints one line that bench.py parses:
---   bench-wrk: responses=N non200=N requests=N duration_us=N p50_us=N p99_us=N
+--   bench-wrk: responses=N non200=N unexpected=N requests=N duration_us=N p50_us=N p99_us=N
 --              connect_errors=N read_errors=N write_errors=N timeouts=N first_non200=...
+-- (first_non200: the first response that was not served, a non-200 or an
+-- unexpected 200.)
 
 local function slurp(name)
    local path = os.getenv(name)
@@ -31,6 +38,10 @@ local body = slurp("BENCH_BODY_FILE")
 local bodies_text = slurp("BENCH_BODIES_FILE") or slurp("BENCH_REQUESTS_FILE")
 local mixed = os.getenv("BENCH_REQUESTS_FILE") ~= nil and os.getenv("BENCH_REQUESTS_FILE") ~= ""
 local bearer = slurp("BENCH_BEARER_FILE")
+local expect = os.getenv("BENCH_EXPECT_BODY")
+if expect == "" then
+   expect = nil
+end
 if (body ~= nil or bodies_text ~= nil) and not mixed then
    wrk.method = "POST"
    wrk.body = body
@@ -99,33 +110,40 @@ end
 
 responses = 0
 non200 = 0
+unexpected = 0
 first_non200 = ""
 
 function response(status, headers, resp_body)
    responses = responses + 1
+   local bad = false
    if status ~= 200 then
       non200 = non200 + 1
-      if first_non200 == "" then
-         -- The status and the start of the body say what went wrong; never
-         -- a whole body, which could be long.
-         first_non200 = status .. " " .. string.sub(resp_body or "", 1, 160):gsub("[%c\"]", " ")
-      end
+      bad = true
+   elseif expect ~= nil and not string.find(resp_body or "", expect) then
+      unexpected = unexpected + 1
+      bad = true
+   end
+   if bad and first_non200 == "" then
+      -- The status and the start of the body say what went wrong; never
+      -- a whole body, which could be long.
+      first_non200 = status .. " " .. string.sub(resp_body or "", 1, 160):gsub("[%c\"]", " ")
    end
 end
 
 function done(summary, latency, requests)
-   local total, bad, first = 0, 0, ""
+   local total, bad, odd, first = 0, 0, 0, ""
    for _, thread in ipairs(threads) do
       total = total + thread:get("responses")
       bad = bad + thread:get("non200")
+      odd = odd + thread:get("unexpected")
       if first == "" then
          first = thread:get("first_non200")
       end
    end
    local e = summary.errors
    io.write(string.format(
-      "bench-wrk: responses=%d non200=%d requests=%d duration_us=%d p50_us=%.0f p99_us=%.0f " ..
+      "bench-wrk: responses=%d non200=%d unexpected=%d requests=%d duration_us=%d p50_us=%.0f p99_us=%.0f " ..
       "connect_errors=%d read_errors=%d write_errors=%d timeouts=%d first_non200=\"%s\"\n",
-      total, bad, summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+      total, bad, odd, summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
       e.connect, e.read, e.write, e.timeout, first))
 end
