@@ -81,7 +81,12 @@ static int keyring_same(const struct keys *a, const struct keys *b)
 		return 0;
 	for (size_t i = 0; i < a->count; i++) {
 		const struct keys_entry *x = &a->entries[i], *y = &b->entries[i];
-		if (strcmp(x->hsm.kid, y->hsm.kid) != 0 || x->state.state != y->state.state ||
+		/* The handles too: a module may hand out new ones for the same
+		 * objects (SoftHSM does after it failed to read an object's file,
+		 * e.g. out of descriptors), and a set keeping the old ones would
+		 * sign with handles it refuses until something else changed. */
+		if (strcmp(x->hsm.kid, y->hsm.kid) != 0 || x->hsm.private_handle != y->hsm.private_handle ||
+		    x->hsm.public_handle != y->hsm.public_handle || x->state.state != y->state.state ||
 		    x->state.activate_at != y->state.activate_at || x->state.retired_at != y->state.retired_at ||
 		    (keys_signer(a, x->hsm.alg) == x) != (keys_signer(b, y->hsm.alg) == y))
 			return 0;
