@@ -851,6 +851,20 @@ static void test_health(void **state)
 
 /* Polls /health until it answers 200, at most 20 s (a recovery's backoff
  * is at most 8 s). */
+/* Until two keyring polls have completed from now on: the second began
+ * after this call, so it has seen the token as it is now (SPEC §6's 5 s,
+ * as a count: keyring.h ties two polls to it).  A generous wait for an
+ * event: it fails only when the polls never come. */
+static void wait_two_polls(void)
+{
+	unsigned long since = keyring_internal_polls(keyring);
+	int64_t start = monotonic_second();
+
+	while (keyring_internal_polls(keyring) < since + 2 && monotonic_second() - start < 60)
+		usleep(20000);
+	assert_true(keyring_internal_polls(keyring) >= since + 2);
+}
+
 static void wait_healthy(void)
 {
 	int64_t start = monotonic_second();
@@ -1831,10 +1845,7 @@ static void test_accept_out_of_descriptors(void **state)
 	 * after, and its key discovery ends with C_GetTokenInfo —, then for
 	 * health, which a failed token reaches again once recovered (SPEC
 	 * §8).  Generous waits for events, no verdict on time. */
-	polls0 = keyring_internal_polls(keyring);
-	for (int i = 0; i < 3000 && keyring_internal_polls(keyring) < polls0 + 2; i++)
-		usleep(20000);
-	assert_true(keyring_internal_polls(keyring) >= polls0 + 2);
+	wait_two_polls();
 	wait_healthy();
 	test_health(state);
 	/* And the token signs again: the next tests mint their callers. */
@@ -2229,8 +2240,6 @@ static void test_admin_keys(void **state)
 	char new_kid[JWK_THUMBPRINT_LEN + 1];
 	struct resp r;
 	size_t i, signing = 0;
-	unsigned long since;
-	int64_t start;
 
 	get_bearer("/admin/keys", NULL, &r);
 	assert_int_equal(r.status, 401);
@@ -2285,11 +2294,7 @@ static void test_admin_keys(void **state)
 	 * polls have completed since the destruction (keyring.h ties two
 	 * polls to the 5 s).  The wait for the polls is generous: it fails
 	 * only when they never come. */
-	since = keyring_internal_polls(keyring);
-	start = monotonic_second();
-	while (keyring_internal_polls(keyring) < since + 2 && monotonic_second() - start < 60)
-		usleep(20000);
-	assert_true(keyring_internal_polls(keyring) >= since + 2);
+	wait_two_polls();
 	get("/.well-known/jwks.json", &r);
 	assert_int_equal(r.status, 200);
 	assert_null(memmem(r.body, r.body_len, new_kid, strlen(new_kid)));
